@@ -1,0 +1,108 @@
+"""bhvit's own model file: safetensors weights plus the model's config, written atomically.
+
+A ``.safetensors`` file whose metadata holds ``format = "bhvit"``, ``format_version``, ``config``
+(JSON of :class:`bhvit.BHViTConfig`) and optionally ``preprocess`` (JSON: ``mean``, ``std``,
+``resize``, ``crop``, ``grayscale``) and ``labels`` (JSON list of class names).
+:func:`load_model` also reads the authors' checkpoints and bhvit training checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .models.bhvit import BHViT, BHViTConfig
+from .upstream import CheckpointError, load_into, load_upstream, safe_torch_load
+
+__all__ = ["save_model", "load_model", "read_metadata", "atomic_write", "FORMAT_VERSION"]
+
+FORMAT_VERSION = "1"
+
+
+def atomic_write(path: str | Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_model(model: BHViT, path: str | Path, *, preprocess: Mapping[str, Any] | None = None,
+               labels: list[str] | None = None) -> Path:
+    """Write ``model`` as a bhvit safetensors file (weights + config [+ preprocessing, labels])."""
+    meta = {"format": "bhvit", "format_version": FORMAT_VERSION, "config": json.dumps(model.config.to_dict())}
+    if preprocess is not None:
+        meta["preprocess"] = json.dumps(dict(preprocess))
+    if labels is not None:
+        meta["labels"] = json.dumps(list(labels))
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return Path(path)
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The decoded bhvit metadata of a safetensors file (``{}`` if it has none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return {k: json.loads(v) if k in ("config", "preprocess", "labels") else v for k, v in meta.items()}
+
+
+def _from_safetensors(path: Path, overrides: dict[str, Any]) -> tuple[BHViT, dict[str, Any]]:
+    try:
+        meta = read_metadata(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {str(path)!r} as safetensors: {exc}") from None
+    if meta.get("format") != "bhvit":
+        return load_upstream(path, **overrides), {}  # a bare upstream state dict in safetensors
+    config = BHViTConfig.from_dict({**meta["config"], **overrides})
+    model = load_into(BHViT(config), load_file(str(path)))
+    return model, meta
+
+
+def _from_torch(path: Path, overrides: dict[str, Any]) -> tuple[BHViT, dict[str, Any]]:
+    obj = safe_torch_load(path)
+    if isinstance(obj, Mapping) and isinstance(obj.get("config"), Mapping) and "model" in obj:
+        config = BHViTConfig.from_dict({**obj["config"], **overrides})  # a bhvit training checkpoint
+        meta = {k: obj[k] for k in ("preprocess", "labels") if k in obj}
+        return load_into(BHViT(config), obj["model"]), meta
+    return load_upstream(obj, **overrides), {}
+
+
+def load_model(path: str | Path, **overrides: Any) -> tuple[BHViT, dict[str, Any]]:
+    """Load any BHViT checkpoint as ``(model in eval mode, metadata)``.
+
+    Accepts bhvit safetensors files (:func:`save_model`), bhvit training checkpoints (a torch file
+    with ``model`` and ``config``) and the authors' files (see :func:`bhvit.load_upstream`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    is_torch = head == b"PK" or head[:1] == b"\x80"  # zip archive (torch.save) or legacy pickle
+    is_safetensors = path.suffix == ".safetensors" or not is_torch
+    model, meta = _from_safetensors(path, overrides) if is_safetensors else _from_torch(path, overrides)
+    return model.eval(), meta
+
+
+def convert_checkpoint(src: str | Path, dst: str | Path, **overrides: Any) -> Path:
+    """Convert an authors' (or any loadable) checkpoint to a bhvit safetensors file."""
+    model, meta = load_model(src, **overrides)
+    with torch.no_grad():
+        return save_model(model, dst, preprocess=meta.get("preprocess"), labels=meta.get("labels"))

@@ -1,0 +1,162 @@
+"""Small building blocks of BHViT (SPEC §2, "Small pieces").
+
+Every tensor here is channels-last: ``(..., C)``, tokens or ``(B, H, W, C)`` maps.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "RPReLU",
+    "LayerScale",
+    "TokenBatchNorm",
+    "make_norm",
+    "convert_sync_batchnorm",
+    "DropPath",
+    "shift_mean",
+    "shift_channel_mix",
+]
+
+
+class RPReLU(nn.Module):
+    """``RPReLU(x) = PReLU_C(x − b1) + b2`` over the last dim (ReActNet); PReLU slope init 0.25.
+
+    Parameter names follow the authors' code: ``move1`` (b1), ``prelu.weight``, ``move2`` (b2).
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.move1 = nn.Parameter(torch.zeros(dim))
+        self.prelu = nn.PReLU(dim)
+        self.move2 = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = x - self.move1
+        return torch.where(y > 0, y, y * self.prelu.weight) + self.move2
+
+
+class LayerScale(nn.Module):
+    """``LayerScale(x) = x·α + b`` per channel; α = ``init`` (0.1 on main branches, 0 on shifts)."""
+
+    def __init__(self, dim: int, init: float = 0.1) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.full((dim,), float(init)))
+        self.move = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.alpha + self.move
+
+
+class TokenBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the channels of channels-last tensors ``(..., C)``.
+
+    Statistics are taken over every position of every sample, as the authors' ``BatchNormT`` does on
+    ``(B, N, C)`` tokens. With ``sync = True`` (see :func:`convert_sync_batchnorm`) and an initialised
+    process group of more than one rank, training-mode statistics are all-reduced across ranks with
+    a differentiable all-reduce, so the same module works on CPU (gloo) and GPU (nccl).
+    """
+
+    sync: bool = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and self.sync and dist.is_available() and dist.is_initialized():
+            if dist.get_world_size() > 1:
+                return self._synced(x)
+        if not self.training:  # (..., C) -> (M, C): BatchNorm1d's 2-D form, no transposes
+            return super().forward(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+        # (B, N, C) -> (B, C, N) view: statistics reduced in the same order as the authors' BatchNormT,
+        # so training-mode outputs match theirs bit for bit (binary nets amplify 1-ulp differences)
+        x3 = x.reshape(x.shape[0], -1, x.shape[-1])
+        return super().forward(x3.transpose(1, 2)).transpose(1, 2).reshape(x.shape)
+
+    def _synced(self, x: Tensor) -> Tensor:
+        """Training-mode batch norm with statistics over all ranks: two differentiable all-reduces."""
+        from torch.distributed.nn.functional import all_reduce
+
+        flat = x.reshape(-1, x.shape[-1])  # (M, C)
+        count = torch.tensor([float(flat.shape[0])], device=x.device, dtype=x.dtype)
+        total = all_reduce(torch.cat([flat.sum(0), count]))
+        n = total[-1]
+        mean = total[:-1] / n
+        var = all_reduce(((flat - mean) ** 2).sum(0)) / n  # biased, as batch norm normalises
+        if self.track_running_stats:
+            self._update_running(mean.detach(), var.detach() * n / (n - 1).clamp(min=1))
+        y = (flat - mean) * torch.rsqrt(var + self.eps)
+        if self.affine:
+            y = y * self.weight + self.bias
+        return y.reshape(x.shape)
+
+    @torch.no_grad()
+    def _update_running(self, mean: Tensor, var_unbiased: Tensor) -> None:
+        self.num_batches_tracked.add_(1)
+        m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        self.running_mean.mul_(1 - m).add_(m * mean)
+        self.running_var.mul_(1 - m).add_(m * var_unbiased)
+
+
+def make_norm(kind: str, dim: int, eps: float = 1e-5) -> nn.Module:
+    """Norm over the last dim: ``"bn"`` (:class:`TokenBatchNorm`, the released models) or ``"ln"``."""
+    if kind == "bn":
+        return TokenBatchNorm(dim, eps=eps)
+    if kind == "ln":
+        return nn.LayerNorm(dim, eps=eps)
+    raise ValueError(f"unknown norm {kind!r}; choose 'bn' or 'ln'")
+
+
+def convert_sync_batchnorm(model: nn.Module, enable: bool = True) -> nn.Module:
+    """Make every :class:`TokenBatchNorm` of ``model`` synchronise its statistics across ranks.
+
+    Only takes effect in training mode under an initialised process group of world size > 1; a
+    single process is unaffected. Returns ``model`` (modified in place).
+    """
+    for module in model.modules():
+        if isinstance(module, TokenBatchNorm):
+            module.sync = enable
+    return model
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: zero a sample's residual branch with probability ``p``, rescale the rest."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def shift_mean(x: Tensor, dim: int, k: int) -> Tensor:
+    """Mean of ``x`` and its circular shifts by ±1..±(k//2) along ``dim`` (SPEC §2 ``S_h,k``/``S_w,k``).
+
+    ``S_3(x) = (x + roll(x, 1) + roll(x, −1))/3``; ``S_5`` adds the ±2 rolls and divides by 5.
+    """
+    out = x
+    for s in range(1, k // 2 + 1):
+        out = out + torch.roll(x, s, dims=dim) + torch.roll(x, -s, dims=dim)
+    return out / k
+
+
+def shift_channel_mix(x: Tensor, s: int) -> Tensor:
+    """Split ``(B, H, W, C)`` in 4 channel chunks rolled by +s, −s along H and +s, −s along W."""
+    c1, c2, c3, c4 = x.chunk(4, dim=-1)
+    return torch.cat(
+        [torch.roll(c1, s, dims=1), torch.roll(c2, -s, dims=1), torch.roll(c3, s, dims=2), torch.roll(c4, -s, dims=2)],
+        dim=-1,
+    )
+
+
+def gelu(x: Tensor) -> Tensor:
+    """Exact (erf) GELU."""
+    return F.gelu(x)

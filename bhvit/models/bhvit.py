@@ -1,0 +1,623 @@
+"""BHViT: Binarized Hybrid Vision Transformer (Gao et al., CVPR 2025, arXiv 2503.02394).
+
+A four-stage hybrid: stages 1–2 are multi-scale grouped dilated convolution blocks (MSGDC), stages
+3–4 windowed multi-scale multi-head attention blocks (MSMHA) whose windows also attend to max/avg
+pooled global tokens; every MLP carries parameter-free shift branches. Numerics follow the authors'
+code (github.com/IMRL/BHViT, ``transformer/BHViT.py``), which trained the released checkpoints;
+see ``SPEC.md`` §1–3.
+
+Differences from the authors' code:
+
+* any input size whose stages divide evenly (the authors hard-wire 224); position embeddings are
+  sized from ``img_size``;
+* tensors flow channels-last, ``(B, H, W, C)``, between blocks (the authors permute to and from
+  ``(B, C, H, W)`` around every block); the arithmetic is unchanged;
+* the intended weight initialisation (trunc-normal σ = 0.02 for linear layers) actually runs;
+* BatchNorm works in a single process on CPU; cross-rank statistics only under distributed
+  training (:func:`bhvit.layers.convert_sync_batchnorm`);
+* the pooling-grid quirk of the global tokens (``padding = 3`` misaligns the 7×7 pooling with the
+  windows and average pooling counts the zero padding) is reproduced by default;
+  ``aligned_pool=True`` pools exactly the windows instead (not for the released checkpoints).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..layers import DropPath, LayerScale, RPReLU, make_norm, shift_channel_mix, shift_mean
+from ..quant import (
+    GSBAttentionQuantizer,
+    LSQAttentionQuantizer,
+    QuantConv2d,
+    QuantLinear,
+    SignQuantizer,
+    WeightBinarizer,
+    sign_ste,
+)
+from ..registry import register_model
+
+__all__ = ["BHViTConfig", "BHViT", "build_model", "valid_img_sizes"]
+
+PRECISIONS = ("fp", "some_fp", "binary")
+ATTN_QUANTS = ("lsq", "gsb")
+STEM_STRIDE = 4
+TOTAL_STRIDE = 32  # stem 4 × three 2× downsamplings
+
+
+# =============================================================================================
+# Configuration and variants
+# =============================================================================================
+@dataclass(frozen=True)
+class BHViTConfig:
+    """Everything that rebuilds a BHViT model. Validated on construction.
+
+    ``precision``: ``"fp"`` (all full precision), ``"some_fp"`` (binary blocks, fp stem,
+    downsampling and head: the paper's †) or ``"binary"`` (downsampling binary too).
+    ``num_heads`` are the heads of stages 3 and 4. ``mlp_ratios`` give each stage's MLP hidden width
+    as a multiple of its width.
+    """
+
+    depths: tuple[int, int, int, int] = (2, 2, 6, 2)
+    widths: tuple[int, int, int, int] = (64, 128, 256, 512)
+    mlp_ratios: tuple[int, int, int, int] = (8, 8, 4, 4)
+    num_heads: tuple[int, int] = (4, 8)
+    precision: str = "binary"
+    attn_quant: str = "lsq"
+    norm: str = "bn"
+    shift3: bool = True
+    shift5: bool = True
+    layerscale: bool = True
+    num_classes: int = 1000
+    in_chans: int = 3
+    img_size: tuple[int, int] = (224, 224)
+    window_size: int = 7
+    aligned_pool: bool = False
+    drop_path_rate: float = 0.0
+    recu: bool = False
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        img = self.img_size
+        img = (int(img), int(img)) if isinstance(img, (int, float)) else tuple(int(v) for v in img)
+        for name in ("depths", "widths", "mlp_ratios", "num_heads"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        object.__setattr__(self, "img_size", img)
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.attn_quant not in ATTN_QUANTS:
+            raise ValueError(f"attn_quant must be one of {ATTN_QUANTS}, got {self.attn_quant!r}")
+        if self.norm not in ("bn", "ln"):
+            raise ValueError(f"norm must be 'bn' or 'ln', got {self.norm!r}")
+        if len(self.depths) != 4 or min(self.depths) < 1:
+            raise ValueError(f"depths must be four positive ints, got {self.depths}")
+        if len(self.widths) != 4 or any(w % 4 for w in self.widths):
+            raise ValueError(f"widths must be four multiples of 4 (grouped convs, shifts), got {self.widths}")
+        if self.precision == "binary" and any(b % a for a, b in zip(self.widths, self.widths[1:])):
+            raise ValueError(f"binary downsampling needs each width to divide the next, got {self.widths}")
+        for w, h in zip(self.widths[2:], self.num_heads):
+            if w % h:
+                raise ValueError(f"width {w} is not divisible by {h} heads")
+        if self.window_size < 1:
+            raise ValueError(f"window_size must be >= 1, got {self.window_size}")
+        check_img_size(self.img_size, self.window_size)
+
+    @property
+    def stage_sizes(self) -> list[tuple[int, int]]:
+        """Feature-map size ``(H, W)`` of each stage."""
+        h, w = self.img_size
+        return [(h // (STEM_STRIDE * 2**i), w // (STEM_STRIDE * 2**i)) for i in range(4)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict; :meth:`from_dict` inverts it."""
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BHViTConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown BHViT config keys {unknown}")
+        return cls(**d)
+
+
+def valid_img_sizes(window_size: int, limit: int = 4) -> list[int]:
+    """The first ``limit`` square image sizes that work with ``window_size``: multiples of 32·w."""
+    return [TOTAL_STRIDE * window_size * k for k in range(1, limit + 1)]
+
+
+def check_img_size(img_size: tuple[int, int], window_size: int) -> None:
+    """Raise a ValueError naming sizes that work unless every stage divides evenly.
+
+    Each side must be a multiple of 32 (stem stride 4, three 2× downsamplings) and the stage-3 and
+    stage-4 maps (side/16, side/32) must be multiples of the attention window: side = 32·w·k.
+    """
+    unit = TOTAL_STRIDE * window_size
+    bad = [s for s in img_size if s <= 0 or s % unit]
+    if bad:
+        side = bad[0]
+        fits = [w for w in range(1, 8) if side > 0 and side % (TOTAL_STRIDE * w) == 0]
+        hint = f"; or keep {side} px with window_size in {fits}" if fits else ""
+        raise ValueError(
+            f"image size {tuple(img_size)} does not fit window_size={window_size}: each side must be a "
+            f"multiple of 32·window_size = {unit} (sizes that work: {valid_img_sizes(window_size)}){hint}"
+        )
+
+
+# =============================================================================================
+# Quantized layer factories
+# =============================================================================================
+def binary_linear(cin: int, cout: int, binary: bool, recu: bool) -> QuantLinear:
+    """Linear without bias; sign on the input and binarized weights when ``binary``."""
+    if not binary:
+        return QuantLinear(cin, cout)
+    return QuantLinear(cin, cout, input_quantizer=SignQuantizer(), weight_quantizer=WeightBinarizer(recu))
+
+
+def binary_conv(cin: int, cout: int, binary: bool, recu: bool, **kwargs: Any) -> QuantConv2d:
+    """Conv2d with sign on the input and binarized weights when ``binary``."""
+    quant = {"input_quantizer": SignQuantizer(), "weight_quantizer": WeightBinarizer(recu)} if binary else {}
+    return QuantConv2d(cin, cout, **quant, **kwargs)
+
+
+def to_nchw(x: Tensor) -> Tensor:
+    """(B, H, W, C) -> (B, C, H, W) view (channels-last strides; convs take it as is)."""
+    return x.permute(0, 3, 1, 2)
+
+
+def to_nhwc(x: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, H, W, C) view."""
+    return x.permute(0, 2, 3, 1)
+
+
+# =============================================================================================
+# Blocks, bottom-up
+# =============================================================================================
+class ShiftBranches(nn.Module):
+    """Parameter-free shift branches beside the MLP, each behind a LayerScale with α = 0 (SPEC §2).
+
+    ``Shift(x) = Σ_{k∈ks} LS(S_h,k(x)) + LS(S_w,k(x)) + LS(S_c,k(x))``, added in the order h3, w3,
+    c3, h5, w5, c5.
+    """
+
+    def __init__(self, dim: int, shift3: bool, shift5: bool) -> None:
+        super().__init__()
+        self.kernels = [k for k, on in ((3, shift3), (5, shift5)) if on]
+        for k in self.kernels:
+            for axis in ("h", "w", "c"):
+                self.add_module(f"ls_{axis}{k}", LayerScale(dim, init=0.0))
+
+    def add_to(self, out: Tensor, xn: Tensor) -> Tensor:
+        """``out + Σ branches(xn)`` for maps ``(B, H, W, C)``, summed left to right."""
+        for k in self.kernels:
+            out = out + getattr(self, f"ls_h{k}")(shift_mean(xn, 1, k))
+            out = out + getattr(self, f"ls_w{k}")(shift_mean(xn, 2, k))
+            out = out + getattr(self, f"ls_c{k}")(shift_channel_mix(xn, k // 2))
+        return out
+
+
+class BinaryMLP(nn.Module):
+    """The MLP with shortcut-preserving binary linears (SPEC §2), ``r = hidden / C``.
+
+    ``H1 = RPReLU(norm(BLinear_1(x + m1)) + concat([x]·r))``;
+    ``H2 = LS(RPReLU(norm(BLinear_2(H1 + m2)) + AvgPool1d_r(H1)))``, drop-path on ``H2``.
+    """
+
+    def __init__(self, dim: int, hidden: int, *, binary: bool, recu: bool, norm: str, eps: float,
+                 layerscale: bool, drop_path: float) -> None:
+        super().__init__()
+        if hidden % dim:
+            raise ValueError(f"MLP hidden width {hidden} must be a multiple of {dim}")
+        self.ratio = hidden // dim
+        self.move1 = nn.Parameter(torch.zeros(dim))
+        self.fc1 = binary_linear(dim, hidden, binary, recu)
+        self.norm1 = make_norm(norm, hidden, eps)
+        self.act1 = RPReLU(hidden)
+        self.move2 = nn.Parameter(torch.zeros(hidden))
+        self.fc2 = binary_linear(hidden, dim, binary, recu)
+        self.norm2 = make_norm(norm, dim, eps)
+        self.act2 = RPReLU(dim)
+        self.ls = LayerScale(dim) if layerscale else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, N, C) -> (B, N, C)
+        h = self.act1(self.norm1(self.fc1(x + self.move1)) + torch.cat([x] * self.ratio, dim=-1))
+        out = self.norm2(self.fc2(h + self.move2)) + F.avg_pool1d(h, self.ratio)  # (B, N, rC) -> (B, N, C)
+        return self.drop_path(self.ls(self.act2(out)))
+
+
+class MultiScaleConvMixer(nn.Module):
+    """MSGDC token mixer (SPEC §2, stages 1–2).
+
+    ``M = norm(Σ_{d∈{1,3,5}} RPReLU_d(BConv3x3_d(x + b)))`` with grouped (4) dilated 3×3 binary
+    convolutions, 'same' zero padding after ``sign`` (padded taps contribute 0) and fp biases.
+    """
+
+    def __init__(self, dim: int, *, binary: bool, recu: bool, norm: str, eps: float,
+                 dilations: tuple[int, ...] = (1, 3, 5), groups: int = 4) -> None:
+        super().__init__()
+        self.move = nn.Parameter(torch.zeros(dim))
+        self.convs = nn.ModuleList(
+            binary_conv(dim, dim, binary, recu, kernel_size=3, padding=d, dilation=d, groups=groups, bias=True)
+            for d in dilations
+        )
+        self.acts = nn.ModuleList(RPReLU(dim) for _ in dilations)
+        self.norm = make_norm(norm, dim, eps)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C) -> (B, H, W, C)
+        u = to_nchw(x + self.move)
+        out = None
+        for conv, act in zip(self.convs, self.acts):
+            branch = act(to_nhwc(conv(u)))
+            out = branch if out is None else out + branch
+        return self.norm(out)
+
+
+class ConvBlock(nn.Module):
+    """Stage 1–2 block: ``X1 = MSGDC(norm1(X)) + X``; ``Y = MLP(norm2(X1)) + X1 + Shift(norm2(X1))``."""
+
+    def __init__(self, dim: int, mlp_ratio: int, cfg: BHViTConfig, drop_path: float) -> None:
+        super().__init__()
+        binary = cfg.precision != "fp"
+        self.norm1 = make_norm(cfg.norm, dim, cfg.norm_eps)
+        self.mixer = MultiScaleConvMixer(dim, binary=binary, recu=cfg.recu, norm=cfg.norm, eps=cfg.norm_eps)
+        self.norm2 = make_norm(cfg.norm, dim, cfg.norm_eps)
+        self.mlp = BinaryMLP(dim, dim * mlp_ratio, binary=binary, recu=cfg.recu, norm=cfg.norm, eps=cfg.norm_eps,
+                             layerscale=cfg.layerscale, drop_path=drop_path)
+        self.shift = ShiftBranches(dim, cfg.shift3, cfg.shift5)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C) -> (B, H, W, C)
+        b, h, w, c = x.shape
+        x1 = self.mixer(self.norm1(x)) + x
+        xn = self.norm2(x1)
+        out = self.mlp(xn.reshape(b, h * w, c)).reshape(b, h, w, c) + x1
+        return self.shift.add_to(out, xn)
+
+
+class GlobalTokens(nn.Module):
+    """Pooled global tokens for windowed attention (SPEC §2 MSMHA).
+
+    ``G = a ⊙ MaxPool(w, stride w, pad p)(X) + (1 − a) ⊙ AvgPool(w, stride w, pad p)(X)``, ``a`` per
+    channel (init 0.5), average pooling counting the zero padding. ``p = (w − 1)//2`` (3 at w = 7, as
+    in the authors' code); ``aligned=True`` uses ``p = 0``.
+    """
+
+    def __init__(self, dim: int, window: int, aligned: bool) -> None:
+        super().__init__()
+        self.window = window
+        self.padding = 0 if aligned else (window - 1) // 2
+        self.alpha = nn.Parameter(torch.full((dim,), 0.5))
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C) -> (B, Hp·Wp, C)
+        xc = to_nchw(x)
+        mx = F.max_pool2d(xc, self.window, self.window, self.padding)
+        av = F.avg_pool2d(xc, self.window, self.window, self.padding)
+        mx, av = to_nhwc(mx).flatten(1, 2), to_nhwc(av).flatten(1, 2)
+        return self.alpha * mx + (1.0 - self.alpha) * av
+
+
+def window_split(x: Tensor, w: int) -> Tensor:
+    """(B, H, W, C) -> (B·nW, w·w, C), windows in row-major order within each sample."""
+    b, h, wd, c = x.shape
+    x = x.reshape(b, h // w, w, wd // w, w, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, w * w, c)
+
+
+def window_merge(windows: Tensor, w: int, b: int, h: int, wd: int) -> Tensor:
+    """(B·nW, w·w, C) -> (B, H, W, C); inverse of :func:`window_split`."""
+    c = windows.shape[-1]
+    x = windows.reshape(b, h // w, wd // w, w, w, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h, wd, c)
+
+
+class BinaryAttention(nn.Module):
+    """MSMHA: windowed binary attention over window tokens and pooled global tokens (SPEC §2, §3.3).
+
+    ``Hs = LN([windows; G])``; ``Q̃ = RPReLU(norm(BLinear_q(Hs + mq)) + Hs)`` (likewise K̃, Ṽ);
+    ``q, k, v = sign(Q̃ + mq2), …``; ``Â = AttnQuant(softmax(q kᵀ/√d))``;
+    ``Ctx = RPReLU(norm(merge_heads(Â v)) + Q̃ + K̃ + Ṽ)``; window tokens go back to their places,
+    global tokens are averaged over windows and upsampled (nearest);
+    ``O = p ⊙ windows + (1 − p) ⊙ global``; ``out = LS(RPReLU(norm(BLinear_o(O + mo)) + O))``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, cfg: BHViTConfig) -> None:
+        super().__init__()
+        binary = cfg.precision != "fp"
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.window = cfg.window_size
+        self.binary = binary
+        self.pool = GlobalTokens(dim, cfg.window_size, cfg.aligned_pool)
+        self.token_norm = nn.LayerNorm(dim)  # always LayerNorm, even in BatchNorm models
+        for n in ("q", "k", "v"):
+            self.register_parameter(f"move_{n}", nn.Parameter(torch.zeros(dim)))
+            self.add_module(n, binary_linear(dim, dim, binary, cfg.recu))
+            self.add_module(f"norm_{n}", make_norm(cfg.norm, dim, cfg.norm_eps))
+            self.add_module(f"act_{n}", RPReLU(dim))
+            self.register_parameter(f"move_{n}2", nn.Parameter(torch.zeros(dim)))
+        self.attn_quant = self._attn_quantizer(cfg, num_heads) if binary else None
+        self.norm_ctx = make_norm(cfg.norm, dim, cfg.norm_eps)
+        self.act_ctx = RPReLU(dim)
+        self.mix = nn.Parameter(torch.full((dim,), 0.5))
+        self.move_o = nn.Parameter(torch.zeros(dim))
+        self.proj = binary_linear(dim, dim, binary, cfg.recu)
+        self.norm_o = make_norm(cfg.norm, dim, cfg.norm_eps)
+        self.act_o = RPReLU(dim)
+        self.ls = LayerScale(dim) if cfg.layerscale else nn.Identity()
+
+    @staticmethod
+    def _attn_quantizer(cfg: BHViTConfig, num_heads: int) -> nn.Module:
+        if cfg.attn_quant == "lsq":
+            return LSQAttentionQuantizer(num_heads)
+        return GSBAttentionQuantizer(num_heads)
+
+    def _branch(self, hs: Tensor, n: str) -> tuple[Tensor, Tensor]:
+        """``(X̃, binarized X̃ + m2)`` for n in q, k, v; shapes (B', L, C)."""
+        lin, norm, act = getattr(self, n), getattr(self, f"norm_{n}"), getattr(self, f"act_{n}")
+        mixed = act(norm(lin(hs + getattr(self, f"move_{n}"))) + hs)
+        pre = mixed + getattr(self, f"move_{n}2")
+        return mixed, sign_ste(pre) if self.binary else pre
+
+    def _heads(self, x: Tensor) -> Tensor:
+        """(B', L, C) -> (B', heads, L, d)."""
+        b, n, _ = x.shape
+        return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def attention_context(self, hs: Tensor) -> Tensor:
+        """The attention core on normalised tokens ``hs`` (B', L, C) -> context (B', L, C)."""
+        mq, q = self._branch(hs, "q")
+        mk, k = self._branch(hs, "k")
+        mv, v = self._branch(hs, "v")
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B', heads, L, L)
+        attn = scores.softmax(dim=-1)
+        if self.attn_quant is not None:
+            attn = self.attn_quant(attn)
+        ctx = torch.matmul(attn, v).transpose(1, 2).reshape(hs.shape)  # (B', L, C)
+        return self.act_ctx(self.norm_ctx(ctx) + mq + mk + mv)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C) -> (B, H, W, C)
+        b, h, wd, c = x.shape
+        w = self.window
+        n_win = (h // w) * (wd // w)
+        windows = window_split(x, w)  # (B·nW, w², C)
+        glob = self.pool(x)  # (B, P, C), P = nW
+        glob = glob.repeat_interleave(n_win, dim=0)  # (B·nW, P, C)
+        hs = self.token_norm(torch.cat([windows, glob], dim=1))  # (B·nW, w² + P, C)
+        ctx = self.attention_context(hs)
+        local = window_merge(ctx[:, : w * w], w, b, h, wd)  # (B, H, W, C)
+        g = ctx[:, w * w :].reshape(b, n_win, h // w, wd // w, c).mean(dim=1)  # (B, H/w, W/w, C)
+        g = g[:, :, None, :, None, :].expand(b, h // w, w, wd // w, w, c).reshape(b, h, wd, c)  # nearest up
+        o = local * self.mix + g * (1.0 - self.mix)
+        out = self.act_o(self.norm_o(self.proj(o + self.move_o)) + o)
+        return self.ls(out)
+
+
+class AttentionBlock(nn.Module):
+    """Stage 3–4 block: ``X1 = MSMHA(norm1(X)) + X``; ``Y = MLP(norm2(X1)) + X1 + Shift(norm2(X1))``."""
+
+    def __init__(self, dim: int, mlp_ratio: int, num_heads: int, cfg: BHViTConfig, drop_path: float) -> None:
+        super().__init__()
+        binary = cfg.precision != "fp"
+        self.norm1 = make_norm(cfg.norm, dim, cfg.norm_eps)
+        self.attn = BinaryAttention(dim, num_heads, cfg)
+        self.norm2 = make_norm(cfg.norm, dim, cfg.norm_eps)
+        self.mlp = BinaryMLP(dim, dim * mlp_ratio, binary=binary, recu=cfg.recu, norm=cfg.norm, eps=cfg.norm_eps,
+                             layerscale=cfg.layerscale, drop_path=drop_path)
+        self.shift = ShiftBranches(dim, cfg.shift3, cfg.shift5)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C) -> (B, H, W, C)
+        b, h, w, c = x.shape
+        x1 = self.attn(self.norm1(x)) + x
+        xn = self.norm2(x1)
+        out = self.mlp(xn.reshape(b, h * w, c)).reshape(b, h, w, c) + x1
+        return self.shift.add_to(out, xn)
+
+
+class Downsample(nn.Module):
+    """2× downsampling between stages, (B, H, W, C) -> (B, H/2, W/2, C2) (SPEC §2).
+
+    fp: ``y = norm(Conv2x2(norm_in(X))) + pos``. Binary: ``t = norm_in(X)``, ``r`` = 2×2 average of
+    ``t`` tiled ``C2/C`` times along channels, ``y = RPReLU(norm(BConv2x2(t + move)) + r) + pos``.
+    ``pos`` is a learnable ``(1, (H/2)(W/2), C2)`` embedding.
+    """
+
+    def __init__(self, cin: int, cout: int, out_hw: tuple[int, int], cfg: BHViTConfig) -> None:
+        super().__init__()
+        self.binary = cfg.precision == "binary"
+        self.norm_in = make_norm(cfg.norm, cin, cfg.norm_eps)
+        self.conv = binary_conv(cin, cout, self.binary, cfg.recu, kernel_size=2, stride=2, bias=False)
+        self.conv.is_downsample = True
+        self.norm = make_norm(cfg.norm, cout, cfg.norm_eps)
+        if self.binary:
+            self.move = nn.Parameter(torch.zeros(cin))
+            self.act = RPReLU(cout)
+        self.pos_embed = nn.Parameter(torch.zeros(1, out_hw[0] * out_hw[1], cout))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def forward(self, x: Tensor) -> Tensor:
+        t = self.norm_in(x)
+        if not self.binary:
+            y = self.norm(to_nhwc(self.conv(to_nchw(t))))
+        else:
+            r = to_nhwc(F.avg_pool2d(to_nchw(t), 2))  # (B, H/2, W/2, C)
+            y = to_nhwc(self.conv(to_nchw(t + self.move)))  # (B, H/2, W/2, C2)
+            y = self.act(self.norm(y) + torch.cat([r] * (y.shape[-1] // r.shape[-1]), dim=-1))
+        return y + self.pos_embed.view(1, y.shape[1], y.shape[2], -1)
+
+
+class Stem(nn.Module):
+    """``Conv4x4/4 → norm → GELU`` then a learnable ``(1, C, H/4, W/4)`` position embedding."""
+
+    def __init__(self, in_chans: int, dim: int, out_hw: tuple[int, int], norm: str, eps: float) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=STEM_STRIDE, stride=STEM_STRIDE)
+        self.norm = make_norm(norm, dim, eps)
+        self.pos_embed = nn.Parameter(torch.zeros(1, dim, *out_hw))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, in, H, W) -> (B, H/4, W/4, C)
+        x = F.gelu(self.norm(to_nhwc(self.proj(x))))
+        return x + to_nhwc(self.pos_embed)
+
+
+class Stage(nn.Module):
+    """An optional downsampling followed by ``depth`` blocks."""
+
+    def __init__(self, downsample: nn.Module, blocks: list[nn.Module]) -> None:
+        super().__init__()
+        self.downsample = downsample
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.downsample(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+# =============================================================================================
+# Model
+# =============================================================================================
+class BHViT(nn.Module):
+    """BHViT image classifier; ``forward`` maps (B, in_chans, H, W) images to (B, classes) logits."""
+
+    def __init__(self, config: BHViTConfig) -> None:
+        super().__init__()
+        self.config = config
+        cfg = config
+        sizes = cfg.stage_sizes
+        self.stem = Stem(cfg.in_chans, cfg.widths[0], sizes[0], cfg.norm, cfg.norm_eps)
+        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
+        stages, start = [], 0
+        for i, depth in enumerate(cfg.depths):
+            dim = cfg.widths[i]
+            down = Downsample(cfg.widths[i - 1], dim, sizes[i], cfg) if i else nn.Identity()
+            blocks = [self._block(i, dim, cfg, rates[start + j]) for j in range(depth)]
+            stages.append(Stage(down, blocks))
+            start += depth
+        self.stages = nn.ModuleList(stages)
+        self.norm = make_norm(cfg.norm, cfg.widths[-1], cfg.norm_eps)
+        self.head = nn.Linear(cfg.widths[-1], cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.apply(_init_weights)
+
+    @staticmethod
+    def _block(stage: int, dim: int, cfg: BHViTConfig, drop_path: float) -> nn.Module:
+        if stage < 2:
+            return ConvBlock(dim, cfg.mlp_ratios[stage], cfg, drop_path)
+        return AttentionBlock(dim, cfg.mlp_ratios[stage], cfg.num_heads[stage - 2], cfg, drop_path)
+
+    def _check_input(self, x: Tensor) -> None:
+        want = (self.config.in_chans, *self.config.img_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != want:
+            raise ValueError(
+                f"expected images of shape (B, {want[0]}, {want[1]}, {want[2]}), got {tuple(x.shape)}; "
+                f"resize the input to {want[1]}×{want[2]} or build the model with img_size={tuple(x.shape[-2:])}"
+            )
+
+    def forward_features(self, x: Tensor, hidden: dict[str, Tensor] | None = None) -> Tensor:
+        """Images (B, in, H, W) -> final normalised tokens (B, N, C).
+
+        If ``hidden`` is a dict it receives intermediate maps in the authors' layout: ``embeddings``
+        and ``stage1``..``stage3`` (after each downsampling) as (B, C, H, W), ``encoder_out`` as
+        (B, C, H, W) and ``final_norm`` as (B, N, C).
+        """
+        self._check_input(x)
+        x = self.stem(x)
+        if hidden is not None:
+            hidden["embeddings"] = to_nchw(x)
+        for i, stage in enumerate(self.stages):
+            x = stage.downsample(x)
+            if hidden is not None and i:
+                hidden[f"stage{i}"] = to_nchw(x)
+            for block in stage.blocks:
+                x = block(x)
+        if hidden is not None:
+            hidden["encoder_out"] = to_nchw(x)
+        x = self.norm(x.flatten(1, 2))
+        if hidden is not None:
+            hidden["final_norm"] = x
+        return x
+
+    def forward_head(self, tokens: Tensor) -> Tensor:
+        """Final tokens (B, N, C) -> logits: mean over tokens, then the linear classifier."""
+        return self.head(tokens.mean(dim=1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names conventionally excluded from weight decay."""
+        return {n for n, _ in self.named_parameters() if n.endswith("pos_embed")}
+
+
+def _init_weights(module: nn.Module) -> None:
+    """The intended init (timm ViT): trunc-normal σ=0.02 linear weights, zero biases, unit norms."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.LayerNorm, nn.BatchNorm1d)):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def build_model(config: BHViTConfig | dict[str, Any]) -> BHViT:
+    """Build a model from a :class:`BHViTConfig` or its dict form."""
+    if isinstance(config, dict):
+        config = BHViTConfig.from_dict(config)
+    return BHViT(config)
+
+
+# =============================================================================================
+# Variant registrations (SPEC §1)
+# =============================================================================================
+def _variant(base: BHViTConfig, **overrides: Any) -> BHViT:
+    img = overrides.get("img_size")
+    if isinstance(img, int):
+        overrides["img_size"] = (img, img)
+    return BHViT(replace(base, **overrides))
+
+
+TINY = BHViTConfig(depths=(2, 2, 6, 2))
+SMALL = BHViTConfig(depths=(3, 4, 8, 4))
+TEST = BHViTConfig(depths=(1, 1, 1, 1), widths=(16, 32, 64, 128), mlp_ratios=(2, 2, 2, 2), num_heads=(2, 4),
+                   num_classes=10, img_size=(32, 32), window_size=1)
+
+
+@register_model(
+    "bhvit_tiny",
+    config=TINY,
+    paper_top1={"some_fp": 66.0, "binary": 64.0},
+    params_1000={"some_fp": 13_779_960, "binary": 13_783_040},
+)
+def bhvit_tiny(**overrides: Any) -> BHViT:
+    """BHViT-Tiny: depths (2, 2, 6, 2), widths 64–512; README top-1 66.0 (some-fp), 64.0 (binary)."""
+    return _variant(TINY, **overrides)
+
+
+@register_model(
+    "bhvit_small",
+    config=SMALL,
+    paper_top1={"some_fp": 70.1, "binary": 68.4},
+    params_1000={"fp": 22_642_792},
+)
+def bhvit_small(**overrides: Any) -> BHViT:
+    """BHViT-Small: depths (3, 4, 8, 4), widths 64–512; README top-1 70.1 (some-fp), 68.4 (binary)."""
+    return _variant(SMALL, **overrides)
+
+
+@register_model("bhvit_test", config=TEST)
+def bhvit_test(**overrides: Any) -> BHViT:
+    """A tiny variant for fast tests: one block per stage, widths 16–128, 32 px, window 1."""
+    return _variant(TEST, **overrides)
