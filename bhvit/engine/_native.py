@@ -1,0 +1,43 @@
+"""Loads the compiled extension ``bhvit.engine._C`` on first use.
+
+Importing :mod:`bhvit` never needs the extension; calling the engine does. When it is missing, the
+error says why and how to build it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+_BUILD_HINT = (
+    "The packed engine's native extension bhvit.engine._C is not built. Build it by reinstalling the "
+    "package from the repository root with `pip install -e .` (needs a C++17 compiler such as g++ or "
+    "clang++; OpenMP is used when available). Import error: {err}"
+)
+
+
+class EngineUnavailableError(ImportError):
+    """The native extension of the packed engine is not available."""
+
+
+_module: ModuleType | None = None
+
+
+def native() -> ModuleType:
+    """The extension module; raises :class:`EngineUnavailableError` with build instructions."""
+    global _module
+    if _module is None:
+        try:
+            _module = importlib.import_module("bhvit.engine._C")
+        except ImportError as err:
+            raise EngineUnavailableError(_BUILD_HINT.format(err=err)) from err
+    return _module
+
+
+def is_available() -> bool:
+    """True when the native extension can be imported."""
+    try:
+        native()
+    except EngineUnavailableError:
+        return False
+    return True

@@ -1,0 +1,249 @@
+// Python bindings (pybind11 + numpy buffers only; no torch headers). Every entry point checks shapes,
+// requires C-contiguous arrays of the exact dtype (no silent copies) and releases the GIL while working.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+#include "engine.h"
+
+namespace py = pybind11;
+using bhv::Epilogue;
+
+namespace {
+
+template <class T>
+using Arr = py::array_t<T, py::array::c_style>;
+template <class T>
+using OptArr = std::optional<Arr<T>>;
+
+template <class T>
+void check(const Arr<T>& a, std::initializer_list<int64_t> shape, const char* what) {
+  if (a.ndim() != static_cast<py::ssize_t>(shape.size()))
+    throw std::invalid_argument(std::string(what) + ": expected " + std::to_string(shape.size()) + " dims");
+  int i = 0;
+  for (int64_t s : shape) {
+    if (s >= 0 && a.shape(i) != s)
+      throw std::invalid_argument(std::string(what) + ": dim " + std::to_string(i) + " is " +
+                                  std::to_string(a.shape(i)) + ", expected " + std::to_string(s));
+    ++i;
+  }
+}
+
+template <class T>
+const T* opt_ptr(const OptArr<T>& a, int64_t n, const char* what) {
+  if (!a) return nullptr;
+  check(*a, {n}, what);
+  return a->data();
+}
+
+// Fills the per-channel part of an epilogue from optional arrays (convention 6 of bitpack.h).
+void fill_epilogue(Epilogue& e, int64_t N, const OptArr<float>& scale, float scale_all, const OptArr<float>& bias,
+                   const OptArr<float>& slope, const OptArr<float>& b1, const OptArr<float>& b2) {
+  e.scale = opt_ptr(scale, N, "scale");
+  e.scale_all = scale_all;
+  e.bias = opt_ptr(bias, N, "bias");
+  e.slope = opt_ptr(slope, N, "slope");
+  e.b1 = opt_ptr(b1, N, "b1");
+  e.b2 = opt_ptr(b2, N, "b2");
+  if ((e.slope != nullptr) != (e.b1 != nullptr) || (e.slope != nullptr) != (e.b2 != nullptr))
+    throw std::invalid_argument("RPReLU needs slope, b1 and b2 together");
+}
+
+// Residual (M, Rc) or (G, M, Rc) with N % Rc == 0.
+void fill_residual(Epilogue& e, const OptArr<float>& res, int64_t G, int64_t M, int64_t N) {
+  if (!res) return;
+  const int64_t nd = res->ndim(), rc = res->shape(nd - 1);
+  if (nd == 2) {
+    check(*res, {M, -1}, "residual");
+  } else {
+    check(*res, {G, M, -1}, "residual");
+    e.res_gstride = M * rc;
+  }
+  if (rc <= 0 || N % rc != 0) throw std::invalid_argument("residual columns must divide N");
+  e.res = res->data();
+  e.res_ld = rc;
+  e.res_cols = rc;
+}
+
+Arr<float> output(std::optional<Arr<float>>& out, std::vector<py::ssize_t> shape, bool accumulate) {
+  if (out) {
+    if (static_cast<size_t>(out->ndim()) != shape.size()) throw std::invalid_argument("out: wrong rank");
+    for (size_t i = 0; i < shape.size(); ++i)
+      if (out->shape(i) != shape[i]) throw std::invalid_argument("out: wrong shape");
+    return *out;
+  }
+  if (accumulate) throw std::invalid_argument("accumulate=True needs out=");
+  return Arr<float>(shape);
+}
+
+Arr<uint64_t> pack_rows(const Arr<float>& x, const OptArr<float>& bias) {
+  if (x.ndim() < 1) throw std::invalid_argument("x: need at least 1 dim");
+  const int64_t K = x.shape(x.ndim() - 1), M = K ? x.size() / K : 0;
+  std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+  shape.back() = bhv::words_for(K);
+  Arr<uint64_t> out(shape);
+  const float* b = opt_ptr(bias, K, "bias");
+  uint64_t* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    bhv::pack_rows(x.data(), K, M, K, b, o);
+  }
+  return out;
+}
+
+Arr<uint64_t> to_panels(const Arr<uint64_t>& rows) {
+  check(rows, {-1, -1, -1}, "rows (G, N, KW)");
+  const int64_t G = rows.shape(0), N = rows.shape(1), KW = rows.shape(2);
+  Arr<uint64_t> out({G, bhv::panels_for(N), KW, int64_t(bhv::kPanel)});
+  bhv::to_panels(rows.data(), G, N, KW, out.mutable_data());
+  return out;
+}
+
+Arr<uint64_t> pack_cols_panels(const Arr<float>& x, const OptArr<float>& bias) {
+  check(x, {-1, -1, -1}, "x (G, S, D)");
+  const int64_t G = x.shape(0), S = x.shape(1), D = x.shape(2);
+  Arr<uint64_t> out({G, bhv::panels_for(D), bhv::words_for(S), int64_t(bhv::kPanel)});
+  const float* b = opt_ptr(bias, D, "bias");
+  uint64_t* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    bhv::pack_cols_panels(x.data(), G, S, D, b, o);
+  }
+  return out;
+}
+
+Arr<uint64_t> pack_nonzero(const Arr<uint8_t>& m) {
+  if (m.ndim() < 1) throw std::invalid_argument("m: need at least 1 dim");
+  const int64_t K = m.shape(m.ndim() - 1), M = K ? m.size() / K : 0;
+  std::vector<py::ssize_t> shape(m.shape(), m.shape() + m.ndim());
+  shape.back() = bhv::words_for(K);
+  Arr<uint64_t> out(shape);
+  uint64_t* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    bhv::pack_nonzero(m.data(), M, K, o);
+  }
+  return out;
+}
+
+Arr<int32_t> popcount_gemm(const Arr<uint64_t>& a, const Arr<uint64_t>& bp, int64_t N, bool op_and) {
+  check(a, {-1, -1, -1}, "a (G, M, KW)");
+  const int64_t G = a.shape(0), M = a.shape(1), KW = a.shape(2);
+  check(bp, {G, bhv::panels_for(N), KW, bhv::kPanel}, "b panels (G, NP, KW, 8)");
+  Arr<int32_t> out({G, M, N});
+  int32_t* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    bhv::popcount_gemm(a.data(), M, bp.data(), N, KW, G, op_and, o);
+  }
+  return out;
+}
+
+// a: (M, KW) or (G, M, KW); bp: (NP, KW, 8) shared, or (G, NP, KW, 8).
+Arr<float> bgemm(const Arr<uint64_t>& a, const Arr<uint64_t>& bp, int64_t N, int64_t K, const OptArr<float>& scale,
+                 float scale_all, const OptArr<float>& bias, const OptArr<float>& residual,
+                 const OptArr<float>& slope, const OptArr<float>& b1, const OptArr<float>& b2,
+                 std::optional<Arr<float>> out, bool accumulate) {
+  const bool batched = a.ndim() == 3;
+  if (!batched) check(a, {-1, bhv::words_for(K)}, "a (M, KW)");
+  else check(a, {-1, -1, bhv::words_for(K)}, "a (G, M, KW)");
+  const int64_t G = batched ? a.shape(0) : 1, M = a.shape(batched ? 1 : 0), KW = bhv::words_for(K);
+  const int64_t NP = bhv::panels_for(N);
+  int64_t b_gstride = 0;
+  if (bp.ndim() == 4) {
+    check(bp, {G, NP, KW, bhv::kPanel}, "b panels (G, NP, KW, 8)");
+    b_gstride = NP * KW * bhv::kPanel;
+  } else {
+    check(bp, {NP, KW, bhv::kPanel}, "b panels (NP, KW, 8)");
+  }
+  Epilogue e;
+  fill_epilogue(e, N, scale, scale_all, bias, slope, b1, b2);
+  fill_residual(e, residual, G, M, N);
+  std::vector<py::ssize_t> shape = batched ? std::vector<py::ssize_t>{G, M, N} : std::vector<py::ssize_t>{M, N};
+  Arr<float> o = output(out, shape, accumulate);
+  e.out = o.mutable_data();
+  e.out_ld = N;
+  e.out_gstride = M * N;
+  e.accumulate = accumulate;
+  {
+    py::gil_scoped_release nogil;
+    bhv::bgemm(a.data(), M, bp.data(), b_gstride, N, KW, K, G, e);
+  }
+  return o;
+}
+
+// xp: (B, H, W, CW) channel-packed pixels; wp: (groups, NPg, KWc, 8); wpop: (Cout, KH*KW).
+Arr<float> bconv(const Arr<uint64_t>& xp, int64_t C, const Arr<uint64_t>& wp, const Arr<int32_t>& wpop,
+                 int64_t Cout, int64_t groups, int64_t kh, int64_t kw, int64_t stride, int64_t pad, int64_t dil,
+                 const OptArr<float>& scale, const OptArr<float>& bias, const OptArr<float>& residual,
+                 const OptArr<float>& slope, const OptArr<float>& b1, const OptArr<float>& b2,
+                 std::optional<Arr<float>> out, bool accumulate) {
+  check(xp, {-1, -1, -1, bhv::words_for(C)}, "xp (B, H, W, CW)");
+  if (groups < 1 || C % groups || Cout % groups) throw std::invalid_argument("groups must divide C and Cout");
+  if (kh * kw > 16 || kh < 1 || kw < 1 || stride < 1 || dil < 1 || pad < 0)
+    throw std::invalid_argument("bad conv geometry (at most 16 taps)");
+  bhv::ConvGeom g{xp.shape(0), xp.shape(1), xp.shape(2), C, xp.shape(3), groups, kh, kw, stride, pad, dil, 0, 0, Cout};
+  g.OH = (g.H + 2 * pad - dil * (kh - 1) - 1) / stride + 1;
+  g.OW = (g.W + 2 * pad - dil * (kw - 1) - 1) / stride + 1;
+  if (g.OH < 1 || g.OW < 1) throw std::invalid_argument("conv output would be empty");
+  const int64_t KWc = bhv::words_for(kh * kw * (C / groups));
+  check(wp, {groups, bhv::panels_for(Cout / groups), KWc, bhv::kPanel}, "weight panels (groups, NPg, KWc, 8)");
+  check(wpop, {Cout, kh * kw}, "wpop (Cout, taps)");
+  const int64_t M = g.B * g.OH * g.OW;
+  Epilogue e;
+  fill_epilogue(e, Cout, scale, 1.0f, bias, slope, b1, b2);
+  fill_residual(e, residual, 1, M, Cout);
+  Arr<float> o = output(out, {g.B, g.OH * g.OW, Cout}, accumulate);
+  e.out = o.mutable_data();
+  e.out_ld = Cout;
+  e.accumulate = accumulate;
+  {
+    py::gil_scoped_release nogil;
+    bhv::bconv(xp.data(), g, wp.data(), wpop.data(), e);
+  }
+  return o;
+}
+
+Arr<float> masked_av(const Arr<uint64_t>& masks, const Arr<uint64_t>& vp, const Arr<float>& w, int64_t S, int64_t D) {
+  check(masks, {-1, -1, S, bhv::words_for(S)}, "masks (G, R, S, SW)");
+  const int64_t G = masks.shape(0), R = masks.shape(1);
+  check(vp, {G, bhv::panels_for(D), bhv::words_for(S), bhv::kPanel}, "v panels (G, ceil(D/8), SW, 8)");
+  check(w, {G, R}, "w (G, R)");
+  Arr<float> out({G, S, D});
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    bhv::masked_av(masks.data(), vp.data(), w.data(), G, R, S, D, o);
+  }
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "bhvit packed engine kernels (bit conventions: csrc/bitpack.h, docs/packed-format.md)";
+  m.def("available_isas", &bhv::available_isas);
+  m.def("current_isa", &bhv::current_isa);
+  m.def("set_isa", &bhv::set_isa, py::arg("name"));
+  m.def("get_num_threads", &bhv::get_num_threads);
+  m.def("set_num_threads", &bhv::set_num_threads, py::arg("n"));
+  m.def("pack_rows", &pack_rows, py::arg("x"), py::arg("bias") = py::none());
+  m.def("to_panels", &to_panels, py::arg("rows"));
+  m.def("pack_cols_panels", &pack_cols_panels, py::arg("x"), py::arg("bias") = py::none());
+  m.def("pack_nonzero", &pack_nonzero, py::arg("m"));
+  m.def("popcount_gemm", &popcount_gemm, py::arg("a"), py::arg("bp"), py::arg("n"), py::arg("op_and") = false);
+  m.def("bgemm", &bgemm, py::arg("a"), py::arg("bp"), py::arg("n"), py::arg("k"), py::arg("scale") = py::none(),
+        py::arg("scale_all") = 1.0f, py::arg("bias") = py::none(), py::arg("residual") = py::none(),
+        py::arg("slope") = py::none(), py::arg("b1") = py::none(), py::arg("b2") = py::none(),
+        py::arg("out") = py::none(), py::arg("accumulate") = false);
+  m.def("bconv", &bconv, py::arg("xp"), py::arg("c"), py::arg("wp"), py::arg("wpop"), py::arg("cout"),
+        py::arg("groups"), py::arg("kh"), py::arg("kw"), py::arg("stride"), py::arg("pad"), py::arg("dil"),
+        py::arg("scale") = py::none(), py::arg("bias") = py::none(), py::arg("residual") = py::none(),
+        py::arg("slope") = py::none(), py::arg("b1") = py::none(), py::arg("b2") = py::none(),
+        py::arg("out") = py::none(), py::arg("accumulate") = false);
+  m.def("masked_av", &masked_av, py::arg("masks"), py::arg("vp"), py::arg("w"), py::arg("s"), py::arg("d"));
+}

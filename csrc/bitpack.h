@@ -1,0 +1,53 @@
+// bhvit packed engine: bit conventions (written down once; docs/packed-format.md repeats them).
+//
+//  1. Word type: uint64_t, little-endian in files.
+//  2. Packing axis: along K, the reduction axis (in-features of a linear, channels of a conv input,
+//     head dim for q/k, keys for attention masks and v^T). A row of K values becomes
+//     KW = ceil(K / 64) words.
+//  3. Bit order: element k of a row lives in word k / 64, bit k % 64 (bit 0 = least significant).
+//  4. Values: a set bit means -1, a clear bit means +1. Padding bits (k >= K in the last word) are 0.
+//     Activations are packed with bit = (x < 0): exact zeros (and -0.0, NaN) map to +1 (see
+//     docs/packed-format.md, "Zeros").
+//  5. Dot product of two +-1 rows: a.b = K - 2 * popcount(a XOR b). Padding bits are 0 in both
+//     operands, so they never count.
+//     A {0,1} mask m against a +-1 row v: m.v = popcount(m) - 2 * popcount(m AND v).
+//  6. Output transform (per output channel n, after accumulation, in this order):
+//       z = scale[n] * dot + bias[n]          (alpha_n and an eval-mode BatchNorm folded together)
+//       z = z + residual[m, n % res_cols]     (optional; res_cols < N tiles the residual, e.g. concat([x]*r))
+//       z = PReLU_n(z - b1[n]) + b2[n]        (optional RPReLU)
+//       out[m, n] = z   or   out[m, n] += z   (accumulate mode, e.g. summing dilation branches)
+//  7. Weight panels: the GEMM right operand (N rows of KW words) is stored as panels of 8 rows,
+//     word-interleaved: panel[p][k][j] = row (8p + j), word k. Rows >= N are zero.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace bhv {
+
+constexpr int kWordBits = 64;
+constexpr int kPanel = 8;
+
+inline int64_t words_for(int64_t k) { return (k + kWordBits - 1) / kWordBits; }
+inline int64_t panels_for(int64_t n) { return (n + kPanel - 1) / kPanel; }
+
+// One ISA's kernels. popc_block fills P[i * ldp + 8 * (p - p0) + j] (i < M, p0 <= p < p1, j < 8) with
+//   sum_k popcount(op(A[i * lda + k], Bp[(p * KW + k) * 8 + j])),  op = XOR, or AND if op_and.
+struct IsaKernels {
+  const char* name;
+  void (*popc_block)(const uint64_t* A, int64_t lda, int64_t M, const uint64_t* Bp, int64_t p0,
+                     int64_t p1, int64_t KW, bool op_and, int32_t* P, int64_t ldp);
+  // Packs rows of x (M x K floats, row stride ldx) into out (M x KW words, row stride KW):
+  // bit = (x[i, k] + bias[k] < 0); bias may be null.
+  void (*pack_rows)(const float* x, int64_t ldx, int64_t M, int64_t K, const float* bias,
+                    uint64_t* out);
+};
+
+// Returns the kernels of an ISA, or null when this build or this CPU lacks it.
+const IsaKernels* isa_generic();
+const IsaKernels* isa_popcnt();
+const IsaKernels* isa_avx2();
+const IsaKernels* isa_avx512bw();
+const IsaKernels* isa_avx512vpopcnt();
+const IsaKernels* isa_neon();
+
+}  // namespace bhv

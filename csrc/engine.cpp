@@ -1,0 +1,270 @@
+// Drivers: ISA dispatch, threading, blocking, im2col of packed bits, output transforms.
+#include "engine.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <thread>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace bhv {
+namespace {
+
+constexpr int64_t kRowBlock = 64;     // rows of A per task
+constexpr int64_t kPanelBlock = 16;   // weight panels (128 output columns) per task
+constexpr int64_t kSerialWork = 1 << 15;  // below this many word-ops a call runs on one thread
+
+std::vector<const IsaKernels*> detect() {
+  std::vector<const IsaKernels*> out;
+  for (auto f : {isa_avx512vpopcnt, isa_avx512bw, isa_avx2, isa_neon, isa_popcnt, isa_generic})
+    if (const IsaKernels* k = f()) out.push_back(k);
+  return out;
+}
+
+const std::vector<const IsaKernels*>& isas() {
+  static const std::vector<const IsaKernels*> v = detect();
+  return v;
+}
+
+const IsaKernels*& active() {
+  static const IsaKernels* k = isas().front();
+  return k;
+}
+
+int& threads() {
+  static int n = std::max(1u, std::thread::hardware_concurrency());
+  return n;
+}
+
+// Runs f(task) for task in [0, n); in parallel when there is enough work.
+template <class F>
+void parallel_for(int64_t n, int64_t work, F&& f) {
+  const int nt = static_cast<int>(std::min<int64_t>(threads(), n));
+#ifdef _OPENMP
+  if (nt > 1 && work >= kSerialWork) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t t = 0; t < n; ++t) f(t);
+    return;
+  }
+#endif
+  (void)work;
+  for (int64_t t = 0; t < n; ++t) f(t);
+}
+
+int32_t* scratch_i32(size_t n) {
+  thread_local std::vector<int32_t> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
+uint64_t* scratch_u64(size_t n) {
+  thread_local std::vector<uint64_t> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
+// Output transform of one row (convention 6): columns [n0, n1) from integer dots dot[n - n0].
+void apply_row(const Epilogue& e, int64_t g, int64_t m, const int32_t* dot, int64_t n0, int64_t n1) {
+  float* out = e.out + g * e.out_gstride + m * e.out_ld;
+  const float* res = e.res ? e.res + g * e.res_gstride + m * e.res_ld : nullptr;
+  for (int64_t n = n0; n < n1; ++n) {
+    float z = static_cast<float>(dot[n - n0]) * (e.scale ? e.scale[n] : e.scale_all);
+    if (e.bias) z = z + e.bias[n];
+    if (res) z = z + res[n % e.res_cols];
+    if (e.slope) {
+      z = z - e.b1[n];
+      z = z >= 0.0f ? z : e.slope[n] * z;
+      z = z + e.b2[n];
+    }
+    out[n] = e.accumulate ? out[n] + z : z;
+  }
+}
+
+// ORs nbits bits of src starting at bit sbit into dst starting at bit dbit (nbits <= 64).
+inline void or_bits(uint64_t* dst, int64_t dbit, const uint64_t* src, int64_t sbit, int64_t nbits) {
+  const int64_t sw = sbit >> 6, so = sbit & 63, dw = dbit >> 6, dof = dbit & 63;
+  uint64_t v = src[sw] >> so;
+  if (so && so + nbits > 64) v |= src[sw + 1] << (64 - so);
+  if (nbits < 64) v &= (uint64_t(1) << nbits) - 1;
+  dst[dw] |= v << dof;
+  if (dof && dof + nbits > 64) dst[dw + 1] |= v >> (64 - dof);
+}
+
+}  // namespace
+
+// ---- configuration ----------------------------------------------------------------------------
+std::vector<std::string> available_isas() {
+  std::vector<std::string> out;
+  for (const IsaKernels* k : isas()) out.emplace_back(k->name);
+  return out;
+}
+
+std::string current_isa() { return active()->name; }
+
+void set_isa(const std::string& name) {
+  for (const IsaKernels* k : isas())
+    if (name == k->name) {
+      active() = k;
+      return;
+    }
+  throw std::invalid_argument("ISA '" + name + "' is not available on this CPU/build");
+}
+
+int get_num_threads() { return threads(); }
+
+void set_num_threads(int n) {
+  if (n < 1) throw std::invalid_argument("num_threads must be >= 1");
+  threads() = n;
+}
+
+// ---- packing ----------------------------------------------------------------------------------
+void pack_rows(const float* x, int64_t ldx, int64_t M, int64_t K, const float* bias, uint64_t* out) {
+  const int64_t KW = words_for(K), nb = (M + 255) / 256;
+  parallel_for(nb, M * K / 8, [&](int64_t b) {
+    const int64_t m0 = b * 256, m1 = std::min(M, m0 + 256);
+    active()->pack_rows(x + m0 * ldx, ldx, m1 - m0, K, bias, out + m0 * KW);
+  });
+}
+
+void to_panels(const uint64_t* rows, int64_t G, int64_t N, int64_t KW, uint64_t* panels) {
+  const int64_t NP = panels_for(N);
+  for (int64_t g = 0; g < G; ++g) {
+    uint64_t* pg = panels + g * NP * KW * kPanel;
+    std::memset(pg, 0, sizeof(uint64_t) * NP * KW * kPanel);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < KW; ++k) pg[((n / kPanel) * KW + k) * kPanel + n % kPanel] = rows[(g * N + n) * KW + k];
+  }
+}
+
+void pack_cols_panels(const float* x, int64_t G, int64_t S, int64_t D, const float* bias, uint64_t* out) {
+  const int64_t NP = panels_for(D), SW = words_for(S), per_g = NP * SW * kPanel;
+  parallel_for(G, G * S * D / 8, [&](int64_t g) {
+    uint64_t* og = out + g * per_g;
+    std::memset(og, 0, sizeof(uint64_t) * per_g);
+    const float* xg = x + g * S * D;
+    for (int64_t s = 0; s < S; ++s) {
+      const uint64_t bit = uint64_t(1) << (s & 63);
+      uint64_t* ow = og + (s >> 6) * kPanel;
+      for (int64_t d = 0; d < D; ++d) {
+        const float v = bias ? xg[s * D + d] + bias[d] : xg[s * D + d];
+        if (v < 0.0f) ow[(d / kPanel) * SW * kPanel + d % kPanel] |= bit;
+      }
+    }
+  });
+}
+
+void pack_nonzero(const uint8_t* m, int64_t M, int64_t K, uint64_t* out) {
+  const int64_t KW = words_for(K);
+  parallel_for(M, M * K / 8, [&](int64_t i) {
+    for (int64_t w = 0; w < KW; ++w) {
+      const int64_t k0 = w * 64, n = std::min<int64_t>(64, K - k0);
+      uint64_t word = 0;
+      for (int64_t j = 0; j < n; ++j) word |= uint64_t(m[i * K + k0 + j] != 0) << j;
+      out[i * KW + w] = word;
+    }
+  });
+}
+
+// ---- binary products --------------------------------------------------------------------------
+void popcount_gemm(const uint64_t* A, int64_t M, const uint64_t* Bp, int64_t N, int64_t KW, int64_t G,
+                   bool op_and, int32_t* P) {
+  const int64_t NP = panels_for(N), nrb = (M + kRowBlock - 1) / kRowBlock;
+  parallel_for(G * nrb, G * M * NP * kPanel * KW, [&](int64_t t) {
+    const int64_t g = t / nrb, m0 = (t % nrb) * kRowBlock, mlen = std::min(kRowBlock, M - m0);
+    int32_t* buf = scratch_i32(kRowBlock * NP * kPanel);
+    active()->popc_block(A + (g * M + m0) * KW, KW, mlen, Bp + g * NP * KW * kPanel, 0, NP, KW, op_and, buf,
+                         NP * kPanel);
+    for (int64_t i = 0; i < mlen; ++i)
+      std::memcpy(P + (g * M + m0 + i) * N, buf + i * NP * kPanel, sizeof(int32_t) * N);
+  });
+}
+
+void bgemm(const uint64_t* A, int64_t M, const uint64_t* Bp, int64_t b_gstride, int64_t N, int64_t KW,
+           int64_t K, int64_t G, const Epilogue& e) {
+  const int64_t NP = panels_for(N);
+  const int64_t nrb = (M + kRowBlock - 1) / kRowBlock, npb = (NP + kPanelBlock - 1) / kPanelBlock;
+  parallel_for(G * nrb * npb, G * M * NP * kPanel * KW, [&](int64_t t) {
+    const int64_t g = t / (nrb * npb), rb = (t / npb) % nrb, pb = t % npb;
+    const int64_t m0 = rb * kRowBlock, mlen = std::min(kRowBlock, M - m0);
+    const int64_t p0 = pb * kPanelBlock, p1 = std::min(NP, p0 + kPanelBlock);
+    const int64_t ldp = kPanelBlock * kPanel, n0 = p0 * kPanel, n1 = std::min(N, p1 * kPanel);
+    int32_t* P = scratch_i32(kRowBlock * ldp);
+    active()->popc_block(A + (g * M + m0) * KW, KW, mlen, Bp + g * b_gstride, p0, p1, KW, false, P, ldp);
+    for (int64_t i = 0; i < mlen; ++i) {
+      int32_t* row = P + i * ldp;
+      for (int64_t n = 0; n < n1 - n0; ++n) row[n] = static_cast<int32_t>(K) - 2 * row[n];
+      apply_row(e, g, m0 + i, row, n0, n1);
+    }
+  });
+}
+
+void bconv(const uint64_t* xp, const ConvGeom& c, const uint64_t* Bp, const int32_t* wpop, const Epilogue& e) {
+  const int64_t Cg = c.C / c.groups, Ng = c.Cout / c.groups, T = c.KH * c.KWd;
+  const int64_t KWc = words_for(T * Cg), NPg = panels_for(Ng), ldp = NPg * kPanel;
+  const int64_t M = c.B * c.OH * c.OW, nrb = (M + kRowBlock - 1) / kRowBlock;
+  parallel_for(nrb * c.groups, M * c.Cout * KWc, [&](int64_t t) {
+    const int64_t rb = t / c.groups, g = t % c.groups;
+    const int64_t m0 = rb * kRowBlock, mlen = std::min(kRowBlock, M - m0);
+    uint64_t* col = scratch_u64(kRowBlock * KWc);
+    std::memset(col, 0, sizeof(uint64_t) * mlen * KWc);
+    std::vector<uint16_t> valid(mlen);  // bit t set when tap t of row i sees a real pixel
+    for (int64_t i = 0; i < mlen; ++i) {
+      const int64_t m = m0 + i, b = m / (c.OH * c.OW), oh = (m / c.OW) % c.OH, ow = m % c.OW;
+      uint16_t v = 0;
+      for (int64_t ky = 0; ky < c.KH; ++ky)
+        for (int64_t kx = 0; kx < c.KWd; ++kx) {
+          const int64_t ih = oh * c.stride - c.pad + ky * c.dil, iw = ow * c.stride - c.pad + kx * c.dil;
+          if (ih < 0 || ih >= c.H || iw < 0 || iw >= c.W) continue;
+          const int64_t tap = ky * c.KWd + kx;
+          v |= uint16_t(1u << tap);
+          const uint64_t* px = xp + ((b * c.H + ih) * c.W + iw) * c.CW;
+          for (int64_t o = 0; o < Cg; o += 64)
+            or_bits(col + i * KWc, tap * Cg + o, px, g * Cg + o, std::min<int64_t>(64, Cg - o));
+        }
+      valid[i] = v;
+    }
+    int32_t* P = scratch_i32(kRowBlock * ldp);
+    active()->popc_block(col, KWc, mlen, Bp + g * NPg * KWc * kPanel, 0, NPg, KWc, false, P, ldp);
+    const uint16_t all = uint16_t((1u << T) - 1);
+    for (int64_t i = 0; i < mlen; ++i) {
+      int32_t* row = P + i * ldp;
+      const int32_t kv = static_cast<int32_t>(Cg * __builtin_popcount(valid[i]));
+      for (int64_t j = 0; j < Ng; ++j) {
+        int32_t corr = 0;  // padding bits are 0 in col, so invalid taps counted popcount(w) there
+        if (valid[i] != all)
+          for (int64_t tap = 0; tap < T; ++tap)
+            if (!(valid[i] >> tap & 1)) corr += wpop[(g * Ng + j) * T + tap];
+        row[j] = kv - 2 * (row[j] - corr);
+      }
+      // apply_row indexes dot[n - n0], so pass the group's output-channel range.
+      apply_row(e, 0, m0 + i, row, g * Ng, g * Ng + Ng);
+    }
+  });
+}
+
+void masked_av(const uint64_t* masks, const uint64_t* vp, const float* w, int64_t G, int64_t R, int64_t S,
+               int64_t D, float* out) {
+  const int64_t SW = words_for(S), NP = panels_for(D), ldp = NP * kPanel;
+  parallel_for(G, G * R * S * ldp * SW, [&](int64_t g) {
+    const uint64_t* mg = masks + g * R * S * SW;
+    int32_t* P = scratch_i32(R * S * ldp);
+    active()->popc_block(mg, SW, R * S, vp + g * NP * SW * kPanel, 0, NP, SW, true, P, ldp);
+    for (int64_t s = 0; s < S; ++s) {
+      float* o = out + (g * S + s) * D;
+      for (int64_t d = 0; d < D; ++d) o[d] = 0.0f;
+      for (int64_t r = 0; r < R; ++r) {
+        const uint64_t* mrow = mg + (r * S + s) * SW;
+        int32_t pc = 0;
+        for (int64_t k = 0; k < SW; ++k) pc += __builtin_popcountll(mrow[k]);
+        const float wr = w[g * R + r];
+        const int32_t* prow = P + (r * S + s) * ldp;
+        for (int64_t d = 0; d < D; ++d) o[d] = o[d] + wr * static_cast<float>(pc - 2 * prow[d]);
+      }
+    }
+  });
+}
+
+}  // namespace bhv

@@ -1,0 +1,69 @@
+// bhvit packed engine: drivers over the per-ISA kernels (see bitpack.h for the bit conventions).
+// Plain pointers in, no torch or Python types: bindings.cpp adapts numpy arrays.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "bitpack.h"
+
+namespace bhv {
+
+// ---- run-time configuration -------------------------------------------------------------------
+std::vector<std::string> available_isas();  // best first; always ends with "generic"
+std::string current_isa();
+void set_isa(const std::string& name);      // throws std::invalid_argument if unavailable
+int get_num_threads();
+void set_num_threads(int n);                // n >= 1
+
+// ---- output transform (bitpack.h, convention 6) ----------------------------------------------
+struct Epilogue {
+  const float* scale = nullptr;  // (N,) per-channel scale; null -> scale_all
+  float scale_all = 1.0f;
+  const float* bias = nullptr;   // (N,) or null
+  const float* res = nullptr;    // residual rows: res[g * res_gstride + m * res_ld + n % res_cols]
+  int64_t res_ld = 0, res_cols = 0, res_gstride = 0;
+  const float* slope = nullptr;  // RPReLU: PReLU slope, b1 (before), b2 (after); all (N,) or null
+  const float* b1 = nullptr;
+  const float* b2 = nullptr;
+  bool accumulate = false;       // out += z instead of out = z
+  float* out = nullptr;          // out[g * out_gstride + m * out_ld + n]
+  int64_t out_ld = 0, out_gstride = 0;
+};
+
+// ---- packing ----------------------------------------------------------------------------------
+// x: (M, K) floats, row stride ldx; bias: (K,) or null -> out (M, KW): bit = (x + bias < 0).
+void pack_rows(const float* x, int64_t ldx, int64_t M, int64_t K, const float* bias, uint64_t* out);
+// rows: (G, N, KW) -> panels: (G, ceil(N/8), KW, 8), rows >= N zero.
+void to_panels(const uint64_t* rows, int64_t G, int64_t N, int64_t KW, uint64_t* panels);
+// x: (G, S, D) floats, bias (D,) or null -> (G, ceil(D/8), ceil(S/64), 8): x^T packed along S.
+void pack_cols_panels(const float* x, int64_t G, int64_t S, int64_t D, const float* bias, uint64_t* out);
+// m: (M, K) bytes -> (M, KW): bit = (m != 0).
+void pack_nonzero(const uint8_t* m, int64_t M, int64_t K, uint64_t* out);
+
+// ---- binary products --------------------------------------------------------------------------
+// Raw popcounts: P[g, m, n] = sum_k popcount(op(A[g, m, k], B[g, n, k])) with B given as panels.
+void popcount_gemm(const uint64_t* A, int64_t M, const uint64_t* Bp, int64_t N, int64_t KW, int64_t G,
+                   bool op_and, int32_t* P);
+// XOR GEMM with fused output transform: dot = K - 2 popcount(a XOR b), batched over G
+// (A: (G, M, KW), Bp: (G, NP, KW, 8); b_gstride 0 shares one weight over the batch).
+void bgemm(const uint64_t* A, int64_t M, const uint64_t* Bp, int64_t b_gstride, int64_t N, int64_t KW,
+           int64_t K, int64_t G, const Epilogue& e);
+
+struct ConvGeom {
+  int64_t B, H, W, C, CW;                 // input (B, H, W) pixels of C channels in CW words each
+  int64_t groups, KH, KWd, stride, pad, dil;
+  int64_t OH, OW, Cout;
+};
+// Binary grouped conv on channel-packed pixels, zero padding exact (only valid taps count).
+// Bp: (groups, ceil((Cout/groups)/8), KWc, 8) with KWc = ceil(KH*KWd*(C/groups)/64), weight rows
+// ordered (tap = ky*KWd + kx, channel); wpop: (Cout, KH*KWd) popcount of each tap's weight bits.
+// Output row m = (b*OH + oh)*OW + ow, column n = output channel.
+void bconv(const uint64_t* xp, const ConvGeom& g, const uint64_t* Bp, const int32_t* wpop, const Epilogue& e);
+
+// Attention context from R binary masks per (g, query): masks (G, R, S, SW), v panels (G, ceil(D/8), SW, 8)
+// out[g, s, d] = sum_r w[g, r] * (popcount(T_r[s]) - 2 popcount(T_r[s] AND v_d)).
+void masked_av(const uint64_t* masks, const uint64_t* vp, const float* w, int64_t G, int64_t R, int64_t S,
+               int64_t D, float* out);
+
+}  // namespace bhv

@@ -1,0 +1,10 @@
+// Baseline kernels: plain C++ compiled with the default (portable) flags.
+#include "bitpack.h"
+#include "isa_portable.inc"
+
+namespace bhv {
+const IsaKernels* isa_generic() {
+  static const IsaKernels k{"generic", portable_popc_block, portable_pack_rows};
+  return &k;
+}
+}  // namespace bhv
