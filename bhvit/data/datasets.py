@@ -1,0 +1,189 @@
+"""Dataset selection and the augmentation wrapper used for training and evaluation.
+
+``DataConfig.name`` is a dataset name (``fashion_mnist``, ``cifar10``, ``synthetic``) or a path: a
+directory with ``train/`` and ``val/`` class folders is an image folder, a directory holding the
+Fashion-MNIST IDX files or the CIFAR-10 pickles is read as such.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bhvit.data import cifar10, fashion_mnist, folder
+from bhvit.data.transforms import Compose, eval_transform, resize, train_transform
+
+DATASET_NAMES = ("fashion_mnist", "cifar10", "synthetic")
+AUGMENTATIONS = ("auto", "imagenet", "small", "none")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data, at which size, with which augmentation.
+
+    ``name``: a name of :data:`DATASET_NAMES` or a directory; ``root``: where to look first for a named
+    dataset; ``augment``: ``auto`` picks ``small`` for images of at most 64 px on disk and ``imagenet``
+    otherwise (SPEC §4); ``train_subset``: use only the first n training images (quick experiments).
+    """
+
+    name: str = "fashion_mnist"
+    root: str | None = None
+    img_size: int = 32
+    augment: str = "auto"
+    batch_size: int = 128
+    eval_batch_size: int = 500
+    num_workers: int = 0
+    download: bool = False
+    train_subset: int | None = None
+    synthetic_size: int = 256
+    synthetic_classes: int = 10
+
+    def __post_init__(self) -> None:
+        if self.img_size <= 0 or self.img_size % 32:
+            raise ValueError(
+                f"img_size={self.img_size}: must be a positive multiple of 32 (the stem divides by 4 "
+                "and three downsamplings by 2 more)"
+            )
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment={self.augment!r}; expected one of {AUGMENTATIONS}")
+        if self.batch_size < 1 or self.eval_batch_size < 1 or self.num_workers < 0:
+            raise ValueError("batch sizes must be ≥ 1 and num_workers ≥ 0")
+        if self.train_subset is not None and self.train_subset < 1:
+            raise ValueError("train_subset must be ≥ 1 or None")
+        if self.name not in DATASET_NAMES and not Path(self.name).is_dir():
+            raise ValueError(f"data {self.name!r} is neither one of {DATASET_NAMES} nor a directory")
+
+
+@dataclass
+class DataBundle:
+    """Train and test datasets plus what the model needs to know about them."""
+
+    name: str
+    train: torch.utils.data.Dataset
+    test: torch.utils.data.Dataset
+    num_classes: int
+    in_chans: int
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+class TensorImages(torch.utils.data.Dataset):
+    """In-memory uint8 images ``(N, C, H, W)`` with int64 labels."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        if images.ndim == 3:  # (N, H, W) grey
+            images = images[:, None]
+        self.images, self.labels = images, labels
+        self._labels = labels.tolist()  # python ints: indexing a tensor per item costs ~5 µs
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], self._labels[i]
+
+
+class Augmented(torch.utils.data.Dataset):
+    """Apply ``transform`` to every item; random transforms draw from a generator seeded per item.
+
+    The seed of item ``i`` in epoch ``e`` is a fixed arithmetic mix of (seed, e, i), so a
+    sample gets the same augmentation whichever process or worker loads it and whenever the run was
+    resumed. Call :meth:`set_epoch` before iterating an epoch.
+    """
+
+    def __init__(self, base: torch.utils.data.Dataset, transform: Compose, seed: int | None) -> None:
+        self.base, self.transform, self.seed, self.epoch = base, transform, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img, label = self.base[i]
+        g = None
+        if self.seed is not None:
+            g = random.Random((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
+        return self.transform(img, g), label
+
+
+def presize(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
+    """Resize a whole uint8 ``(N, C, H, W)`` array once (cheaper than per item every epoch)."""
+    if tuple(images.shape[-2:]) == (size, size):
+        return images
+    return torch.cat([resize(images[i : i + chunk], (size, size)) for i in range(0, len(images), chunk)])
+
+
+def _synthetic(cfg: DataConfig) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    n, s = cfg.synthetic_size, cfg.img_size
+    imgs = torch.randint(0, 256, (n, 3, s, s), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, cfg.synthetic_classes, (n,), generator=g)
+    return {"train_images": imgs, "train_labels": labels, "test_images": imgs, "test_labels": labels}
+
+
+def _load_arrays(cfg: DataConfig) -> tuple[str, dict[str, torch.Tensor], tuple, tuple, tuple]:
+    """(name, arrays, classes, mean, std) for the in-memory datasets."""
+    name, root = cfg.name, cfg.root
+    if Path(name).is_dir():
+        root = name
+        name = "cifar10" if any((Path(name) / s / "data_batch_1").is_file() for s in ("", cifar10.SUBDIR)) \
+            else "fashion_mnist"
+    if name == "fashion_mnist":
+        arrays = fashion_mnist.load(root, cfg.download)
+        return name, arrays, fashion_mnist.CLASSES, fashion_mnist.MEAN, fashion_mnist.STD
+    if name == "cifar10":
+        return name, cifar10.load(root, cfg.download), cifar10.CLASSES, cifar10.MEAN, cifar10.STD
+    classes = tuple(str(i) for i in range(cfg.synthetic_classes))
+    return name, _synthetic(cfg), classes, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def _augment_kind(cfg: DataConfig, disk_size: int) -> str:
+    if cfg.augment != "auto":
+        return cfg.augment
+    return "small" if disk_size <= 64 else "imagenet"
+
+
+def build_datasets(cfg: DataConfig, seed: int = 0) -> DataBundle:
+    """Load the data named by ``cfg`` and wrap both splits with their transforms."""
+    if Path(cfg.name).is_dir() and folder.is_image_folder(cfg.name):
+        train, val = folder.load(cfg.name)
+        kind = _augment_kind(cfg, disk_size=10**9)
+        mean, std = folder.IMAGENET_MEAN, folder.IMAGENET_STD
+        return DataBundle(
+            str(cfg.name), _subset(Augmented(train, train_transform(kind, cfg.img_size), seed), cfg),
+            Augmented(val, eval_transform(kind, cfg.img_size), None),
+            len(train.classes), 3, tuple(train.classes), mean, std,
+        )
+    name, arrays, classes, mean, std = _load_arrays(cfg)
+    kind = _augment_kind(cfg, arrays["train_images"].shape[-1])
+    train_imgs, test_imgs = arrays["train_images"], arrays["test_images"]
+    if cfg.train_subset is not None:
+        train_imgs, arrays["train_labels"] = train_imgs[: cfg.train_subset], arrays["train_labels"][: cfg.train_subset]
+    train_imgs, test_imgs = (x[:, None] if x.ndim == 3 else x for x in (train_imgs, test_imgs))
+    if kind != "imagenet":  # these transforms start with a plain resize: do it once
+        train_imgs, test_imgs = presize(train_imgs, cfg.img_size), presize(test_imgs, cfg.img_size)
+    train = TensorImages(train_imgs, arrays["train_labels"])
+    test = TensorImages(test_imgs, arrays["test_labels"])
+    return DataBundle(
+        name, Augmented(train, train_transform(kind, cfg.img_size), seed),
+        Augmented(test, eval_transform(kind, cfg.img_size), None),
+        len(classes), train_imgs.shape[1], tuple(classes), mean, std,
+    )
+
+
+def _subset(ds: Augmented, cfg: DataConfig) -> Augmented:
+    if cfg.train_subset is not None and cfg.train_subset < len(ds.base):
+        ds.base = torch.utils.data.Subset(ds.base, range(cfg.train_subset))
+    return ds
+
+
+def default_num_workers() -> int:
+    """Loader workers: none on machines with ≤ 2 cores (they would steal the compute threads)."""
+    return 0 if (os.cpu_count() or 1) <= 2 else min(8, (os.cpu_count() or 1) // 2)

@@ -1,0 +1,78 @@
+"""Checkpoints: written atomically, loaded with ``torch.load(weights_only=True)``.
+
+A training checkpoint is a dict of tensors and plain Python values:
+
+``format``: :data:`FORMAT`; ``model_config``: ``BHViTConfig.to_dict()`` (rebuilds the model with
+``bhvit.build_model``); ``model``: state dict; ``optimizer``, ``scheduler``, ``scaler``, ``ema``:
+their state dicts (or None); ``rng``: torch CPU/CUDA and Python ``random`` states; ``step`` (optimizer
+steps done), ``epoch`` and ``step_in_epoch`` (where to continue); ``train_config``:
+``TrainConfig.to_dict()``; ``metrics``: the last evaluation.
+
+Atomic: the dict is written to ``<path>.tmp`` in the same directory, flushed and fsynced, then
+``os.replace``d over ``path``; a crash mid-write leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMAT = "bhvit-train-v1"
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True`` (no arbitrary code from pickles)."""
+    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
+        raise ValueError(f"{path}: not a bhvit training checkpoint (needs 'model' and 'model_config')")
+    return ckpt
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model a checkpoint describes and load its weights (EMA weights are in ``ckpt['ema']``)."""
+    import bhvit
+
+    ckpt = load(path, map_location)
+    from bhvit.models.bhvit import BHViTConfig
+
+    model = bhvit.build_model(BHViTConfig.from_dict(ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model, ckpt
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the training loop draws from (the data pipeline seeds its own per sample)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x: Any) -> Any:
+    """``random.setstate`` wants nested tuples; a round trip may give lists."""
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x

@@ -1,0 +1,212 @@
+"""Typed, validated hyperparameters of a training run, and recipe files (TOML) that fill them.
+
+A recipe has one table per dataclass: ``[data]`` (:class:`bhvit.data.DataConfig`), ``[model]``,
+``[loss]``, ``[optim]`` and ``[run]``. Unknown keys are errors, so a typo in a recipe fails loudly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bhvit.data import DataConfig
+
+PRECISIONS = ("binary", "some_fp", "fp")
+LOSS_MODES = ("paper", "kd", "kd_reg", "ce")
+REG_FORMS = ("paper", "authors")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+
+
+def choose_window_size(img_size: int, max_window: int = 7) -> int:
+    """The largest window ``w ≤ max_window`` that tiles the stage-3 and stage-4 feature maps.
+
+    Stage 3 sees ``img/16 × img/16`` tokens and stage 4 ``img/32 × img/32``; a divisor of img/32
+    divides img/16 too, so ``w`` is the largest divisor of img/32 not above ``max_window``
+    (224 → 7, 64 → 2, 96 → 3, 32 → 1).
+    """
+    if img_size % 32:
+        raise ValueError(f"img_size={img_size} is not a multiple of 32")
+    s4 = img_size // 32
+    return max(w for w in range(1, min(max_window, s4) + 1) if s4 % w == 0)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The student: arguments of ``bhvit.create_model`` (``img_size``/classes/channels come from data).
+
+    ``window_size = None`` picks :func:`choose_window_size`. ``overrides`` are extra fields of
+    ``BHViTConfig`` (e.g. ``{"depths": [1, 1, 2, 1]}``) for small experimental variants.
+    ``init_from``: a checkpoint whose tensors of matching name and shape initialise the student (e.g.
+    the fp teacher for a binary student, the two-step recipe of binary-network training).
+    """
+
+    arch: str = "bhvit_tiny"
+    precision: str = "binary"
+    attn_quant: str = "lsq"
+    window_size: int | None = None
+    norm: str = "bn"
+    drop_path_rate: float = 0.0
+    recu: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.precision in PRECISIONS, f"precision={self.precision!r}; expected {PRECISIONS}")
+        _check(self.attn_quant in ("lsq", "gsb"), f"attn_quant={self.attn_quant!r}; expected lsq or gsb")
+        _check(self.norm in ("bn", "ln"), f"norm={self.norm!r}; expected bn or ln")
+        _check(0.0 <= self.drop_path_rate < 1.0, "drop_path_rate must lie in [0, 1)")
+        _check(self.window_size is None or self.window_size >= 1, "window_size must be ≥ 1")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The loss mix (SPEC §4).
+
+    ``paper``: ``(1−λ−β)·CE + λ·KD + β·L_re`` with β switched on for the last ``reg_fraction`` of the
+    steps (0 before); ``kd``: pure KD (the authors' default script); ``kd_reg``: ``(1−β)·KD + β·L_re``
+    throughout (the authors' ``--regularization_loss``, β = 0.1); ``ce``: ``(1−β_t)·CE + β_t·L_re``
+    with β_t as in ``paper`` (no teacher; set ``reg_weight = 0`` for plain CE). ``teacher`` is a path to one of our checkpoints or
+    ``timm:<name>``; KD modes require one. ``reg_form``: ``paper`` averages over all weights,
+    ``authors`` averages per-tensor means and skips the downsampling convs.
+    """
+
+    mode: str = "paper"
+    kd_weight: float = 0.8
+    reg_weight: float = 0.1
+    reg_fraction: float = 0.1
+    label_smoothing: float = 0.1
+    reg_form: str = "paper"
+    teacher: str | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.mode in LOSS_MODES, f"loss mode {self.mode!r}; expected {LOSS_MODES}")
+        _check(self.reg_form in REG_FORMS, f"reg_form={self.reg_form!r}; expected {REG_FORMS}")
+        _check(0 <= self.kd_weight <= 1 and 0 <= self.reg_weight <= 1, "loss weights must lie in [0, 1]")
+        _check(self.mode != "paper" or self.kd_weight + self.reg_weight <= 1, "λ + β must be ≤ 1")
+        _check(0 <= self.reg_fraction <= 1, "reg_fraction must lie in [0, 1]")
+        _check(0 <= self.label_smoothing < 1, "label_smoothing must lie in [0, 1)")
+        _check(self.mode == "ce" or self.teacher is not None, f"loss mode {self.mode!r} needs a teacher")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW and a per-step cosine schedule with linear warm-up.
+
+    ``lr`` is the base rate for a global batch of 512 (scaled linearly, as the authors do) when
+    ``scale_lr`` is true, else used as given. ``clip_grad``: max global grad norm (None = off).
+    """
+
+    lr: float = 5e-4
+    scale_lr: bool = True
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_epochs: float = 0.0
+    min_lr: float = 1e-6
+    clip_grad: float | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0 and self.min_lr >= 0 and self.weight_decay >= 0, "lr > 0, min_lr, weight_decay ≥ 0")
+        _check(all(0 <= b < 1 for b in self.betas), "betas must lie in [0, 1)")
+        _check(self.warmup_epochs >= 0, "warmup_epochs must be ≥ 0")
+        _check(self.clip_grad is None or self.clip_grad > 0, "clip_grad must be > 0 or None")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Length, bookkeeping and hardware of a run.
+
+    ``max_steps`` stops early (tests, benchmarks); ``stop_after_steps`` simulates an interruption
+    (the run ends without finishing, as a killed job would, and can be resumed). ``ckpt_every``: save
+    a checkpoint every n steps (0: only at the end of each epoch). ``flip_every``: measure the weight
+    flip ratio every n steps (0: never).
+    """
+
+    epochs: int = 10
+    out_dir: str = "runs/default"
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    ema_decay: float | None = None
+    log_every: int = 20
+    ckpt_every: int = 0
+    flip_every: int = 10
+    max_steps: int | None = None
+    stop_after_steps: int | None = None
+    resume: str | None = None
+    threads: int | None = None
+    progress: bool = True
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "epochs must be ≥ 1")
+        _check(self.amp in AMP_MODES, f"amp={self.amp!r}; expected {AMP_MODES}")
+        _check(self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay must lie in (0, 1)")
+        _check(min(self.log_every, 1) >= 1 and self.ckpt_every >= 0 and self.flip_every >= 0, "bad intervals")
+        _check(self.max_steps is None or self.max_steps >= 1, "max_steps must be ≥ 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    loss: LossConfig = field(default_factory=lambda: LossConfig(mode="ce"))
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Build from nested tables; unknown tables or keys raise ``ValueError``."""
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        classes = {"data": DataConfig, "model": ModelSpec, "loss": LossConfig, "optim": OptimConfig, "run": RunConfig}
+        unknown = set(d) - set(types)
+        _check(not unknown, f"unknown recipe tables {sorted(unknown)}; expected {sorted(types)}")
+        return cls(**{k: _build(classes[k], v) for k, v in d.items()})
+
+    def replace(self, **tables: dict[str, Any]) -> TrainConfig:
+        """A copy with some fields of some tables replaced: ``cfg.replace(run={"epochs": 2})``."""
+        return TrainConfig(**{
+            f.name: dataclasses.replace(getattr(self, f.name), **tables.get(f.name, {}))
+            for f in dataclasses.fields(self)
+        })
+
+
+def _build(cls: type, values: dict[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    _check(not unknown, f"unknown keys {sorted(unknown)} for {cls.__name__}; expected {sorted(names)}")
+    if "betas" in values:
+        values = {**values, "betas": tuple(values["betas"])}
+    return cls(**values)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def load_recipe(path: str | Path) -> TrainConfig:
+    """Parse a TOML recipe into a validated :class:`TrainConfig`."""
+    with open(path, "rb") as f:
+        return TrainConfig.from_dict(tomllib.load(f))
+
+
+def steps_per_epoch(num_train: int, global_batch: int) -> int:
+    """Optimizer steps per epoch: incomplete last batches are dropped (≥ 1 step)."""
+    return max(1, num_train // global_batch) if num_train >= global_batch else 1
+
+
+def scaled_lr(optim: OptimConfig, global_batch: int) -> float:
+    """``lr · batch / 512`` when ``scale_lr`` (the authors' linear scaling), else ``lr``."""
+    return optim.lr * global_batch / 512 if optim.scale_lr else optim.lr
+
+
+__all__ = [
+    "LossConfig", "ModelSpec", "OptimConfig", "RunConfig", "TrainConfig", "choose_window_size",
+    "load_recipe", "scaled_lr", "steps_per_epoch",
+]

@@ -1,0 +1,428 @@
+"""The training loop, top to bottom: build → (resume) → for each epoch: steps, evaluate, checkpoint.
+
+One function, :func:`train`, runs a whole :class:`TrainConfig` on one CPU/GPU or under ``torchrun``.
+:func:`train_step` is one optimizer step and returns the named losses (``loss``, ``task_loss``,
+``kd_loss``, ``reg_loss``). :func:`evaluate` gives top-1/top-5 reduced over all ranks.
+
+Reproducibility contract: a run stopped after step k (``run.stop_after_steps`` or a crash after a
+checkpoint) and resumed from its checkpoint ends with the same weights as an uninterrupted run. This
+holds because (1) the sampler's order is a function of (seed, epoch) and it can start mid-epoch, (2)
+each sample's augmentation is seeded by (seed, epoch, index), and (3) the checkpoint carries the
+optimizer, scheduler, scaler, EMA and RNG states (the RNG feeds drop-path).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bhvit.data import DataBundle, build_datasets
+from bhvit.data.transforms import normalize_batch
+from bhvit.train import checkpoint as ckpt_io
+from bhvit.train.config import TrainConfig, choose_window_size, scaled_lr, steps_per_epoch
+from bhvit.train.distributed import (
+    DistInfo, EvalSampler, TrainSampler, all_reduce_sum, barrier, cleanup_distributed, init_distributed,
+)
+from bhvit.train.ema import ModelEMA
+from bhvit.train.flips import FlipTracker
+from bhvit.train.logs import JsonlLogger, Progress
+from bhvit.train.losses import LossWeights, combine, loss_weights, reg_weights
+from bhvit.train.schedule import build_scheduler
+from bhvit.train.teacher import FrozenTeacher, load_teacher
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stopped without touching its last checkpoint."""
+
+
+@dataclass
+class TrainState:
+    """Where the run is: optimizer steps done, current epoch, steps done inside it."""
+
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_time: float = 0.0  # seconds spent in training steps (evaluation excluded)
+
+
+@dataclass
+class Components:
+    """Everything :func:`train` builds before the first step."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    device: torch.device
+    data: DataBundle
+    model: nn.Module  # the bare student
+    wrapped: nn.Module  # DDP(student) when distributed, else the student
+    teacher: FrozenTeacher | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+    amp_dtype: torch.dtype | None
+    ema: ModelEMA | None
+    total_steps: int
+    steps_per_epoch: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Building
+# ---------------------------------------------------------------------------------------------
+def resolve_device(name: str, info: DistInfo) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        torch.cuda.set_device(info.local_rank)
+        return torch.device("cuda", info.local_rank)
+    return torch.device(name)
+
+
+def build_student(cfg: TrainConfig, data: DataBundle) -> nn.Module:
+    """``bhvit.create_model`` with the data's classes/channels and a window that fits the image size."""
+    import bhvit
+
+    spec = cfg.model
+    window = spec.window_size or choose_window_size(cfg.data.img_size)
+    return bhvit.create_model(
+        spec.arch, precision=spec.precision, attn_quant=spec.attn_quant, num_classes=data.num_classes,
+        in_chans=data.in_chans, img_size=cfg.data.img_size, window_size=window, norm=spec.norm,
+        drop_path_rate=spec.drop_path_rate, recu=spec.recu, **spec.overrides,
+    )
+
+
+def init_from_checkpoint(model: nn.Module, path: str) -> list[str]:
+    """Copy every tensor of ``path`` whose name and shape match (e.g. fp teacher → binary student).
+
+    Returns the names of the student's tensors that kept their fresh initialisation.
+    """
+    source = ckpt_io.load(path)["model"]
+    own = model.state_dict()
+    matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(matched, strict=False)
+    return sorted(set(own) - set(matched))
+
+
+def amp_setup(mode: str, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
+    """``auto``: fp16 + GradScaler on CUDA, off on CPU; ``bf16``: bf16 autocast (no scaler)."""
+    if mode == "auto":
+        mode = "fp16" if device.type == "cuda" else "off"
+    if mode == "off":
+        return None, None
+    if mode == "fp16":
+        if device.type != "cuda":
+            raise ValueError("amp='fp16' needs CUDA; use amp='bf16' or 'off' on CPU")
+        return torch.float16, torch.amp.GradScaler("cuda")
+    return torch.bfloat16, None
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases, norms, scales and position embeddings (1-D or ``pos_embed``)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name.endswith("pos_embed") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build(cfg: TrainConfig) -> Components:
+    info = init_distributed("cuda" if cfg.run.device in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.run.device, info)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    if cfg.data.batch_size % info.world_size:
+        raise ValueError(f"batch_size {cfg.data.batch_size} (global) is not divisible by {info.world_size} ranks")
+    torch.manual_seed(cfg.run.seed)  # same initial weights on every rank
+    data = build_datasets(cfg.data, seed=cfg.run.seed)
+    model = build_student(cfg, data)
+    if cfg.model.init_from:
+        init_from_checkpoint(model, cfg.model.init_from)
+    if info.enabled:
+        from bhvit.layers import convert_sync_batchnorm
+
+        convert_sync_batchnorm(model)
+    model.to(device)
+    wrapped = model
+    if info.enabled:
+        wrapped = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+        )
+    teacher = load_teacher(cfg.loss.teacher, data.num_classes, device) if cfg.loss.teacher else None
+    lr = scaled_lr(cfg.optim, cfg.data.batch_size)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=lr, betas=cfg.optim.betas)
+    per_epoch = steps_per_epoch(len(data.train), cfg.data.batch_size)
+    total = cfg.run.epochs * per_epoch
+    if cfg.run.max_steps is not None:
+        total = min(total, cfg.run.max_steps)
+    scheduler = build_scheduler(optimizer, total, round(cfg.optim.warmup_epochs * per_epoch), lr, cfg.optim.min_lr)
+    amp_dtype, scaler = amp_setup(cfg.run.amp, device)
+    ema = ModelEMA(model, cfg.run.ema_decay) if cfg.run.ema_decay else None
+    return Components(cfg, info, device, data, model, wrapped, teacher, optimizer, scheduler, scaler,
+                      amp_dtype, ema, total, per_epoch)
+
+
+# ---------------------------------------------------------------------------------------------
+# One step, one evaluation
+# ---------------------------------------------------------------------------------------------
+def train_step(c: Components, images: Tensor, labels: Tensor, weights: LossWeights) -> dict[str, Tensor]:
+    """Forward (student, and teacher without grad), backward, clip, optimizer and scheduler step.
+
+    Returns the named losses as detached scalars plus ``correct`` (top-1 hits in the batch). A
+    non-finite loss raises *before* the optimizer touches the weights.
+    """
+    cfg = c.cfg
+    autocast = torch.autocast(c.device.type, dtype=c.amp_dtype, enabled=c.amp_dtype is not None)
+    with autocast:
+        logits = c.wrapped(images)
+        teacher_logits = c.teacher(images) if c.teacher is not None and weights.kd > 0 else None
+        latent = reg_weights(c.model, cfg.loss.reg_form) if cfg.loss.reg_weight > 0 else []
+        losses = combine(weights, logits, labels, teacher_logits, latent, cfg.loss)
+    loss = losses["loss"]
+    if not torch.isfinite(loss):  # checked per rank; the caller reduces across ranks
+        return {k: v.detach() for k, v in losses.items()} | {"correct": torch.zeros(())}
+    c.optimizer.zero_grad(set_to_none=True)
+    if c.scaler is not None:
+        c.scaler.scale(loss).backward()
+        c.scaler.unscale_(c.optimizer)
+    else:
+        loss.backward()
+    if cfg.optim.clip_grad is not None:
+        losses["grad_norm"] = nn.utils.clip_grad_norm_(c.model.parameters(), cfg.optim.clip_grad)
+    if c.scaler is not None:
+        c.scaler.step(c.optimizer)
+        c.scaler.update()
+    else:
+        c.optimizer.step()
+    c.scheduler.step()
+    if c.ema is not None:
+        c.ema.update(c.model)
+    correct = (logits.detach().argmax(-1) == labels).sum().float()
+    return {k: v.detach() for k, v in losses.items()} | {"correct": correct}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, c: Components, loader: torch.utils.data.DataLoader) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (%) and mean CE on the whole split, summed over ranks."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64)  # correct@1, correct@5, CE sum, count
+    for images, labels in loader:
+        images = normalize_batch(images.to(c.device, non_blocking=True), c.data.mean, c.data.std)
+        labels = labels.to(c.device)
+        with torch.autocast(c.device.type, dtype=c.amp_dtype, enabled=c.amp_dtype is not None):
+            logits = model(images).float()
+        top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+        hits = top == labels[:, None]
+        ce = nn.functional.cross_entropy(logits, labels, reduction="sum")
+        sums += torch.stack([hits[:, 0].sum(), hits.any(-1).sum(), ce, torch.tensor(len(labels))]).double().cpu()
+    model.train(was_training)
+    s = all_reduce_sum(sums.to(c.device), c.info).cpu()
+    n = max(1.0, float(s[3]))
+    return {"acc1": 100 * float(s[0]) / n, "acc5": 100 * float(s[1]) / n, "loss": float(s[2]) / n, "n": int(s[3])}
+
+
+def make_loaders(c: Components) -> tuple[torch.utils.data.DataLoader, TrainSampler, torch.utils.data.DataLoader]:
+    dc, info = c.cfg.data, c.info
+    per_rank = dc.batch_size // info.world_size
+    sampler = TrainSampler(len(c.data.train), per_rank, info, c.cfg.run.seed)
+    pin = c.device.type == "cuda"
+    common = {"num_workers": dc.num_workers, "pin_memory": pin, "persistent_workers": False}
+    train = torch.utils.data.DataLoader(c.data.train, batch_size=per_rank, sampler=sampler, drop_last=True, **common)
+    test = torch.utils.data.DataLoader(
+        c.data.test, batch_size=dc.eval_batch_size, sampler=EvalSampler(len(c.data.test), info), **common
+    )
+    return train, sampler, test
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+def checkpoint_path(cfg: TrainConfig) -> Path:
+    return Path(cfg.run.out_dir) / "checkpoint.pt"
+
+
+def save_checkpoint(c: Components, state: TrainState, metrics: dict[str, Any] | None = None) -> Path | None:
+    """Rank 0 writes the full training state atomically; other ranks only wait."""
+    path = checkpoint_path(c.cfg)
+    if c.info.is_main:
+        ckpt_io.atomic_save({
+            "format": ckpt_io.FORMAT,
+            "model_config": c.model.config.to_dict(),
+            "model": c.model.state_dict(),
+            "optimizer": c.optimizer.state_dict(),
+            "scheduler": c.scheduler.state_dict(),
+            "scaler": c.scaler.state_dict() if c.scaler is not None else None,
+            "ema": c.ema.state_dict() if c.ema is not None else None,
+            "rng": ckpt_io.rng_state(),
+            "step": state.step, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
+            "train_time": state.train_time,
+            "history": json.dumps(state.history),
+            "train_config": json.dumps(c.cfg.to_dict()),
+            "metrics": json.dumps(metrics or {}),
+        }, path)
+    barrier(c.info)
+    return path
+
+
+def restore(c: Components, path: str) -> TrainState:
+    """Load a training checkpoint into the components; returns where to continue."""
+    ck = ckpt_io.load(path, map_location=c.device)
+    c.model.load_state_dict(ck["model"])
+    c.optimizer.load_state_dict(ck["optimizer"])
+    c.scheduler.load_state_dict(ck["scheduler"])
+    if c.scaler is not None and ck.get("scaler"):
+        c.scaler.load_state_dict(ck["scaler"])
+    if c.ema is not None and ck.get("ema"):
+        c.ema.load_state_dict(ck["ema"])
+    ckpt_io.set_rng_state({k: (v.cpu() if isinstance(v, Tensor) else v) for k, v in ck["rng"].items()})
+    history = json.loads(ck.get("history", "[]"))
+    return TrainState(ck["step"], ck["epoch"], ck["step_in_epoch"], history, float(ck.get("train_time", 0.0)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+def _reduce_losses(out: dict[str, Tensor], c: Components) -> dict[str, float]:
+    """Mean of each named loss over ranks (and the summed correct count)."""
+    keys = sorted(out)
+    vec = all_reduce_sum(torch.stack([out[k].float().reshape(()) for k in keys]).to(c.device), c.info).cpu()
+    return {k: float(v) / (1 if k == "correct" else c.info.world_size) for k, v in zip(keys, vec)}
+
+
+def _nan_message(state: TrainState, values: dict[str, float], c: Components) -> str:
+    path = checkpoint_path(c.cfg)
+    last = f"the last good checkpoint is {path}" if path.is_file() else "no checkpoint was written yet"
+    terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items() if k != "correct")
+    return (f"non-finite loss at step {state.step + 1} (epoch {state.epoch}): {terms}. Training stopped "
+            f"before the update; {last} (untouched). Try a lower lr, --clip-grad, or amp off.")
+
+
+def run_epoch(c: Components, state: TrainState, loader, sampler, logger: JsonlLogger) -> tuple[dict[str, float], str]:
+    """Train from ``state`` to the end of the epoch or a stop condition.
+
+    Returns the epoch's mean train metrics and why it returned: ``"epoch"`` (end of the epoch),
+    ``"max_steps"`` (the run's step budget is spent) or ``"interrupted"`` (``stop_after_steps``).
+    """
+    cfg, flips = c.cfg, FlipTracker()
+    sampler.set_epoch(state.epoch)
+    c.data.train.set_epoch(state.epoch)
+    sampler.skip_batches(state.step_in_epoch)
+    sums: dict[str, float] = {}
+    seen = done = 0
+    reason = "epoch"
+    bar = Progress(c.steps_per_epoch, f"epoch {state.epoch + 1}/{cfg.run.epochs}", cfg.run.progress and c.info.is_main)
+    start = time.time()
+    for images, labels in loader:
+        images = normalize_batch(images.to(c.device, non_blocking=True), c.data.mean, c.data.std)
+        labels = labels.to(c.device, non_blocking=True)
+        measure_flips = cfg.run.flip_every and (state.step + 1) % cfg.run.flip_every == 0
+        if measure_flips:
+            flips.snapshot(c.model)
+        out = _reduce_losses(train_step(c, images, labels, loss_weights(cfg.loss, state.step, c.total_steps)), c)
+        if not math.isfinite(out["loss"]):
+            raise NonFiniteLossError(_nan_message(state, out, c))
+        state.step += 1
+        state.step_in_epoch += 1
+        done += 1
+        seen += len(labels) * c.info.world_size
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + v
+        if measure_flips and (ratio := flips.ratio(c.model)) is not None:
+            out["flip_ratio"] = ratio
+        if state.step % cfg.run.log_every == 0 or "flip_ratio" in out:
+            lr = c.optimizer.param_groups[0]["lr"]
+            logger.log("step", step=state.step, epoch=state.epoch, lr=lr,
+                       **{k: v for k, v in out.items() if k != "correct"})
+        bar.update(state.step_in_epoch, loss=out["loss"])
+        if cfg.run.ckpt_every and state.step % cfg.run.ckpt_every == 0:
+            state.train_time += time.time() - start
+            start = time.time()
+            save_checkpoint(c, state)
+        if state.step >= c.total_steps:
+            reason = "max_steps"
+            break
+        if cfg.run.stop_after_steps and state.step >= cfg.run.stop_after_steps:
+            reason = "interrupted"
+            break
+    bar.close()
+    state.train_time += time.time() - start
+    means = {f"train_{k}": v / max(1, done) for k, v in sums.items() if k != "correct"}
+    means["train_acc1"] = 100.0 * sums.get("correct", 0.0) / max(1, seen)
+    return means, reason
+
+
+def write_summary(c: Components, state: TrainState, metrics: dict[str, float], extra: dict[str, Any]) -> dict:
+    """``summary.json``: the final test accuracy and what produced it (rank 0 writes)."""
+    cfg = c.cfg
+    summary = {
+        "test_acc1": metrics.get("acc1"), "test_acc5": metrics.get("acc5"), "test_loss": metrics.get("loss"),
+        "test_images": metrics.get("n"), "epochs": state.epoch, "steps": state.step,
+        "arch": cfg.model.arch, "precision": cfg.model.precision, "dataset": c.data.name,
+        "img_size": cfg.data.img_size, "window_size": c.model.config.window_size,
+        "params": sum(p.numel() for p in c.model.parameters()),
+        "checkpoint": str(checkpoint_path(cfg).resolve()), "train_time_s": round(state.train_time, 2),
+        "world_size": c.info.world_size, "teacher": cfg.loss.teacher, "loss_mode": cfg.loss.mode, **extra,
+    }
+    if c.info.is_main:
+        out = Path(cfg.run.out_dir) / "summary.json"
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(tmp, out)
+    return summary
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) the training described by ``cfg``; returns the summary (also in summary.json).
+
+    If the run is interrupted on purpose (``run.stop_after_steps``) the summary has
+    ``"interrupted": True`` and the checkpoint holds the state to resume from.
+    """
+    c = build(cfg)
+    try:
+        state = restore(c, cfg.run.resume) if cfg.run.resume else TrainState()
+        train_loader, sampler, test_loader = make_loaders(c)
+        out_dir = Path(cfg.run.out_dir)
+        logger = JsonlLogger(out_dir / "log.jsonl" if c.info.is_main else None, append=bool(cfg.run.resume))
+        if c.info.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        metrics: dict[str, float] = state.history[-1]["test"] if state.history else {}
+        while state.epoch < cfg.run.epochs:
+            train_metrics, reason = run_epoch(c, state, train_loader, sampler, logger)
+            if reason == "interrupted":
+                save_checkpoint(c, state, metrics)
+                return {"interrupted": True, "step": state.step, "checkpoint": str(checkpoint_path(cfg))}
+            metrics = evaluate(c.model, c, test_loader)
+            record = {"epoch": state.epoch + 1, "step": state.step, "test": metrics, **train_metrics}
+            if c.ema is not None:
+                record["test_ema"] = evaluate(c.ema.module, c, test_loader)
+            state.history.append(record)
+            logger.log("epoch", epoch=state.epoch + 1, step=state.step, test_acc1=metrics["acc1"],
+                       test_acc5=metrics["acc5"], test_loss=metrics["loss"], train_time_s=state.train_time,
+                       **train_metrics, **{f"ema_{k}": v for k, v in record.get("test_ema", {}).items()})
+            if c.info.is_main and cfg.run.progress:
+                print(f"epoch {state.epoch + 1}: test top-1 {metrics['acc1']:.2f}% top-5 {metrics['acc5']:.2f}% "
+                      f"train loss {train_metrics.get('train_loss', float('nan')):.4f}", flush=True)
+            state.epoch += 1
+            state.step_in_epoch = 0
+            save_checkpoint(c, state, metrics)
+            if reason == "max_steps":
+                break
+        logger.close()
+        extra = {"ema_test_acc1": state.history[-1]["test_ema"]["acc1"]} if c.ema is not None else {}
+        summary = write_summary(c, state, metrics, extra)
+        if c.info.is_main and cfg.run.plots:
+            from bhvit.train.plots import plot_run
+
+            summary["plots"] = [str(p) for p in plot_run(out_dir)]
+        return summary
+    finally:
+        cleanup_distributed()
