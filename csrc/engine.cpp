@@ -66,21 +66,50 @@ uint64_t* scratch_u64(size_t n) {
   return buf.data();
 }
 
-// Output transform of one row (convention 6): columns [n0, n1) from integer dots dot[n - n0].
-void apply_row(const Epilogue& e, int64_t g, int64_t m, const int32_t* dot, int64_t n0, int64_t n1) {
-  float* out = e.out + g * e.out_gstride + m * e.out_ld;
-  const float* res = e.res ? e.res + g * e.res_gstride + m * e.res_ld : nullptr;
-  for (int64_t n = n0; n < n1; ++n) {
-    float z = static_cast<float>(dot[n - n0]) * (e.scale ? e.scale[n] : e.scale_all);
-    if (e.bias) z = z + e.bias[n];
-    if (res) z = z + res[n % e.res_cols];
-    if (e.slope) {
-      z = z - e.b1[n];
-      z = z >= 0.0f ? z : e.slope[n] * z;
-      z = z + e.b2[n];
-    }
-    out[n] = e.accumulate ? out[n] + z : z;
+float* scratch_f32(size_t n) {
+  thread_local std::vector<float> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
+// Output transform of one row (convention 6) on columns [n0, n1). Integer inputs v[n - n0] are dots,
+// or raw popcounts when kdot >= 0 (then dot = kdot - 2 v). Each step is a plain loop over contiguous
+// floats so the compiler vectorises it.
+void apply_row(const Epilogue& e, int64_t g, int64_t m, const int32_t* v, int32_t kdot, int64_t n0, int64_t n1) {
+  const int64_t len = n1 - n0;
+  float* out = e.out + g * e.out_gstride + m * e.out_ld + n0;
+  float* z = e.accumulate ? scratch_f32(len) : out;
+  if (kdot >= 0)
+    for (int64_t n = 0; n < len; ++n) z[n] = static_cast<float>(kdot - 2 * v[n]);
+  else
+    for (int64_t n = 0; n < len; ++n) z[n] = static_cast<float>(v[n]);
+  if (e.scale) {
+    const float* s = e.scale + n0;
+    for (int64_t n = 0; n < len; ++n) z[n] = z[n] * s[n];
+  } else if (e.scale_all != 1.0f) {
+    for (int64_t n = 0; n < len; ++n) z[n] = z[n] * e.scale_all;
   }
+  if (e.bias) {
+    const float* b = e.bias + n0;
+    for (int64_t n = 0; n < len; ++n) z[n] = z[n] + b[n];
+  }
+  if (e.res) {  // residual tiled along columns: res[n % res_cols], in contiguous segments
+    const float* res = e.res + g * e.res_gstride + m * e.res_ld;
+    for (int64_t n = 0; n < len;) {
+      const int64_t c = (n0 + n) % e.res_cols, seg = std::min(len - n, e.res_cols - c);
+      for (int64_t i = 0; i < seg; ++i) z[n + i] = z[n + i] + res[c + i];
+      n += seg;
+    }
+  }
+  if (e.slope) {
+    const float *a = e.slope + n0, *b1 = e.b1 + n0, *b2 = e.b2 + n0;
+    for (int64_t n = 0; n < len; ++n) {
+      const float y = z[n] - b1[n];
+      z[n] = (y >= 0.0f ? y : a[n] * y) + b2[n];
+    }
+  }
+  if (e.accumulate)
+    for (int64_t n = 0; n < len; ++n) out[n] = out[n] + z[n];
 }
 
 // ORs nbits bits of src starting at bit sbit into dst starting at bit dbit (nbits <= 64).
@@ -193,11 +222,7 @@ void bgemm(const uint64_t* A, int64_t M, const uint64_t* Bp, int64_t b_gstride, 
     const int64_t ldp = kPanelBlock * kPanel, n0 = p0 * kPanel, n1 = std::min(N, p1 * kPanel);
     int32_t* P = scratch_i32(kRowBlock * ldp);
     active()->popc_block(A + (g * M + m0) * KW, KW, mlen, Bp + g * b_gstride, p0, p1, KW, false, P, ldp);
-    for (int64_t i = 0; i < mlen; ++i) {
-      int32_t* row = P + i * ldp;
-      for (int64_t n = 0; n < n1 - n0; ++n) row[n] = static_cast<int32_t>(K) - 2 * row[n];
-      apply_row(e, g, m0 + i, row, n0, n1);
-    }
+    for (int64_t i = 0; i < mlen; ++i) apply_row(e, g, m0 + i, P + i * ldp, static_cast<int32_t>(K), n0, n1);
   });
 }
 
@@ -239,8 +264,7 @@ void bconv(const uint64_t* xp, const ConvGeom& c, const uint64_t* Bp, const int3
             if (!(valid[i] >> tap & 1)) corr += wpop[(g * Ng + j) * T + tap];
         row[j] = kv - 2 * (row[j] - corr);
       }
-      // apply_row indexes dot[n - n0], so pass the group's output-channel range.
-      apply_row(e, 0, m0 + i, row, g * Ng, g * Ng + Ng);
+      apply_row(e, 0, m0 + i, row, -1, g * Ng, g * Ng + Ng);
     }
   });
 }

@@ -1,0 +1,68 @@
+"""Shared timing helpers of the benchmark scripts (median wall time of repeated calls)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def time_call(fn: Callable[[], Any], *, min_time: float = 0.2, warmup: int = 2, max_reps: int = 200) -> float:
+    """Median seconds per call of ``fn``: ``warmup`` untimed calls, then at least 5 timed calls and
+    at least ``min_time`` seconds in total (capped at ``max_reps`` calls)."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < 5 or (time.perf_counter() - start < min_time and len(times) < max_reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, core count and Python/torch versions, for the JSON record."""
+    import os
+
+    import torch
+
+    from bhvit.engine import kernels
+
+    model = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": model or platform.processor(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "engine_isa": kernels.current_isa(),
+        "engine_isas": kernels.available_isas(),
+    }
+
+
+def write_json(path: str | Path, record: dict[str, Any]) -> None:
+    """Writes ``record`` as indented JSON, creating the parent folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> None:
+    """Prints rows as an aligned table; columns are (key, header, format spec)."""
+    cells = [[format(r[k], f) if f else str(r[k]) for k, _, f in columns] for r in rows]
+    heads = [h for _, h, _ in columns]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(heads)]
+    print("  ".join(h.rjust(w) for h, w in zip(heads, widths)))
+    for c in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(c, widths)))

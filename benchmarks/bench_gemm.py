@@ -1,0 +1,110 @@
+"""Binary GEMM vs torch fp32 linear on every binary linear shape of BHViT at 224 (SPEC §1-2).
+
+For each shape (M tokens x K in -> N out) it times, side by side in one run and on the same number of
+threads: torch.nn.functional.linear in fp32, the packed binary GEMM alone (activations already packed),
+and pack + GEMM (the cost a layer really pays). Also a roofline line: the best binary MAC rate of the
+kernel and the best fp32 MAC rate of torch on large shapes on this CPU.
+
+    python benchmarks/bench_gemm.py --threads 2 --batch 1 32 --json out/bench_gemm.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import machine_info, print_table, time_call, write_json  # noqa: E402
+
+from bhvit.engine import kernels as K  # noqa: E402
+
+WIDTHS, RATIOS, WINDOW = (64, 128, 256, 512), (8, 8, 4, 4), 7
+
+
+def model_shapes(img: int = 224, batch: int = 1) -> list[dict]:
+    """The binary linear shapes of bhvit_tiny/small (identical: the variants differ only in depth)."""
+    shapes = []
+    for stage, (c, r) in enumerate(zip(WIDTHS, RATIOS)):
+        side = img // (4 * 2**stage)
+        tokens = side * side
+        if stage >= 2:  # attention: windows plus pooled global tokens per window
+            n_win = (side // WINDOW) ** 2
+            pooled = ((side + 2 * 3 - WINDOW) // WINDOW + 1) ** 2
+            for name in ("q", "k", "v"):
+                shapes.append({"stage": stage + 1, "layer": name, "m": batch * n_win * (WINDOW**2 + pooled), "k": c, "n": c})
+            shapes.append({"stage": stage + 1, "layer": "proj", "m": batch * tokens, "k": c, "n": c})
+        shapes.append({"stage": stage + 1, "layer": "fc1", "m": batch * tokens, "k": c, "n": r * c})
+        shapes.append({"stage": stage + 1, "layer": "fc2", "m": batch * tokens, "k": r * c, "n": c})
+    unique, seen = [], set()
+    for s in shapes:
+        key = (s["m"], s["k"], s["n"])
+        if key not in seen:
+            seen.add(key)
+            unique.append(s)
+    return unique
+
+
+def bench_shape(m: int, k: int, n: int, rng: np.random.Generator) -> dict:
+    """Times fp32 linear, packed GEMM and pack + GEMM for one shape."""
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+    panels, scale = K.pack_linear_weight(w), np.abs(w).mean(1).astype(np.float32)
+    xp = K.pack_rows(x)
+    with torch.inference_mode():
+        t_fp32 = time_call(lambda: F.linear(xt, wt))
+    t_gemm = time_call(lambda: K.bgemm(xp, panels, n, k, scale=scale))
+    t_pack_gemm = time_call(lambda: K.bgemm(K.pack_rows(x), panels, n, k, scale=scale))
+    return {"m": m, "k": k, "n": n, "fp32_ms": t_fp32 * 1e3, "bgemm_ms": t_gemm * 1e3,
+            "pack_bgemm_ms": t_pack_gemm * 1e3, "speedup": t_fp32 / t_gemm, "speedup_with_pack": t_fp32 / t_pack_gemm}
+
+
+def roofline(rng: np.random.Generator) -> dict:
+    """Peak-ish MAC rates on large shapes: binary (bit-MACs/s) vs torch fp32 (FMAs/s)."""
+    m, k, n = 1024, 4096, 1024
+    a, b = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((n, k)).astype(np.float32)
+    ap, bp = K.pack_rows(a), K.pack_linear_weight(b)
+    t_bin = time_call(lambda: K.bgemm(ap, bp, n, k), min_time=0.5)
+    at, bt = torch.from_numpy(a), torch.from_numpy(b)
+    with torch.inference_mode():
+        t_fp = time_call(lambda: F.linear(at, bt), min_time=0.5)
+    macs = m * n * k
+    return {"shape": [m, k, n], "binary_gmacs": macs / t_bin / 1e9, "fp32_gmacs": macs / t_fp / 1e9,
+            "ratio": t_fp / t_bin}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--img", type=int, default=224)
+    parser.add_argument("--json", default="out/bench_gemm.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    K.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch in args.batch:
+        for s in model_shapes(args.img, batch):
+            rows.append({"batch": batch, "stage": s["stage"], "layer": s["layer"], **bench_shape(s["m"], s["k"], s["n"], rng)})
+    cols = [("batch", "B", ""), ("stage", "stage", ""), ("layer", "layer", ""), ("m", "M", ""), ("k", "K", ""),
+            ("n", "N", ""), ("fp32_ms", "fp32 ms", ".3f"), ("bgemm_ms", "bgemm ms", ".3f"),
+            ("pack_bgemm_ms", "pack+bgemm ms", ".3f"), ("speedup", "speedup", ".2f"),
+            ("speedup_with_pack", "w/ pack", ".2f")]
+    print(f"threads={args.threads} isa={K.current_isa()}")
+    print_table(rows, cols)
+    roof = roofline(rng)
+    print(f"roofline {roof['shape']}: binary {roof['binary_gmacs']:.1f} G bit-MAC/s vs fp32 "
+          f"{roof['fp32_gmacs']:.1f} G FMA/s -> ceiling {roof['ratio']:.2f}x")
+    worst = min(r["speedup"] for r in rows)
+    print(f"min speedup (GEMM) {worst:.2f}x; min with packing {min(r['speedup_with_pack'] for r in rows):.2f}x")
+    write_json(args.json, {"machine": machine_info(), "threads": args.threads, "rows": rows, "roofline": roof})
+
+
+if __name__ == "__main__":
+    main()
