@@ -105,7 +105,7 @@ void apply_row(const Epilogue& e, int64_t g, int64_t m, const int32_t* v, int32_
     const float *a = e.slope + n0, *b1 = e.b1 + n0, *b2 = e.b2 + n0;
     for (int64_t n = 0; n < len; ++n) {
       const float y = z[n] - b1[n];
-      z[n] = (y >= 0.0f ? y : a[n] * y) + b2[n];
+      z[n] = (y > 0.0f ? y : a[n] * y) + b2[n];
     }
   }
   if (e.accumulate)

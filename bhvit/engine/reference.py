@@ -70,7 +70,7 @@ def epilogue_ref(
     if rprelu is not None:
         slope, b1, b2 = (np.asarray(t, dtype=np.float32) for t in rprelu)
         z = z - b1
-        z = np.where(z >= 0, z, slope * z).astype(np.float32)
+        z = np.where(z > 0, z, slope * z).astype(np.float32)
         z = z + b2
     return z if out is None else (out + z).astype(np.float32)
 

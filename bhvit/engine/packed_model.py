@@ -1,0 +1,405 @@
+"""The packed BHViT forward: binary operations on packed bits in native code, float parts in torch.
+
+Reads only :class:`bhvit.engine.packer.PackedParts` (config, float tensors, binary layers); it imports
+neither the model nor the training code. Layout: tokens are channels-last, ``(B, H, W, C)`` maps and
+``(B, N, C)`` token tensors, as in the float model.
+
+Per block, the binary layers run fused (SPEC §2, §6; BatchNorm models):
+
+* MLP ``fc1``: ``RPReLU(BN(α·x_b W_bᵀ) + concat([x]·r))`` is one kernel call (BN folded into a per-channel
+  multiply-add, the tiled residual and the RPReLU in the output transform); ``fc2`` likewise with the
+  ``AvgPool1d_r`` residual;
+* MSGDC: the three dilated grouped 3×3 convolutions each write ``RPReLU_d(α·conv + bias)`` accumulated
+  into one buffer; zero padding is exact (only valid taps count);
+* attention: ``q·kᵀ`` on packed heads, softmax in torch, ``Â`` decomposed into three binary masks with
+  scalar weights (LSQ: ``[l ≥ 1], [l ≥ 2], [l ≥ 3]`` with weight α_h; GSB: ``base, U = T1+T2, T2`` with
+  weights ``α, α(α2−1), α(α3−α2)``), ``Â·v`` as AND-popcount products;
+* binary downsampling: 2×2 stride-2 convolution with BN, tiled AvgPool residual and RPReLU fused.
+
+LayerNorm models (``norm='ln'``) run the same kernels with only α fused and the norm in torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bhvit.engine import kernels as K
+from bhvit.engine.packer import PackedParts
+
+TOKEN_NORM_EPS = 1e-5  # the attention's nn.LayerNorm(dim) default
+
+
+def _np(t: Tensor) -> np.ndarray:
+    """Zero-copy float32 numpy view of a CPU tensor (copies only if not contiguous)."""
+    return t.detach().contiguous().numpy()
+
+
+def _nchw(x: Tensor) -> Tensor:
+    return x.permute(0, 3, 1, 2)
+
+
+def _nhwc(x: Tensor) -> Tensor:
+    return x.permute(0, 2, 3, 1)
+
+
+@dataclass
+class _Norm:
+    """An eval-mode norm over the last dim: BatchNorm with running stats, or LayerNorm."""
+
+    kind: str
+    weight: Tensor
+    bias: Tensor
+    mean: Tensor | None
+    var: Tensor | None
+    eps: float
+
+    def __call__(self, x: Tensor) -> Tensor:
+        c = x.shape[-1]
+        if self.kind == "ln":
+            return F.layer_norm(x, (c,), self.weight, self.bias, self.eps)
+        return F.batch_norm(x.reshape(-1, c), self.mean, self.var, self.weight, self.bias, False, 0.0,
+                            self.eps).reshape(x.shape)
+
+    def fold(self) -> tuple[np.ndarray, np.ndarray]:
+        """BN as ``y = a·x + b``: ``a = w/sqrt(var + eps)``, ``b = bias − mean·a``."""
+        a = self.weight / torch.sqrt(self.var + self.eps)
+        return _np(a), _np(self.bias - self.mean * a)
+
+
+@dataclass
+class _RPReLU:
+    slope: Tensor
+    b1: Tensor
+    b2: Tensor
+
+    def __call__(self, x: Tensor) -> Tensor:
+        y = x - self.b1
+        return torch.where(y > 0, y, y * self.slope) + self.b2
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return _np(self.slope), _np(self.b1), _np(self.b2)
+
+
+@dataclass
+class _BinaryOp:
+    """A binary layer ready to run: weight panels, α, and (BN models) the folded scale and bias."""
+
+    panels: np.ndarray
+    alpha: np.ndarray
+    meta: dict[str, Any]
+    wpop: np.ndarray | None = None
+    norm: _Norm | None = None
+    scale: np.ndarray | None = None
+    bias: np.ndarray | None = None
+
+    def transform(self, norm: _Norm | None, conv_bias: np.ndarray | None) -> None:
+        """Folds α, an optional BN and a conv bias into one per-channel multiply-add."""
+        self.norm = norm
+        self.scale, self.bias = self.alpha, conv_bias
+        if norm is not None and norm.kind == "bn":
+            a, b = norm.fold()
+            self.scale = (self.alpha * a).astype(np.float32)
+            self.bias = b if conv_bias is None else (conv_bias * a + b).astype(np.float32)
+
+    @property
+    def fused(self) -> bool:
+        """True when the norm (if any) is folded, so residual and RPReLU can run in the kernel."""
+        return self.norm is None or self.norm.kind == "bn"
+
+
+class PackedModel:
+    """A packed BHViT: ``PackedModel(parts)(images) -> logits``; see the module docstring."""
+
+    def __init__(self, parts: PackedParts) -> None:
+        self.parts = parts
+        self.config = dict(parts.config)
+        self.p = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in parts.floats.items()}
+        self.ops: dict[str, _BinaryOp] = {}
+        for name, layer in parts.binary.items():
+            op = _BinaryOp(K.to_panels(layer.bits), layer.alpha, layer.meta)
+            if layer.meta["kind"] == "conv":
+                op.panels, op.wpop = self._conv_panels(layer)
+            self.ops[name] = op
+        self._fold_all()
+
+    # ---- construction -------------------------------------------------------------------------
+    @staticmethod
+    def _conv_panels(layer: Any) -> tuple[np.ndarray, np.ndarray]:
+        meta, groups = layer.meta, layer.meta["groups"]
+        taps, cg = meta["kernel"][0] * meta["kernel"][1], meta["in"] // groups
+        from bhvit.engine.reference import unpack_bits_ref  # exact bit counts per tap
+
+        bits = unpack_bits_ref(layer.bits, taps * cg).reshape(meta["out"], taps, cg)
+        wpop = bits.sum(-1).astype(np.int32)
+        return K.to_panels(layer.bits.reshape(groups, meta["out"] // groups, -1)), wpop
+
+    def norm(self, name: str) -> _Norm:
+        p = self.p
+        if f"{name}.running_mean" in p:
+            return _Norm("bn", p[f"{name}.weight"], p[f"{name}.bias"], p[f"{name}.running_mean"],
+                         p[f"{name}.running_var"], float(self.config["norm_eps"]))
+        eps = TOKEN_NORM_EPS if name.endswith("token_norm") else float(self.config["norm_eps"])
+        return _Norm("ln", p[f"{name}.weight"], p[f"{name}.bias"], None, None, eps)
+
+    def act(self, name: str) -> _RPReLU:
+        return _RPReLU(self.p[f"{name}.prelu.weight"], self.p[f"{name}.move1"], self.p[f"{name}.move2"])
+
+    def _fold_all(self) -> None:
+        norm_of = {"fc1": "norm1", "fc2": "norm2", "q": "norm_q", "k": "norm_k", "v": "norm_v", "proj": "norm_o",
+                   "conv": "norm"}
+        for name, op in self.ops.items():
+            parent, leaf = name.rsplit(".", 1)
+            bias = self.parts.floats.get(f"{name}.bias")
+            if leaf in norm_of:
+                op.transform(self.norm(f"{parent}.{norm_of[leaf]}"), bias)
+            else:  # the MSGDC convs: norm after the sum of branches
+                op.transform(None, bias)
+
+    # ---- binary layers ------------------------------------------------------------------------
+    def linear(self, name: str, x: Tensor, move: Tensor, residual: Tensor | None, act: _RPReLU | None) -> Tensor:
+        """``act(norm(α·sign(x + move)·W_bᵀ) + residual)`` over the last dim of x."""
+        op = self.ops[name]
+        k, n = op.meta["in"], op.meta["out"]
+        xb = K.pack_rows(_np(x).reshape(-1, k), _np(move))
+        if op.fused:
+            res = None if residual is None else _np(residual).reshape(xb.shape[0], -1)
+            y = K.bgemm(xb, op.panels, n, k, scale=op.scale, bias=op.bias, residual=res,
+                        rprelu=None if act is None else act.arrays())
+            return torch.from_numpy(y).view(*x.shape[:-1], n)
+        y = torch.from_numpy(K.bgemm(xb, op.panels, n, k, scale=op.scale)).view(*x.shape[:-1], n)
+        y = op.norm(y) + (0 if residual is None else self._tile(residual, n))
+        return y if act is None else act(y)
+
+    @staticmethod
+    def _tile(res: Tensor, n: int) -> Tensor:
+        return torch.cat([res] * (n // res.shape[-1]), dim=-1)
+
+    # ---- blocks -------------------------------------------------------------------------------
+    def mlp(self, pre: str, x: Tensor) -> Tensor:
+        """SPEC §2 MLP on tokens (B, N, C)."""
+        h = self.linear(f"{pre}.fc1", x, self.p[f"{pre}.move1"], x, self.act(f"{pre}.act1"))
+        ratio = h.shape[-1] // x.shape[-1]
+        pooled = F.avg_pool1d(h, ratio)  # (B, N, rC) -> (B, N, C)
+        out = self.linear(f"{pre}.fc2", h, self.p[f"{pre}.move2"], pooled, self.act(f"{pre}.act2"))
+        return self.layerscale(f"{pre}.ls", out)
+
+    def layerscale(self, name: str, x: Tensor) -> Tensor:
+        if f"{name}.alpha" not in self.p:
+            return x
+        return x * self.p[f"{name}.alpha"] + self.p[f"{name}.move"]
+
+    def shift(self, pre: str, out: Tensor, xn: Tensor) -> Tensor:
+        """``out + Σ LS(S(xn))`` in the order h3, w3, c3, h5, w5, c5 (SPEC §2)."""
+        for k in (3, 5):
+            if f"{pre}.ls_h{k}.alpha" not in self.p:
+                continue
+            out = out + self.layerscale(f"{pre}.ls_h{k}", _shift_mean(xn, 1, k))
+            out = out + self.layerscale(f"{pre}.ls_w{k}", _shift_mean(xn, 2, k))
+            out = out + self.layerscale(f"{pre}.ls_c{k}", _shift_channel_mix(xn, k // 2))
+        return out
+
+    def mlp_and_shift(self, pre: str, x1: Tensor) -> Tensor:
+        b, h, w, c = x1.shape
+        xn = self.norm(f"{pre}.norm2")(x1)
+        out = self.mlp(f"{pre}.mlp", xn.reshape(b, h * w, c)).reshape(b, h, w, c) + x1
+        return self.shift(f"{pre}.shift", out, xn)
+
+    def conv_block(self, pre: str, x: Tensor) -> Tensor:
+        """Stage 1–2 block (MSGDC + MLP + shifts) on (B, H, W, C)."""
+        b, h, w, c = x.shape
+        xn = self.norm(f"{pre}.norm1")(x)
+        mix = f"{pre}.mixer"
+        xb = K.pack_rows(_np(xn).reshape(b * h * w, c), _np(self.p[f"{mix}.move"])).reshape(b, h, w, -1)
+        out = np.zeros((b, h * w, c), dtype=np.float32)
+        i = 0
+        while f"{mix}.convs.{i}" in self.ops:
+            op, act = self.ops[f"{mix}.convs.{i}"], self.act(f"{mix}.acts.{i}").arrays()
+            m = op.meta
+            K.bconv(xb, c, op.panels, op.wpop, c, groups=m["groups"], kernel=tuple(m["kernel"]), stride=m["stride"],
+                    pad=m["padding"], dil=m["dilation"], scale=op.scale, bias=op.bias, rprelu=act, out=out,
+                    accumulate=True)
+            i += 1
+        x1 = self.norm(f"{mix}.norm")(torch.from_numpy(out)).view(b, h, w, c) + x
+        return self.mlp_and_shift(pre, x1)
+
+    def attention_block(self, pre: str, x: Tensor) -> Tensor:
+        """Stage 3–4 block (MSMHA + MLP + shifts) on (B, H, W, C)."""
+        x1 = self.attention(f"{pre}.attn", self.norm(f"{pre}.norm1")(x)) + x
+        return self.mlp_and_shift(pre, x1)
+
+    def attention(self, pre: str, x: Tensor) -> Tensor:
+        """SPEC §2 MSMHA on (B, H, W, C)."""
+        b, h, wd, c = x.shape
+        w = int(self.config["window_size"])
+        n_win = (h // w) * (wd // w)
+        glob = self.global_tokens(pre, x).repeat_interleave(n_win, dim=0)  # (B·nW, P, C)
+        hs = self.norm(f"{pre}.token_norm")(torch.cat([_window_split(x, w), glob], dim=1))  # (B', L, C)
+        ctx = self.attention_context(pre, hs)
+        local = _window_merge(ctx[:, : w * w], w, b, h, wd)
+        g = ctx[:, w * w :].reshape(b, n_win, h // w, wd // w, c).mean(dim=1)
+        g = g[:, :, None, :, None, :].expand(b, h // w, w, wd // w, w, c).reshape(b, h, wd, c)
+        mix = self.p[f"{pre}.mix"]
+        o = local * mix + g * (1.0 - mix)
+        out = self.linear(f"{pre}.proj", o, self.p[f"{pre}.move_o"], o, self.act(f"{pre}.act_o"))
+        return self.layerscale(f"{pre}.ls", out)
+
+    def global_tokens(self, pre: str, x: Tensor) -> Tensor:
+        w = int(self.config["window_size"])
+        pad = 0 if self.config.get("aligned_pool") else (w - 1) // 2
+        xc = _nchw(x)
+        mx = _nhwc(F.max_pool2d(xc, w, w, pad)).flatten(1, 2)
+        av = _nhwc(F.avg_pool2d(xc, w, w, pad)).flatten(1, 2)
+        a = self.p[f"{pre}.pool.alpha"]
+        return a * mx + (1.0 - a) * av
+
+    def attention_context(self, pre: str, hs: Tensor) -> Tensor:
+        """Binary attention core on (B', L, C) -> (B', L, C)."""
+        mixed = {n: self.linear(f"{pre}.{n}", hs, self.p[f"{pre}.move_{n}"], hs, self.act(f"{pre}.act_{n}"))
+                 for n in ("q", "k", "v")}
+        bq, length, c = hs.shape
+        heads = self.p[self._attn_param(pre, "alpha")].numel() if self.config["attn_quant"] == "lsq" else None
+        heads = heads or self._heads(c)
+        d = c // heads
+        per_head = {n: (mixed[n] + self.p[f"{pre}.move_{n}2"]).view(bq, length, heads, d).transpose(1, 2)
+                    .reshape(bq * heads, length, d) for n in ("q", "k", "v")}  # (G, L, d)
+        qb, kb = K.pack_rows(_np(per_head["q"])), K.pack_rows(_np(per_head["k"]))
+        root = math.sqrt(d)
+        exact = root == 2.0 ** round(math.log2(root))  # 1/sqrt(d) exact: fold into the kernel
+        scores = torch.from_numpy(K.bgemm(qb, K.to_panels(kb), length, d, scale=1.0 / root if exact else 1.0))
+        if not exact:
+            scores = scores / root
+        attn = scores.view(bq, heads, length, length).softmax(dim=-1)
+        masks, weights = self._attn_masks(pre, attn)
+        vp = K.pack_cols_panels(_np(per_head["v"]))
+        ctx = K.masked_av(K.pack_nonzero(masks.reshape(bq * heads, -1, length, length)), vp,
+                          weights.reshape(bq * heads, -1), length, d)
+        ctx = torch.from_numpy(ctx).view(bq, heads, length, d).transpose(1, 2).reshape(bq, length, c)
+        out = self.norm(f"{pre}.norm_ctx")(ctx) + mixed["q"] + mixed["k"] + mixed["v"]
+        return self.act(f"{pre}.act_ctx")(out)
+
+    def _heads(self, c: int) -> int:
+        heads = self.config["num_heads"]
+        widths = self.config["widths"]
+        return int(heads[list(widths).index(c) - 2])
+
+    def _attn_param(self, pre: str, name: str) -> str:
+        return f"{pre}.attn_quant.{name}"
+
+    def _attn_masks(self, pre: str, attn: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Binary masks (B', heads, R, L, L) uint8 and weights (B', heads, R) with Â = Σ_r w_r T_r."""
+        if self.config["attn_quant"] == "lsq":
+            return self._lsq_masks(pre, attn)
+        return self._gsb_masks(pre, attn)
+
+    def _lsq_masks(self, pre: str, attn: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """LSQ levels l = clamp(round(3A/α_h + z_h), 0, 3) = [l≥1] + [l≥2] + [l≥3]; weight α_h each.
+
+        α_h and z_h are formed with the float operations of the model's LSQ gradient scaling, whose
+        forward value can differ from the parameter by one rounding; the levels then match exactly.
+        """
+        x = attn * 3
+        alpha, zero = self.p[self._attn_param(pre, "alpha")], self.p[self._attn_param(pre, "zero_point")]
+        heads = alpha.numel()
+        g = heads / math.sqrt(x.numel() * 3)
+        a = (alpha - alpha * g + alpha * g).view(1, heads, 1, 1)
+        z = (zero - zero * g + zero * g).view(1, heads, 1, 1)
+        lvl = (x / a + z).round().clamp(0, 3)
+        masks = torch.stack([lvl >= 1, lvl >= 2, lvl >= 3], dim=2)  # (B', H, 3, L, L)
+        weights = a.view(1, heads, 1).expand(attn.shape[0], heads, 3)
+        return _np(masks.to(torch.uint8)), _np(weights.float())
+
+    def _gsb_masks(self, pre: str, attn: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """GSB: Â = α(T0 + α2 T1 + α3 T2) = α(base + (α2 − 1)U + (α3 − α2)T2), U = T1 + T2 (SPEC §3.3)."""
+        eps = 1e-5
+        alpha = self.p[self._attn_param(pre, "alpha")].clamp(min=eps)
+        a2 = self.p[self._attn_param(pre, "alpha2")].clamp(min=eps)
+        a3 = self.p[self._attn_param(pre, "alpha3")].clamp(min=eps)
+        q = attn / alpha
+        rowmax = q.amax(dim=-1, keepdim=True)
+        base = q.round().clamp(0.0, 1.0) > 0
+        t2, u = q > 0.9 * rowmax, q > 0.7 * rowmax
+        masks = torch.stack([base, u, t2], dim=2)
+        w = torch.stack([alpha, alpha * (a2 - 1.0), alpha * (a3 - a2)]).reshape(1, 1, 3)
+        return _np(masks.to(torch.uint8)), _np(w.expand(attn.shape[0], attn.shape[1], 3).float())
+
+    def downsample(self, pre: str, x: Tensor) -> Tensor:
+        """(B, H, W, C) -> (B, H/2, W/2, C2): binary (fused kernel) or fp (torch conv)."""
+        t = self.norm(f"{pre}.norm_in")(x)
+        b, h, w, c = t.shape
+        pos = self.p[f"{pre}.pos_embed"]
+        if f"{pre}.conv" not in self.ops:
+            y = _nhwc(F.conv2d(_nchw(t), self.p[f"{pre}.conv.weight"], self.p.get(f"{pre}.conv.bias"), stride=2))
+            y = self.norm(f"{pre}.norm")(y)
+            return y + pos.view(1, y.shape[1], y.shape[2], -1)
+        op = self.ops[f"{pre}.conv"]
+        cout = op.meta["out"]
+        r = _nhwc(F.avg_pool2d(_nchw(t), 2))  # (B, H/2, W/2, C)
+        xb = K.pack_rows(_np(t).reshape(b * h * w, c), _np(self.p[f"{pre}.move"])).reshape(b, h, w, -1)
+        act = self.act(f"{pre}.act")
+        geo = {"groups": op.meta["groups"], "kernel": (2, 2), "stride": 2, "pad": 0, "dil": 1}
+        if op.fused:
+            y = K.bconv(xb, c, op.panels, op.wpop, cout, scale=op.scale, bias=op.bias,
+                        residual=_np(r).reshape(-1, c), rprelu=act.arrays(), **geo)
+            y = torch.from_numpy(y).view(b, h // 2, w // 2, cout)
+        else:
+            y = torch.from_numpy(K.bconv(xb, c, op.panels, op.wpop, cout, scale=op.scale, **geo))
+            y = act(op.norm(y.view(b, h // 2, w // 2, cout)) + self._tile(r, cout))
+        return y + pos.view(1, h // 2, w // 2, cout)
+
+    def stem(self, images: Tensor) -> Tensor:
+        p = self.p
+        x = _nhwc(F.conv2d(images, p["stem.proj.weight"], p["stem.proj.bias"], stride=4))
+        return F.gelu(self.norm("stem.norm")(x)) + _nhwc(p["stem.pos_embed"])
+
+    # ---- model --------------------------------------------------------------------------------
+    def forward_features(self, images: Tensor) -> Tensor:
+        """Images (B, in, H, W) -> final normalised tokens (B, N, C)."""
+        x = self.stem(images.float())
+        for i, depth in enumerate(self.config["depths"]):
+            if i:
+                x = self.downsample(f"stages.{i}.downsample", x)
+            block = self.conv_block if i < 2 else self.attention_block
+            for j in range(depth):
+                x = block(f"stages.{i}.blocks.{j}", x)
+        return self.norm("norm")(x.flatten(1, 2))
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Images (B, in, H, W) -> logits (B, classes)."""
+        with torch.inference_mode():
+            tokens = self.forward_features(images).mean(dim=1)
+            if "head.weight" not in self.p:
+                return tokens
+            return F.linear(tokens, self.p["head.weight"], self.p["head.bias"])
+
+    __call__ = forward
+
+
+# ---- parameter-free token maths (same float operations as the model) -------------------------------
+def _shift_mean(x: Tensor, dim: int, k: int) -> Tensor:
+    out = x
+    for s in range(1, k // 2 + 1):
+        out = out + torch.roll(x, s, dims=dim) + torch.roll(x, -s, dims=dim)
+    return out / k
+
+
+def _shift_channel_mix(x: Tensor, s: int) -> Tensor:
+    c1, c2, c3, c4 = x.chunk(4, dim=-1)
+    return torch.cat([torch.roll(c1, s, dims=1), torch.roll(c2, -s, dims=1), torch.roll(c3, s, dims=2),
+                      torch.roll(c4, -s, dims=2)], dim=-1)
+
+
+def _window_split(x: Tensor, w: int) -> Tensor:
+    b, h, wd, c = x.shape
+    return x.reshape(b, h // w, w, wd // w, w, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, w * w, c)
+
+
+def _window_merge(windows: Tensor, w: int, b: int, h: int, wd: int) -> Tensor:
+    c = windows.shape[-1]
+    return windows.reshape(b, h // w, wd // w, w, w, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, wd, c)

@@ -1,0 +1,88 @@
+"""Packing a float-simulated BHViT into its packed form (SPEC §6).
+
+:func:`extract` reads an eval-mode model and returns the parts of a packed model: the config, every
+float tensor the packed forward needs (keyed as in the model's state dict) and, for every binary layer,
+its sign bits (row-packed, bit set = -1) and per-output-channel scale α, plus layer metadata. Nothing
+else of the model is needed afterwards: :class:`bhvit.engine.packed_model.PackedModel` runs from these
+parts alone, and :mod:`bhvit.engine.fileformat` stores them.
+
+The binary weight is taken from the model's own weight quantizer, ``Wq = α_c·sign(Wc)``, so packing
+agrees with whatever the quantizer computes (centring, ReCU): bits = ``Wq < 0``, ``α_c = max|Wq_c|``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bhvit.engine import kernels
+
+
+@dataclass
+class BinaryLayer:
+    """One binary layer: ``bits`` (N, KW) uint64 rows over K (conv rows ordered (tap, channel)),
+    ``alpha`` (N,) float32 and ``meta`` (kind, sizes, conv geometry)."""
+
+    bits: np.ndarray
+    alpha: np.ndarray
+    meta: dict[str, Any]
+
+
+@dataclass
+class PackedParts:
+    """Everything a packed model is made of (what the packed file stores)."""
+
+    config: dict[str, Any]
+    floats: dict[str, np.ndarray]
+    binary: dict[str, BinaryLayer]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _is_binary(module: nn.Module) -> bool:
+    return getattr(module, "weight_quantizer", None) is not None and getattr(module, "input_quantizer", None) is not None
+
+
+def _layer_meta(module: nn.Module) -> dict[str, Any]:
+    if isinstance(module, nn.Conv2d):
+        return {"kind": "conv", "in": module.in_channels, "out": module.out_channels,
+                "kernel": list(module.kernel_size), "stride": module.stride[0], "padding": module.padding[0],
+                "dilation": module.dilation[0], "groups": module.groups, "bias": module.bias is not None}
+    return {"kind": "linear", "in": module.in_features, "out": module.out_features, "bias": module.bias is not None}
+
+
+@torch.no_grad()
+def binarize_layer(module: nn.Module) -> tuple[BinaryLayer, int]:
+    """Bits and α of one binary layer, and the number of exactly-zero quantized weights."""
+    wq = module.weight_quantizer(module.weight).detach().float()  # α_c·sign(Wc), dim 0 = output
+    alpha = wq.abs().flatten(1).amax(1).numpy().astype(np.float32)
+    zeros = int((wq == 0).sum())
+    signs = wq.numpy()
+    rows = kernels.conv_weight_rows(signs) if signs.ndim == 4 else np.ascontiguousarray(signs, dtype=np.float32)
+    return BinaryLayer(kernels.pack_rows(rows), alpha, _layer_meta(module)), zeros
+
+
+def extract(model: nn.Module) -> PackedParts:
+    """The packed parts of an eval-mode BHViT (precision ``some_fp`` or ``binary``)."""
+    if model.training:
+        raise ValueError("pack an eval-mode model: call model.eval() first (BatchNorm folds running stats)")
+    config = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(model.config)
+    if config.get("precision") == "fp":
+        raise ValueError("a full-precision model has no binary layers to pack; use precision some_fp or binary")
+    binary: dict[str, BinaryLayer] = {}
+    zeros = 0
+    for name, module in model.named_modules():
+        if _is_binary(module):
+            binary[name], z = binarize_layer(module)
+            zeros += z
+    if zeros:
+        warnings.warn(f"{zeros} binary weights are exactly 0 (sign(0) = 0); the engine packs them as +1",
+                      stacklevel=2)
+    skip = {f"{name}.weight" for name in binary}
+    floats = {k: v.detach().float().contiguous().numpy().copy() for k, v in model.state_dict().items()
+              if k not in skip and v.is_floating_point()}
+    return PackedParts(config, floats, binary, {"zero_weights": zeros})
