@@ -63,9 +63,8 @@ class TokenBatchNorm(nn.BatchNorm1d):
     sync: bool = False
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training and self.sync and dist.is_available() and dist.is_initialized():
-            if dist.get_world_size() > 1:
-                return self._synced(x)
+        if self.training and self.sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            return self._synced(x)
         if not self.training:  # (..., C) -> (M, C): BatchNorm1d's 2-D form, no transposes
             return super().forward(x.reshape(-1, x.shape[-1])).reshape(x.shape)
         # (B, N, C) -> (B, C, N) view: statistics reduced in the same order as the authors' BatchNormT,

@@ -121,7 +121,8 @@ def test_lsq_first_batch_initialisation_matches(pack):
         torch.testing.assert_close(ours[mapped], t["after_train." + first + leaf], rtol=1e-6, atol=1e-7)
     # every BatchNorm before the first quantized attention sees the same batch statistics
     for key, ref in t.items():
-        if key.startswith("after_train.") and "running" in key and ("layerA" in key or "layerB.0.attention.attention.norm" in key and "context" not in key):
+        upstream_of_quantizer = "layerA" in key or ("layerB.0.attention.attention.norm" in key and "context" not in key)
+        if key.startswith("after_train.") and "running" in key and upstream_of_quantizer:
             mapped, _ = map_upstream_key(key.removeprefix("after_train."), model.config.depths)
             torch.testing.assert_close(ours[mapped], ref, rtol=1e-5, atol=1e-6)
     # Downstream of the freshly initialised step (α ≈ 0.065) the logits agree in sign pattern only

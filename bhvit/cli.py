@@ -1,0 +1,137 @@
+"""``bhvit`` command line: a thin table of subcommands over library functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {}
+
+
+def command(name: str, help_text: str) -> Callable:
+    def wrap(fn: Callable[[list[str]], int]) -> Callable[[list[str]], int]:
+        COMMANDS[name] = (help_text, fn)
+        return fn
+
+    return wrap
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=["fp", "some_fp", "binary"], default="binary")
+    p.add_argument("--attn-quant", choices=["lsq", "gsb"], default="lsq")
+    p.add_argument("--img-size", type=int, default=None, help="input side in pixels (default: the variant's)")
+    p.add_argument("--window-size", type=int, default=None)
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--in-chans", type=int, default=None)
+    p.add_argument("--norm", choices=["bn", "ln"], default=None)
+
+
+def _options(args: argparse.Namespace) -> dict:
+    opts = {"precision": args.precision, "attn_quant": args.attn_quant}
+    for key in ("img_size", "window_size", "num_classes", "in_chans", "norm"):
+        if getattr(args, key) is not None:
+            opts[key] = getattr(args, key)
+    return opts
+
+
+@command("profile", "parameters, BOPs, FLOPs and OPs of a model")
+def cmd_profile(argv: list[str]) -> int:
+    from . import create_model
+    from .profile import profile_model
+
+    p = argparse.ArgumentParser(prog="bhvit profile", description="Precision-aware profile (SPEC §5).")
+    p.add_argument("arch", help="bhvit_tiny, bhvit_small or bhvit_test")
+    _model_options(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = p.parse_args(argv)
+    prof = profile_model(create_model(args.arch, **_options(args)), args.arch)
+    print(prof.to_json() if args.json else prof.table())
+    return 0
+
+
+@command("predict", "top-5 classes of images")
+def cmd_predict(argv: list[str]) -> int:
+    from .checkpoint import load_model
+    from .predict import Preprocess, predict_images
+
+    p = argparse.ArgumentParser(prog="bhvit predict", description="Classify images with a checkpoint.")
+    p.add_argument("images", nargs="+")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="bhvit .safetensors, training checkpoint, or the authors' .pth")
+    source.add_argument("--packed", help="a packed 1-bit model file (bhvit pack)")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--window-size", type=int, default=None, help="for authors' checkpoints (default 7)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    if args.packed:
+        from .engine import load_packed_for_predict
+
+        model, meta, config = load_packed_for_predict(args.packed)
+    else:
+        overrides = {"window_size": args.window_size} if args.window_size else {}
+        model, meta = load_model(args.checkpoint, **overrides)
+        config = model.config
+    prep = Preprocess.for_model(config.img_size, config.in_chans, meta.get("preprocess"))
+    results = predict_images(model, args.images, prep, args.topk, meta.get("labels"))
+    if args.json:
+        print(json.dumps(results, indent=2))
+    for r in results if not args.json else []:
+        if "error" in r:
+            print(f"error: {r['error']}", file=sys.stderr)
+            continue
+        print(r["path"])
+        for rank, t in enumerate(r["top"], 1):
+            print(f"  {rank}. {t['label']:<24} {100 * t['prob']:6.2f}%")
+    return 1 if any("error" in r for r in results) else 0
+
+
+@command("convert", "convert an authors' checkpoint to bhvit's safetensors format")
+def cmd_convert(argv: list[str]) -> int:
+    from .checkpoint import convert_checkpoint
+
+    p = argparse.ArgumentParser(prog="bhvit convert", description="Authors' .pth -> bhvit .safetensors.")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--window-size", type=int, default=None)
+    args = p.parse_args(argv)
+    out = convert_checkpoint(args.src, args.dst, **({"window_size": args.window_size} if args.window_size else {}))
+    print(f"wrote {out}")
+    return 0
+
+
+def _delegate(module: str, func: str) -> Callable[[list[str]], int]:
+    def run(argv: list[str]) -> int:
+        import importlib
+
+        return int(getattr(importlib.import_module(module), func)(argv) or 0)
+
+    return run
+
+
+COMMANDS["train"] = ("train a model (see docs/training.md)", _delegate("bhvit.train", "cli_train"))
+COMMANDS["eval"] = ("evaluate a checkpoint on a dataset", _delegate("bhvit.train", "cli_eval"))
+COMMANDS["demo"] = ("Fashion-MNIST: teacher, binary student, report", _delegate("bhvit.train", "run_demo"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        width = max(map(len, COMMANDS))
+        lines = [f"  {name:<{width}}  {text}" for name, (text, _) in sorted(COMMANDS.items())]
+        print("usage: bhvit COMMAND [options]\n\ncommands:\n" + "\n".join(lines))
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"bhvit: unknown command {name!r}; run 'bhvit --help'", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[name][1](rest)
+    except (ValueError, FileNotFoundError) as exc:  # user errors: one clear line, no traceback
+        print(f"bhvit {name}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

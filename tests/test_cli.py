@@ -1,0 +1,124 @@
+"""The command line: profile numbers, predict with good and bad images, convert."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import bhvit
+from bhvit.checkpoint import load_model, save_model
+from bhvit.cli import main
+from bhvit.profile import OPS_RULE, profile_model
+
+
+def test_profile_numbers_match_the_authors_param_counts(capsys):
+    assert main(["profile", "bhvit_tiny", "--precision", "some_fp", "--json"]) == 0
+    prof = json.loads(capsys.readouterr().out)
+    assert prof["params_total"] == 13_779_960
+    assert prof["params_binary"] + prof["params_fp"] == prof["params_total"]
+    assert prof["ops"] == pytest.approx(prof["bops"] / 64 + prof["flops"])
+    assert main(["profile", "bhvit_tiny", "--precision", "binary", "--attn-quant", "gsb"]) == 0
+    table = capsys.readouterr().out
+    assert "13,783,040" in table and OPS_RULE in table
+    assert main(["profile", "bhvit_small", "--precision", "fp", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params_total"] == 22_642_792
+
+
+def test_profile_counts_by_hand_on_the_test_variant():
+    """Recompute BOPs/FLOPs of bhvit_test from the architecture, layer by layer."""
+    model = bhvit.create_model("bhvit_test", precision="binary", num_classes=10)
+    cfg = model.config
+    prof = profile_model(model, "bhvit_test")
+    (h0, w0), *_ = cfg.stage_sizes
+    flops = h0 * w0 * 3 * 16 * 4 * 4 + 128 * 10  # stem conv + head
+    bops = 0
+    for i, (dim, (h, w)) in enumerate(zip(cfg.widths, cfg.stage_sizes)):
+        n = h * w
+        if i:
+            bops += n * dim * cfg.widths[i - 1] * 4  # 2x2 stride-2 binary conv
+        mlp = 2 * n * dim * dim * cfg.mlp_ratios[i]
+        if i < 2:
+            bops += 3 * n * dim * (dim // 4) * 9 + mlp  # three grouped 3x3 convs
+        else:
+            win = cfg.window_size
+            n_win = (h // win) * (w // win)
+            tokens = win * win + n_win
+            rows = n_win
+            bops += 3 * rows * tokens * dim * dim + n * dim * dim + mlp  # q, k, v; output proj
+            bops += 4 * rows * tokens * tokens * dim  # q·kᵀ plus three binary slices of Â·v
+    assert prof.flops == flops
+    assert prof.bops == bops
+    fp_model = bhvit.create_model("bhvit_test", precision="fp")
+    assert profile_model(fp_model).bops == 0
+
+
+@pytest.fixture()
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = bhvit.create_model("bhvit_test", precision="binary").eval()
+    labels = [f"class_{i}" for i in range(10)]
+    path = save_model(model, tmp_path / "m.safetensors", labels=labels,
+                      preprocess={"mean": [0.5] * 3, "std": [0.25] * 3, "resize": 36})
+    return path
+
+
+def _images(tmp_path):
+    rng = np.random.default_rng(0)
+    png = tmp_path / "a.png"
+    Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(png)
+    jpg = tmp_path / "b.jpg"
+    Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(jpg)  # grayscale
+    corrupt = tmp_path / "c.png"
+    corrupt.write_bytes(png.read_bytes()[:60])
+    text = tmp_path / "d.txt"
+    text.write_text("not an image")
+    return png, jpg, corrupt, text, tmp_path / "missing.png"
+
+
+def test_predict_top5_and_bad_files_do_not_stop_the_rest(tmp_path, checkpoint, capsys):
+    png, jpg, corrupt, text, missing = _images(tmp_path)
+    code = main(["predict", str(png), str(corrupt), str(jpg), str(text), str(missing),
+                 "--checkpoint", str(checkpoint), "--json"])
+    assert code == 1  # some inputs failed
+    results = json.loads(capsys.readouterr().out)
+    good = [r for r in results if "top" in r]
+    assert [r["path"] for r in good] == [str(png), str(jpg)]
+    assert all(len(r["top"]) == 5 and r["top"][0]["label"].startswith("class_") for r in good)
+    errors = {r["path"]: r["error"] for r in results if "error" in r}
+    assert "corrupt or truncated" in errors[str(corrupt)]
+    assert "not an image file" in errors[str(text)]
+    assert "no such file" in errors[str(missing)]
+    # the printed form too
+    assert main(["predict", str(png), "--checkpoint", str(checkpoint)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("%") == 5
+
+
+def test_predict_matches_direct_model_call(tmp_path, checkpoint):
+    from bhvit.predict import Preprocess, load_image, predict_images
+
+    model, meta = load_model(checkpoint)
+    png = _images(tmp_path)[0]
+    prep = Preprocess.for_model(model.config.img_size, 3, meta["preprocess"])
+    x = prep(load_image(png))
+    assert x.shape == (3, 32, 32)
+    with torch.no_grad():
+        probs = model(x[None]).softmax(-1)[0]
+    top = predict_images(model, [png], prep, labels=meta["labels"])[0]["top"]
+    assert top[0]["class"] == int(probs.argmax()) and top[0]["prob"] == pytest.approx(float(probs.max()))
+
+
+def test_predict_with_a_missing_checkpoint_is_one_clear_line(tmp_path, capsys):
+    png = _images(tmp_path)[0]
+    assert main(["predict", str(png), "--checkpoint", str(tmp_path / "none.safetensors")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_help_and_unknown_command(capsys):
+    assert main(["--help"]) == 0
+    assert "profile" in capsys.readouterr().out
+    assert main(["frobnicate"]) == 2
