@@ -77,8 +77,9 @@ def _from_safetensors(path: Path, overrides: dict[str, Any]) -> tuple[BHViT, dic
 
 def _from_torch(path: Path, overrides: dict[str, Any]) -> tuple[BHViT, dict[str, Any]]:
     obj = safe_torch_load(path)
-    if isinstance(obj, Mapping) and isinstance(obj.get("config"), Mapping) and "model" in obj:
-        config = BHViTConfig.from_dict({**obj["config"], **overrides})  # a bhvit training checkpoint
+    stored = obj.get("model_config", obj.get("config")) if isinstance(obj, Mapping) else None
+    if isinstance(stored, Mapping) and "model" in obj:
+        config = BHViTConfig.from_dict({**stored, **overrides})  # a bhvit training checkpoint
         meta = {k: obj[k] for k in ("preprocess", "labels") if k in obj}
         return load_into(BHViT(config), obj["model"]), meta
     return load_upstream(obj, **overrides), {}
@@ -88,7 +89,8 @@ def load_model(path: str | Path, **overrides: Any) -> tuple[BHViT, dict[str, Any
     """Load any BHViT checkpoint as ``(model in eval mode, metadata)``.
 
     Accepts bhvit safetensors files (:func:`save_model`), bhvit training checkpoints (a torch file
-    with ``model`` and ``config``) and the authors' files (see :func:`bhvit.load_upstream`).
+    with ``model`` and ``model_config``, optionally ``preprocess`` and ``labels``) and the authors'
+    files (see :func:`bhvit.load_upstream`).
     """
     path = Path(path)
     if not path.is_file():

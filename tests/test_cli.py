@@ -122,3 +122,18 @@ def test_help_and_unknown_command(capsys):
     assert main(["--help"]) == 0
     assert "profile" in capsys.readouterr().out
     assert main(["frobnicate"]) == 2
+
+
+def test_predict_from_a_training_checkpoint(tmp_path, capsys):
+    torch.manual_seed(1)
+    model = bhvit.create_model("bhvit_test", precision="some_fp", in_chans=1).eval()
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": "bhvit-train-v1", "model_config": model.config.to_dict(), "model": model.state_dict(),
+                "step": 3, "preprocess": {"mean": [0.286], "std": [0.353], "resize": 32}}, path)
+    loaded, meta = load_model(path)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+    png = _images(tmp_path)[0]
+    assert main(["predict", str(png), "--checkpoint", str(path), "--topk", "3"]) == 0
+    assert capsys.readouterr().out.count("%") == 3
