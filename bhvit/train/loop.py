@@ -209,24 +209,57 @@ def train_step(c: Components, images: Tensor, labels: Tensor, weights: LossWeigh
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, c: Components, loader: torch.utils.data.DataLoader) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (%) and mean CE on the whole split, summed over ranks."""
+def evaluate(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    data: DataBundle,
+    device: torch.device,
+    info: DistInfo = DistInfo(),
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (%) and mean CE over the whole split, summed over ranks."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64)  # correct@1, correct@5, CE sum, count
     for images, labels in loader:
-        images = normalize_batch(images.to(c.device, non_blocking=True), c.data.mean, c.data.std)
-        labels = labels.to(c.device)
-        with torch.autocast(c.device.type, dtype=c.amp_dtype, enabled=c.amp_dtype is not None):
+        images = normalize_batch(images.to(device, non_blocking=True), data.mean, data.std)
+        labels = labels.to(device)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(images).float()
         top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
         hits = top == labels[:, None]
         ce = nn.functional.cross_entropy(logits, labels, reduction="sum")
         sums += torch.stack([hits[:, 0].sum(), hits.any(-1).sum(), ce, torch.tensor(len(labels))]).double().cpu()
     model.train(was_training)
-    s = all_reduce_sum(sums.to(c.device), c.info).cpu()
+    s = all_reduce_sum(sums.to(device), info).cpu()
     n = max(1.0, float(s[3]))
     return {"acc1": 100 * float(s[0]) / n, "acc5": 100 * float(s[1]) / n, "loss": float(s[2]) / n, "n": int(s[3])}
+
+
+def evaluate_checkpoint(
+    path: str, data_cfg: Any, device: str = "auto", use_ema: bool = False, threads: int | None = None
+) -> dict[str, Any]:
+    """Rebuild the model of a checkpoint and score it on the test split of ``data_cfg``.
+
+    ``data_cfg`` is a :class:`bhvit.data.DataConfig`; its ``img_size`` should be the checkpoint's.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device, DistInfo())
+    model, ck = ckpt_io.load_model(path)
+    if use_ema:
+        if not ck.get("ema"):
+            raise ValueError(f"{path} holds no EMA weights")
+        model.load_state_dict(ck["ema"])
+    data = build_datasets(data_cfg)
+    if data.num_classes != model.config.num_classes or data.in_chans != model.config.in_chans:
+        raise ValueError(f"{path}: model has {model.config.num_classes} classes / {model.config.in_chans} channels, "
+                         f"data {data.name} has {data.num_classes} / {data.in_chans}")
+    loader = torch.utils.data.DataLoader(data.test, batch_size=data_cfg.eval_batch_size,
+                                         num_workers=data_cfg.num_workers)
+    start = time.time()
+    metrics = evaluate(model.to(dev), loader, data, dev)
+    return metrics | {"checkpoint": str(path), "dataset": data.name, "eval_time_s": round(time.time() - start, 2)}
 
 
 def make_loaders(c: Components) -> tuple[torch.utils.data.DataLoader, TrainSampler, torch.utils.data.DataLoader]:
@@ -234,7 +267,10 @@ def make_loaders(c: Components) -> tuple[torch.utils.data.DataLoader, TrainSampl
     per_rank = dc.batch_size // info.world_size
     sampler = TrainSampler(len(c.data.train), per_rank, info, c.cfg.run.seed)
     pin = c.device.type == "cuda"
-    common = {"num_workers": dc.num_workers, "pin_memory": pin, "persistent_workers": False}
+    # A private generator: a DataLoader iterator otherwise draws its base seed from the global RNG,
+    # which would shift the drop-path stream between a resumed and an uninterrupted run.
+    common = {"num_workers": dc.num_workers, "pin_memory": pin, "persistent_workers": False,
+              "generator": torch.Generator().manual_seed(c.cfg.run.seed)}
     train = torch.utils.data.DataLoader(c.data.train, batch_size=per_rank, sampler=sampler, drop_last=True, **common)
     test = torch.utils.data.DataLoader(
         c.data.test, batch_size=dc.eval_batch_size, sampler=EvalSampler(len(c.data.test), info), **common
@@ -400,10 +436,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if reason == "interrupted":
                 save_checkpoint(c, state, metrics)
                 return {"interrupted": True, "step": state.step, "checkpoint": str(checkpoint_path(cfg))}
-            metrics = evaluate(c.model, c, test_loader)
+            metrics = evaluate(c.model, test_loader, c.data, c.device, c.info, c.amp_dtype)
             record = {"epoch": state.epoch + 1, "step": state.step, "test": metrics, **train_metrics}
             if c.ema is not None:
-                record["test_ema"] = evaluate(c.ema.module, c, test_loader)
+                record["test_ema"] = evaluate(c.ema.module, test_loader, c.data, c.device, c.info, c.amp_dtype)
             state.history.append(record)
             logger.log("epoch", epoch=state.epoch + 1, step=state.step, test_acc1=metrics["acc1"],
                        test_acc5=metrics["acc5"], test_loss=metrics["loss"], train_time_s=state.train_time,

@@ -1,0 +1,71 @@
+"""Tiny synthetic datasets on disk in the three formats the loaders read."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:
+    """IDX: 0x0000, dtype code 0x08 (uint8), ndim, big-endian dims, data."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}i", *array.shape)
+    raw = header + array.astype(np.uint8).tobytes()
+    if compress:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(raw)
+    else:
+        path.write_bytes(raw)
+
+
+def make_fashion_mnist(root: Path, n_train: int = 64, n_test: int = 32, seed: int = 0) -> Path:
+    """Fake Fashion-MNIST: class k is a bright square at a class-dependent spot, so it is learnable."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 40, (n, 28, 28))
+        for i, k in enumerate(labels):
+            r, c = 2 + 2 * (k // 5) * 5, 2 + (k % 5) * 5
+            images[i, r : r + 6, c : c + 5] = 250
+        write_idx(root / f"{split}-images-idx3-ubyte", images)
+        write_idx(root / f"{split}-labels-idx1-ubyte", labels)
+    return root
+
+
+@pytest.fixture
+def fmnist_dir(tmp_path: Path) -> Path:
+    return make_fashion_mnist(tmp_path / "fmnist")
+
+
+@pytest.fixture
+def cifar_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "cifar" / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, 4))}
+        with open(d / name, "wb") as f:
+            pickle.dump(batch, f)
+    return d.parent
+
+
+@pytest.fixture
+def folder_dir(tmp_path: Path) -> Path:
+    """train/ and val/ with two classes of images of assorted sizes and modes."""
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    sizes = [(17, 23), (40, 40), (64, 31)]
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            (root / split / cls).mkdir(parents=True)
+            for i, (h, w) in enumerate(sizes):
+                arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+                im = Image.fromarray(arr).convert("L" if i == 1 else "RGB")
+                im.save(root / split / cls / f"{i}.png")
+    return root
