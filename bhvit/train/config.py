@@ -103,13 +103,14 @@ class OptimConfig:
     scale_lr: bool = True
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
     warmup_epochs: float = 0.0
     min_lr: float = 1e-6
     clip_grad: float | None = None
 
     def __post_init__(self) -> None:
         _check(self.lr > 0 and self.min_lr >= 0 and self.weight_decay >= 0, "lr > 0, min_lr, weight_decay ≥ 0")
-        _check(all(0 <= b < 1 for b in self.betas), "betas must lie in [0, 1)")
+        _check(all(0 <= b < 1 for b in self.betas) and self.eps > 0, "betas must lie in [0, 1), eps > 0")
         _check(self.warmup_epochs >= 0, "warmup_epochs must be ≥ 0")
         _check(self.clip_grad is None or self.clip_grad > 0, "clip_grad must be > 0 or None")
 

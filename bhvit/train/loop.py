@@ -157,7 +157,8 @@ def build(cfg: TrainConfig) -> Components:
         )
     teacher = load_teacher(cfg.loss.teacher, data.num_classes, device) if cfg.loss.teacher else None
     lr = scaled_lr(cfg.optim, cfg.data.batch_size)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=lr, betas=cfg.optim.betas)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=lr, betas=cfg.optim.betas,
+                                  eps=cfg.optim.eps)
     per_epoch = steps_per_epoch(len(data.train), cfg.data.batch_size)
     total = cfg.run.epochs * per_epoch
     if cfg.run.max_steps is not None:
