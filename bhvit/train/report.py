@@ -1,0 +1,122 @@
+"""Markdown report comparing runs (fp / some-fp / binary): accuracy, parameters, OPs, training time.
+
+OPs follow SPEC §5 (``OPs = BOPs/64 + FLOPs``) through ``bhvit.profile.profile_model`` when the
+profile module is available; otherwise the column says "n/a".
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from bhvit.train.logs import read_jsonl
+from bhvit.train.plots import _pyplot
+
+LABELS = {"fp": "fp (teacher)", "some_fp": "some-fp student", "binary": "binary student"}
+
+
+def model_profile(checkpoint: str) -> dict[str, Any]:
+    """Params (total / binary) and OPs of a checkpoint's model, or {} if profiling is unavailable."""
+    from bhvit.train.checkpoint import load_model
+
+    model, _ = load_model(checkpoint)
+    try:
+        from bhvit.profile import OPS_RULE, profile_model
+    except ImportError:
+        return {"params": sum(p.numel() for p in model.parameters())}
+    prof = profile_model(model.eval())
+    return {"params": prof.params_total, "params_binary": prof.params_binary, "bops": prof.bops,
+            "flops": prof.flops, "ops": prof.ops, "rule": OPS_RULE, "size_1bit_bytes": prof.size_1bit_bytes}
+
+
+def _epochs(run_dir: Path) -> list[dict]:
+    log = run_dir / "log.jsonl"
+    return [r for r in read_jsonl(log) if r["kind"] == "epoch"] if log.is_file() else []
+
+
+def _steps(run_dir: Path) -> list[dict]:
+    log = run_dir / "log.jsonl"
+    return [r for r in read_jsonl(log) if r["kind"] == "step"] if log.is_file() else []
+
+
+def comparison_plots(out: Path, runs: dict[str, Path], profiles: dict[str, dict]) -> list[str]:
+    """accuracy.png (test top-1 per epoch), comparison.png (top-1 and OPs), flips.png (students)."""
+    plt = _pyplot()
+    if plt is None:
+        return []
+    names = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for prec, d in runs.items():
+        ep = _epochs(d)
+        ax.plot([r["epoch"] for r in ep], [r["test_acc1"] for r in ep], marker="o", label=LABELS.get(prec, prec))
+    ax.set(xlabel="epoch", ylabel="test top-1 (%)", title="Test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=100)
+    plt.close(fig)
+    names.append("accuracy.png")
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    precs = list(runs)
+    acc = [(_epochs(runs[p]) or [{"test_acc1": 0}])[-1]["test_acc1"] for p in precs]
+    a1.bar(precs, acc, color=["#888", "#48c", "#c64"][: len(precs)])
+    a1.set(ylabel="test top-1 (%)", ylim=(max(0, min(acc) - 10), 100), title="Accuracy")
+    for i, v in enumerate(acc):
+        a1.text(i, v, f"{v:.2f}", ha="center", va="bottom")
+    ops = [profiles[p].get("ops", 0) / 1e6 for p in precs]
+    a2.bar(precs, ops, color=["#888", "#48c", "#c64"][: len(precs)])
+    a2.set(ylabel="MOPs per image", title="OPs = BOPs/64 + FLOPs")
+    fig.tight_layout()
+    fig.savefig(out / "comparison.png", dpi=100)
+    plt.close(fig)
+    names.append("comparison.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    drawn = False
+    for prec, d in runs.items():
+        pts = [(r["step"], r["flip_ratio"]) for r in _steps(d) if "flip_ratio" in r]
+        if pts:
+            ax.plot(*zip(*pts), label=LABELS.get(prec, prec))
+            drawn = True
+    if drawn:
+        ax.set(xlabel="step", ylabel="fraction of binary weights flipped per step", title="Weight flip ratio")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "flips.png", dpi=100)
+        names.append("flips.png")
+    plt.close(fig)
+    return names
+
+
+def write_report(out: Path, summaries: dict[str, dict], preset: str, wall_s: float) -> Path:
+    """Write ``out/report.md`` (+ PNGs) from the runs' summaries; returns its path."""
+    out = Path(out)
+    runs = {p: Path(s["checkpoint"]).parent for p, s in summaries.items()}
+    profiles = {p: model_profile(s["checkpoint"]) for p, s in summaries.items()}
+    plots = comparison_plots(out, runs, profiles)
+    first = next(iter(summaries.values()))
+    lines = [
+        f"# BHViT demo report ({preset})", "",
+        f"Dataset: {first['dataset']} (test set: {first['test_images']} images), image size "
+        f"{first['img_size']} px, window {first['window_size']}, arch `{first['arch']}`. "
+        f"Written {time.strftime('%Y-%m-%d %H:%M:%S')}; total wall time {wall_s / 60:.1f} min.", "",
+        "| model | top-1 (%) | top-5 (%) | epochs | params | binary params | MOPs / image | train time (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for prec, s in summaries.items():
+        pr = profiles[prec]
+        ops = f"{pr['ops'] / 1e6:.2f}" if "ops" in pr else "n/a"
+        lines.append(
+            f"| {LABELS.get(prec, prec)} | {s['test_acc1']:.2f} | {s['test_acc5']:.2f} | {s['epochs']} | "
+            f"{pr['params']:,} | {pr.get('params_binary', 0):,} | {ops} | {s['train_time_s']:.0f} |"
+        )
+    rule = next((p["rule"] for p in profiles.values() if "rule" in p), None)
+    lines += ["", f"OPs rule: {rule}." if rule else "", ""]
+    lines += [f"![{name}]({name})" for name in plots]
+    lines += ["", "Per-run logs, plots and checkpoints: " + ", ".join(f"`{p}/`" for p in runs.values()), ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,31 @@
+import json
+
+import pytest
+
+from bhvit.train import run_demo
+from bhvit.train.demo import PRESETS, stage_config
+
+
+def test_demo_end_to_end_on_fake_fashion_mnist(fmnist_dir, tmp_path):
+    out = tmp_path / "demo"
+    rc = run_demo(["--data", str(fmnist_dir), "--out", str(out), "--teacher-epochs", "1", "--student-epochs", "1",
+                   "--batch-size", "16", "--threads", "1"])
+    assert rc == 0
+    result = json.loads((out / "demo_summary.json").read_text())
+    assert set(result["summaries"]) == {"fp", "some_fp", "binary"}
+    for prec, s in result["summaries"].items():
+        assert s["precision"] == prec and s["test_images"] == 32
+    assert result["summaries"]["binary"]["teacher"] == result["summaries"]["fp"]["checkpoint"]
+    report = (out / "report.md").read_text()
+    assert "binary student" in report and "| model |" in report and "MOPs" in report
+    for png in ("accuracy.png", "comparison.png", "flips.png"):
+        if f"({png})" in report:
+            assert (out / png).stat().st_size > 0
+
+
+def test_presets_are_valid_configs():
+    for preset in PRESETS.values():
+        teacher = stage_config(preset, "fp", None)
+        student = stage_config(preset, "binary", "t.pt")
+        assert teacher.loss.mode == "ce" and student.loss.mode == "paper"
+        assert student.model.init_from == "t.pt" and student.loss.kd_weight == pytest.approx(0.8)
