@@ -66,25 +66,35 @@ def test_eval_logits_and_hidden_states_match(pack):
 def test_train_mode_logits_loss_and_gradients(pack):
     """Train mode (batch statistics): logits, loss and every stored gradient.
 
-    For the LSQ pack the train logits are taken with the initialisation already done
-    (``logits.train_initstate1``); the first-batch initialisation itself is checked separately.
+    The LSQ pack's first training pass initialises the quantizer from the batch (α ≈ 0.065, so
+    ``round(3A/α + z)`` has many decision boundaries): its output is discontinuous at float resolution.
+    Scaling the input by ``1 ± 3e-7`` flips it between a few values, for the authors' code too (measured:
+    their own model, run here, lands 0.067 away from the stored logits). So for that pack the check is
+    that some input within ``1e-6`` relative reproduces the stored logits to ``1e-5``, and gradients are
+    compared there.
     """
     name, t, state, meta = pack
-    if "logits.train_initstate1" in t:
-        state = {k: (torch.ones_like(v) if k.endswith("init_state") else v) for k, v in state.items()}
-        want = t["logits.train_initstate1"]
-    else:
-        want = t["logits.train"]
-    model = load_upstream(state).train()
-    x = t["input"].clone().requires_grad_(True)
-    logits = model(x)
-    assert (logits - want).abs().max().item() <= 1e-5
-    if "logits.train_initstate1" in t:
-        return  # gradients were stored for the initialising pass, checked below
+    candidates = [0.0] + [s * k * 1e-7 for k in (1, 2, 3, 5, 7, 10) for s in (1, -1)]
+    for eps in candidates if "logits.train_initstate1" in t else [0.0]:
+        model = load_upstream(state).train()
+        x = (t["input"] * (1 + eps)).requires_grad_(True)
+        logits = model(x)
+        if (logits - t["logits.train"]).abs().max().item() <= 1e-5:
+            break
+    assert (logits - t["logits.train"]).abs().max().item() <= 1e-5
     loss = F.cross_entropy(logits, t["train.target"])
     assert loss.item() == pytest.approx(t["train.loss"].item(), abs=1e-5)
     loss.backward()
     _check_gradients(model, t, x)
+
+
+def test_train_mode_with_lsq_already_initialised(pack):
+    _, t, state, _ = pack
+    if "logits.train_initstate1" not in t:
+        pytest.skip("GSB / fp packs have no LSQ quantizer")
+    state = {k: (torch.ones_like(v) if k.endswith("init_state") else v) for k, v in state.items()}
+    model = load_upstream(state).train()
+    assert (model(t["input"]) - t["logits.train_initstate1"]).abs().max().item() <= 1e-5
 
 
 def _check_gradients(model, t, x):
@@ -113,7 +123,7 @@ def test_lsq_first_batch_initialisation_matches(pack):
     if "logits.train_initstate1" not in t:
         pytest.skip("GSB / fp packs have no LSQ quantizer")
     model = load_upstream(state).train()
-    logits = model(t["input"])
+    model(t["input"])
     ours = model.state_dict()
     first = "vit.encoder.layerB.0.attention.attention.att_prob_quantizer."
     for leaf in ("alpha", "zero_point", "init_state"):
@@ -125,9 +135,6 @@ def test_lsq_first_batch_initialisation_matches(pack):
         if key.startswith("after_train.") and "running" in key and upstream_of_quantizer:
             mapped, _ = map_upstream_key(key.removeprefix("after_train."), model.config.depths)
             torch.testing.assert_close(ours[mapped], ref, rtol=1e-5, atol=1e-6)
-    # Downstream of the freshly initialised step (α ≈ 0.065) the logits agree in sign pattern only
-    # loosely: see the issue note; bound the difference so a regression is still caught.
-    assert (logits - t["logits.train"]).abs().max().item() < 0.1
 
 
 def test_reference_layouts_load_for_tiny_and_small():
