@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from bhvit.data import cifar10, fashion_mnist, folder
+from bhvit.data.download import DatasetNotFoundError
 from bhvit.data.transforms import Compose, eval_transform, resize, train_transform
 
 DATASET_NAMES = ("fashion_mnist", "cifar10", "synthetic")
@@ -54,8 +55,8 @@ class DataConfig:
             raise ValueError("batch sizes must be ≥ 1 and num_workers ≥ 0")
         if self.train_subset is not None and self.train_subset < 1:
             raise ValueError("train_subset must be ≥ 1 or None")
-        if self.name not in DATASET_NAMES and not Path(self.name).is_dir():
-            raise ValueError(f"data {self.name!r} is neither one of {DATASET_NAMES} nor a directory")
+        if not self.name:
+            raise ValueError(f"data name is empty; expected one of {DATASET_NAMES} or a directory")
 
 
 @dataclass
@@ -152,6 +153,11 @@ def _augment_kind(cfg: DataConfig, disk_size: int) -> str:
 
 def build_datasets(cfg: DataConfig, seed: int = 0) -> DataBundle:
     """Load the data named by ``cfg`` and wrap both splits with their transforms."""
+    if cfg.name not in DATASET_NAMES and not Path(cfg.name).is_dir():
+        raise DatasetNotFoundError(
+            f"data {cfg.name!r} is neither one of {DATASET_NAMES} nor an existing directory (an image "
+            "folder with train/ and val/, or a directory with the Fashion-MNIST or CIFAR-10 files)"
+        )
     if Path(cfg.name).is_dir() and folder.is_image_folder(cfg.name):
         train, val = folder.load(cfg.name)
         kind = _augment_kind(cfg, disk_size=10**9)

@@ -6,7 +6,13 @@ lives in :mod:`bhvit.train.cli`, imported lazily so the library never depends on
 """
 
 from bhvit.train.config import (
-    LossConfig, ModelSpec, OptimConfig, RunConfig, TrainConfig, choose_window_size, load_recipe,
+    LossConfig,
+    ModelSpec,
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+    choose_window_size,
+    load_recipe,
 )
 from bhvit.train.loop import NonFiniteLossError, train
 

@@ -7,10 +7,11 @@ A recipe has one table per dataclass: ``[data]`` (:class:`bhvit.data.DataConfig`
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from bhvit.data import DataConfig
 
@@ -68,9 +69,9 @@ class LossConfig:
     ``paper``: ``(1−λ−β)·CE + λ·KD + β·L_re`` with β switched on for the last ``reg_fraction`` of the
     steps (0 before); ``kd``: pure KD (the authors' default script); ``kd_reg``: ``(1−β)·KD + β·L_re``
     throughout (the authors' ``--regularization_loss``, β = 0.1); ``ce``: ``(1−β_t)·CE + β_t·L_re``
-    with β_t as in ``paper`` (no teacher; set ``reg_weight = 0`` for plain CE). ``teacher`` is a path to one of our checkpoints or
-    ``timm:<name>``; KD modes require one. ``reg_form``: ``paper`` averages over all weights,
-    ``authors`` averages per-tensor means and skips the downsampling convs.
+    with β_t as in ``paper`` (no teacher; set ``reg_weight = 0`` for plain CE). ``teacher`` is a path
+    to one of our checkpoints or ``timm:<name>``; KD modes require one. ``reg_form``: ``paper``
+    averages over all weights, ``authors`` averages per-tensor means and skips the downsampling convs.
     """
 
     mode: str = "paper"

@@ -20,7 +20,7 @@ class JsonlLogger:
         self.file: TextIO | None = None
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(path, "a" if append else "w")
+            self.file = open(path, "a" if append else "w")  # noqa: SIM115 (kept open for the whole run)
 
     def log(self, kind: str, **fields: Any) -> None:
         if self.file is None:

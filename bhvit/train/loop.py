@@ -29,7 +29,13 @@ from bhvit.data.transforms import normalize_batch
 from bhvit.train import checkpoint as ckpt_io
 from bhvit.train.config import TrainConfig, choose_window_size, scaled_lr, steps_per_epoch
 from bhvit.train.distributed import (
-    DistInfo, EvalSampler, TrainSampler, all_reduce_sum, barrier, cleanup_distributed, init_distributed,
+    DistInfo,
+    EvalSampler,
+    TrainSampler,
+    all_reduce_sum,
+    barrier,
+    cleanup_distributed,
+    init_distributed,
 )
 from bhvit.train.ema import ModelEMA
 from bhvit.train.flips import FlipTracker
@@ -215,7 +221,7 @@ def evaluate(
     loader: torch.utils.data.DataLoader,
     data: DataBundle,
     device: torch.device,
-    info: DistInfo = DistInfo(),
+    info: DistInfo | None = None,
     amp_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%) and mean CE over the whole split, summed over ranks."""
@@ -232,7 +238,7 @@ def evaluate(
         ce = nn.functional.cross_entropy(logits, labels, reduction="sum")
         sums += torch.stack([hits[:, 0].sum(), hits.any(-1).sum(), ce, torch.tensor(len(labels))]).double().cpu()
     model.train(was_training)
-    s = all_reduce_sum(sums.to(device), info).cpu()
+    s = all_reduce_sum(sums.to(device), info or DistInfo()).cpu()
     n = max(1.0, float(s[3]))
     return {"acc1": 100 * float(s[0]) / n, "acc5": 100 * float(s[1]) / n, "loss": float(s[2]) / n, "n": int(s[3])}
 

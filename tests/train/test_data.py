@@ -7,7 +7,11 @@ import torch.nn.functional as F
 
 from bhvit.data import DataConfig, DatasetNotFoundError, build_datasets, cifar10, fashion_mnist, folder
 from bhvit.data.transforms import (
-    PadRandomCrop, RandomResizedCrop, ResizeCenterCrop, normalize_batch, random_resized_crop_box,
+    PadRandomCrop,
+    RandomResizedCrop,
+    ResizeCenterCrop,
+    normalize_batch,
+    random_resized_crop_box,
 )
 
 
@@ -95,7 +99,7 @@ def test_random_resized_crop_box_in_bounds():
     for h, w in [(10, 10), (7, 300), (300, 7), (224, 224)]:
         for _ in range(50):
             top, left, ch, cw = random_resized_crop_box(h, w, g)
-            assert 0 <= top and 0 <= left and top + ch <= h and left + cw <= w and ch > 0 and cw > 0
+            assert top >= 0 and left >= 0 and top + ch <= h and left + cw <= w and ch > 0 and cw > 0
     out = RandomResizedCrop(32)(torch.zeros(3, 50, 70, dtype=torch.uint8), g)
     assert out.shape == (3, 32, 32)
     assert ResizeCenterCrop(32)(torch.zeros(3, 50, 70, dtype=torch.uint8)).shape == (3, 32, 32)
@@ -104,5 +108,5 @@ def test_random_resized_crop_box_in_bounds():
 def test_data_config_validation():
     with pytest.raises(ValueError, match="multiple of 32"):
         DataConfig(img_size=28)
-    with pytest.raises(ValueError, match="neither"):
-        DataConfig(name="no_such_dataset")
+    with pytest.raises(DatasetNotFoundError, match="neither"):
+        build_datasets(DataConfig(name="no_such_dataset"))
