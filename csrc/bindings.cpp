@@ -42,7 +42,12 @@ const T* opt_ptr(const OptArr<T>& a, int64_t n, const char* what) {
 
 // Fills the per-channel part of an epilogue from optional arrays (convention 6 of bitpack.h).
 void fill_epilogue(Epilogue& e, int64_t N, const OptArr<float>& scale, float scale_all, const OptArr<float>& bias,
-                   const OptArr<float>& slope, const OptArr<float>& b1, const OptArr<float>& b2) {
+                   const OptArr<float>& slope, const OptArr<float>& b1, const OptArr<float>& b2,
+                   const OptArr<float>& post_scale, const OptArr<float>& post_bias) {
+  e.post_scale = opt_ptr(post_scale, N, "post_scale");
+  e.post_bias = opt_ptr(post_bias, N, "post_bias");
+  if ((e.post_scale != nullptr) != (e.post_bias != nullptr))
+    throw std::invalid_argument("post_scale and post_bias go together");
   e.scale = opt_ptr(scale, N, "scale");
   e.scale_all = scale_all;
   e.bias = opt_ptr(bias, N, "bias");
@@ -147,6 +152,7 @@ Arr<int32_t> popcount_gemm(const Arr<uint64_t>& a, const Arr<uint64_t>& bp, int6
 Arr<float> bgemm(const Arr<uint64_t>& a, const Arr<uint64_t>& bp, int64_t N, int64_t K, const OptArr<float>& scale,
                  float scale_all, const OptArr<float>& bias, const OptArr<float>& residual,
                  const OptArr<float>& slope, const OptArr<float>& b1, const OptArr<float>& b2,
+                 const OptArr<float>& post_scale, const OptArr<float>& post_bias,
                  std::optional<Arr<float>> out, bool accumulate) {
   const bool batched = a.ndim() == 3;
   if (!batched) check(a, {-1, bhv::words_for(K)}, "a (M, KW)");
@@ -161,7 +167,7 @@ Arr<float> bgemm(const Arr<uint64_t>& a, const Arr<uint64_t>& bp, int64_t N, int
     check(bp, {NP, KW, bhv::kPanel}, "b panels (NP, KW, 8)");
   }
   Epilogue e;
-  fill_epilogue(e, N, scale, scale_all, bias, slope, b1, b2);
+  fill_epilogue(e, N, scale, scale_all, bias, slope, b1, b2, post_scale, post_bias);
   fill_residual(e, residual, G, M, N);
   std::vector<py::ssize_t> shape = batched ? std::vector<py::ssize_t>{G, M, N} : std::vector<py::ssize_t>{M, N};
   Arr<float> o = output(out, shape, accumulate);
@@ -181,6 +187,7 @@ Arr<float> bconv(const Arr<uint64_t>& xp, int64_t C, const Arr<uint64_t>& wp, co
                  int64_t Cout, int64_t groups, int64_t kh, int64_t kw, int64_t stride, int64_t pad, int64_t dil,
                  const OptArr<float>& scale, const OptArr<float>& bias, const OptArr<float>& residual,
                  const OptArr<float>& slope, const OptArr<float>& b1, const OptArr<float>& b2,
+                 const OptArr<float>& post_scale, const OptArr<float>& post_bias,
                  std::optional<Arr<float>> out, bool accumulate) {
   check(xp, {-1, -1, -1, bhv::words_for(C)}, "xp (B, H, W, CW)");
   if (groups < 1 || C % groups || Cout % groups) throw std::invalid_argument("groups must divide C and Cout");
@@ -195,7 +202,7 @@ Arr<float> bconv(const Arr<uint64_t>& xp, int64_t C, const Arr<uint64_t>& wp, co
   check(wpop, {Cout, kh * kw}, "wpop (Cout, taps)");
   const int64_t M = g.B * g.OH * g.OW;
   Epilogue e;
-  fill_epilogue(e, Cout, scale, 1.0f, bias, slope, b1, b2);
+  fill_epilogue(e, Cout, scale, 1.0f, bias, slope, b1, b2, post_scale, post_bias);
   fill_residual(e, residual, 1, M, Cout);
   Arr<float> o = output(out, {g.B, g.OH * g.OW, Cout}, accumulate);
   e.out = o.mutable_data();
@@ -222,6 +229,33 @@ Arr<float> masked_av(const Arr<uint64_t>& masks, const Arr<uint64_t>& vp, const 
   return out;
 }
 
+Arr<float> group_mean(const Arr<float>& x, int64_t r) {
+  if (x.ndim() < 1 || r < 1 || x.shape(x.ndim() - 1) % r) throw std::invalid_argument("last dim must be a multiple of r");
+  const int64_t rc = x.shape(x.ndim() - 1), M = rc ? x.size() / rc : 0;
+  std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+  shape.back() = rc / r;
+  Arr<float> out(shape);
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    bhv::group_mean(x.data(), M, rc / r, r, o);
+  }
+  return out;
+}
+
+void shift_add(Arr<float> out, const Arr<float>& x, const std::vector<int>& kernels, const Arr<float>& ls) {
+  check(x, {-1, -1, -1, -1}, "x (B, H, W, C)");
+  const int64_t B = x.shape(0), H = x.shape(1), W = x.shape(2), C = x.shape(3), nk = kernels.size();
+  check(out, {B, H, W, C}, "out (B, H, W, C)");
+  check(ls, {3 * nk, 2, C}, "ls (3 * len(kernels), 2, C)");
+  if (C % 4) throw std::invalid_argument("C must be a multiple of 4");
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    bhv::shift_add(o, x.data(), B, H, W, C, kernels.data(), nk, ls.data());
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -239,11 +273,15 @@ PYBIND11_MODULE(_C, m) {
   m.def("bgemm", &bgemm, py::arg("a"), py::arg("bp"), py::arg("n"), py::arg("k"), py::arg("scale") = py::none(),
         py::arg("scale_all") = 1.0f, py::arg("bias") = py::none(), py::arg("residual") = py::none(),
         py::arg("slope") = py::none(), py::arg("b1") = py::none(), py::arg("b2") = py::none(),
-        py::arg("out") = py::none(), py::arg("accumulate") = false);
+        py::arg("post_scale") = py::none(), py::arg("post_bias") = py::none(), py::arg("out") = py::none(),
+        py::arg("accumulate") = false);
   m.def("bconv", &bconv, py::arg("xp"), py::arg("c"), py::arg("wp"), py::arg("wpop"), py::arg("cout"),
         py::arg("groups"), py::arg("kh"), py::arg("kw"), py::arg("stride"), py::arg("pad"), py::arg("dil"),
         py::arg("scale") = py::none(), py::arg("bias") = py::none(), py::arg("residual") = py::none(),
         py::arg("slope") = py::none(), py::arg("b1") = py::none(), py::arg("b2") = py::none(),
-        py::arg("out") = py::none(), py::arg("accumulate") = false);
+        py::arg("post_scale") = py::none(), py::arg("post_bias") = py::none(), py::arg("out") = py::none(),
+        py::arg("accumulate") = false);
+  m.def("group_mean", &group_mean, py::arg("x"), py::arg("r"));
+  m.def("shift_add", &shift_add, py::arg("out"), py::arg("x"), py::arg("kernels"), py::arg("ls"));
   m.def("masked_av", &masked_av, py::arg("masks"), py::arg("vp"), py::arg("w"), py::arg("s"), py::arg("d"));
 }

@@ -45,7 +45,7 @@ void parallel_for(int64_t n, int64_t work, F&& f) {
   const int nt = static_cast<int>(std::min<int64_t>(threads(), n));
 #ifdef _OPENMP
   if (nt > 1 && work >= kSerialWork) {
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic)
     for (int64_t t = 0; t < n; ++t) f(t);
     return;
   }
@@ -101,12 +101,17 @@ void apply_row(const Epilogue& e, int64_t g, int64_t m, const int32_t* v, int32_
       n += seg;
     }
   }
-  if (e.slope) {
-    const float *a = e.slope + n0, *b1 = e.b1 + n0, *b2 = e.b2 + n0;
+  if (e.slope) {  // PReLU without branches: max(y, 0) + a * min(y, 0) equals y or a*y exactly
+    const float *__restrict a = e.slope + n0, *__restrict b1 = e.b1 + n0, *__restrict b2 = e.b2 + n0;
+    float* __restrict zz = z;
     for (int64_t n = 0; n < len; ++n) {
-      const float y = z[n] - b1[n];
-      z[n] = (y > 0.0f ? y : a[n] * y) + b2[n];
+      const float y = zz[n] - b1[n];
+      zz[n] = (std::max(y, 0.0f) + a[n] * std::min(y, 0.0f)) + b2[n];
     }
+  }
+  if (e.post_scale) {
+    const float *a = e.post_scale + n0, *b = e.post_bias + n0;
+    for (int64_t n = 0; n < len; ++n) z[n] = z[n] * a[n] + b[n];
   }
   if (e.accumulate)
     for (int64_t n = 0; n < len; ++n) out[n] = out[n] + z[n];
@@ -228,14 +233,14 @@ void bgemm(const uint64_t* A, int64_t M, const uint64_t* Bp, int64_t b_gstride, 
 
 void bconv(const uint64_t* xp, const ConvGeom& c, const uint64_t* Bp, const int32_t* wpop, const Epilogue& e) {
   const int64_t Cg = c.C / c.groups, Ng = c.Cout / c.groups, T = c.KH * c.KWd;
-  const int64_t KWc = words_for(T * Cg), NPg = panels_for(Ng), ldp = NPg * kPanel;
+  const int64_t KWc = words_for(T * Cg), NPg = panels_for(Ng), ldg = NPg * kPanel, ldp = c.groups * ldg;
   const int64_t M = c.B * c.OH * c.OW, nrb = (M + kRowBlock - 1) / kRowBlock;
-  parallel_for(nrb * c.groups, M * c.Cout * KWc, [&](int64_t t) {
-    const int64_t rb = t / c.groups, g = t % c.groups;
+  parallel_for(nrb, M * c.Cout * KWc, [&](int64_t rb) {
     const int64_t m0 = rb * kRowBlock, mlen = std::min(kRowBlock, M - m0);
-    uint64_t* col = scratch_u64(kRowBlock * KWc);
-    std::memset(col, 0, sizeof(uint64_t) * mlen * KWc);
-    std::vector<uint16_t> valid(mlen);  // bit t set when tap t of row i sees a real pixel
+    // im2col of packed bits, per group: col[g][i] = taps of row i, bits (tap, channel of group g)
+    uint64_t* col = scratch_u64(c.groups * kRowBlock * KWc);
+    std::memset(col, 0, sizeof(uint64_t) * c.groups * kRowBlock * KWc);
+    uint16_t valid[kRowBlock];  // bit t set when tap t of row i sees a real pixel
     for (int64_t i = 0; i < mlen; ++i) {
       const int64_t m = m0 + i, b = m / (c.OH * c.OW), oh = (m / c.OW) % c.OH, ow = m % c.OW;
       uint16_t v = 0;
@@ -246,25 +251,33 @@ void bconv(const uint64_t* xp, const ConvGeom& c, const uint64_t* Bp, const int3
           const int64_t tap = ky * c.KWd + kx;
           v |= uint16_t(1u << tap);
           const uint64_t* px = xp + ((b * c.H + ih) * c.W + iw) * c.CW;
-          for (int64_t o = 0; o < Cg; o += 64)
-            or_bits(col + i * KWc, tap * Cg + o, px, g * Cg + o, std::min<int64_t>(64, Cg - o));
+          for (int64_t g = 0; g < c.groups; ++g)
+            for (int64_t o = 0; o < Cg; o += 64)
+              or_bits(col + (g * kRowBlock + i) * KWc, tap * Cg + o, px, g * Cg + o, std::min<int64_t>(64, Cg - o));
         }
       valid[i] = v;
     }
     int32_t* P = scratch_i32(kRowBlock * ldp);
-    active()->popc_block(col, KWc, mlen, Bp + g * NPg * KWc * kPanel, 0, NPg, KWc, false, P, ldp);
+    for (int64_t g = 0; g < c.groups; ++g)
+      active()->popc_block(col + g * kRowBlock * KWc, KWc, mlen, Bp + g * NPg * KWc * kPanel, 0, NPg, KWc, false,
+                           P + g * ldg, ldp);
+    // dots over the valid taps only: padding bits are 0 in col, so an invalid tap t counted
+    // popcount(w[o, t]) = wpop[o, t]; remove it and count Cg bits per valid tap.
     const uint16_t all = uint16_t((1u << T) - 1);
+    thread_local std::vector<int32_t> dot_buf;
+    if (dot_buf.size() < static_cast<size_t>(c.Cout)) dot_buf.resize(c.Cout);
+    int32_t* dots = dot_buf.data();
     for (int64_t i = 0; i < mlen; ++i) {
-      int32_t* row = P + i * ldp;
       const int32_t kv = static_cast<int32_t>(Cg * __builtin_popcount(valid[i]));
-      for (int64_t j = 0; j < Ng; ++j) {
-        int32_t corr = 0;  // padding bits are 0 in col, so invalid taps counted popcount(w) there
-        if (valid[i] != all)
-          for (int64_t tap = 0; tap < T; ++tap)
-            if (!(valid[i] >> tap & 1)) corr += wpop[(g * Ng + j) * T + tap];
-        row[j] = kv - 2 * (row[j] - corr);
+      for (int64_t g = 0; g < c.groups; ++g) {
+        const int32_t* pg = P + i * ldp + g * ldg;
+        for (int64_t j = 0; j < Ng; ++j) dots[g * Ng + j] = kv - 2 * pg[j];
       }
-      apply_row(e, 0, m0 + i, row, -1, g * Ng, g * Ng + Ng);
+      if (valid[i] != all)
+        for (int64_t o = 0; o < c.Cout; ++o)
+          for (int64_t tap = 0; tap < T; ++tap)
+            if (!(valid[i] >> tap & 1)) dots[o] += 2 * wpop[o * T + tap];
+      apply_row(e, 0, m0 + i, dots, -1, 0, c.Cout);
     }
   });
 }
@@ -288,6 +301,74 @@ void masked_av(const uint64_t* masks, const uint64_t* vp, const float* w, int64_
         for (int64_t d = 0; d < D; ++d) o[d] = o[d] + wr * static_cast<float>(pc - 2 * prow[d]);
       }
     }
+  });
+}
+
+// ---- fused float helpers ---------------------------------------------------------------------
+void group_mean(const float* x, int64_t M, int64_t C, int64_t r, float* out) {
+  const float inv = 1.0f / static_cast<float>(r);
+  parallel_for((M + 63) / 64, M * C * r, [&](int64_t t) {
+    for (int64_t m = t * 64; m < std::min(M, t * 64 + 64); ++m)
+      for (int64_t c = 0; c < C; ++c) {
+        const float* g = x + (m * C + c) * r;
+        float s = g[0];
+        for (int64_t i = 1; i < r; ++i) s = s + g[i];
+        out[m * C + c] = s * inv;
+      }
+  });
+}
+
+namespace {
+inline int64_t wrap(int64_t i, int64_t n) { return ((i % n) + n) % n; }
+
+// One output row (b, i): all shift branches in the model's order, float operations as in torch:
+// S_k(x)[i] = (x[i] + x[i-1] + x[i+1] + x[i-2] + x[i+2]) / k (torch.roll(x, s)[i] = x[i - s]).
+void shift_row(float* out, const float* x, int64_t b, int64_t i, int64_t H, int64_t W, int64_t C, const int* kernels,
+               int64_t nk, const float* ls) {
+  const int64_t q = C / 4;
+  auto px = [&](int64_t h, int64_t w) { return x + ((b * H + wrap(h, H)) * W + wrap(w, W)) * C; };
+  for (int64_t j = 0; j < W; ++j) {
+    float* __restrict o = out + ((b * H + i) * W + j) * C;
+    const float* __restrict center = px(i, j);
+    for (int64_t t = 0; t < nk; ++t) {
+      const int64_t half = kernels[t] / 2;
+      const float fk = static_cast<float>(kernels[t]);
+      const float* lsh = ls + (3 * t) * 2 * C;
+      const float* lsw = lsh + 2 * C;
+      const float* lsc = lsw + 2 * C;
+      for (int axis = 0; axis < 2; ++axis) {  // S_h then S_w
+        const float* nb[4];  // neighbours in the order -1, +1, -2, +2
+        for (int64_t d = 1; d <= half; ++d) {
+          nb[2 * d - 2] = axis == 0 ? px(i - d, j) : px(i, j - d);
+          nb[2 * d - 1] = axis == 0 ? px(i + d, j) : px(i, j + d);
+        }
+        const float* l = axis == 0 ? lsh : lsw;
+        if (half == 1) {
+          for (int64_t c = 0; c < C; ++c) {
+            const float sum = (center[c] + nb[0][c]) + nb[1][c];
+            o[c] = o[c] + ((sum / fk) * l[c] + l[C + c]);
+          }
+        } else {
+          for (int64_t c = 0; c < C; ++c) {
+            const float sum = (((center[c] + nb[0][c]) + nb[1][c]) + nb[2][c]) + nb[3][c];
+            o[c] = o[c] + ((sum / fk) * l[c] + l[C + c]);
+          }
+        }
+      }
+      const float* src[4] = {px(i - half, j), px(i + half, j), px(i, j - half), px(i, j + half)};
+      for (int64_t part = 0; part < 4; ++part) {  // S_c: channel quarter -> its rolled neighbour
+        const float* sp = src[part];
+        for (int64_t c = part * q; c < (part + 1) * q; ++c) o[c] = o[c] + (sp[c] * lsc[c] + lsc[C + c]);
+      }
+    }
+  }
+}
+}  // namespace
+
+void shift_add(float* out, const float* x, int64_t B, int64_t H, int64_t W, int64_t C, const int* kernels,
+               int64_t nk, const float* ls) {
+  parallel_for(B * H, B * H * W * C * 8 * nk, [&](int64_t t) {
+    shift_row(out, x, t / H, t % H, H, W, C, kernels, nk, ls);
   });
 }
 

@@ -26,6 +26,8 @@ struct Epilogue {
   const float* slope = nullptr;  // RPReLU: PReLU slope, b1 (before), b2 (after); all (N,) or null
   const float* b1 = nullptr;
   const float* b2 = nullptr;
+  const float* post_scale = nullptr;  // optional affine after the RPReLU: z * post_scale + post_bias
+  const float* post_bias = nullptr;   // (a following LayerScale, or a BatchNorm after a sum of branches)
   bool accumulate = false;       // out += z instead of out = z
   float* out = nullptr;          // out[g * out_gstride + m * out_ld + n]
   int64_t out_ld = 0, out_gstride = 0;
@@ -65,5 +67,15 @@ void bconv(const uint64_t* xp, const ConvGeom& g, const uint64_t* Bp, const int3
 // out[g, s, d] = sum_r w[g, r] * (popcount(T_r[s]) - 2 popcount(T_r[s] AND v_d)).
 void masked_av(const uint64_t* masks, const uint64_t* vp, const float* w, int64_t G, int64_t R, int64_t S,
                int64_t D, float* out);
+
+// ---- fused float helpers ---------------------------------------------------------------------
+// Mean over consecutive groups of r columns: x (M, r*C) -> out (M, C) (AvgPool1d with kernel r).
+void group_mean(const float* x, int64_t M, int64_t C, int64_t r, float* out);
+
+// Shift branches of the MLP (SPEC section 2), added to out in place, maps (B, H, W, C):
+//   for each k in kernels: out += LS_h,k(S_h,k(x)); out += LS_w,k(S_w,k(x)); out += LS_c,k(S_c,k(x))
+// ls: per branch (in that order) alpha (C) then bias (C), i.e. (3 * nk, 2, C).
+void shift_add(float* out, const float* x, int64_t B, int64_t H, int64_t W, int64_t C, const int* kernels,
+               int64_t nk, const float* ls);
 
 }  // namespace bhv

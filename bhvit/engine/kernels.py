@@ -141,8 +141,10 @@ def popcount_gemm(a: np.ndarray, bp: np.ndarray, n: int, op_and: bool = False) -
     return native().popcount_gemm(_u64(a), _u64(bp), int(n), bool(op_and))
 
 
-def _epilogue_kwargs(scale, bias, residual, rprelu, out, accumulate) -> dict:  # noqa: ANN001
+def _epilogue_kwargs(scale, bias, residual, rprelu, out, accumulate, post=None) -> dict:  # noqa: ANN001
     kw: dict = {"bias": _f32(bias), "residual": _f32(residual), "accumulate": accumulate}
+    if post is not None:
+        kw["post_scale"], kw["post_bias"] = _f32(post[0]), _f32(post[1])
     if np.ndim(scale) == 0:
         kw["scale_all"] = float(1.0 if scale is None else scale)
     else:
@@ -166,6 +168,7 @@ def bgemm(
     bias: np.ndarray | None = None,
     residual: np.ndarray | None = None,
     rprelu: RPReLU | None = None,
+    post: tuple[np.ndarray, np.ndarray] | None = None,
     out: np.ndarray | None = None,
     accumulate: bool = False,
 ) -> np.ndarray:
@@ -175,7 +178,7 @@ def bgemm(
     ``dot[m, j] = k - 2 popcount(a[m] XOR b[j])`` then the module-level output transform.
     Returns float32 (M, n) or (G, M, n).
     """
-    kw = _epilogue_kwargs(scale, bias, residual, rprelu, out, accumulate)
+    kw = _epilogue_kwargs(scale, bias, residual, rprelu, out, accumulate, post)
     return native().bgemm(_u64(a), _u64(bp), int(n), int(k), **kw)
 
 
@@ -195,6 +198,7 @@ def bconv(
     bias: np.ndarray | None = None,
     residual: np.ndarray | None = None,
     rprelu: RPReLU | None = None,
+    post: tuple[np.ndarray, np.ndarray] | None = None,
     out: np.ndarray | None = None,
     accumulate: bool = False,
 ) -> np.ndarray:
@@ -208,7 +212,7 @@ def bconv(
 
     then the output transform. Returns float32 (B, OH*OW, cout).
     """
-    kw = _epilogue_kwargs(scale, bias, residual, rprelu, out, accumulate)
+    kw = _epilogue_kwargs(scale, bias, residual, rprelu, out, accumulate, post)
     kw.pop("scale_all", None)
     return native().bconv(_u64(xp), int(c), _u64(wp), np.ascontiguousarray(wpop, dtype=np.int32), int(cout),
                           int(groups), int(kernel[0]), int(kernel[1]), int(stride), int(pad), int(dil), **kw)
@@ -222,6 +226,30 @@ def masked_av(masks: np.ndarray, vp: np.ndarray, w: np.ndarray, s: int, d: int) 
     ``out[g, s, d] = sum_r w[g, r] * (popcount(T_r[s]) - 2 popcount(T_r[s] AND v_d))``, float32 (G, S, D).
     """
     return native().masked_av(_u64(masks), _u64(vp), _f32(w), int(s), int(d))
+
+
+# ---- fused float helpers --------------------------------------------------------------------------
+
+
+def group_mean(x: np.ndarray, r: int) -> np.ndarray:
+    """AvgPool1d(r) over the last axis: (..., r*C) -> (..., C), ``out[c] = (x[rc] + ... + x[rc+r-1]) / r``
+    (summed left to right, then multiplied by 1/r)."""
+    return native().group_mean(_f32(x), int(r))
+
+
+def shift_add(out: np.ndarray, x: np.ndarray, kernels: list[int], ls: np.ndarray) -> None:
+    """Adds the MLP's shift branches in place (SPEC §2), maps (B, H, W, C)::
+
+        for k in kernels:  out += LS_h,k(S_h,k(x)); out += LS_w,k(S_w,k(x)); out += LS_c,k(S_c,k(x))
+
+    ``S_h,k(x)[i] = (x[i] + x[i-1] + x[i+1] + ... + x[i-k//2] + x[i+k//2]) / k`` along H with wrap-around
+    (likewise W); ``S_c,k`` takes channel quarter q from the pixel shifted by -s, +s along H, then -s,
+    +s along W, s = k // 2 (``torch.roll``'s direction). ``LS(y) = y * alpha + bias``; ``ls`` is
+    (3 * len(kernels), 2, C): alpha and bias of the branches h, w, c of each kernel in order.
+    """
+    if out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError("out must be a C-contiguous float32 array")
+    native().shift_add(out, _f32(x), [int(k) for k in kernels], _f32(ls))
 
 
 # ---- weight preparation ---------------------------------------------------------------------------

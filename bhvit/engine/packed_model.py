@@ -122,6 +122,7 @@ class PackedModel:
         self.config = dict(parts.config)
         self.p = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in parts.floats.items()}
         self.ops: dict[str, _BinaryOp] = {}
+        self._shift_cache: dict[str, tuple[list[int], np.ndarray] | None] = {}
         for name, layer in parts.binary.items():
             op = _BinaryOp(K.to_panels(layer.bits), layer.alpha, layer.meta)
             if layer.meta["kind"] == "conv":
@@ -163,79 +164,105 @@ class PackedModel:
                 op.transform(None, bias)
 
     # ---- binary layers ------------------------------------------------------------------------
-    def linear(self, name: str, x: Tensor, move: Tensor, residual: Tensor | None, act: _RPReLU | None) -> Tensor:
-        """``act(norm(α·sign(x + move)·W_bᵀ) + residual)`` over the last dim of x."""
+    def linear(self, name: str, x: Tensor, move: Tensor, residual: Tensor | np.ndarray | None, act: _RPReLU | None,
+               post: tuple[np.ndarray, np.ndarray] | None = None, out: np.ndarray | None = None) -> Tensor:
+        """``post(act(norm(α·sign(x + move)·W_bᵀ) + residual))`` over the last dim of x; added into
+        ``out`` (a float32 buffer of the output's size) when given."""
         op = self.ops[name]
         k, n = op.meta["in"], op.meta["out"]
         xb = K.pack_rows(_np(x).reshape(-1, k), _np(move))
+        res = None if residual is None else (residual if isinstance(residual, np.ndarray) else _np(residual))
+        shape = (*x.shape[:-1], n)
         if op.fused:
-            res = None if residual is None else _np(residual).reshape(xb.shape[0], -1)
-            y = K.bgemm(xb, op.panels, n, k, scale=op.scale, bias=op.bias, residual=res,
-                        rprelu=None if act is None else act.arrays())
-            return torch.from_numpy(y).view(*x.shape[:-1], n)
-        y = torch.from_numpy(K.bgemm(xb, op.panels, n, k, scale=op.scale)).view(*x.shape[:-1], n)
-        y = op.norm(y) + (0 if residual is None else self._tile(residual, n))
-        return y if act is None else act(y)
+            y = K.bgemm(xb, op.panels, n, k, scale=op.scale, bias=op.bias,
+                        residual=None if res is None else res.reshape(xb.shape[0], -1),
+                        rprelu=None if act is None else act.arrays(), post=post,
+                        out=None if out is None else out.reshape(xb.shape[0], n), accumulate=out is not None)
+            return torch.from_numpy(y).view(shape)
+        y = op.norm(torch.from_numpy(K.bgemm(xb, op.panels, n, k, scale=op.scale)).view(shape))
+        if res is not None:
+            y = y + self._tile(torch.from_numpy(res).view(*shape[:-1], -1), n)
+        y = y if act is None else act(y)
+        y = y if post is None else y * torch.from_numpy(post[0]) + torch.from_numpy(post[1])
+        if out is None:
+            return y
+        out += _np(y).reshape(out.shape)
+        return torch.from_numpy(out).view(shape)
 
     @staticmethod
     def _tile(res: Tensor, n: int) -> Tensor:
         return torch.cat([res] * (n // res.shape[-1]), dim=-1)
 
-    # ---- blocks -------------------------------------------------------------------------------
-    def mlp(self, pre: str, x: Tensor) -> Tensor:
-        """SPEC §2 MLP on tokens (B, N, C)."""
-        h = self.linear(f"{pre}.fc1", x, self.p[f"{pre}.move1"], x, self.act(f"{pre}.act1"))
-        ratio = h.shape[-1] // x.shape[-1]
-        pooled = F.avg_pool1d(h, ratio)  # (B, N, rC) -> (B, N, C)
-        out = self.linear(f"{pre}.fc2", h, self.p[f"{pre}.move2"], pooled, self.act(f"{pre}.act2"))
-        return self.layerscale(f"{pre}.ls", out)
-
-    def layerscale(self, name: str, x: Tensor) -> Tensor:
+    def _layerscale_arrays(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
         if f"{name}.alpha" not in self.p:
-            return x
-        return x * self.p[f"{name}.alpha"] + self.p[f"{name}.move"]
+            return None
+        return _np(self.p[f"{name}.alpha"]), _np(self.p[f"{name}.move"])
 
-    def shift(self, pre: str, out: Tensor, xn: Tensor) -> Tensor:
-        """``out + Σ LS(S(xn))`` in the order h3, w3, c3, h5, w5, c5 (SPEC §2)."""
-        for k in (3, 5):
-            if f"{pre}.ls_h{k}.alpha" not in self.p:
-                continue
-            out = out + self.layerscale(f"{pre}.ls_h{k}", _shift_mean(xn, 1, k))
-            out = out + self.layerscale(f"{pre}.ls_w{k}", _shift_mean(xn, 2, k))
-            out = out + self.layerscale(f"{pre}.ls_c{k}", _shift_channel_mix(xn, k // 2))
-        return out
+    # ---- blocks -------------------------------------------------------------------------------
+    def mlp_into(self, pre: str, x: Tensor, out: np.ndarray) -> None:
+        """``out += LS(MLP(x))`` (SPEC §2 MLP) on tokens x (B, N, C); out is (B·N, C) float32."""
+        h = self.linear(f"{pre}.fc1", x, self.p[f"{pre}.move1"], x, self.act(f"{pre}.act1"))
+        pooled = K.group_mean(_np(h), h.shape[-1] // x.shape[-1])  # AvgPool1d_r: (B, N, rC) -> (B, N, C)
+        self.linear(f"{pre}.fc2", h, self.p[f"{pre}.move2"], pooled, self.act(f"{pre}.act2"),
+                    post=self._layerscale_arrays(f"{pre}.ls"), out=out)
+
+    def shift_params(self, pre: str) -> tuple[list[int], np.ndarray] | None:
+        """Kernels and stacked LayerScales (3·nk, 2, C) of a block's shift branches."""
+        kernels = [k for k in (3, 5) if f"{pre}.ls_h{k}.alpha" in self.p]
+        if not kernels:
+            return None
+        ls = [np.stack(self._layerscale_arrays(f"{pre}.ls_{a}{k}")) for k in kernels for a in "hwc"]
+        return kernels, np.ascontiguousarray(np.stack(ls), dtype=np.float32)
 
     def mlp_and_shift(self, pre: str, x1: Tensor) -> Tensor:
+        """``Y = MLP(norm2(X1)) + X1 + Shift(norm2(X1))`` on (B, H, W, C), in one buffer."""
         b, h, w, c = x1.shape
         xn = self.norm(f"{pre}.norm2")(x1)
-        out = self.mlp(f"{pre}.mlp", xn.reshape(b, h * w, c)).reshape(b, h, w, c) + x1
-        return self.shift(f"{pre}.shift", out, xn)
+        out = _np(x1).reshape(b * h * w, c).copy()
+        self.mlp_into(f"{pre}.mlp", xn.reshape(b, h * w, c), out)
+        shift = self._shift_cache.get(pre)
+        if shift is None:
+            shift = self._shift_cache[pre] = self.shift_params(f"{pre}.shift")
+        if shift is not None:
+            K.shift_add(out.reshape(b, h, w, c), _np(xn), *shift)
+        return torch.from_numpy(out).view(b, h, w, c)
 
     def conv_block(self, pre: str, x: Tensor) -> Tensor:
-        """Stage 1–2 block (MSGDC + MLP + shifts) on (B, H, W, C)."""
+        """Stage 1–2 block (MSGDC + MLP + shifts) on (B, H, W, C).
+
+        ``X1 = X + norm(Σ_d RPReLU_d(conv_d))``: with BatchNorm, the norm ``a·s + b`` is applied per branch
+        (``a·z_d``, plus ``b`` on the first) in each kernel's output transform, accumulating onto X.
+        """
         b, h, w, c = x.shape
         xn = self.norm(f"{pre}.norm1")(x)
         mix = f"{pre}.mixer"
         xb = K.pack_rows(_np(xn).reshape(b * h * w, c), _np(self.p[f"{mix}.move"])).reshape(b, h, w, -1)
-        out = np.zeros((b, h * w, c), dtype=np.float32)
+        norm = self.norm(f"{mix}.norm")
+        folded = norm.kind == "bn"
+        out = _np(x).reshape(b, h * w, c).copy() if folded else np.zeros((b, h * w, c), dtype=np.float32)
+        a, beta = norm.fold() if folded else (None, None)
         i = 0
         while f"{mix}.convs.{i}" in self.ops:
             op, act = self.ops[f"{mix}.convs.{i}"], self.act(f"{mix}.acts.{i}").arrays()
             m = op.meta
+            post = (a, beta if i == 0 else np.zeros_like(beta)) if folded else None
             K.bconv(xb, c, op.panels, op.wpop, c, groups=m["groups"], kernel=tuple(m["kernel"]), stride=m["stride"],
-                    pad=m["padding"], dil=m["dilation"], scale=op.scale, bias=op.bias, rprelu=act, out=out,
-                    accumulate=True)
+                    pad=m["padding"], dil=m["dilation"], scale=op.scale, bias=op.bias, rprelu=act, post=post,
+                    out=out, accumulate=True)
             i += 1
-        x1 = self.norm(f"{mix}.norm")(torch.from_numpy(out)).view(b, h, w, c) + x
+        x1 = torch.from_numpy(out).view(b, h, w, c)
+        if not folded:
+            x1 = norm(x1) + x
         return self.mlp_and_shift(pre, x1)
 
     def attention_block(self, pre: str, x: Tensor) -> Tensor:
         """Stage 3–4 block (MSMHA + MLP + shifts) on (B, H, W, C)."""
-        x1 = self.attention(f"{pre}.attn", self.norm(f"{pre}.norm1")(x)) + x
-        return self.mlp_and_shift(pre, x1)
+        out = _np(x).copy()
+        self.attention_into(f"{pre}.attn", self.norm(f"{pre}.norm1")(x), out)
+        return self.mlp_and_shift(pre, torch.from_numpy(out))
 
-    def attention(self, pre: str, x: Tensor) -> Tensor:
-        """SPEC §2 MSMHA on (B, H, W, C)."""
+    def attention_into(self, pre: str, x: Tensor, out: np.ndarray) -> None:
+        """``out += MSMHA(x)`` (SPEC §2) for x (B, H, W, C)."""
         b, h, wd, c = x.shape
         w = int(self.config["window_size"])
         n_win = (h // w) * (wd // w)
@@ -247,8 +274,8 @@ class PackedModel:
         g = g[:, :, None, :, None, :].expand(b, h // w, w, wd // w, w, c).reshape(b, h, wd, c)
         mix = self.p[f"{pre}.mix"]
         o = local * mix + g * (1.0 - mix)
-        out = self.linear(f"{pre}.proj", o, self.p[f"{pre}.move_o"], o, self.act(f"{pre}.act_o"))
-        return self.layerscale(f"{pre}.ls", out)
+        self.linear(f"{pre}.proj", o, self.p[f"{pre}.move_o"], o, self.act(f"{pre}.act_o"),
+                    post=self._layerscale_arrays(f"{pre}.ls"), out=out)
 
     def global_tokens(self, pre: str, x: Tensor) -> Tensor:
         w = int(self.config["window_size"])
@@ -382,19 +409,6 @@ class PackedModel:
 
 
 # ---- parameter-free token maths (same float operations as the model) -------------------------------
-def _shift_mean(x: Tensor, dim: int, k: int) -> Tensor:
-    out = x
-    for s in range(1, k // 2 + 1):
-        out = out + torch.roll(x, s, dims=dim) + torch.roll(x, -s, dims=dim)
-    return out / k
-
-
-def _shift_channel_mix(x: Tensor, s: int) -> Tensor:
-    c1, c2, c3, c4 = x.chunk(4, dim=-1)
-    return torch.cat([torch.roll(c1, s, dims=1), torch.roll(c2, -s, dims=1), torch.roll(c3, s, dims=2),
-                      torch.roll(c4, -s, dims=2)], dim=-1)
-
-
 def _window_split(x: Tensor, w: int) -> Tensor:
     b, h, wd, c = x.shape
     return x.reshape(b, h // w, w, wd // w, w, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, w * w, c)

@@ -58,6 +58,7 @@ def epilogue_ref(
     residual: np.ndarray | None = None,
     rprelu: RPReLU | None = None,
     out: np.ndarray | None = None,
+    post: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Output transform on integer dots (..., M, N), float32 operations in the native order."""
     s = np.float32(1.0) if scale is None else np.asarray(scale, dtype=np.float32)
@@ -72,6 +73,8 @@ def epilogue_ref(
         z = z - b1
         z = np.where(z > 0, z, slope * z).astype(np.float32)
         z = z + b2
+    if post is not None:
+        z = z * np.asarray(post[0], dtype=np.float32) + np.asarray(post[1], dtype=np.float32)
     return z if out is None else (out + z).astype(np.float32)
 
 
@@ -117,4 +120,31 @@ def masked_av_ref(masks: np.ndarray, v_signs: np.ndarray, w: np.ndarray) -> np.n
     for i in range(r):
         prod = (masks[:, i].astype(np.int64) @ v_signs.astype(np.int64)).astype(np.float32)
         out = out + w[:, i, None, None].astype(np.float32) * prod
+    return out
+
+
+def group_mean_ref(x: np.ndarray, r: int) -> np.ndarray:
+    """(..., r*C) -> (..., C): left-to-right float32 sums of r neighbours times 1/r."""
+    g = np.asarray(x, dtype=np.float32).reshape(*x.shape[:-1], -1, r)
+    s = g[..., 0].copy()
+    for i in range(1, r):
+        s = s + g[..., i]
+    return s * np.float32(1.0 / r)
+
+
+def shift_add_ref(out: np.ndarray, x: np.ndarray, kernels: list[int], ls: np.ndarray) -> np.ndarray:
+    """NumPy transcription of the shift branches (np.roll has torch.roll's direction)."""
+    out = out.astype(np.float32).copy()
+    q = x.shape[-1] // 4
+    for t, k in enumerate(kernels):
+        (ah, bh), (aw, bw), (ac, bc) = ls[3 * t], ls[3 * t + 1], ls[3 * t + 2]
+        for axis, a, b in ((1, ah, bh), (2, aw, bw)):
+            s = x.copy()
+            for d in range(1, k // 2 + 1):
+                s = s + np.roll(x, d, axis) + np.roll(x, -d, axis)
+            out = out + ((s / np.float32(k)) * a + b)
+        d = k // 2
+        mixed = np.concatenate([np.roll(x[..., :q], d, 1), np.roll(x[..., q : 2 * q], -d, 1),
+                                np.roll(x[..., 2 * q : 3 * q], d, 2), np.roll(x[..., 3 * q :], -d, 2)], axis=-1)
+        out = out + (mixed * ac + bc)
     return out
