@@ -1,0 +1,163 @@
+"""End to end: the packed model against the float-simulated model, the packed file, the zero policy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import bhvit
+from bhvit import engine
+
+# Logits agree up to float summation order: the packed engine computes each binary dot product exactly
+# as an integer and applies alpha and the folded BatchNorm in one multiply-add, while the float model sums
+# +-alpha terms in a float GEMM/conv and then normalises; the two differ by a few ulps per layer. The
+# bound below is ~100x what the test variant shows (~3e-7).
+LOGIT_ATOL = 1e-4
+
+
+def randomized(precision: str = "binary", attn_quant: str = "lsq", norm: str = "bn", seed: int = 0,
+               **kw: object) -> torch.nn.Module:
+    """bhvit_test with every constant-initialised tensor perturbed (BN stats, RPReLU, LayerScales, LSQ)."""
+    torch.manual_seed(seed)
+    model = bhvit.create_model("bhvit_test", precision=precision, attn_quant=attn_quant, norm=norm, **kw)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() <= 1 or "pos_embed" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+        for name, b in model.named_buffers():
+            if name.endswith("running_var"):
+                b.uniform_(0.5, 2.0)
+            elif name.endswith("running_mean"):
+                b.normal_(0.0, 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("precision", ["some_fp", "binary"])
+@pytest.mark.parametrize("attn_quant", ["lsq", "gsb"])
+@pytest.mark.parametrize("norm", ["bn", "ln"])
+def test_packed_matches_simulated(precision: str, attn_quant: str, norm: str) -> None:
+    model = randomized(precision, attn_quant, norm)
+    packed = engine.pack(model)
+    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model(x)
+    got = packed(x)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=0, atol=LOGIT_ATOL)
+    assert torch.equal(got.argmax(1), want.argmax(1))
+
+
+def test_all_threads_and_isas_agree() -> None:
+    """The packed forward is deterministic across code paths and thread counts (integer kernels)."""
+    model = randomized()
+    packed = engine.pack(model)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    ref = packed(x)
+    for isa in engine.available_isas():
+        for n in (1, 2):
+            with engine.use_isa(isa), engine.num_threads(n):
+                assert torch.equal(packed(x), ref), (isa, n)
+
+
+def test_lsq_with_learned_step_and_offset() -> None:
+    """Non-trivial LSQ steps exercise all three mask levels."""
+    model = randomized()
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "zero_point"):
+                module.alpha.uniform_(0.3, 0.6)
+                module.zero_point.uniform_(-0.2, 0.6)
+    packed = engine.pack(model)
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = model(x)
+    torch.testing.assert_close(packed(x), want, rtol=0, atol=LOGIT_ATOL)
+
+
+def test_file_round_trip_is_exact(tmp_path: Path) -> None:
+    model = randomized("binary", "gsb")
+    packed = engine.pack(model)
+    path = engine.save_packed(packed, tmp_path / "m.bhvp")
+    loaded = engine.load_packed(path)
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.equal(loaded(x), packed(x))
+    report = engine.size_report(model, path)
+    assert report["packed_bytes"] < report["fp32_checkpoint_bytes"]
+    assert report["binary_weight_bytes"] > 0
+
+
+def test_loading_needs_no_training_code(tmp_path: Path) -> None:
+    path = engine.save_packed(engine.pack(randomized()), tmp_path / "m.bhvp")
+    code = (
+        "import sys, torch\n"
+        "from bhvit.engine import load_packed\n"
+        f"m = load_packed({str(path)!r})\n"
+        "print(m(torch.zeros(1, 3, 32, 32)).shape)\n"
+        "bad = [k for k in sys.modules if k.startswith(('bhvit.train', 'bhvit.data'))]\n"
+        "assert not bad, bad\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "torch.Size([1, 10])" in out.stdout
+
+
+def test_file_validation(tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    bogus = tmp_path / "bogus.safetensors"
+    save_file({"a": np.zeros(3, np.float32)}, str(bogus), metadata={"format": "other"})
+    with pytest.raises(engine.PackedFormatError):
+        engine.load_packed(bogus)
+
+
+def test_pack_rejects_fp_and_training_models() -> None:
+    with pytest.raises(ValueError, match="eval"):
+        engine.pack(bhvit.create_model("bhvit_test").train())
+    with pytest.raises(ValueError, match="full-precision"):
+        engine.pack(bhvit.create_model("bhvit_test", precision="fp").eval())
+
+
+def test_zero_policy_audit_and_effect() -> None:
+    """sign(0) = 0 in the float model, +1 in the engine: the audit finds no exact zeros on ordinary
+    inputs (so the two agree), and finds them where a crafted layer produces exact zeros."""
+    model = randomized()
+    x = torch.randn(4, 3, 32, 32)
+    counts = engine.zero_audit(model, x)
+    assert counts and sum(counts.values()) == 0
+    mixer = model.stages[0].blocks[0].mixer
+    norm1 = model.stages[0].blocks[0].norm1
+    with torch.no_grad():  # norm1 output exactly 0, move 0: every MSGDC conv input is an exact zero
+        norm1.weight.zero_()
+        norm1.bias.zero_()
+        mixer.move.zero_()
+    counts = engine.zero_audit(model, x)
+    n_in = 4 * 16 * 8 * 8
+    assert all(counts[f"stages.0.blocks.0.mixer.convs.{i}"] == n_in for i in range(3))
+    # documented divergence: the model's convs see 0 there, the engine's see +1, so outputs differ
+    with torch.no_grad():
+        want = model(x)
+    assert not torch.allclose(engine.pack(model)(x), want, atol=LOGIT_ATOL)
+
+
+def test_missing_extension_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    from bhvit.engine import _native
+
+    real = importlib.import_module
+
+    def fake(name: str, *a: object, **k: object) -> object:
+        if name == "bhvit.engine._C":
+            raise ImportError("no module named bhvit.engine._C")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(_native, "_module", None)
+    monkeypatch.setattr(_native.importlib, "import_module", fake)
+    with pytest.raises(engine.EngineUnavailableError, match=r"pip install -e \."):
+        engine.available_isas()
+    assert not _native.is_available()
