@@ -289,6 +289,56 @@ def get_quantizer(name: str, *args, **kwargs) -> nn.Module:
 
 
 # --------------------------------------------------------------------------------------------
+# Fused sign + linear / convolution: the backward keeps the float input only
+# --------------------------------------------------------------------------------------------
+def _approx_sign_grad(x: Tensor) -> Tensor:
+    """ApproxSign derivative ``max(0, 2 − 2|x|)``."""
+    return (2.0 - 2.0 * x.abs()).clamp_(min=0.0)
+
+
+class _SignLinear(torch.autograd.Function):
+    """``y = sign(x) Wᵀ``: the same values and gradients as ``F.linear(sign_ste(x), W)``, but the
+    backward recomputes ``sign(x)`` from the saved input instead of keeping a second float copy."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor) -> Tensor:
+        ctx.save_for_backward(x, w)
+        return F.linear(torch.sign(x), w)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        x, w = ctx.saved_tensors
+        gx = gw = None
+        if ctx.needs_input_grad[0]:
+            gx = grad.matmul(w) * _approx_sign_grad(x)  # (..., out) @ (out, in)
+        if ctx.needs_input_grad[1]:
+            gw = grad.reshape(-1, grad.shape[-1]).t().matmul(torch.sign(x).reshape(-1, x.shape[-1]))
+        return gx, gw
+
+
+class _SignConv2d(torch.autograd.Function):
+    """``conv2d(sign(x), W)`` (no bias) with the backward recomputing ``sign(x)`` from ``x``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, stride, padding, dilation, groups: int) -> Tensor:
+        ctx.save_for_backward(x, w)
+        ctx.conf = (stride, padding, dilation, groups)
+        return F.conv2d(torch.sign(x), w, None, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, w = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conf
+        mask = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], False)
+        gx, gw, _ = torch.ops.aten.convolution_backward(
+            grad, torch.sign(x), w, None, stride, padding, dilation, False, [0, 0], groups, mask
+        )
+        if gx is not None:
+            gx = gx * _approx_sign_grad(x)
+        return gx, gw, None, None, None, None
+
+
+# --------------------------------------------------------------------------------------------
 # Layers
 # --------------------------------------------------------------------------------------------
 class QuantLinear(nn.Linear):
@@ -312,9 +362,12 @@ class QuantLinear(nn.Linear):
         self.is_downsample = False
 
     def forward(self, x: Tensor) -> Tensor:
+        w = self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
+        if isinstance(self.input_quantizer, SignQuantizer):
+            y = _SignLinear.apply(x, w)  # = F.linear(sign_ste(x), w), lighter backward
+            return y if self.bias is None else y + self.bias
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
-        w = self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
         return F.linear(x, w, self.bias)
 
 
@@ -338,9 +391,12 @@ class QuantConv2d(nn.Conv2d):
         self.is_downsample = is_downsample
 
     def forward(self, x: Tensor) -> Tensor:
+        w = self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
+        if isinstance(self.input_quantizer, SignQuantizer) and self.padding_mode == "zeros":
+            y = _SignConv2d.apply(x, w, self.stride, self.padding, self.dilation, self.groups)
+            return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
-        w = self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
         return self._conv_forward(x, w, self.bias)
 
 

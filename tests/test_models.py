@@ -151,3 +151,26 @@ def test_nearest_upsampling_equals_interpolate():
         ref = F.interpolate(g.permute(0, 3, 1, 2), size=hp * w, mode="nearest").permute(0, 2, 3, 1)
         ours = g[:, :, None, :, None, :].expand(1, hp, w, hp, w, 4).reshape(1, hp * w, hp * w, 4)
         torch.testing.assert_close(ours, ref)
+
+
+@pytest.mark.parametrize("precision", ["fp", "binary"])
+def test_grad_checkpointing_gives_identical_outputs_gradients_and_buffers(precision):
+    torch.manual_seed(3)
+    ref = bhvit.create_model("bhvit_test", precision=precision, drop_path_rate=0.2).train()
+    ckpt = bhvit.create_model("bhvit_test", precision=precision, drop_path_rate=0.2).train()
+    ckpt.load_state_dict(ref.state_dict())
+    ckpt.set_grad_checkpointing()
+    x = torch.randn(4, 3, 32, 32)
+    outs = []
+    for model in (ref, ckpt):
+        torch.manual_seed(7)
+        out = model(x)
+        out.logsumexp(1).sum().backward()
+        outs.append(out)
+    torch.testing.assert_close(outs[0], outs[1])
+    grads = dict(ckpt.named_parameters())
+    for name, p in ref.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-5, atol=1e-6, msg=name)
+    buffers = dict(ckpt.named_buffers())
+    for name, b in ref.named_buffers():
+        torch.testing.assert_close(b, buffers[name], msg=name)  # running stats updated once only

@@ -253,3 +253,29 @@ def test_quantizer_registry():
     assert isinstance(get_quantizer("lsq", 4), LSQAttentionQuantizer)
     with pytest.raises(ValueError, match="unknown quantizer"):
         get_quantizer("nope")
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv", "conv_stride2"])
+def test_fused_sign_layers_equal_the_composed_form(kind):
+    """QuantLinear/QuantConv2d fuse sign into the layer; values and gradients equal sign_ste + layer."""
+    torch.manual_seed(6)
+    if kind == "linear":
+        layer = QuantLinear(12, 5, input_quantizer=SignQuantizer(), weight_quantizer=WeightBinarizer())
+        x = torch.randn(2, 7, 12)
+        x[0, 0, :3] = torch.tensor([0.0, 1.0, -1.0])
+        composed = lambda t: torch.nn.functional.linear(sign_ste(t), binarize_weight(layer.weight))  # noqa: E731
+    else:
+        stride, pad, dil = (2, 0, 1) if kind == "conv_stride2" else (1, 3, 3)
+        k = 2 if kind == "conv_stride2" else 3
+        layer = QuantConv2d(8, 8, k, stride=stride, padding=pad, dilation=dil, groups=4 if k == 3 else 1,
+                            bias=True, input_quantizer=SignQuantizer(), weight_quantizer=WeightBinarizer())
+        x = torch.randn(2, 8, 6, 6)
+        x[0, 0, 0, :3] = torch.tensor([0.0, 1.0, -1.0])
+        composed = lambda t: layer._conv_forward(sign_ste(t), binarize_weight(layer.weight), layer.bias)  # noqa: E731
+    out_a, (gx_a,), g = _grad(layer, x)
+    gw_a = layer.weight.grad.clone()
+    layer.weight.grad = None
+    out_b, (gx_b,), _ = _grad(composed, x, upstream=g)
+    torch.testing.assert_close(out_a, out_b)
+    torch.testing.assert_close(gx_a, gx_b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gw_a, layer.weight.grad, rtol=1e-5, atol=1e-6)

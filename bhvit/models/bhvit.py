@@ -22,15 +22,17 @@ Differences from the authors' code:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from ..layers import DropPath, LayerScale, RPReLU, make_norm, shift_channel_mix, shift_mean
+from ..layers import DropPath, LayerScale, RPReLU, make_norm, recomputing, shift_channel_mix, shift_mean
 from ..quant import (
     GSBAttentionQuantizer,
     LSQAttentionQuantizer,
@@ -230,8 +232,12 @@ class BinaryMLP(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:  # (B, N, C) -> (B, N, C)
-        h = self.act1(self.norm1(self.fc1(x + self.move1)) + torch.cat([x] * self.ratio, dim=-1))
-        out = self.norm2(self.fc2(h + self.move2)) + F.avg_pool1d(h, self.ratio)  # (B, N, rC) -> (B, N, C)
+        b, n, c = x.shape
+        h = self.norm1(self.fc1(x + self.move1))  # (B, N, rC)
+        h = (h.view(b, n, self.ratio, c) + x.unsqueeze(2)).view(b, n, -1)  # + concat([x]·r), not materialised
+        h = self.act1(h)
+        pooled = h.view(b, n, c, self.ratio).mean(dim=-1)  # AvgPool1d_r: (B, N, rC) -> (B, N, C), saves no input
+        out = self.norm2(self.fc2(h + self.move2)) + pooled
         return self.drop_path(self.ls(self.act2(out)))
 
 
@@ -508,7 +514,24 @@ class BHViT(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.norm = make_norm(cfg.norm, cfg.widths[-1], cfg.norm_eps)
         self.head = nn.Linear(cfg.widths[-1], cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.grad_checkpointing = False
         self.apply(_init_weights)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of storing them.
+
+        Trades roughly one extra forward pass for a large cut in training memory. Outputs and
+        gradients are unchanged: BatchNorm does not update its running statistics twice (see
+        :func:`bhvit.layers.recomputing`) and the RNG state is restored for drop-path.
+        """
+        self.grad_checkpointing = enable
+
+    def _run_block(self, block: nn.Module, x: Tensor) -> Tensor:
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(
+                block, x, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), recomputing())
+            )
+        return block(x)
 
     @staticmethod
     def _block(stage: int, dim: int, cfg: BHViTConfig, drop_path: float) -> nn.Module:
@@ -540,7 +563,7 @@ class BHViT(nn.Module):
             if hidden is not None and i:
                 hidden[f"stage{i}"] = to_nchw(x)
             for block in stage.blocks:
-                x = block(x)
+                x = self._run_block(block, x)
         if hidden is not None:
             hidden["encoder_out"] = to_nchw(x)
         x = self.norm(x.flatten(1, 2))
