@@ -2,21 +2,30 @@
 
 >>> import bhvit
 >>> model = bhvit.create_model("bhvit_tiny", precision="binary")
+>>> model = bhvit.load_upstream("BHViT_tiny_binary.pth")  # the authors' checkpoint, eval mode
 """
 
 from . import quant
+from .checkpoint import load_model, save_model
 from .models import BHViT, BHViTConfig, build_model, valid_img_sizes
+from .profile import profile_model
 from .registry import create_model, list_models, model_entry
+from .upstream import CheckpointError, load_upstream
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BHViT",
     "BHViTConfig",
+    "CheckpointError",
     "build_model",
     "create_model",
     "list_models",
+    "load_model",
+    "load_upstream",
     "model_entry",
+    "profile_model",
     "quant",
+    "save_model",
     "valid_img_sizes",
 ]

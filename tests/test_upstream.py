@@ -19,7 +19,9 @@ from safetensors.torch import load_file
 import bhvit
 from bhvit.checkpoint import convert_checkpoint, load_model
 from bhvit.layers import authors_bn_layout
-from bhvit.upstream import CheckpointError, infer_upstream_config, load_upstream, map_upstream_key
+from bhvit.upstream import CheckpointError, infer_upstream_config, map_upstream_key
+
+load_upstream = bhvit.load_upstream  # the public entry point
 
 REF = Path(os.environ.get("BHVIT_REFERENCE_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "reference"))
 PACKS = ["fp", "somefp", "binary"]
