@@ -2,6 +2,8 @@
 #include "engine.h"
 
 #include <algorithm>
+#include <array>
+#include <utility>
 #include <cstring>
 #include <stdexcept>
 #include <thread>
@@ -72,49 +74,59 @@ float* scratch_f32(size_t n) {
   return buf.data();
 }
 
-// Output transform of one row (convention 6) on columns [n0, n1). Integer inputs v[n - n0] are dots,
-// or raw popcounts when kdot >= 0 (then dot = kdot - 2 v). Each step is a plain loop over contiguous
-// floats so the compiler vectorises it.
+// One pass of the output transform (convention 6) over len columns; the optional steps are template
+// flags so that each variant is a straight loop the compiler vectorises. v: integer inputs (dots, or raw
+// popcounts when RAW: dot = kdot - 2 v); s, b, res, a/b1/b2, ps/pb: per-column arrays at this segment.
+template <bool RAW, bool BIAS, bool RES, bool PRELU, bool POST, bool ACC>
+void transform_segment(float* __restrict out, const int32_t* __restrict v, int32_t kdot, int64_t len,
+                       const float* __restrict s, float s_all, const float* __restrict b,
+                       const float* __restrict res, const float* __restrict a, const float* __restrict b1,
+                       const float* __restrict b2, const float* __restrict ps, const float* __restrict pb) {
+  for (int64_t n = 0; n < len; ++n) {
+    float z = static_cast<float>(RAW ? kdot - 2 * v[n] : v[n]) * (s ? s[n] : s_all);
+    if (BIAS) z = z + b[n];
+    if (RES) z = z + res[n];
+    if (PRELU) {  // max(y, 0) + a * min(y, 0) equals y or a*y exactly, without branches
+      const float y = z - b1[n];
+      z = (std::max(y, 0.0f) + a[n] * std::min(y, 0.0f)) + b2[n];
+    }
+    if (POST) z = z * ps[n] + pb[n];
+    out[n] = ACC ? out[n] + z : z;
+  }
+}
+
+using SegmentFn = void (*)(float*, const int32_t*, int32_t, int64_t, const float*, float, const float*,
+                           const float*, const float*, const float*, const float*, const float*, const float*);
+
+template <int F>
+constexpr SegmentFn segment_fn() {
+  return transform_segment<(F & 1) != 0, (F & 2) != 0, (F & 4) != 0, (F & 8) != 0, (F & 16) != 0, (F & 32) != 0>;
+}
+
+template <int... F>
+constexpr std::array<SegmentFn, sizeof...(F)> segment_table(std::integer_sequence<int, F...>) {
+  return {segment_fn<F>()...};
+}
+
+const std::array<SegmentFn, 64> kSegments = segment_table(std::make_integer_sequence<int, 64>{});
+
+// Output transform of one row on columns [n0, n1): integer inputs v[n - n0] are dots, or raw popcounts
+// when kdot >= 0 (then dot = kdot - 2 v). A tiled residual (res[n % res_cols]) splits the row into
+// segments where the residual index is contiguous.
 void apply_row(const Epilogue& e, int64_t g, int64_t m, const int32_t* v, int32_t kdot, int64_t n0, int64_t n1) {
-  const int64_t len = n1 - n0;
-  float* out = e.out + g * e.out_gstride + m * e.out_ld + n0;
-  float* z = e.accumulate ? scratch_f32(len) : out;
-  if (kdot >= 0)
-    for (int64_t n = 0; n < len; ++n) z[n] = static_cast<float>(kdot - 2 * v[n]);
-  else
-    for (int64_t n = 0; n < len; ++n) z[n] = static_cast<float>(v[n]);
-  if (e.scale) {
-    const float* s = e.scale + n0;
-    for (int64_t n = 0; n < len; ++n) z[n] = z[n] * s[n];
-  } else if (e.scale_all != 1.0f) {
-    for (int64_t n = 0; n < len; ++n) z[n] = z[n] * e.scale_all;
+  const int flags = (kdot >= 0 ? 1 : 0) | (e.bias ? 2 : 0) | (e.res ? 4 : 0) | (e.slope ? 8 : 0) |
+                    (e.post_scale ? 16 : 0) | (e.accumulate ? 32 : 0);
+  const SegmentFn fn = kSegments[flags];
+  float* out = e.out + g * e.out_gstride + m * e.out_ld;
+  const float* res = e.res ? e.res + g * e.res_gstride + m * e.res_ld : nullptr;
+  auto at = [](const float* p, int64_t n) { return p ? p + n : nullptr; };
+  for (int64_t n = n0; n < n1;) {
+    const int64_t c = res ? n % e.res_cols : 0;
+    const int64_t len = res ? std::min(n1 - n, e.res_cols - c) : n1 - n;
+    fn(out + n, v + (n - n0), kdot, len, at(e.scale, n), e.scale_all, at(e.bias, n), res ? res + c : nullptr,
+       at(e.slope, n), at(e.b1, n), at(e.b2, n), at(e.post_scale, n), at(e.post_bias, n));
+    n += len;
   }
-  if (e.bias) {
-    const float* b = e.bias + n0;
-    for (int64_t n = 0; n < len; ++n) z[n] = z[n] + b[n];
-  }
-  if (e.res) {  // residual tiled along columns: res[n % res_cols], in contiguous segments
-    const float* res = e.res + g * e.res_gstride + m * e.res_ld;
-    for (int64_t n = 0; n < len;) {
-      const int64_t c = (n0 + n) % e.res_cols, seg = std::min(len - n, e.res_cols - c);
-      for (int64_t i = 0; i < seg; ++i) z[n + i] = z[n + i] + res[c + i];
-      n += seg;
-    }
-  }
-  if (e.slope) {  // PReLU without branches: max(y, 0) + a * min(y, 0) equals y or a*y exactly
-    const float *__restrict a = e.slope + n0, *__restrict b1 = e.b1 + n0, *__restrict b2 = e.b2 + n0;
-    float* __restrict zz = z;
-    for (int64_t n = 0; n < len; ++n) {
-      const float y = zz[n] - b1[n];
-      zz[n] = (std::max(y, 0.0f) + a[n] * std::min(y, 0.0f)) + b2[n];
-    }
-  }
-  if (e.post_scale) {
-    const float *a = e.post_scale + n0, *b = e.post_bias + n0;
-    for (int64_t n = 0; n < len; ++n) z[n] = z[n] * a[n] + b[n];
-  }
-  if (e.accumulate)
-    for (int64_t n = 0; n < len; ++n) out[n] = out[n] + z[n];
 }
 
 // ORs nbits bits of src starting at bit sbit into dst starting at bit dbit (nbits <= 64).
@@ -235,6 +247,8 @@ void bconv(const uint64_t* xp, const ConvGeom& c, const uint64_t* Bp, const int3
   const int64_t Cg = c.C / c.groups, Ng = c.Cout / c.groups, T = c.KH * c.KWd;
   const int64_t KWc = words_for(T * Cg), NPg = panels_for(Ng), ldg = NPg * kPanel, ldp = c.groups * ldg;
   const int64_t M = c.B * c.OH * c.OW, nrb = (M + kRowBlock - 1) / kRowBlock;
+  const bool aligned = 64 % Cg == 0;
+  const uint64_t field_mask = Cg >= 64 ? ~uint64_t(0) : (uint64_t(1) << Cg) - 1;
   parallel_for(nrb, M * c.Cout * KWc, [&](int64_t rb) {
     const int64_t m0 = rb * kRowBlock, mlen = std::min(kRowBlock, M - m0);
     // im2col of packed bits, per group: col[g][i] = taps of row i, bits (tap, channel of group g)
@@ -251,9 +265,19 @@ void bconv(const uint64_t* xp, const ConvGeom& c, const uint64_t* Bp, const int3
           const int64_t tap = ky * c.KWd + kx;
           v |= uint16_t(1u << tap);
           const uint64_t* px = xp + ((b * c.H + ih) * c.W + iw) * c.CW;
-          for (int64_t g = 0; g < c.groups; ++g)
-            for (int64_t o = 0; o < Cg; o += 64)
-              or_bits(col + (g * kRowBlock + i) * KWc, tap * Cg + o, px, g * Cg + o, std::min<int64_t>(64, Cg - o));
+          if (aligned) {  // Cg divides 64: no field straddles a word, in the pixel or in col
+            const int64_t tw = (tap * Cg) >> 6, ts = (tap * Cg) & 63;
+            uint64_t* dst = col + i * KWc + tw;
+            for (int64_t g = 0; g < c.groups; ++g) {
+              const uint64_t field = (px[(g * Cg) >> 6] >> ((g * Cg) & 63)) & field_mask;
+              dst[g * kRowBlock * KWc] |= field << ts;
+            }
+          } else {
+            for (int64_t g = 0; g < c.groups; ++g)
+              for (int64_t o = 0; o < Cg; o += 64)
+                or_bits(col + (g * kRowBlock + i) * KWc, tap * Cg + o, px, g * Cg + o,
+                        std::min<int64_t>(64, Cg - o));
+          }
         }
       valid[i] = v;
     }
@@ -267,16 +291,29 @@ void bconv(const uint64_t* xp, const ConvGeom& c, const uint64_t* Bp, const int3
     thread_local std::vector<int32_t> dot_buf;
     if (dot_buf.size() < static_cast<size_t>(c.Cout)) dot_buf.resize(c.Cout);
     int32_t* dots = dot_buf.data();
+    // corrections 2 * sum_{invalid taps} wpop per border pattern, computed once per pattern and task
+    std::vector<uint16_t> seen;
+    std::vector<std::vector<int32_t>> corr;
     for (int64_t i = 0; i < mlen; ++i) {
       const int32_t kv = static_cast<int32_t>(Cg * __builtin_popcount(valid[i]));
       for (int64_t g = 0; g < c.groups; ++g) {
         const int32_t* pg = P + i * ldp + g * ldg;
         for (int64_t j = 0; j < Ng; ++j) dots[g * Ng + j] = kv - 2 * pg[j];
       }
-      if (valid[i] != all)
-        for (int64_t o = 0; o < c.Cout; ++o)
-          for (int64_t tap = 0; tap < T; ++tap)
-            if (!(valid[i] >> tap & 1)) dots[o] += 2 * wpop[o * T + tap];
+      if (valid[i] != all) {
+        size_t k = 0;
+        while (k < seen.size() && seen[k] != valid[i]) ++k;
+        if (k == seen.size()) {
+          seen.push_back(valid[i]);
+          std::vector<int32_t> cv(c.Cout, 0);
+          for (int64_t o = 0; o < c.Cout; ++o)
+            for (int64_t tap = 0; tap < T; ++tap)
+              if (!(valid[i] >> tap & 1)) cv[o] += 2 * wpop[o * T + tap];
+          corr.push_back(std::move(cv));
+        }
+        const int32_t* cv = corr[k].data();
+        for (int64_t o = 0; o < c.Cout; ++o) dots[o] += cv[o];
+      }
       apply_row(e, 0, m0 + i, dots, -1, 0, c.Cout);
     }
   });

@@ -62,9 +62,9 @@ def zero_audit(model: nn.Module, images: torch.Tensor) -> dict[str, int]:
         counts[name] = counts.get(name, 0) + int((value == 0).sum())
 
     for name, module in model.named_modules():
-        quant = getattr(module, "input_quantizer", None)
-        if quant is not None and getattr(module, "weight_quantizer", None) is not None:
-            handles.append(quant.register_forward_pre_hook(lambda m, a, n=name: count(n, a[0])))
+        if getattr(module, "input_quantizer", None) is not None and getattr(module, "weight_quantizer", None) is not None:
+            # the layer's own input is what its sign sees (its quantizer may be fused into the layer)
+            handles.append(module.register_forward_pre_hook(lambda m, a, n=name: count(n, a[0])))
         for branch in ("q", "k", "v"):
             act, move = getattr(module, f"act_{branch}", None), getattr(module, f"move_{branch}2", None)
             if act is not None and move is not None:
