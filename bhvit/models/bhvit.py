@@ -268,27 +268,6 @@ class MultiScaleConvMixer(nn.Module):
         return self.norm(out)
 
 
-class ConvBlock(nn.Module):
-    """Stage 1–2 block: ``X1 = MSGDC(norm1(X)) + X``; ``Y = MLP(norm2(X1)) + X1 + Shift(norm2(X1))``."""
-
-    def __init__(self, dim: int, mlp_ratio: int, cfg: BHViTConfig, drop_path: float) -> None:
-        super().__init__()
-        binary = cfg.precision != "fp"
-        self.norm1 = make_norm(cfg.norm, dim, cfg.norm_eps)
-        self.mixer = MultiScaleConvMixer(dim, binary=binary, recu=cfg.recu, norm=cfg.norm, eps=cfg.norm_eps)
-        self.norm2 = make_norm(cfg.norm, dim, cfg.norm_eps)
-        self.mlp = BinaryMLP(dim, dim * mlp_ratio, binary=binary, recu=cfg.recu, norm=cfg.norm, eps=cfg.norm_eps,
-                             layerscale=cfg.layerscale, drop_path=drop_path)
-        self.shift = ShiftBranches(dim, cfg.shift3, cfg.shift5)
-
-    def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C) -> (B, H, W, C)
-        b, h, w, c = x.shape
-        x1 = self.mixer(self.norm1(x)) + x
-        xn = self.norm2(x1)
-        out = self.mlp(xn.reshape(b, h * w, c)).reshape(b, h, w, c) + x1
-        return self.shift.add_to(out, xn)
-
-
 class GlobalTokens(nn.Module):
     """Pooled global tokens for windowed attention (SPEC §2 MSMHA).
 
@@ -408,25 +387,50 @@ class BinaryAttention(nn.Module):
         return self.ls(out)
 
 
-class AttentionBlock(nn.Module):
-    """Stage 3–4 block: ``X1 = MSMHA(norm1(X)) + X``; ``Y = MLP(norm2(X1)) + X1 + Shift(norm2(X1))``."""
+class HybridBlock(nn.Module):
+    """A BHViT block around a token mixer (SPEC §2):
+    ``X1 = mixer(norm1(X)) + X``; ``Y = MLP(norm2(X1)) + X1 + Shift(norm2(X1))``."""
 
-    def __init__(self, dim: int, mlp_ratio: int, num_heads: int, cfg: BHViTConfig, drop_path: float) -> None:
+    def __init__(self, dim: int, mlp_ratio: int, cfg: BHViTConfig, drop_path: float) -> None:
         super().__init__()
-        binary = cfg.precision != "fp"
         self.norm1 = make_norm(cfg.norm, dim, cfg.norm_eps)
-        self.attn = BinaryAttention(dim, num_heads, cfg)
         self.norm2 = make_norm(cfg.norm, dim, cfg.norm_eps)
-        self.mlp = BinaryMLP(dim, dim * mlp_ratio, binary=binary, recu=cfg.recu, norm=cfg.norm, eps=cfg.norm_eps,
-                             layerscale=cfg.layerscale, drop_path=drop_path)
+        self.mlp = BinaryMLP(dim, dim * mlp_ratio, binary=cfg.precision != "fp", recu=cfg.recu, norm=cfg.norm,
+                             eps=cfg.norm_eps, layerscale=cfg.layerscale, drop_path=drop_path)
         self.shift = ShiftBranches(dim, cfg.shift3, cfg.shift5)
+
+    def token_mixer(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C) -> (B, H, W, C)
         b, h, w, c = x.shape
-        x1 = self.attn(self.norm1(x)) + x
+        x1 = self.token_mixer(self.norm1(x)) + x
         xn = self.norm2(x1)
         out = self.mlp(xn.reshape(b, h * w, c)).reshape(b, h, w, c) + x1
         return self.shift.add_to(out, xn)
+
+
+class ConvBlock(HybridBlock):
+    """Stage 1–2 block: the token mixer is MSGDC."""
+
+    def __init__(self, dim: int, mlp_ratio: int, cfg: BHViTConfig, drop_path: float) -> None:
+        super().__init__(dim, mlp_ratio, cfg, drop_path)
+        self.mixer = MultiScaleConvMixer(dim, binary=cfg.precision != "fp", recu=cfg.recu, norm=cfg.norm,
+                                         eps=cfg.norm_eps)
+
+    def token_mixer(self, x: Tensor) -> Tensor:
+        return self.mixer(x)
+
+
+class AttentionBlock(HybridBlock):
+    """Stage 3–4 block: the token mixer is MSMHA."""
+
+    def __init__(self, dim: int, mlp_ratio: int, num_heads: int, cfg: BHViTConfig, drop_path: float) -> None:
+        super().__init__(dim, mlp_ratio, cfg, drop_path)
+        self.attn = BinaryAttention(dim, num_heads, cfg)
+
+    def token_mixer(self, x: Tensor) -> Tensor:
+        return self.attn(x)
 
 
 class Downsample(nn.Module):
