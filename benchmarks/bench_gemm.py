@@ -36,7 +36,8 @@ def model_shapes(img: int = 224, batch: int = 1) -> list[dict]:
             n_win = (side // WINDOW) ** 2
             pooled = ((side + 2 * 3 - WINDOW) // WINDOW + 1) ** 2
             for name in ("q", "k", "v"):
-                shapes.append({"stage": stage + 1, "layer": name, "m": batch * n_win * (WINDOW**2 + pooled), "k": c, "n": c})
+                m = batch * n_win * (WINDOW**2 + pooled)
+                shapes.append({"stage": stage + 1, "layer": name, "m": m, "k": c, "n": c})
             shapes.append({"stage": stage + 1, "layer": "proj", "m": batch * tokens, "k": c, "n": c})
         shapes.append({"stage": stage + 1, "layer": "fc1", "m": batch * tokens, "k": c, "n": r * c})
         shapes.append({"stage": stage + 1, "layer": "fc2", "m": batch * tokens, "k": r * c, "n": c})
@@ -91,7 +92,8 @@ def main() -> None:
     rows = []
     for batch in args.batch:
         for s in model_shapes(args.img, batch):
-            rows.append({"batch": batch, "stage": s["stage"], "layer": s["layer"], **bench_shape(s["m"], s["k"], s["n"], rng)})
+            timing = bench_shape(s["m"], s["k"], s["n"], rng)
+            rows.append({"batch": batch, "stage": s["stage"], "layer": s["layer"], **timing})
     cols = [("batch", "B", ""), ("stage", "stage", ""), ("layer", "layer", ""), ("m", "M", ""), ("k", "K", ""),
             ("n", "N", ""), ("fp32_ms", "fp32 ms", ".3f"), ("bgemm_ms", "bgemm ms", ".3f"),
             ("pack_bgemm_ms", "pack+bgemm ms", ".3f"), ("speedup", "speedup", ".2f"),

@@ -62,7 +62,8 @@ def zero_audit(model: nn.Module, images: torch.Tensor) -> dict[str, int]:
         counts[name] = counts.get(name, 0) + int((value == 0).sum())
 
     for name, module in model.named_modules():
-        if getattr(module, "input_quantizer", None) is not None and getattr(module, "weight_quantizer", None) is not None:
+        binary = getattr(module, "weight_quantizer", None) is not None
+        if binary and getattr(module, "input_quantizer", None) is not None:
             # the layer's own input is what its sign sees (its quantizer may be fused into the layer)
             handles.append(module.register_forward_pre_hook(lambda m, a, n=name: count(n, a[0])))
         for branch in ("q", "k", "v"):

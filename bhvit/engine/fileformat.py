@@ -66,7 +66,7 @@ def read_parts(path: str | Path) -> PackedParts:
     path = Path(path)
     with safe_open(str(path), framework="np") as f:
         meta = _check_metadata(f.metadata(), path)
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     layers: dict[str, dict] = json.loads(meta["layers"])
     binary: dict[str, BinaryLayer] = {}
     for name, lmeta in layers.items():

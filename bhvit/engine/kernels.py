@@ -10,7 +10,7 @@ Output transform of the fused kernels, per output channel n (in this order)::
 
     z = scale[n] * dot + bias[n]
     z = z + residual[m, n % residual.shape[-1]]
-    z = PReLU_n(z - b1[n]) + b2[n]             # RPReLU: y = z - b1; (y > 0 ? y : slope*y) + b2, when rprelu=(slope, b1, b2)
+    z = PReLU_n(z - b1[n]) + b2[n]             # RPReLU, when rprelu=(slope, b1, b2)
     out[m, n] = z   (or out[m, n] += z when accumulate=True)
 
 Every function has a NumPy twin in :mod:`bhvit.engine.reference`; the tests compare them bit for bit.

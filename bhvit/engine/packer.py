@@ -44,7 +44,9 @@ class PackedParts:
 
 
 def _is_binary(module: nn.Module) -> bool:
-    return getattr(module, "weight_quantizer", None) is not None and getattr(module, "input_quantizer", None) is not None
+    """A layer whose weights and inputs are both binarized."""
+    quantizers = (getattr(module, "weight_quantizer", None), getattr(module, "input_quantizer", None))
+    return all(q is not None for q in quantizers)
 
 
 def _layer_meta(module: nn.Module) -> dict[str, Any]:
