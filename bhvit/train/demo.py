@@ -32,14 +32,14 @@ class DemoConfig:
 
     name: str = "quick"
     arch: str = "bhvit_test"
-    overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=lambda: {"widths": [32, 64, 128, 256]})
     img_size: int = 32
     batch_size: int = 128
-    augment: str = "small"
+    augment: str = "none"
     teacher_epochs: int = 2
     student_epochs: int = 2
     teacher_lr: float = 2e-3
-    student_lr: float = 1e-3
+    student_lr: float = 2e-3
     warmup_epochs: float = 0.2
     data: str = "fashion_mnist"
     data_root: str | None = None
@@ -57,8 +57,7 @@ class DemoConfig:
 
 PRESETS = {
     "quick": DemoConfig(),
-    "long": DemoConfig(name="long", overrides={"widths": [32, 64, 128, 256]}, teacher_epochs=8,
-                       student_epochs=12),
+    "long": DemoConfig(name="long", augment="small", teacher_epochs=8, student_epochs=12, student_lr=1e-3),
 }
 
 

@@ -34,6 +34,7 @@ from bhvit.train.distributed import (
     TrainSampler,
     all_reduce_sum,
     barrier,
+    broadcast_flag,
     cleanup_distributed,
     init_distributed,
 )
@@ -193,8 +194,10 @@ def train_step(c: Components, images: Tensor, labels: Tensor, weights: LossWeigh
         latent = reg_weights(c.model, cfg.loss.reg_form) if cfg.loss.reg_weight > 0 else []
         losses = combine(weights, logits, labels, teacher_logits, latent, cfg.loss)
     loss = losses["loss"]
-    if not torch.isfinite(loss):  # checked per rank; the caller reduces across ranks
-        return {k: v.detach() for k, v in losses.items()} | {"correct": torch.zeros(())}
+    # Every rank must agree before backward: one rank skipping it would leave DDP's all-reduce hanging.
+    if broadcast_flag(not bool(torch.isfinite(loss)), c.info, c.device):
+        nan = torch.full((), float("nan"))
+        return {k: v.detach() for k, v in losses.items()} | {"loss": nan, "correct": torch.zeros(())}
     c.optimizer.zero_grad(set_to_none=True)
     if c.scaler is not None:
         c.scaler.scale(loss).backward()
