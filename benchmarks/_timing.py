@@ -25,6 +25,23 @@ def time_call(fn: Callable[[], Any], *, min_time: float = 0.2, warmup: int = 2, 
     return statistics.median(times)
 
 
+def interleaved(fns: dict[str, Callable[[], Any]], rounds: int = 5, min_round: float = 0.05) -> dict[str, float]:
+    """Best per-call seconds of each function over ``rounds`` interleaved rounds (after one warm-up call
+    each). Interleaving exposes all methods to the same background load; the best round is the least
+    disturbed one."""
+    for fn in fns.values():
+        fn()
+    best = {k: float("inf") for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            n, start = 0, time.perf_counter()
+            while n == 0 or time.perf_counter() - start < min_round:
+                fn()
+                n += 1
+            best[k] = min(best[k], (time.perf_counter() - start) / n)
+    return best
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model, core count and Python/torch versions, for the JSON record."""
     import os

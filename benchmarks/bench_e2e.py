@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import machine_info, print_table, write_json  # noqa: E402
+from _timing import interleaved, machine_info, print_table, write_json  # noqa: E402
 
 import bhvit  # noqa: E402
 from bhvit import engine  # noqa: E402
@@ -60,21 +59,6 @@ def onnx_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], object] | Non
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     feed = {"x": x.numpy()}
     return lambda: sess.run(None, feed)
-
-
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int, min_round: float) -> dict[str, float]:
-    """Best per-call seconds of each function over ``rounds`` interleaved rounds (after one warm-up)."""
-    for fn in fns.values():
-        fn()
-    best = {k: float("inf") for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            n, start = 0, time.perf_counter()
-            while n == 0 or time.perf_counter() - start < min_round:
-                fn()
-                n += 1
-            best[k] = min(best[k], (time.perf_counter() - start) / n)
-    return best
 
 
 def bench(name: str, precision: str, batch: int, rounds: int) -> dict:

@@ -11,6 +11,7 @@ kernel and the best fp32 MAC rate of torch on large shapes on this CPU.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import machine_info, print_table, time_call, write_json  # noqa: E402
+from _timing import interleaved, machine_info, print_table, write_json  # noqa: E402
 
 from bhvit.engine import kernels as K  # noqa: E402
 
@@ -58,9 +59,9 @@ def bench_shape(m: int, k: int, n: int, rng: np.random.Generator) -> dict:
     panels, scale = K.pack_linear_weight(w), np.abs(w).mean(1).astype(np.float32)
     xp = K.pack_rows(x)
     with torch.inference_mode():
-        t_fp32 = time_call(lambda: F.linear(xt, wt))
-    t_gemm = time_call(lambda: K.bgemm(xp, panels, n, k, scale=scale))
-    t_pack_gemm = time_call(lambda: K.bgemm(K.pack_rows(x), panels, n, k, scale=scale))
+        t = interleaved({"fp32": lambda: F.linear(xt, wt), "gemm": lambda: K.bgemm(xp, panels, n, k, scale=scale),
+                         "pack_gemm": lambda: K.bgemm(K.pack_rows(x), panels, n, k, scale=scale)})
+    t_fp32, t_gemm, t_pack_gemm = t["fp32"], t["gemm"], t["pack_gemm"]
     return {"m": m, "k": k, "n": n, "fp32_ms": t_fp32 * 1e3, "bgemm_ms": t_gemm * 1e3,
             "pack_bgemm_ms": t_pack_gemm * 1e3, "speedup": t_fp32 / t_gemm, "speedup_with_pack": t_fp32 / t_pack_gemm}
 
@@ -70,10 +71,10 @@ def roofline(rng: np.random.Generator) -> dict:
     m, k, n = 1024, 4096, 1024
     a, b = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((n, k)).astype(np.float32)
     ap, bp = K.pack_rows(a), K.pack_linear_weight(b)
-    t_bin = time_call(lambda: K.bgemm(ap, bp, n, k), min_time=0.5)
     at, bt = torch.from_numpy(a), torch.from_numpy(b)
     with torch.inference_mode():
-        t_fp = time_call(lambda: F.linear(at, bt), min_time=0.5)
+        t = interleaved({"bin": lambda: K.bgemm(ap, bp, n, k), "fp": lambda: F.linear(at, bt)}, rounds=5, min_round=0.2)
+    t_bin, t_fp = t["bin"], t["fp"]
     macs = m * n * k
     return {"shape": [m, k, n], "binary_gmacs": macs / t_bin / 1e9, "fp32_gmacs": macs / t_fp / 1e9,
             "ratio": t_fp / t_bin}
@@ -98,14 +99,15 @@ def main() -> None:
             ("n", "N", ""), ("fp32_ms", "fp32 ms", ".3f"), ("bgemm_ms", "bgemm ms", ".3f"),
             ("pack_bgemm_ms", "pack+bgemm ms", ".3f"), ("speedup", "speedup", ".2f"),
             ("speedup_with_pack", "w/ pack", ".2f")]
-    print(f"threads={args.threads} isa={K.current_isa()}")
+    print(f"threads={args.threads} isa={K.current_isa()} load={os.getloadavg()[0]:.2f}")
     print_table(rows, cols)
     roof = roofline(rng)
     print(f"roofline {roof['shape']}: binary {roof['binary_gmacs']:.1f} G bit-MAC/s vs fp32 "
           f"{roof['fp32_gmacs']:.1f} G FMA/s -> ceiling {roof['ratio']:.2f}x")
     worst = min(r["speedup"] for r in rows)
     print(f"min speedup (GEMM) {worst:.2f}x; min with packing {min(r['speedup_with_pack'] for r in rows):.2f}x")
-    write_json(args.json, {"machine": machine_info(), "threads": args.threads, "rows": rows, "roofline": roof})
+    write_json(args.json, {"machine": machine_info(), "threads": args.threads, "load_avg": os.getloadavg(),
+                           "rows": rows, "roofline": roof})
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ namespace {
 
 constexpr int64_t kRowBlock = 64;     // rows of A per task
 constexpr int64_t kPanelBlock = 16;   // weight panels (128 output columns) per task
-constexpr int64_t kSerialWork = 1 << 15;  // below this many word-ops a call runs on one thread
+constexpr int64_t kSerialWork = 1 << 20;  // below this many word-ops a call runs on one thread: waking
+                                          // a thread pool costs more than it saves on small layers
 
 std::vector<const IsaKernels*> detect() {
   std::vector<const IsaKernels*> out;

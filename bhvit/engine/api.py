@@ -14,9 +14,11 @@ from bhvit.engine.packed_model import PackedModel
 from bhvit.engine.packer import extract
 
 
-def pack(model: nn.Module) -> PackedModel:
-    """Packs an eval-mode ``some_fp`` or ``binary`` BHViT: ``bhvit.engine.pack(model)(images) -> logits``."""
-    return PackedModel(extract(model))
+def pack(model: nn.Module, float_threads: int | None = None) -> PackedModel:
+    """Packs an eval-mode ``some_fp`` or ``binary`` BHViT: ``bhvit.engine.pack(model)(images) -> logits``.
+
+    ``float_threads``: torch threads for the float parts (see :class:`PackedModel`)."""
+    return PackedModel(extract(model), float_threads)
 
 
 def save_packed(packed: PackedModel, path: str | Path) -> Path:

@@ -22,6 +22,9 @@ LayerNorm models (``norm='ln'``) run the same kernels with only α fused and the
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +37,7 @@ from bhvit.engine import kernels as K
 from bhvit.engine.packer import PackedParts
 
 TOKEN_NORM_EPS = 1e-5  # the attention's nn.LayerNorm(dim) default
+SMALL_BATCH = 2  # up to this batch the float parts run on one torch thread (see PackedModel)
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -117,12 +121,18 @@ class _BinaryOp:
 class PackedModel:
     """A packed BHViT: ``PackedModel(parts)(images) -> logits``; see the module docstring."""
 
-    def __init__(self, parts: PackedParts) -> None:
+    def __init__(self, parts: PackedParts, float_threads: int | None = None) -> None:
+        """``float_threads``: torch threads for the float parts; None = auto: one thread for batches of
+        up to ``SMALL_BATCH`` images (torch's intra-op parallelism on the small float tensors of such a
+        forward costs more in thread wake-ups than it saves), torch's setting otherwise. The native
+        kernels always use :func:`bhvit.engine.set_num_threads` threads on large enough work."""
         self.parts = parts
+        self.float_threads = float_threads
         self.config = dict(parts.config)
         self.p = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in parts.floats.items()}
         self.ops: dict[str, _BinaryOp] = {}
         self._shift_cache: dict[str, tuple[list[int], np.ndarray] | None] = {}
+        self._times: dict[str, float] | None = None
         for name, layer in parts.binary.items():
             op = _BinaryOp(K.to_panels(layer.bits), layer.alpha, layer.meta)
             if layer.meta["kind"] == "conv":
@@ -163,11 +173,37 @@ class PackedModel:
             else:  # the MSGDC convs: norm after the sum of branches
                 op.transform(None, bias)
 
+    # ---- per-layer timing ---------------------------------------------------------------------
+    @contextmanager
+    def profile(self) -> Iterator[dict[str, float]]:
+        """``with packed.profile() as t: packed(x)`` fills t with seconds per op kind: binary linears by
+        role (``linear.q``, ``linear.fc1``, …), ``conv.msgdc``, ``conv.downsample``, ``attention.core``
+        (scores, softmax, masks, Â·v), ``shift``, and ``total``."""
+        self._times = {}
+        try:
+            yield self._times
+        finally:
+            self._times = None
+
+    @contextmanager
+    def _timed(self, key: str) -> Iterator[None]:
+        if self._times is None:
+            yield
+            return
+        start = time.perf_counter()
+        yield
+        self._times[key] = self._times.get(key, 0.0) + time.perf_counter() - start
+
     # ---- binary layers ------------------------------------------------------------------------
     def linear(self, name: str, x: Tensor, move: Tensor, residual: Tensor | np.ndarray | None, act: _RPReLU | None,
                post: tuple[np.ndarray, np.ndarray] | None = None, out: np.ndarray | None = None) -> Tensor:
         """``post(act(norm(α·sign(x + move)·W_bᵀ) + residual))`` over the last dim of x; added into
         ``out`` (a float32 buffer of the output's size) when given."""
+        with self._timed("linear." + name.rsplit(".", 1)[1]):
+            return self._linear(name, x, move, residual, act, post, out)
+
+    def _linear(self, name: str, x: Tensor, move: Tensor, residual: Tensor | np.ndarray | None,
+                act: _RPReLU | None, post: tuple[np.ndarray, np.ndarray] | None, out: np.ndarray | None) -> Tensor:
         op = self.ops[name]
         k, n = op.meta["in"], op.meta["out"]
         xb = K.pack_rows(_np(x).reshape(-1, k), _np(move))
@@ -224,7 +260,8 @@ class PackedModel:
         if shift is None:
             shift = self._shift_cache[pre] = self.shift_params(f"{pre}.shift")
         if shift is not None:
-            K.shift_add(out.reshape(b, h, w, c), _np(xn), *shift)
+            with self._timed("shift"):
+                K.shift_add(out.reshape(b, h, w, c), _np(xn), *shift)
         return torch.from_numpy(out).view(b, h, w, c)
 
     def conv_block(self, pre: str, x: Tensor) -> Tensor:
@@ -246,9 +283,10 @@ class PackedModel:
             op, act = self.ops[f"{mix}.convs.{i}"], self.act(f"{mix}.acts.{i}").arrays()
             m = op.meta
             post = (a, beta if i == 0 else np.zeros_like(beta)) if folded else None
-            K.bconv(xb, c, op.panels, op.wpop, c, groups=m["groups"], kernel=tuple(m["kernel"]), stride=m["stride"],
-                    pad=m["padding"], dil=m["dilation"], scale=op.scale, bias=op.bias, rprelu=act, post=post,
-                    out=out, accumulate=True)
+            with self._timed("conv.msgdc"):
+                K.bconv(xb, c, op.panels, op.wpop, c, groups=m["groups"], kernel=tuple(m["kernel"]),
+                        stride=m["stride"], pad=m["padding"], dil=m["dilation"], scale=op.scale, bias=op.bias,
+                        rprelu=act, post=post, out=out, accumulate=True)
             i += 1
         x1 = torch.from_numpy(out).view(b, h, w, c)
         if not folded:
@@ -268,7 +306,7 @@ class PackedModel:
         n_win = (h // w) * (wd // w)
         glob = self.global_tokens(pre, x).repeat_interleave(n_win, dim=0)  # (B·nW, P, C)
         hs = self.norm(f"{pre}.token_norm")(torch.cat([_window_split(x, w), glob], dim=1))  # (B', L, C)
-        ctx = self.attention_context(pre, hs)
+        ctx = self.attention_context(pre, hs)  # (B', L, C)
         local = _window_merge(ctx[:, : w * w], w, b, h, wd)
         g = ctx[:, w * w :].reshape(b, n_win, h // w, wd // w, c).mean(dim=1)
         g = g[:, :, None, :, None, :].expand(b, h // w, w, wd // w, w, c).reshape(b, h, wd, c)
@@ -290,6 +328,11 @@ class PackedModel:
         """Binary attention core on (B', L, C) -> (B', L, C)."""
         mixed = {n: self.linear(f"{pre}.{n}", hs, self.p[f"{pre}.move_{n}"], hs, self.act(f"{pre}.act_{n}"))
                  for n in ("q", "k", "v")}
+        with self._timed("attention.core"):
+            return self._attention_core(pre, hs, mixed)
+
+    def _attention_core(self, pre: str, hs: Tensor, mixed: dict[str, Tensor]) -> Tensor:
+        """sign(q)·sign(k)ᵀ, softmax, mask decomposition of Â, Â·sign(v), context norm and RPReLU."""
         bq, length, c = hs.shape
         heads = self.p[self._attn_param(pre, "alpha")].numel() if self.config["attn_quant"] == "lsq" else None
         heads = heads or self._heads(c)
@@ -372,8 +415,9 @@ class PackedModel:
         act = self.act(f"{pre}.act")
         geo = {"groups": op.meta["groups"], "kernel": (2, 2), "stride": 2, "pad": 0, "dil": 1}
         if op.fused:
-            y = K.bconv(xb, c, op.panels, op.wpop, cout, scale=op.scale, bias=op.bias,
-                        residual=_np(r).reshape(-1, c), rprelu=act.arrays(), **geo)
+            with self._timed("conv.downsample"):
+                y = K.bconv(xb, c, op.panels, op.wpop, cout, scale=op.scale, bias=op.bias,
+                            residual=_np(r).reshape(-1, c), rprelu=act.arrays(), **geo)
             y = torch.from_numpy(y).view(b, h // 2, w // 2, cout)
         else:
             y = torch.from_numpy(K.bconv(xb, c, op.panels, op.wpop, cout, scale=op.scale, **geo))
@@ -399,11 +443,17 @@ class PackedModel:
 
     def forward(self, images: Tensor) -> Tensor:
         """Images (B, in, H, W) -> logits (B, classes)."""
-        with torch.inference_mode():
-            tokens = self.forward_features(images).mean(dim=1)
-            if "head.weight" not in self.p:
-                return tokens
-            return F.linear(tokens, self.p["head.weight"], self.p["head.bias"])
+        threads = self.float_threads or (1 if images.shape[0] <= SMALL_BATCH else torch.get_num_threads())
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with torch.inference_mode(), self._timed("total"):
+                tokens = self.forward_features(images).mean(dim=1)
+                if "head.weight" not in self.p:
+                    return tokens
+                return F.linear(tokens, self.p["head.weight"], self.p["head.bias"])
+        finally:
+            torch.set_num_threads(previous)
 
     __call__ = forward
 
