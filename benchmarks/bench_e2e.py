@@ -61,7 +61,7 @@ def onnx_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], object] | Non
     return lambda: sess.run(None, feed)
 
 
-def bench(name: str, precision: str, batch: int, rounds: int) -> dict:
+def bench(name: str, precision: str, batch: int, rounds: int, threads: int) -> dict:
     model = bhvit.create_model(name, precision=precision).eval()
     packed = engine.pack(model)
     x = torch.randn(batch, 3, 224, 224)
@@ -77,7 +77,10 @@ def bench(name: str, precision: str, batch: int, rounds: int) -> dict:
         if ort is not None:
             fns["onnxruntime_fp32"] = ort
         times = interleaved(fns, rounds, min_round=0.0 if batch > 1 else 0.3)
-    row = {"model": name, "precision": precision, "batch": batch, "top1_agree": agree}
+        with packed.profile() as layer_times:
+            packed(x)
+    row = {"model": name, "precision": precision, "batch": batch, "threads": threads, "top1_agree": agree,
+           "packed_layers_ms": {k: v * 1e3 for k, v in sorted(layer_times.items(), key=lambda kv: -kv[1])}}
     row.update({f"{k}_ms": v * 1e3 for k, v in times.items()})
     row["speedup_vs_fp32"] = times["fp32_sim"] / times["packed"]
     row["speedup_vs_int8"] = times["int8_dynamic"] / times["packed"]
@@ -89,22 +92,28 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["bhvit_tiny", "bhvit_small"])
     parser.add_argument("--precision", nargs="+", default=["binary"])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", default="out/bench_e2e.json")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    engine.set_num_threads(args.threads)
-    rows = [bench(m, p, b, args.rounds) for m in args.models for p in args.precision for b in args.batch]
-    cols = [("model", "model", ""), ("precision", "precision", ""), ("batch", "B", ""),
+    rows = []
+    for t in args.threads:
+        torch.set_num_threads(t)
+        engine.set_num_threads(t)
+        rows += [bench(m, p, b, args.rounds, t) for m in args.models for p in args.precision for b in args.batch]
+    cols = [("model", "model", ""), ("precision", "precision", ""), ("batch", "B", ""), ("threads", "thr", ""),
             ("fp32_sim_ms", "fp32 sim ms", ".1f"), ("int8_dynamic_ms", "int8 dyn ms", ".1f"),
             ("packed_ms", "packed ms", ".1f"), ("speedup_vs_fp32", "x fp32", ".2f"),
             ("speedup_vs_int8", "x int8", ".2f"), ("top1_agree", "top-1 =", "")]
     if any("onnxruntime_fp32_ms" in r for r in rows):
         cols.insert(5, ("onnxruntime_fp32_ms", "ort ms", ".1f"))
-    print(f"threads={args.threads} isa={engine.current_isa()} load={os.getloadavg()[0]:.2f}")
+    print(f"isa={engine.current_isa()} load={os.getloadavg()[0]:.2f}")
     print_table(rows, cols)
-    write_json(args.json, {"machine": machine_info(), "threads": args.threads, "load_avg": os.getloadavg(),
+    print("\npacked model, time per op kind (ms, one forward):")
+    for r in rows:
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in r["packed_layers_ms"].items())
+        print(f"  {r['model']} {r['precision']} B={r['batch']} threads={r['threads']}: {parts}")
+    write_json(args.json, {"machine": machine_info(), "load_avg": os.getloadavg(),
                            "rows": rows})
 
 

@@ -27,7 +27,7 @@ AUTHORS_REFERENCE = {"step_s": 37.0, "peak_rss_gb": 12.4, "source": "issue 3 (me
 
 
 def measure(arch: str, precision: str, img: int, batch: int, threads: int, steps: int,
-            device: str = "cpu", amp: bool = False) -> dict:
+            device: str = "cpu", amp: bool = False, grad_checkpointing: bool = False) -> dict:
     """Run in this process: build, then time ``steps`` optimizer steps. Returns times and peak memory."""
     import torch
 
@@ -37,6 +37,7 @@ def measure(arch: str, precision: str, img: int, batch: int, threads: int, steps
     torch.manual_seed(0)
     dev = torch.device(device)
     model = bhvit.create_model(arch, precision=precision, img_size=img).to(dev)
+    model.set_grad_checkpointing(grad_checkpointing)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     scaler = torch.amp.GradScaler("cuda") if amp and dev.type == "cuda" else None
     x = torch.randn(batch, 3, img, img, device=dev)
@@ -62,7 +63,7 @@ def measure(arch: str, precision: str, img: int, batch: int, threads: int, steps
     median = rest[len(rest) // 2]
     out = {
         "arch": arch, "precision": precision, "img_size": img, "batch": batch, "threads": threads,
-        "device": device, "amp": amp, "steps": steps,
+        "device": device, "amp": amp, "steps": steps, "grad_checkpointing": grad_checkpointing,
         "first_step_s": round(times[0], 3), "median_step_s": round(median, 4),
         "images_per_s": round(batch / median, 1),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
@@ -83,16 +84,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", action="store_true", help="fp16 autocast + GradScaler on CUDA, bf16 on CPU")
+    p.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations in backward")
     p.add_argument("--json", help="write the result here")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.inner:
         print(json.dumps(measure(args.arch, args.precision, args.img_size, args.batch, args.threads, args.steps,
-                                 args.device, args.amp)))
+                                 args.device, args.amp, args.grad_checkpointing)))
         return 0
     cmd = [sys.executable, __file__, "--inner", "--arch", args.arch, "--precision", args.precision,
            "--img-size", str(args.img_size), "--batch", str(args.batch), "--threads", str(args.threads),
-           "--steps", str(args.steps), "--device", args.device] + (["--amp"] if args.amp else [])
+           "--steps", str(args.steps), "--device", args.device]
+    cmd += (["--amp"] if args.amp else []) + (["--grad-checkpointing"] if args.grad_checkpointing else [])
     ours = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
     ref = AUTHORS_REFERENCE
     if args.device != "cpu" or args.arch != "bhvit_tiny" or args.img_size != 224 or args.batch != 32:
