@@ -30,7 +30,8 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "epochs": ("run", "epochs"), "out": ("run", "out_dir"), "seed": ("run", "seed"), "device": ("run", "device"),
     "amp": ("run", "amp"), "ema": ("run", "ema_decay"), "resume": ("run", "resume"), "max_steps": ("run", "max_steps"),
     "ckpt_every": ("run", "ckpt_every"), "threads": ("run", "threads"), "no_progress": ("run", "progress"),
-    "no_plots": ("run", "plots"), "log_every": ("run", "log_every"), "flip_every": ("run", "flip_every"),
+    "no_plots": ("run", "plots"), "grad_checkpointing": ("run", "grad_checkpointing"),
+    "log_every": ("run", "log_every"), "flip_every": ("run", "flip_every"),
 }
 _NEGATED = {"no_scale_lr", "no_progress", "no_plots"}
 
@@ -80,6 +81,7 @@ def train_parser() -> argparse.ArgumentParser:
     a("--ckpt-every", type=int, help="also checkpoint every N steps")
     a("--log-every", type=int)
     a("--flip-every", type=int)
+    a("--grad-checkpointing", action="store_true", default=None, help="recompute activations in backward")
     a("--threads", type=int)
     a("--no-progress", action="store_false", default=None)
     a("--no-plots", action="store_false", default=None)

@@ -120,8 +120,10 @@ class OptimConfig:
 class RunConfig:
     """Length, bookkeeping and hardware of a run.
 
-    ``max_steps`` stops early (tests, benchmarks); ``stop_after_steps`` simulates an interruption
-    (the run ends without finishing, as a killed job would, and can be resumed). ``ckpt_every``: save
+    ``grad_checkpointing`` recomputes each block's activations in the backward pass (about one
+    extra forward for a large cut in memory; results unchanged). ``max_steps`` stops early (tests,
+    benchmarks); ``stop_after_steps`` simulates an interruption (the run ends without finishing, as a
+    killed job would, and can be resumed). ``ckpt_every``: save
     a checkpoint every n steps (0: only at the end of each epoch). ``flip_every``: measure the weight
     flip ratio every n steps (0: never).
     """
@@ -132,6 +134,7 @@ class RunConfig:
     device: str = "auto"
     amp: str = "auto"
     ema_decay: float | None = None
+    grad_checkpointing: bool = False
     log_every: int = 20
     ckpt_every: int = 0
     flip_every: int = 10

@@ -152,6 +152,8 @@ def build(cfg: TrainConfig) -> Components:
     model = build_student(cfg, data)
     if cfg.model.init_from:
         init_from_checkpoint(model, cfg.model.init_from)
+    if cfg.run.grad_checkpointing:
+        model.set_grad_checkpointing(True)
     if info.enabled:
         from bhvit.layers import convert_sync_batchnorm
 

@@ -117,3 +117,12 @@ def test_teacher_is_frozen_and_timm_error_is_clear(fmnist_dir, tmp_path, monkeyp
     monkeypatch.setitem(sys.modules, "timm", None)  # makes `import timm` fail
     with pytest.raises(RuntimeError, match="needs timm"):
         load_teacher("timm:deit_small_patch16_224", 10)
+
+
+def test_grad_checkpointing_gives_the_same_weights(fmnist_dir, tmp_path):
+    plain = train(tiny_cfg(fmnist_dir, tmp_path / "plain", epochs=1, max_steps=2, ema_decay=None))
+    ckpt = train(tiny_cfg(fmnist_dir, tmp_path / "gc", epochs=1, max_steps=2, ema_decay=None,
+                          grad_checkpointing=True))
+    a, b = ckpt_io.load(plain["checkpoint"])["model"], ckpt_io.load(ckpt["checkpoint"])["model"]
+    for key in a:  # BatchNorm running stats included: recomputation must not update them twice
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
