@@ -39,6 +39,13 @@ def test_run_writes_summary_logs_and_checkpoint(fmnist_dir, tmp_path):
     assert len([r for r in records if r["kind"] == "epoch"]) == 2
     model, ck = ckpt_io.load_model(on_disk["checkpoint"])  # rebuilds from the stored config
     assert ck["step"] == 8 and model.config.precision == "binary" and model.config.in_chans == 1
+    # `bhvit eval` on the same checkpoint and data reproduces the final test accuracy
+    from bhvit.train import cli_eval
+
+    assert cli_eval([on_disk["checkpoint"], "--data", str(fmnist_dir), "--json", str(tmp_path / "e.json"),
+                     "--threads", "1"]) == 0
+    scored = json.loads((tmp_path / "e.json").read_text())
+    assert scored["acc1"] == pytest.approx(on_disk["test_acc1"]) and scored["n"] == 32
 
 
 def test_resume_reproduces_uninterrupted_run(fmnist_dir, tmp_path):
