@@ -161,3 +161,59 @@ def test_missing_extension_error(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(engine.EngineUnavailableError, match=r"pip install -e \."):
         engine.available_isas()
     assert not _native.is_available()
+
+
+REF = Path(__file__).resolve().parents[3] / "shared" / "reference"
+
+
+# End to end on 224-pixel inputs, float summation order can flip the sign of a few values that sit within
+# rounding error of 0 (or a pixel across an LSQ level); each flip moves logits by ~1e-4. Blocks fed the same
+# input agree to a few ulps (BLOCK_RTOL); logits of the whole network to END_TO_END_ATOL, same top-1.
+BLOCK_RTOL = 1e-6
+END_TO_END_ATOL = 2e-3
+
+
+def _authors_model(variant: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(REF / f"upstream-mini-{variant}.safetensors"))
+    state = {k.removeprefix("state."): v for k, v in tensors.items() if k.startswith("state.")}
+    return bhvit.load_upstream(state), tensors
+
+
+@pytest.mark.skipif(not REF.is_dir(), reason=f"reference packs not found at {REF}")
+@pytest.mark.parametrize("variant", ["somefp", "binary"])
+def test_authors_reference_logits(variant: str) -> None:
+    """The authors' model (depths 1,1,1,1 at 224, perturbed weights; some-fp LSQ and binary GSB):
+    the packed engine reproduces both our float model and the logits the authors' code produced."""
+    model, tensors = _authors_model(variant)
+    x = tensors["input"]
+    with torch.no_grad():
+        ours = model(x)
+    packed = engine.pack(model)(x)
+    torch.testing.assert_close(packed, ours, rtol=0, atol=END_TO_END_ATOL)
+    torch.testing.assert_close(packed, tensors["logits.eval"], rtol=0, atol=END_TO_END_ATOL)
+    assert torch.equal(packed.argmax(1), tensors["logits.eval"].argmax(1))
+
+
+@pytest.mark.skipif(not REF.is_dir(), reason=f"reference packs not found at {REF}")
+@pytest.mark.parametrize("variant", ["somefp", "binary"])
+def test_authors_model_blockwise(variant: str) -> None:
+    """Fed the float model's input, every packed stage piece matches it to a few ulps."""
+    model, tensors = _authors_model(variant)
+    packed = engine.pack(model)
+    with torch.no_grad():
+        h = model.stem(tensors["input"])
+        torch.testing.assert_close(packed.stem(tensors["input"]), h, rtol=0, atol=0)
+        for i, stage in enumerate(model.stages):
+            if i:
+                want = stage.downsample(h)
+                got = packed.downsample(f"stages.{i}.downsample", h)
+                torch.testing.assert_close(got, want, rtol=0, atol=BLOCK_RTOL * want.abs().max().item())
+                h = want
+            for j, block in enumerate(stage.blocks):
+                want = block(h)
+                run = packed.conv_block if i < 2 else packed.attention_block
+                got = run(f"stages.{i}.blocks.{j}", h)
+                torch.testing.assert_close(got, want, rtol=0, atol=BLOCK_RTOL * want.abs().max().item())
+                h = want
