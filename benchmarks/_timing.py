@@ -26,20 +26,25 @@ def time_call(fn: Callable[[], Any], *, min_time: float = 0.2, warmup: int = 2, 
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], rounds: int = 5, min_round: float = 0.05) -> dict[str, float]:
-    """Best per-call seconds of each function over ``rounds`` interleaved rounds (after one warm-up call
-    each). Interleaving exposes all methods to the same background load; the best round is the least
-    disturbed one."""
+    """Best per-call wall seconds of each function over ``rounds`` interleaved rounds (after one warm-up
+    call each). Interleaving exposes all methods to the same background load; the best round is the
+    least disturbed one. ``<name>_cpu`` entries give the process CPU seconds per call of that round,
+    which, on one thread, does not count time spent waiting for a core on a shared machine."""
     for fn in fns.values():
         fn()
     best = {k: float("inf") for k in fns}
+    cpu = {k: float("inf") for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
-            n, start = 0, time.perf_counter()
+            n, start, cpu0 = 0, time.perf_counter(), time.process_time()
             while n == 0 or time.perf_counter() - start < min_round:
                 fn()
                 n += 1
-            best[k] = min(best[k], (time.perf_counter() - start) / n)
-    return best
+            wall = (time.perf_counter() - start) / n
+            if wall < best[k]:
+                best[k] = wall
+            cpu[k] = min(cpu[k], (time.process_time() - cpu0) / n)
+    return {**best, **{f"{k}_cpu": v for k, v in cpu.items()}}
 
 
 def machine_info() -> dict[str, Any]:

@@ -84,6 +84,7 @@ def bench(name: str, precision: str, batch: int, rounds: int, threads: int) -> d
     row.update({f"{k}_ms": v * 1e3 for k, v in times.items()})
     row["speedup_vs_fp32"] = times["fp32_sim"] / times["packed"]
     row["speedup_vs_int8"] = times["int8_dynamic"] / times["packed"]
+    row["cpu_speedup_vs_fp32"] = times["fp32_sim_cpu"] / times["packed_cpu"]
     return row
 
 
@@ -104,7 +105,9 @@ def main() -> None:
     cols = [("model", "model", ""), ("precision", "precision", ""), ("batch", "B", ""), ("threads", "thr", ""),
             ("fp32_sim_ms", "fp32 sim ms", ".1f"), ("int8_dynamic_ms", "int8 dyn ms", ".1f"),
             ("packed_ms", "packed ms", ".1f"), ("speedup_vs_fp32", "x fp32", ".2f"),
-            ("speedup_vs_int8", "x int8", ".2f"), ("top1_agree", "top-1 =", "")]
+            ("speedup_vs_int8", "x int8", ".2f"), ("fp32_sim_cpu_ms", "fp32 cpu ms", ".1f"),
+            ("packed_cpu_ms", "packed cpu ms", ".1f"), ("cpu_speedup_vs_fp32", "x fp32 cpu", ".2f"),
+            ("top1_agree", "top-1 =", "")]
     if any("onnxruntime_fp32_ms" in r for r in rows):
         cols.insert(5, ("onnxruntime_fp32_ms", "ort ms", ".1f"))
     print(f"isa={engine.current_isa()} load={os.getloadavg()[0]:.2f}")

@@ -63,7 +63,9 @@ def bench_shape(m: int, k: int, n: int, rng: np.random.Generator) -> dict:
                          "pack_gemm": lambda: K.bgemm(K.pack_rows(x), panels, n, k, scale=scale)})
     t_fp32, t_gemm, t_pack_gemm = t["fp32"], t["gemm"], t["pack_gemm"]
     return {"m": m, "k": k, "n": n, "fp32_ms": t_fp32 * 1e3, "bgemm_ms": t_gemm * 1e3,
-            "pack_bgemm_ms": t_pack_gemm * 1e3, "speedup": t_fp32 / t_gemm, "speedup_with_pack": t_fp32 / t_pack_gemm}
+            "pack_bgemm_ms": t_pack_gemm * 1e3, "speedup": t_fp32 / t_gemm, "speedup_with_pack": t_fp32 / t_pack_gemm,
+            "fp32_cpu_ms": t["fp32_cpu"] * 1e3, "bgemm_cpu_ms": t["gemm_cpu"] * 1e3,
+            "cpu_speedup": t["fp32_cpu"] / t["gemm_cpu"]}
 
 
 def roofline(rng: np.random.Generator) -> dict:
@@ -77,12 +79,12 @@ def roofline(rng: np.random.Generator) -> dict:
     t_bin, t_fp = t["bin"], t["fp"]
     macs = m * n * k
     return {"shape": [m, k, n], "binary_gmacs": macs / t_bin / 1e9, "fp32_gmacs": macs / t_fp / 1e9,
-            "ratio": t_fp / t_bin}
+            "ratio": t_fp / t_bin, "cpu_ratio": t["fp_cpu"] / t["bin_cpu"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)  # use 1 on a shared, loaded machine
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--img", type=int, default=224)
     parser.add_argument("--json", default="out/bench_gemm.json")
@@ -98,12 +100,12 @@ def main() -> None:
     cols = [("batch", "B", ""), ("stage", "stage", ""), ("layer", "layer", ""), ("m", "M", ""), ("k", "K", ""),
             ("n", "N", ""), ("fp32_ms", "fp32 ms", ".3f"), ("bgemm_ms", "bgemm ms", ".3f"),
             ("pack_bgemm_ms", "pack+bgemm ms", ".3f"), ("speedup", "speedup", ".2f"),
-            ("speedup_with_pack", "w/ pack", ".2f")]
+            ("speedup_with_pack", "w/ pack", ".2f"), ("cpu_speedup", "cpu x", ".2f")]
     print(f"threads={args.threads} isa={K.current_isa()} load={os.getloadavg()[0]:.2f}")
     print_table(rows, cols)
     roof = roofline(rng)
     print(f"roofline {roof['shape']}: binary {roof['binary_gmacs']:.1f} G bit-MAC/s vs fp32 "
-          f"{roof['fp32_gmacs']:.1f} G FMA/s -> ceiling {roof['ratio']:.2f}x")
+          f"{roof['fp32_gmacs']:.1f} G FMA/s -> ceiling {roof['ratio']:.2f}x (cpu-time ratio {roof['cpu_ratio']:.2f}x)")
     worst = min(r["speedup"] for r in rows)
     print(f"min speedup (GEMM) {worst:.2f}x; min with packing {min(r['speedup_with_pack'] for r in rows):.2f}x")
     write_json(args.json, {"machine": machine_info(), "threads": args.threads, "load_avg": os.getloadavg(),
