@@ -31,9 +31,35 @@ inline void store_lanes(__m256i lo, __m256i hi, int32_t* out) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_permute2x128_si256(a, b, 0x20));
 }
 
+// Short rows (K <= 31 words): one pass, byte counters summed once, no partial sums.
+template <int R, bool AND>
+void tile_short(const uint64_t* A, int64_t lda, const uint64_t* bp, int64_t KW, int32_t* P, int64_t ldp) {
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2,
+                                       2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low4 = _mm256_set1_epi8(0x0f);
+  const __m256i zero = _mm256_setzero_si256();
+  __m256i acc[R][2];
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = zero;
+  for (int64_t k = 0; k < KW; ++k) {
+    const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + k * 8));
+    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + k * 8 + 4));
+    for (int r = 0; r < R; ++r) {
+      const __m256i a = _mm256_set1_epi64x(static_cast<long long>(A[r * lda + k]));
+      acc[r][0] = _mm256_add_epi8(acc[r][0], popcnt_bytes(op_vec<AND>(a, b0), lut, low4));
+      acc[r][1] = _mm256_add_epi8(acc[r][1], popcnt_bytes(op_vec<AND>(a, b1), lut, low4));
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    store_lanes(_mm256_sad_epu8(acc[r][0], zero), _mm256_sad_epu8(acc[r][1], zero), P + r * ldp);
+}
+
 // R rows of A against one panel (8 columns): P[r * ldp + j].
 template <int R, bool AND>
 void tile(const uint64_t* A, int64_t lda, const uint64_t* bp, int64_t KW, int32_t* P, int64_t ldp) {
+  if (KW <= kByteChunk) {
+    tile_short<R, AND>(A, lda, bp, KW, P, ldp);
+    return;
+  }
   const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2,
                                        2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
   const __m256i low4 = _mm256_set1_epi8(0x0f);
