@@ -256,6 +256,21 @@ void shift_add(Arr<float> out, const Arr<float>& x, const std::vector<int>& kern
   }
 }
 
+Arr<uint64_t> lsq_masks(const Arr<float>& attn, const Arr<float>& a, const Arr<float>& z) {
+  check(attn, {-1, -1, -1}, "attn (G, L, L)");
+  const int64_t G = attn.shape(0), L = attn.shape(1);
+  check(attn, {G, L, L}, "attn (G, L, L)");
+  check(a, {G}, "a (G,)");
+  check(z, {G}, "z (G,)");
+  Arr<uint64_t> out({G, int64_t(3), L, bhv::words_for(L)});
+  uint64_t* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    bhv::lsq_masks(attn.data(), a.data(), z.data(), G, L, o);
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -281,6 +296,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("slope") = py::none(), py::arg("b1") = py::none(), py::arg("b2") = py::none(),
         py::arg("post_scale") = py::none(), py::arg("post_bias") = py::none(), py::arg("out") = py::none(),
         py::arg("accumulate") = false);
+  m.def("lsq_masks", &lsq_masks, py::arg("attn"), py::arg("a"), py::arg("z"));
   m.def("group_mean", &group_mean, py::arg("x"), py::arg("r"));
   m.def("shift_add", &shift_add, py::arg("out"), py::arg("x"), py::arg("kernels"), py::arg("ls"));
   m.def("masked_av", &masked_av, py::arg("masks"), py::arg("vp"), py::arg("w"), py::arg("s"), py::arg("d"));

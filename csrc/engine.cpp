@@ -2,6 +2,7 @@
 #include "engine.h"
 
 #include <algorithm>
+#include <cmath>
 #include <array>
 #include <utility>
 #include <cstring>
@@ -337,6 +338,24 @@ void masked_av(const uint64_t* masks, const uint64_t* vp, const float* w, int64_
         const float wr = w[g * R + r];
         const int32_t* prow = P + (r * S + s) * ldp;
         for (int64_t d = 0; d < D; ++d) o[d] = o[d] + wr * static_cast<float>(pc - 2 * prow[d]);
+      }
+    }
+  });
+}
+
+void lsq_masks(const float* attn, const float* a, const float* z, int64_t G, int64_t L, uint64_t* out) {
+  const int64_t LW = words_for(L);
+  parallel_for(G, G * L * L, [&](int64_t g) {
+    uint64_t* og = out + g * 3 * L * LW;
+    std::memset(og, 0, sizeof(uint64_t) * 3 * L * LW);
+    for (int64_t i = 0; i < L; ++i) {
+      const float* row = attn + (g * L + i) * L;
+      for (int64_t j = 0; j < L; ++j) {
+        const float x = row[j] * 3.0f;
+        const float lvl = std::nearbyint(x / a[g] + z[g]);  // default rounding: half to even
+        const uint64_t bit = uint64_t(1) << (j & 63);
+        for (int s = 1; s <= 3; ++s)
+          if (lvl >= static_cast<float>(s)) og[(s - 1) * L * LW + i * LW + (j >> 6)] |= bit;
       }
     }
   });

@@ -68,6 +68,11 @@ void bconv(const uint64_t* xp, const ConvGeom& g, const uint64_t* Bp, const int3
 void masked_av(const uint64_t* masks, const uint64_t* vp, const float* w, int64_t G, int64_t R, int64_t S,
                int64_t D, float* out);
 
+// LSQ attention levels as packed masks (SPEC 3.3): attn (G, L, L) probabilities, per-g step a and offset z
+// -> masks (G, 3, L, ceil(L/64)) with T_s = [clamp(round(3*attn / a + z), 0, 3) >= s], s = 1, 2, 3
+// (float operations in this order, round half to even, as torch computes them).
+void lsq_masks(const float* attn, const float* a, const float* z, int64_t G, int64_t L, uint64_t* out);
+
 // ---- fused float helpers ---------------------------------------------------------------------
 // Mean over consecutive groups of r columns: x (M, r*C) -> out (M, C) (AvgPool1d with kernel r).
 void group_mean(const float* x, int64_t M, int64_t C, int64_t r, float* out);

@@ -228,6 +228,16 @@ def masked_av(masks: np.ndarray, vp: np.ndarray, w: np.ndarray, s: int, d: int) 
     return native().masked_av(_u64(masks), _u64(vp), _f32(w), int(s), int(d))
 
 
+def lsq_masks(attn: np.ndarray, a: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """LSQ attention levels as packed masks (SPEC §3.3): attn (G, L, L), per-g step a and offset z ->
+    (G, 3, L, ceil(L/64)) with ``T_s = [clamp(round(3·attn / a + z), 0, 3) >= s]``, s = 1, 2, 3.
+
+    Float operations in the model's order (``x = attn·3``, ``x / a + z``, round half to even), so the
+    levels equal the float model's exactly.
+    """
+    return native().lsq_masks(_f32(attn), _f32(a), _f32(z))
+
+
 # ---- fused float helpers --------------------------------------------------------------------------
 
 

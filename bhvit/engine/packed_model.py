@@ -346,10 +346,9 @@ class PackedModel:
         if not exact:
             scores = scores / root
         attn = scores.view(bq, heads, length, length).softmax(dim=-1)
-        masks, weights = self._attn_masks(pre, attn)
+        masks, weights = self._attn_masks(pre, attn)  # (G, 3, L, LW) packed, (G, 3)
         vp = K.pack_cols_panels(_np(per_head["v"]))
-        ctx = K.masked_av(K.pack_nonzero(masks.reshape(bq * heads, -1, length, length)), vp,
-                          weights.reshape(bq * heads, -1), length, d)
+        ctx = K.masked_av(masks, vp, weights, length, d)
         ctx = torch.from_numpy(ctx).view(bq, heads, length, d).transpose(1, 2).reshape(bq, length, c)
         out = self.norm(f"{pre}.norm_ctx")(ctx) + mixed["q"] + mixed["k"] + mixed["v"]
         return self.act(f"{pre}.act_ctx")(out)
@@ -363,30 +362,33 @@ class PackedModel:
         return f"{pre}.attn_quant.{name}"
 
     def _attn_masks(self, pre: str, attn: Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Binary masks (B', heads, R, L, L) uint8 and weights (B', heads, R) with Â = Σ_r w_r T_r."""
+        """Packed binary masks (G, R, L, LW) and weights (G, R) with Â = Σ_r w_r T_r, G = B'·heads."""
+        bq, heads, length, _ = attn.shape
         if self.config["attn_quant"] == "lsq":
-            return self._lsq_masks(pre, attn)
-        return self._gsb_masks(pre, attn)
+            a, z = self._lsq_step(pre, attn)
+            a, z = np.tile(a, bq), np.tile(z, bq)  # per g = b'·heads + h
+            masks = K.lsq_masks(_np(attn).reshape(bq * heads, length, length), a, z)
+            return masks, np.ascontiguousarray(np.repeat(a[:, None], 3, axis=1))
+        masks, weights = self._gsb_masks(pre, attn)
+        return K.pack_nonzero(masks.reshape(bq * heads, 3, length, length)), weights.reshape(bq * heads, 3)
 
-    def _lsq_masks(self, pre: str, attn: Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """LSQ levels l = clamp(round(3A/α_h + z_h), 0, 3) = [l≥1] + [l≥2] + [l≥3]; weight α_h each.
+    def _lsq_step(self, pre: str, attn: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Per-head step α_h and offset z_h of the LSQ levels l = clamp(round(3A/α_h + z_h), 0, 3).
 
-        α_h and z_h are formed with the float operations of the model's LSQ gradient scaling, whose
-        forward value can differ from the parameter by one rounding; the levels then match exactly.
+        Formed with the float operations of the model's LSQ gradient scaling (``x − x·g + x·g`` with
+        ``g = heads/√(3·numel)``), whose forward value can differ from the parameter by one rounding;
+        the levels then match the float model's exactly.
         """
-        x = attn * 3
         alpha, zero = self.p[self._attn_param(pre, "alpha")], self.p[self._attn_param(pre, "zero_point")]
-        heads = alpha.numel()
-        g = heads / math.sqrt(x.numel() * 3)
-        a = (alpha - alpha * g + alpha * g).view(1, heads, 1, 1)
-        z = (zero - zero * g + zero * g).view(1, heads, 1, 1)
-        lvl = (x / a + z).round().clamp(0, 3)
-        masks = torch.stack([lvl >= 1, lvl >= 2, lvl >= 3], dim=2)  # (B', H, 3, L, L)
-        weights = a.view(1, heads, 1).expand(attn.shape[0], heads, 3)
-        return _np(masks.to(torch.uint8)), _np(weights.float())
+        g = alpha.numel() / math.sqrt(attn.numel() * 3)
+        a = alpha - alpha * g + alpha * g
+        z = zero - zero * g + zero * g
+        return _np(a), _np(z)
 
     def _gsb_masks(self, pre: str, attn: Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """GSB: Â = α(T0 + α2 T1 + α3 T2) = α(base + (α2 − 1)U + (α3 − α2)T2), U = T1 + T2 (SPEC §3.3)."""
+        """GSB: Â = α(T0 + α2 T1 + α3 T2) = α(base + (α2 − 1)U + (α3 − α2)T2), U = T1 + T2 (SPEC §3.3).
+
+        Returns uint8 masks (B', heads, 3, L, L) and weights (B', heads, 3)."""
         eps = 1e-5
         alpha = self.p[self._attn_param(pre, "alpha")].clamp(min=eps)
         a2 = self.p[self._attn_param(pre, "alpha2")].clamp(min=eps)

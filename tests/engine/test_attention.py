@@ -53,3 +53,26 @@ def test_gsb_decomposition_handles_negative_t0(rng: np.random.Generator) -> None
     w = np.tile(np.array([alpha, alpha * (a2 - 1), alpha * (a3 - a2)], np.float32), (g, 1))
     got = K.masked_av(K.pack_nonzero(masks), K.pack_cols_panels(v), w, s, d)
     np.testing.assert_allclose(got, a_hat.astype(np.float64) @ v, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("s", [1, 7, 50, 53, 65])
+def test_lsq_masks_match_the_model_quantizer(isa: str, s: int, rng: np.random.Generator) -> None:
+    """Levels from the native kernel equal the float model's LSQ quantizer, ties included."""
+    import torch
+
+    from bhvit.quant import lsq_attention
+
+    g, heads = 6, 3
+    logits = torch.from_numpy(rng.standard_normal((g // heads, heads, s, s)).astype(np.float32) * 3)
+    attn = logits.softmax(-1)
+    attn[0, 0, 0, : min(s, 4)] = torch.tensor([1 / 6, 0.5, 0.25, 0.0])[: min(s, 4)]  # exact .5 ties at a=1, z=0
+    alpha = torch.tensor([1.0, 0.4, 0.13])
+    zero = torch.tensor([0.0, 0.3, -0.2])
+    want = lsq_attention(attn * 3, alpha, zero)  # (B', heads, s, s) = level * a_h
+    gs = heads / np.sqrt(attn.numel() * 3)
+    a = (alpha - alpha * gs + alpha * gs).numpy()
+    z = (zero - zero * gs + zero * gs).numpy()
+    masks = K.lsq_masks(attn.reshape(g, s, s).numpy(), np.tile(a, g // heads), np.tile(z, g // heads))
+    levels = sum(R.unpack_bits_ref(masks[:, i], s).astype(np.int64) for i in range(3)).astype(np.float32)
+    np.testing.assert_array_equal(levels * np.tile(a, g // heads)[:, None, None],  # float32 product, as torch
+                                  want.reshape(g, s, s).numpy())
