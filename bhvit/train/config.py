@@ -197,6 +197,10 @@ def _check(ok: bool, message: str) -> None:
 
 def load_recipe(path: str | Path) -> TrainConfig:
     """Parse a TOML recipe into a validated :class:`TrainConfig`."""
+    try:
+        import tomllib  # Python ≥ 3.11
+    except ImportError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
     with open(path, "rb") as f:
         return TrainConfig.from_dict(tomllib.load(f))
 
