@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from bhvit.data import DataConfig
 
 PRECISIONS = ("binary", "some_fp", "fp")
