@@ -10,7 +10,15 @@ Importing this package never needs the native extension; calling a kernel does (
 """
 
 from bhvit.engine._native import EngineUnavailableError, is_available
-from bhvit.engine.api import fp32_checkpoint_bytes, load_packed, pack, save_packed, size_report, zero_audit
+from bhvit.engine.api import (
+    agreement,
+    fp32_checkpoint_bytes,
+    load_packed,
+    pack,
+    save_packed,
+    size_report,
+    zero_audit,
+)
 from bhvit.engine.fileformat import PackedFormatError
 from bhvit.engine.kernels import (
     available_isas,
@@ -27,6 +35,7 @@ __all__ = [
     "EngineUnavailableError",
     "PackedFormatError",
     "PackedModel",
+    "agreement",
     "available_isas",
     "current_isa",
     "fp32_checkpoint_bytes",

@@ -82,3 +82,18 @@ def zero_audit(model: nn.Module, images: torch.Tensor) -> dict[str, int]:
         for h in handles:
             h.remove()
     return counts
+
+
+@torch.no_grad()
+def agreement(model: nn.Module, packed: PackedModel, images: torch.Tensor, batch_size: int = 256) -> dict[str, Any]:
+    """Packed vs float model on a set of images (e.g. a whole test split, already transformed as the
+    model expects): the fraction of identical top-1 predictions, the largest logit difference, and the
+    number of images whose top-1 differs."""
+    model.eval()
+    same, max_diff, n = 0, 0.0, images.shape[0]
+    for start in range(0, n, batch_size):
+        x = images[start : start + batch_size]
+        want, got = model(x), packed(x)
+        same += int((want.argmax(1) == got.argmax(1)).sum())
+        max_diff = max(max_diff, float((want - got).abs().max()))
+    return {"images": n, "top1_identical": same / max(n, 1), "top1_differs": n - same, "max_abs_logit_diff": max_diff}

@@ -52,6 +52,14 @@ def test_packed_matches_simulated(precision: str, attn_quant: str, norm: str) ->
     assert torch.equal(got.argmax(1), want.argmax(1))
 
 
+def test_agreement_report() -> None:
+    model = randomized("binary", "gsb", seed=3)
+    images = torch.randn(40, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    report = engine.agreement(model, engine.pack(model), images, batch_size=16)
+    assert report["images"] == 40 and report["top1_identical"] == 1.0 and report["top1_differs"] == 0
+    assert report["max_abs_logit_diff"] <= LOGIT_ATOL
+
+
 def test_all_threads_and_isas_agree() -> None:
     """The packed forward is deterministic across code paths and thread counts (integer kernels)."""
     model = randomized()
