@@ -208,7 +208,3 @@ def shift_channel_mix(x: Tensor, s: int) -> Tensor:
         dim=-1,
     )
 
-
-def gelu(x: Tensor) -> Tensor:
-    """Exact (erf) GELU."""
-    return F.gelu(x)

@@ -56,6 +56,11 @@ GSB_EPS = 1e-5  # lower bound of the GSB scales
 # --------------------------------------------------------------------------------------------
 # Activations: sign with the ApproxSign backward (SPEC §3.1)
 # --------------------------------------------------------------------------------------------
+def _approx_sign_grad(x: Tensor) -> Tensor:
+    """ApproxSign derivative ``max(0, 2 − 2|x|)``."""
+    return (2.0 - 2.0 * x.abs()).clamp_(min=0.0)
+
+
 class _SignApprox(torch.autograd.Function):
     """``y = sign(x)``; ``∂y/∂x = max(0, 2 − 2|x|)`` (Bi-Real Net's ApproxSign)."""
 
@@ -67,7 +72,7 @@ class _SignApprox(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         (x,) = ctx.saved_tensors
-        return (2.0 - 2.0 * x.abs()).clamp_(min=0.0) * grad
+        return _approx_sign_grad(x) * grad
 
 
 def sign_ste(x: Tensor) -> Tensor:
@@ -291,11 +296,6 @@ def get_quantizer(name: str, *args, **kwargs) -> nn.Module:
 # --------------------------------------------------------------------------------------------
 # Fused sign + linear / convolution: the backward keeps the float input only
 # --------------------------------------------------------------------------------------------
-def _approx_sign_grad(x: Tensor) -> Tensor:
-    """ApproxSign derivative ``max(0, 2 − 2|x|)``."""
-    return (2.0 - 2.0 * x.abs()).clamp_(min=0.0)
-
-
 class _SignLinear(torch.autograd.Function):
     """``y = sign(x) Wᵀ``: the same values and gradients as ``F.linear(sign_ste(x), W)``, but the
     backward recomputes ``sign(x)`` from the saved input instead of keeping a second float copy."""
