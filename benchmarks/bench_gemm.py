@@ -11,18 +11,16 @@ kernel and the best fp32 MAC rate of torch on large shapes on this CPU.
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import interleaved, machine_info, print_table, write_json  # noqa: E402
-
-from bhvit.engine import kernels as K  # noqa: E402
+from bhvit.engine import kernels as K
+from bhvit.engine.bench import format_table, interleaved, machine_info
 
 WIDTHS, RATIOS, WINDOW = (64, 128, 256, 512), (8, 8, 4, 4), 7
 
@@ -102,14 +100,16 @@ def main() -> None:
             ("pack_bgemm_ms", "pack+bgemm ms", ".3f"), ("speedup", "speedup", ".2f"),
             ("speedup_with_pack", "w/ pack", ".2f"), ("cpu_speedup", "cpu x", ".2f")]
     print(f"threads={args.threads} isa={K.current_isa()} load={os.getloadavg()[0]:.2f}")
-    print_table(rows, cols)
+    print(format_table(rows, cols))
     roof = roofline(rng)
     print(f"roofline {roof['shape']}: binary {roof['binary_gmacs']:.1f} G bit-MAC/s vs fp32 "
           f"{roof['fp32_gmacs']:.1f} G FMA/s -> ceiling {roof['ratio']:.2f}x (cpu-time ratio {roof['cpu_ratio']:.2f}x)")
     worst = min(r["speedup"] for r in rows)
     print(f"min speedup (GEMM) {worst:.2f}x; min with packing {min(r['speedup_with_pack'] for r in rows):.2f}x")
-    write_json(args.json, {"machine": machine_info(), "threads": args.threads, "load_avg": os.getloadavg(),
-                           "rows": rows, "roofline": roof})
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"machine": machine_info(), "threads": args.threads, "rows": rows, "roofline": roof}
+    path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -9,15 +9,13 @@ The fp32 checkpoint is ``torch.save(model.state_dict())``; the packed file is ``
 from __future__ import annotations
 
 import argparse
-import sys
+import json
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import print_table, write_json  # noqa: E402
-
-import bhvit  # noqa: E402
-from bhvit import engine  # noqa: E402
+import bhvit
+from bhvit import engine
+from bhvit.engine.bench import format_table
 
 
 def measure(name: str, precision: str) -> dict:
@@ -40,11 +38,13 @@ def main() -> None:
     for r in rows:
         for k in ("fp32_checkpoint_bytes", "packed_bytes", "binary_weight_bytes", "float_bytes"):
             r[k.replace("_bytes", "_mb")] = r[k] / 2**20
-    print_table(rows, [("model", "model", ""), ("precision", "precision", ""), ("params", "params", ","),
+    print(format_table(rows, [("model", "model", ""), ("precision", "precision", ""), ("params", "params", ","),
                        ("binary_params", "binary", ","), ("fp32_checkpoint_mb", "fp32 MiB", ".2f"),
                        ("packed_mb", "packed MiB", ".2f"), ("ratio", "ratio", ".1f"),
-                       ("binary_weight_mb", "bits MiB", ".2f"), ("float_mb", "floats MiB", ".2f")])
-    write_json(args.json, {"rows": rows})
+                       ("binary_weight_mb", "bits MiB", ".2f"), ("float_mb", "floats MiB", ".2f")]))
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import torch
 
 import bhvit
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # the scripts are not a package
 from bench_gemm import model_shapes  # noqa: E402
 
 

@@ -1,0 +1,195 @@
+"""End-to-end latency benchmark of the packed engine (the body of ``bhvit bench`` and
+``benchmarks/bench_e2e.py``).
+
+For each model and batch size, in one run and on the same number of threads, it times:
+
+* ``fp32_sim``: the PyTorch model with binarization simulated in fp32 (what training produces);
+* ``packed``: ``bhvit.engine.pack(model)``, every binary op on packed bits in native code;
+* ``int8_dynamic``: the same architecture at full precision with its linear layers quantized to int8 by
+  ``torch.ao.quantization.quantize_dynamic`` (the usual CPU deployment baseline);
+* ``onnxruntime_fp32``: the simulated model exported to ONNX, when onnx and onnxruntime are installed.
+
+Methods run in interleaved rounds (background load hits all alike) and the best round counts; the
+process CPU time per call is recorded too (on one thread it ignores time spent waiting for a core on a
+shared machine). Also a per-op profile of one packed forward. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bhvit.engine import kernels
+from bhvit.engine.api import pack
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], rounds: int = 3, min_round: float = 0.05) -> dict[str, float]:
+    """Best per-call wall seconds of each function over interleaved rounds (after a warm-up call), and
+    ``<name>_cpu``: process CPU seconds per call, best round."""
+    for fn in fns.values():
+        fn()
+    best = {k: float("inf") for k in fns}
+    cpu = {k: float("inf") for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            n, start, cpu0 = 0, time.perf_counter(), time.process_time()
+            while n == 0 or time.perf_counter() - start < min_round:
+                fn()
+                n += 1
+            best[k] = min(best[k], (time.perf_counter() - start) / n)
+            cpu[k] = min(cpu[k], (time.process_time() - cpu0) / n)
+    return {**best, **{f"{k}_cpu": v for k, v in cpu.items()}}
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, core count, versions and the engine's code path, for the JSON record."""
+    model = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
+                      if ln.startswith("model name")), "")
+    return {"cpu": model or platform.processor(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__, "engine_isa": kernels.current_isa(),
+            "engine_isas": kernels.available_isas(), "load_avg": os.getloadavg()}
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
+    """Rows as an aligned text table; columns are (key, header, format spec)."""
+    cells = [[format(r[k], f) if f else str(r[k]) for k, _, f in columns] for r in rows]
+    heads = [h for _, h, _ in columns]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(heads)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(heads, widths))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(c, widths)) for c in cells]
+    return "\n".join(lines)
+
+
+def int8_dynamic(model_fp: nn.Module) -> nn.Module:
+    """A full-precision model with every linear layer quantized to int8 (dynamic)."""
+    for parent in list(model_fp.modules()):
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.Linear) and type(child) is not nn.Linear:  # QuantLinear -> nn.Linear
+                plain = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
+                plain.load_state_dict(child.state_dict(), strict=False)
+                setattr(parent, child_name, plain)
+    return torch.ao.quantization.quantize_dynamic(model_fp, {nn.Linear}, dtype=torch.qint8)
+
+
+def onnx_runner(model: nn.Module, x: torch.Tensor, workdir: Path) -> Callable[[], Any] | None:
+    """An onnxruntime fp32 session of the model, or None when onnx/onnxruntime are missing."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    path = workdir / "bench_e2e_tmp.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(model, (x,), str(path), input_names=["x"], output_names=["y"], dynamo=False)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feed = {"x": x.numpy()}
+    return lambda: sess.run(None, feed)
+
+
+def build(name: str, precision: str, checkpoint: str | None) -> tuple[nn.Module, nn.Module]:
+    """(the binary model in eval mode, its full-precision twin for the int8 baseline)."""
+    import bhvit
+
+    if checkpoint:
+        model, _ = bhvit.load_model(checkpoint)
+        config = {**model.config.to_dict(), "precision": "fp"}
+        return model.eval(), bhvit.build_model(config).eval()
+    return (bhvit.create_model(name, precision=precision).eval(),
+            bhvit.create_model(name, precision="fp").eval())
+
+
+def bench_one(name: str, precision: str, batch: int, threads: int, rounds: int, checkpoint: str | None = None,
+              onnx: bool = True, workdir: Path = Path("out")) -> dict[str, Any]:
+    """One row: latencies of the compared methods, speedups, top-1 agreement, packed per-op profile."""
+    model, model_fp = build(name, precision, checkpoint)
+    packed = pack(model)
+    cfg = model.config
+    x = torch.randn(batch, cfg.in_chans, *cfg.img_size)
+    with torch.inference_mode():
+        agree = bool(torch.equal(model(x).argmax(1), packed(x).argmax(1)))
+        q8 = int8_dynamic(model_fp)
+        fns: dict[str, Callable[[], Any]] = {"fp32_sim": lambda: model(x), "packed": lambda: packed(x),
+                                             "int8_dynamic": lambda: q8(x)}
+        ort = onnx_runner(model, x, workdir) if onnx else None
+        if ort is not None:
+            fns["onnxruntime_fp32"] = ort
+        times = interleaved(fns, rounds, min_round=0.0 if batch > 1 else 0.3)
+        with packed.profile() as layer_times:
+            packed(x)
+    per_op = {k: v * 1e3 for k, v in sorted(layer_times.items(), key=lambda kv: -kv[1])}
+    row: dict[str, Any] = {"model": checkpoint or name, "precision": cfg.precision, "batch": batch,
+                           "threads": threads, "top1_agree": agree, "packed_layers_ms": per_op}
+    row.update({f"{k}_ms": v * 1e3 for k, v in times.items()})
+    row["speedup_vs_fp32"] = times["fp32_sim"] / times["packed"]
+    row["speedup_vs_int8"] = times["int8_dynamic"] / times["packed"]
+    row["cpu_speedup_vs_fp32"] = times["fp32_sim_cpu"] / times["packed_cpu"]
+    return row
+
+
+COLUMNS = [("model", "model", ""), ("precision", "precision", ""), ("batch", "B", ""), ("threads", "thr", ""),
+           ("fp32_sim_ms", "fp32 sim ms", ".1f"), ("int8_dynamic_ms", "int8 dyn ms", ".1f"),
+           ("packed_ms", "packed ms", ".1f"), ("speedup_vs_fp32", "x fp32", ".2f"),
+           ("speedup_vs_int8", "x int8", ".2f"), ("fp32_sim_cpu_ms", "fp32 cpu ms", ".1f"),
+           ("packed_cpu_ms", "packed cpu ms", ".1f"), ("cpu_speedup_vs_fp32", "x fp32 cpu", ".2f"),
+           ("top1_agree", "top-1 =", "")]
+
+
+def report(rows: list[dict[str, Any]]) -> str:
+    """The table of rows plus one line of packed per-op times per row."""
+    cols = list(COLUMNS)
+    if any("onnxruntime_fp32_ms" in r for r in rows):
+        cols.insert(6, ("onnxruntime_fp32_ms", "ort ms", ".1f"))
+    lines = [format_table(rows, cols), "", "packed model, time per op kind (ms, one forward):"]
+    for r in rows:
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in r["packed_layers_ms"].items())
+        lines.append(f"  {r['model']} {r['precision']} B={r['batch']} threads={r['threads']}: {parts}")
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bhvit bench", description="packed engine vs fp32 and int8 PyTorch")
+    p.add_argument("--models", nargs="+", default=["bhvit_tiny", "bhvit_small"])
+    p.add_argument("--checkpoint", help="benchmark this checkpoint (e.g. the demo model) instead of --models")
+    p.add_argument("--precision", nargs="+", default=["binary"], choices=["some_fp", "binary"])
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--no-onnx", action="store_true", help="skip onnxruntime even when installed")
+    p.add_argument("--json", default="out/bench_e2e.json")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``bhvit bench``: runs the grid, prints the report, writes JSON; returns 0."""
+    args = parser().parse_args(argv)
+    names = [args.checkpoint] if args.checkpoint else args.models
+    rows = []
+    for t in args.threads:
+        torch.set_num_threads(t)
+        kernels.set_num_threads(t)
+        for name in names:
+            for precision in ([None] if args.checkpoint else args.precision):
+                for b in args.batch:
+                    rows.append(bench_one(name, precision or "binary", b, t, args.rounds,
+                                          checkpoint=args.checkpoint, onnx=not args.no_onnx,
+                                          workdir=Path(args.json).parent))
+    print(f"isa={kernels.current_isa()} load={os.getloadavg()[0]:.2f}")
+    print(report(rows))
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": machine_info(), "rows": rows}, indent=2) + "\n")
+    return 0
