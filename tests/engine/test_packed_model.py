@@ -225,3 +225,22 @@ def test_authors_model_blockwise(variant: str) -> None:
                 got = run(f"stages.{i}.blocks.{j}", h)
                 torch.testing.assert_close(got, want, rtol=0, atol=BLOCK_RTOL * want.abs().max().item())
                 h = want
+
+
+def test_pack_command_and_predictor(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The bodies of ``bhvit pack`` and ``bhvit predict --packed``."""
+    import json
+
+    from bhvit.engine.cli import load_predictor, pack_main
+
+    model = randomized()
+    ckpt = tmp_path / "m.pt"
+    bhvit.save_model(model, ckpt)
+    assert pack_main([str(ckpt), "-o", str(tmp_path / "m.bhvp"), "--check", "3"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["check_top1_identical"] and info["check_max_abs_logit_diff"] <= LOGIT_ATOL
+    assert info["packed_bytes"] < info["fp32_checkpoint_bytes"]
+    predict, config = load_predictor(tmp_path / "m.bhvp")
+    x = torch.randn(2, 3, *config["img_size"])
+    with torch.no_grad():
+        torch.testing.assert_close(predict(x), model(x), rtol=0, atol=LOGIT_ATOL)
