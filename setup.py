@@ -51,8 +51,10 @@ class BuildExt(build_ext):
         return True
 
     def build_extensions(self) -> None:
-        if self.compiler.compiler_type == "msvc":
-            raise RuntimeError("bhvit's packed engine needs gcc or clang (MSVC is not supported)")
+        if self.compiler.compiler_type == "msvc":  # the kernels use GCC/Clang builtins and attributes
+            print("warning: bhvit's packed engine needs gcc or clang; skipping the native extension")
+            self.extensions = []
+            return
         openmp = ["-fopenmp"] if self._accepts(["-fopenmp"]) else []
         for ext in self.extensions:
             ext.extra_compile_args += openmp
