@@ -7,6 +7,7 @@
 
 from . import quant
 from .checkpoint import load_model, save_model
+from .engine import load_packed, pack, save_packed
 from .models import BHViT, BHViTConfig, build_model, valid_img_sizes
 from .profile import profile_model
 from .registry import create_model, list_models, model_entry
@@ -22,10 +23,13 @@ __all__ = [
     "create_model",
     "list_models",
     "load_model",
+    "load_packed",
     "load_upstream",
     "model_entry",
+    "pack",
     "profile_model",
     "quant",
     "save_model",
+    "save_packed",
     "valid_img_sizes",
 ]

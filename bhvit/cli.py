@@ -66,14 +66,15 @@ def cmd_predict(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.packed:
-        from .engine import load_packed_for_predict
+        from .engine.cli import load_predictor
 
-        model, meta, config = load_packed_for_predict(args.packed)
+        model, config, meta = load_predictor(args.packed)
+        img_size, in_chans = tuple(config["img_size"]), int(config["in_chans"])
     else:
         overrides = {"window_size": args.window_size} if args.window_size else {}
         model, meta = load_model(args.checkpoint, **overrides)
-        config = model.config
-    prep = Preprocess.for_model(config.img_size, config.in_chans, meta.get("preprocess"))
+        img_size, in_chans = model.config.img_size, model.config.in_chans
+    prep = Preprocess.for_model(img_size, in_chans, meta.get("preprocess"))
     results = predict_images(model, args.images, prep, args.topk, meta.get("labels"))
     if args.json:
         print(json.dumps(results, indent=2))
@@ -112,6 +113,9 @@ def _delegate(module: str, func: str) -> Callable[[list[str]], int]:
 
 COMMANDS["train"] = ("train a model (see docs/training.md)", _delegate("bhvit.train", "cli_train"))
 COMMANDS["eval"] = ("evaluate a checkpoint on a dataset", _delegate("bhvit.train", "cli_eval"))
+COMMANDS["pack"] = ("write a packed 1-bit model file (docs/packed-format.md)",
+                    _delegate("bhvit.engine.cli", "pack_main"))
+COMMANDS["bench"] = ("latency: packed 1-bit engine vs PyTorch fp32 / int8", _delegate("bhvit.engine.bench", "main"))
 COMMANDS["demo"] = ("Fashion-MNIST: teacher, binary student, report", _delegate("bhvit.train", "run_demo"))
 
 

@@ -137,3 +137,19 @@ def test_predict_from_a_training_checkpoint(tmp_path, capsys):
     png = _images(tmp_path)[0]
     assert main(["predict", str(png), "--checkpoint", str(path), "--topk", "3"]) == 0
     assert capsys.readouterr().out.count("%") == 3
+
+
+def test_pack_then_predict_packed_agrees_with_the_float_model(tmp_path, checkpoint, capsys):
+    pytest.importorskip("bhvit.engine._C", reason="native engine not built")
+    out = tmp_path / "m.bhvp"
+    assert main(["pack", str(checkpoint), "-o", str(out), "--check", "2"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["check_top1_identical"]
+    png, jpg = _images(tmp_path)[:2]
+    assert main(["predict", str(png), str(jpg), "--checkpoint", str(checkpoint), "--json"]) == 0
+    want = json.loads(capsys.readouterr().out)
+    assert main(["predict", str(png), str(jpg), "--packed", str(out), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    for w, g in zip(want, got):  # labels and preprocessing travel in the packed file
+        assert g["top"][0]["label"] == w["top"][0]["label"]
+        assert g["top"][0]["prob"] == pytest.approx(w["top"][0]["prob"], abs=1e-4)

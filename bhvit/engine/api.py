@@ -21,8 +21,11 @@ def pack(model: nn.Module, float_threads: int | None = None) -> PackedModel:
     return PackedModel(extract(model), float_threads)
 
 
-def save_packed(packed: PackedModel, path: str | Path) -> Path:
-    """Writes a packed model file (docs/packed-format.md)."""
+def save_packed(packed: PackedModel, path: str | Path, *, preprocess: dict | None = None,
+                labels: list[str] | None = None) -> Path:
+    """Writes a packed model file (docs/packed-format.md), atomically; ``preprocess`` and ``labels``
+    (optional) are stored for ``bhvit predict --packed``."""
+    packed.parts.meta.update({k: v for k, v in (("preprocess", preprocess), ("labels", labels)) if v is not None})
     return write_parts(packed.parts, path)
 
 

@@ -31,10 +31,10 @@ def pack_main(argv: Sequence[str] | None = None) -> int:
     import bhvit
 
     args = pack_parser().parse_args(argv)
-    model, _ = bhvit.load_model(args.checkpoint)
+    model, meta = bhvit.load_model(args.checkpoint)
     model.eval()
     packed = pack(model)
-    path = save_packed(packed, args.output)
+    path = save_packed(packed, args.output, preprocess=meta.get("preprocess"), labels=meta.get("labels"))
     info = size_report(model, path)
     if args.check:
         cfg = model.config
@@ -49,8 +49,9 @@ def pack_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def load_predictor(path: str | Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict]:
-    """``(predict, config)`` for ``bhvit predict --packed FILE``: ``predict(images (B, C, H, W)) -> logits``;
-    ``config`` is the model config dict stored in the file (img_size, num_classes, ...)."""
+def load_predictor(path: str | Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict, dict]:
+    """``(predict, config, meta)`` for ``bhvit predict --packed FILE``: ``predict(images (B, C, H, W))
+    -> logits``; ``config`` is the model config dict stored in the file (img_size, num_classes, ...),
+    ``meta`` the optional ``preprocess`` / ``labels``."""
     packed = load_packed(path)
-    return packed, packed.config
+    return packed, packed.config, dict(packed.parts.meta)

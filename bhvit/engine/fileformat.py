@@ -11,6 +11,7 @@ training code.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ FORMAT = "bhvit-packed"
 FORMAT_VERSION = 1
 BITS_SUFFIX = ".weight_bits"
 ALPHA_SUFFIX = ".weight_alpha"
+OPTIONAL_KEYS = ("preprocess", "labels")  # JSON, for `bhvit predict --packed`
 BIT_CONVENTION = "uint64 little-endian words along K, element k at bit k%64 of word k//64, set bit = -1, padding 0"
 
 
@@ -46,9 +48,12 @@ def write_parts(parts: PackedParts, path: str | Path) -> Path:
         "config": json.dumps(parts.config, sort_keys=True),
         "layers": json.dumps({n: layer.meta for n, layer in parts.binary.items()}, sort_keys=True),
     }
+    metadata.update({k: json.dumps(parts.meta[k]) for k in OPTIONAL_KEYS if parts.meta.get(k) is not None})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=metadata)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)  # atomic: a reader never sees a partial file
     return path
 
 
@@ -78,7 +83,8 @@ def read_parts(path: str | Path) -> PackedParts:
     stray = [k for k in tensors if k.endswith((BITS_SUFFIX, ALPHA_SUFFIX))]
     if stray:
         raise PackedFormatError(f"bit tensors without a layer entry: {stray[:3]}")
-    return PackedParts(json.loads(meta["config"]), tensors, binary)
+    extra = {k: json.loads(meta[k]) for k in OPTIONAL_KEYS if k in meta}
+    return PackedParts(json.loads(meta["config"]), tensors, binary, meta=extra)
 
 
 def _check_layer(name: str, meta: dict, bits: np.ndarray, alpha: np.ndarray) -> None:

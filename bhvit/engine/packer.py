@@ -41,6 +41,7 @@ class PackedParts:
     floats: dict[str, np.ndarray]
     binary: dict[str, BinaryLayer]
     info: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # optional "preprocess" and "labels" for predict
 
 
 def _is_binary(module: nn.Module) -> bool:
