@@ -240,7 +240,7 @@ def test_pack_command_and_predictor(tmp_path: Path, capsys: pytest.CaptureFixtur
     info = json.loads(capsys.readouterr().out)
     assert info["check_top1_identical"] and info["check_max_abs_logit_diff"] <= LOGIT_ATOL
     assert info["packed_bytes"] < info["fp32_checkpoint_bytes"]
-    predict, config = load_predictor(tmp_path / "m.bhvp")
+    predict, config, _ = load_predictor(tmp_path / "m.bhvp")
     x = torch.randn(2, 3, *config["img_size"])
     with torch.no_grad():
         torch.testing.assert_close(predict(x), model(x), rtol=0, atol=LOGIT_ATOL)
