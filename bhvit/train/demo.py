@@ -9,7 +9,8 @@ On Fashion-MNIST (the full 60,000/10,000 split) it trains
 both initialised from the teacher's matching tensors and trained with the paper's loss
 ``(1−λ−β)·CE + λ·KD + β·L_re`` (λ = 0.8, β = 0.1 in the last 10 % of the steps), evaluates each on
 all 10,000 test images, and writes ``report.md`` with PNG plots comparing accuracy, parameters, OPs
-and training time. Presets: ``quick`` (≤ 15 min on 2 cores) and ``long`` (see docs/training.md).
+and training time. Presets: ``quick`` (one epoch per model; measured 85.5 % binary top-1) and
+``long`` (teacher 2 epochs, students 5); measured numbers in docs/training.md.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ class DemoConfig:
     img_size: int = 32
     batch_size: int = 128
     augment: str = "none"
-    teacher_epochs: int = 2
-    student_epochs: int = 2
+    teacher_epochs: int = 1
+    student_epochs: int = 1
     teacher_lr: float = 2e-3
     student_lr: float = 2e-3
     warmup_epochs: float = 0.2
@@ -57,7 +58,7 @@ class DemoConfig:
 
 PRESETS = {
     "quick": DemoConfig(),
-    "long": DemoConfig(name="long", augment="small", teacher_epochs=8, student_epochs=12, student_lr=1e-3),
+    "long": DemoConfig(name="long", teacher_epochs=2, student_epochs=5),
 }
 
 
