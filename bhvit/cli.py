@@ -102,6 +102,22 @@ def cmd_convert(argv: list[str]) -> int:
     return 0
 
 
+@command("export", "export a checkpoint's float-simulated model as ONNX")
+def cmd_export(argv: list[str]) -> int:
+    from .checkpoint import load_model
+    from .export import export_onnx
+
+    p = argparse.ArgumentParser(prog="bhvit export", description="Export the simulated model as ONNX.")
+    p.add_argument("checkpoint")
+    p.add_argument("--onnx", required=True, metavar="OUT", help="ONNX file to write")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    args = p.parse_args(argv)
+    model, _ = load_model(args.checkpoint)
+    print(json.dumps(export_onnx(model, args.onnx, opset=args.opset, check=not args.no_check), indent=2))
+    return 0
+
+
 def _delegate(module: str, func: str) -> Callable[[list[str]], int]:
     def run(argv: list[str]) -> int:
         import importlib

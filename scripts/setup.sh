@@ -13,4 +13,4 @@ if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
   "$VPY" -m pip install -q "torch==2.13.0" \
     || "$VPY" -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
 fi
-"$VPY" -m pip install -q -e ".[dev,plots]"
+"$VPY" -m pip install -q -e ".[dev,plots,onnx]"

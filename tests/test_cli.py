@@ -153,3 +153,15 @@ def test_pack_then_predict_packed_agrees_with_the_float_model(tmp_path, checkpoi
     for w, g in zip(want, got):  # labels and preprocessing travel in the packed file
         assert g["top"][0]["label"] == w["top"][0]["label"]
         assert g["top"][0]["prob"] == pytest.approx(w["top"][0]["prob"], abs=1e-4)
+
+
+@pytest.mark.parametrize("attn_quant", ["lsq", "gsb"])
+def test_export_onnx_matches_pytorch(tmp_path, attn_quant, capsys):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(2)
+    model = bhvit.create_model("bhvit_test", precision="binary", attn_quant=attn_quant).eval()
+    ckpt = save_model(model, tmp_path / "m.safetensors")
+    assert main(["export", str(ckpt), "--onnx", str(tmp_path / "m.onnx")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["top1_identical"] and report["max_abs_diff"] < 1e-4
