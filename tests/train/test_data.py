@@ -110,3 +110,14 @@ def test_data_config_validation():
         DataConfig(img_size=28)
     with pytest.raises(DatasetNotFoundError, match="neither"):
         build_datasets(DataConfig(name="no_such_dataset"))
+
+
+@pytest.mark.slow
+def test_real_fashion_mnist_if_installed():
+    try:
+        d = fashion_mnist.load()
+    except DatasetNotFoundError:
+        pytest.skip("Fashion-MNIST not installed (python -m bhvit.data.fashion_mnist --download-debian)")
+    assert d["train_images"].shape == (60000, 28, 28) and d["test_images"].shape == (10000, 28, 28)
+    assert torch.bincount(d["train_labels"]).tolist() == [6000] * 10
+    assert torch.bincount(d["test_labels"]).tolist() == [1000] * 10
