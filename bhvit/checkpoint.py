@@ -27,18 +27,22 @@ __all__ = ["save_model", "load_model", "read_metadata", "atomic_write", "FORMAT_
 FORMAT_VERSION = "1"
 
 
-def atomic_write(path: str | Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a partial file."""
+def atomic_write(path: str | Path, write: Any) -> Path:
+    """Call ``write(tmp_path)``, fsync, then rename onto ``path``: a reader (or a crash) never sees a
+    partial file, and the previous file stays intact until the new one is complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    return path
 
 
 def save_model(model: BHViT, path: str | Path, *, preprocess: Mapping[str, Any] | None = None,

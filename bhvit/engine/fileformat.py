@@ -11,13 +11,13 @@ training code.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from bhvit.checkpoint import atomic_write
 from bhvit.engine.packer import BinaryLayer, PackedParts
 
 FORMAT = "bhvit-packed"
@@ -51,10 +51,7 @@ def write_parts(parts: PackedParts, path: str | Path) -> Path:
     metadata.update({k: json.dumps(parts.meta[k]) for k in OPTIONAL_KEYS if parts.meta.get(k) is not None})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)  # atomic: a reader never sees a partial file
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def _check_metadata(meta: dict[str, str] | None, path: Path) -> dict[str, str]:

@@ -8,7 +8,7 @@ their state dicts (or None); ``rng``: torch CPU/CUDA and Python ``random`` state
 steps done), ``epoch`` and ``step_in_epoch`` (where to continue); ``train_config``:
 ``TrainConfig.to_dict()``; ``metrics``: the last evaluation.
 
-Atomic: the dict is written to ``<path>.tmp`` in the same directory, flushed and fsynced, then
+Atomic: the dict is written to a temporary file in the same directory, flushed and fsynced, then
 ``os.replace``d over ``path``; a crash mid-write leaves the previous checkpoint intact.
 """
 
@@ -22,20 +22,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from bhvit.checkpoint import atomic_write
+
 FORMAT = "bhvit-train-v1"
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
