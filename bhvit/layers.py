@@ -6,7 +6,7 @@ Every tensor here is channels-last: ``(..., C)``, tokens or ``(B, H, W, C)`` map
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 import torch.distributed as dist
@@ -122,19 +122,23 @@ _RECOMPUTING = [False]
 
 
 @contextmanager
-def recomputing() -> Iterator[None]:
-    """Marks the recomputation pass of activation checkpointing: BatchNorm then normalises with the
-    batch statistics as before but does not update its running statistics a second time."""
-    previous = _RECOMPUTING[0]
-    _RECOMPUTING[0] = True
+def _flag(cell: list[bool], value: bool) -> Iterator[None]:
+    """Set a module-level mode flag for the duration of a ``with`` block."""
+    previous = cell[0]
+    cell[0] = value
     try:
         yield
     finally:
-        _RECOMPUTING[0] = previous
+        cell[0] = previous
 
 
-@contextmanager
-def authors_bn_layout(enabled: bool = True) -> Iterator[None]:
+def recomputing() -> AbstractContextManager[None]:
+    """Marks the recomputation pass of activation checkpointing: BatchNorm then normalises with the
+    batch statistics as before but does not update its running statistics a second time."""
+    return _flag(_RECOMPUTING, True)
+
+
+def authors_bn_layout(enabled: bool = True) -> AbstractContextManager[None]:
     """Within this context, training-mode :class:`TokenBatchNorm` reduces its batch statistics over a
     ``(B, C, N)`` view, in the same float order as the authors' ``BatchNormT``.
 
@@ -142,12 +146,7 @@ def authors_bn_layout(enabled: bool = True) -> Iterator[None]:
     authors' train-mode outputs bit for bit needs this; it is ~5x slower than the default layout and
     gives statistically identical training.
     """
-    previous = _AUTHORS_LAYOUT[0]
-    _AUTHORS_LAYOUT[0] = enabled
-    try:
-        yield
-    finally:
-        _AUTHORS_LAYOUT[0] = previous
+    return _flag(_AUTHORS_LAYOUT, enabled)
 
 
 def make_norm(kind: str, dim: int, eps: float = 1e-5) -> nn.Module:
