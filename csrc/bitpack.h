@@ -22,6 +22,17 @@
 #include <cstddef>
 #include <cstdint>
 
+// Full unrolling of the short loops over the rows of a register tile, so that the per-row
+// accumulators live in registers (GCC otherwise keeps arrays of vectors on the stack and zeroes them
+// with `rep stos`, which costs more than the whole tile when K is one or two words).
+#if defined(__clang__)
+#define BHV_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define BHV_UNROLL _Pragma("GCC unroll 16")
+#else
+#define BHV_UNROLL
+#endif
+
 namespace bhv {
 
 constexpr int kWordBits = 64;
@@ -29,6 +40,8 @@ constexpr int kPanel = 8;
 
 inline int64_t words_for(int64_t k) { return (k + kWordBits - 1) / kWordBits; }
 inline int64_t panels_for(int64_t n) { return (n + kPanel - 1) / kPanel; }
+
+struct Epilogue;  // engine.h
 
 // One ISA's kernels. popc_block fills P[i * ldp + 8 * (p - p0) + j] (i < M, p0 <= p < p1, j < 8) with
 //   sum_k popcount(op(A[i * lda + k], Bp[(p * KW + k) * 8 + j])),  op = XOR, or AND if op_and.
@@ -40,6 +53,10 @@ struct IsaKernels {
   // bit = (x[i, k] + bias[k] < 0); bias may be null.
   void (*pack_rows)(const float* x, int64_t ldx, int64_t M, int64_t K, const float* bias,
                     uint64_t* out);
+  // Output transform (convention 6) of rows [m0, m0 + rows) of batch g on columns [n0, n1): v[i * ldv + n - n0]
+  // are dots, or raw popcounts when kdot >= 0 (then dot = kdot - 2 v). Compiled per ISA so that it vectorises.
+  void (*apply_rows)(const Epilogue& e, int64_t g, int64_t m0, int64_t rows, const int32_t* v, int64_t ldv,
+                     int32_t kdot, int64_t n0, int64_t n1);
 };
 
 // Returns the kernels of an ISA, or null when this build or this CPU lacks it.

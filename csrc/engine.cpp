@@ -18,6 +18,7 @@ namespace {
 
 constexpr int64_t kRowBlock = 64;     // rows of A per task
 constexpr int64_t kPanelBlock = 16;   // weight panels (128 output columns) per task
+constexpr int64_t kSubRows = 16;      // rows whose int32 popcounts (16 x 128 x 4 B = 8 KiB) are transformed at once
 constexpr int64_t kSerialWork = 1 << 20;  // below this many word-ops a call runs on one thread: waking
                                           // a thread pool costs more than it saves on small layers
 
@@ -74,61 +75,6 @@ float* scratch_f32(size_t n) {
   thread_local std::vector<float> buf;
   if (buf.size() < n) buf.resize(n);
   return buf.data();
-}
-
-// One pass of the output transform (convention 6) over len columns; the optional steps are template
-// flags so that each variant is a straight loop the compiler vectorises. v: integer inputs (dots, or raw
-// popcounts when RAW: dot = kdot - 2 v); s, b, res, a/b1/b2, ps/pb: per-column arrays at this segment.
-template <bool RAW, bool BIAS, bool RES, bool PRELU, bool POST, bool ACC>
-void transform_segment(float* __restrict out, const int32_t* __restrict v, int32_t kdot, int64_t len,
-                       const float* __restrict s, float s_all, const float* __restrict b,
-                       const float* __restrict res, const float* __restrict a, const float* __restrict b1,
-                       const float* __restrict b2, const float* __restrict ps, const float* __restrict pb) {
-  for (int64_t n = 0; n < len; ++n) {
-    float z = static_cast<float>(RAW ? kdot - 2 * v[n] : v[n]) * (s ? s[n] : s_all);
-    if (BIAS) z = z + b[n];
-    if (RES) z = z + res[n];
-    if (PRELU) {  // max(y, 0) + a * min(y, 0) equals y or a*y exactly, without branches
-      const float y = z - b1[n];
-      z = (std::max(y, 0.0f) + a[n] * std::min(y, 0.0f)) + b2[n];
-    }
-    if (POST) z = z * ps[n] + pb[n];
-    out[n] = ACC ? out[n] + z : z;
-  }
-}
-
-using SegmentFn = void (*)(float*, const int32_t*, int32_t, int64_t, const float*, float, const float*,
-                           const float*, const float*, const float*, const float*, const float*, const float*);
-
-template <int F>
-constexpr SegmentFn segment_fn() {
-  return transform_segment<(F & 1) != 0, (F & 2) != 0, (F & 4) != 0, (F & 8) != 0, (F & 16) != 0, (F & 32) != 0>;
-}
-
-template <int... F>
-constexpr std::array<SegmentFn, sizeof...(F)> segment_table(std::integer_sequence<int, F...>) {
-  return {segment_fn<F>()...};
-}
-
-const std::array<SegmentFn, 64> kSegments = segment_table(std::make_integer_sequence<int, 64>{});
-
-// Output transform of one row on columns [n0, n1): integer inputs v[n - n0] are dots, or raw popcounts
-// when kdot >= 0 (then dot = kdot - 2 v). A tiled residual (res[n % res_cols]) splits the row into
-// segments where the residual index is contiguous.
-void apply_row(const Epilogue& e, int64_t g, int64_t m, const int32_t* v, int32_t kdot, int64_t n0, int64_t n1) {
-  const int flags = (kdot >= 0 ? 1 : 0) | (e.bias ? 2 : 0) | (e.res ? 4 : 0) | (e.slope ? 8 : 0) |
-                    (e.post_scale ? 16 : 0) | (e.accumulate ? 32 : 0);
-  const SegmentFn fn = kSegments[flags];
-  float* out = e.out + g * e.out_gstride + m * e.out_ld;
-  const float* res = e.res ? e.res + g * e.res_gstride + m * e.res_ld : nullptr;
-  auto at = [](const float* p, int64_t n) { return p ? p + n : nullptr; };
-  for (int64_t n = n0; n < n1;) {
-    const int64_t c = res ? n % e.res_cols : 0;
-    const int64_t len = res ? std::min(n1 - n, e.res_cols - c) : n1 - n;
-    fn(out + n, v + (n - n0), kdot, len, at(e.scale, n), e.scale_all, at(e.bias, n), res ? res + c : nullptr,
-       at(e.slope, n), at(e.b1, n), at(e.b2, n), at(e.post_scale, n), at(e.post_bias, n));
-    n += len;
-  }
 }
 
 // ORs nbits bits of src starting at bit sbit into dst starting at bit dbit (nbits <= 64).
@@ -239,9 +185,13 @@ void bgemm(const uint64_t* A, int64_t M, const uint64_t* Bp, int64_t b_gstride, 
     const int64_t m0 = rb * kRowBlock, mlen = std::min(kRowBlock, M - m0);
     const int64_t p0 = pb * kPanelBlock, p1 = std::min(NP, p0 + kPanelBlock);
     const int64_t ldp = kPanelBlock * kPanel, n0 = p0 * kPanel, n1 = std::min(N, p1 * kPanel);
-    int32_t* P = scratch_i32(kRowBlock * ldp);
-    active()->popc_block(A + (g * M + m0) * KW, KW, mlen, Bp + g * b_gstride, p0, p1, KW, false, P, ldp);
-    for (int64_t i = 0; i < mlen; ++i) apply_row(e, g, m0 + i, P + i * ldp, static_cast<int32_t>(K), n0, n1);
+    int32_t* P = scratch_i32(kSubRows * ldp);
+    const IsaKernels* isa = active();
+    for (int64_t s0 = 0; s0 < mlen; s0 += kSubRows) {  // popcounts of a few rows, transformed while in L1
+      const int64_t slen = std::min(kSubRows, mlen - s0);
+      isa->popc_block(A + (g * M + m0 + s0) * KW, KW, slen, Bp + g * b_gstride, p0, p1, KW, false, P, ldp);
+      isa->apply_rows(e, g, m0 + s0, slen, P, ldp, static_cast<int32_t>(K), n0, n1);
+    }
   });
 }
 
@@ -316,7 +266,7 @@ void bconv(const uint64_t* xp, const ConvGeom& c, const uint64_t* Bp, const int3
         const int32_t* cv = corr[k].data();
         for (int64_t o = 0; o < c.Cout; ++o) dots[o] += cv[o];
       }
-      apply_row(e, 0, m0 + i, dots, -1, 0, c.Cout);
+      active()->apply_rows(e, 0, m0 + i, 1, dots, c.Cout, -1, 0, c.Cout);
     }
   });
 }

@@ -39,16 +39,19 @@ void tile_short(const uint64_t* A, int64_t lda, const uint64_t* bp, int64_t KW, 
   const __m256i low4 = _mm256_set1_epi8(0x0f);
   const __m256i zero = _mm256_setzero_si256();
   __m256i acc[R][2];
+  BHV_UNROLL
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = zero;
   for (int64_t k = 0; k < KW; ++k) {
     const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + k * 8));
     const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + k * 8 + 4));
+    BHV_UNROLL
     for (int r = 0; r < R; ++r) {
       const __m256i a = _mm256_set1_epi64x(static_cast<long long>(A[r * lda + k]));
       acc[r][0] = _mm256_add_epi8(acc[r][0], popcnt_bytes(op_vec<AND>(a, b0), lut, low4));
       acc[r][1] = _mm256_add_epi8(acc[r][1], popcnt_bytes(op_vec<AND>(a, b1), lut, low4));
     }
   }
+  BHV_UNROLL
   for (int r = 0; r < R; ++r)
     store_lanes(_mm256_sad_epu8(acc[r][0], zero), _mm256_sad_epu8(acc[r][1], zero), P + r * ldp);
 }
@@ -65,25 +68,30 @@ void tile(const uint64_t* A, int64_t lda, const uint64_t* bp, int64_t KW, int32_
   const __m256i low4 = _mm256_set1_epi8(0x0f);
   const __m256i zero = _mm256_setzero_si256();
   __m256i sum[R][2];
+  BHV_UNROLL
   for (int r = 0; r < R; ++r) sum[r][0] = sum[r][1] = zero;
   for (int64_t k0 = 0; k0 < KW; k0 += kByteChunk) {
     const int64_t k1 = std::min(KW, k0 + kByteChunk);
     __m256i acc[R][2];
+    BHV_UNROLL
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = zero;
     for (int64_t k = k0; k < k1; ++k) {
       const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + k * 8));
       const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bp + k * 8 + 4));
+      BHV_UNROLL
       for (int r = 0; r < R; ++r) {
         const __m256i a = _mm256_set1_epi64x(static_cast<long long>(A[r * lda + k]));
         acc[r][0] = _mm256_add_epi8(acc[r][0], popcnt_bytes(op_vec<AND>(a, b0), lut, low4));
         acc[r][1] = _mm256_add_epi8(acc[r][1], popcnt_bytes(op_vec<AND>(a, b1), lut, low4));
       }
     }
+    BHV_UNROLL
     for (int r = 0; r < R; ++r) {
       sum[r][0] = _mm256_add_epi64(sum[r][0], _mm256_sad_epu8(acc[r][0], zero));
       sum[r][1] = _mm256_add_epi64(sum[r][1], _mm256_sad_epu8(acc[r][1], zero));
     }
   }
+  BHV_UNROLL
   for (int r = 0; r < R; ++r) store_lanes(sum[r][0], sum[r][1], P + r * ldp);
 }
 
@@ -131,7 +139,7 @@ void avx2_pack_rows(const float* x, int64_t ldx, int64_t M, int64_t K, const flo
 
 namespace bhv {
 const IsaKernels* isa_avx2() {
-  static const IsaKernels k{"avx2", avx2_popc_block, avx2_pack_rows};
+  static const IsaKernels k{"avx2", avx2_popc_block, avx2_pack_rows, epilogue_apply_rows};
   return (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt")) ? &k : nullptr;
 }
 }  // namespace bhv

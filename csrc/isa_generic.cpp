@@ -4,7 +4,7 @@
 
 namespace bhv {
 const IsaKernels* isa_generic() {
-  static const IsaKernels k{"generic", portable_popc_block, portable_pack_rows};
+  static const IsaKernels k{"generic", portable_popc_block, portable_pack_rows, epilogue_apply_rows};
   return &k;
 }
 }  // namespace bhv
