@@ -86,7 +86,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--img", type=int, default=224)
     parser.add_argument("--json", default="out/bench_gemm.json")
-    parser.add_argument("--isa", default=None, help=f"kernel path to force (available: {', '.join(K.available_isas())})")
+    parser.add_argument("--isa", default=None,
+                        help=f"kernel path to force (available: {', '.join(K.available_isas())})")
     args = parser.parse_args()
     if args.isa:
         K.set_isa(args.isa)
@@ -111,7 +112,8 @@ def main() -> None:
     print(f"min speedup (GEMM) {worst:.2f}x; min with packing {min(r['speedup_with_pack'] for r in rows):.2f}x")
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"machine": machine_info(), "threads": args.threads, "isa": K.current_isa(), "rows": rows, "roofline": roof}
+    record = {"machine": machine_info(), "threads": args.threads, "isa": K.current_isa(), "rows": rows,
+              "roofline": roof}
     path.write_text(json.dumps(record, indent=2) + "\n")
 
 
