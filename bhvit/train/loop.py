@@ -164,7 +164,8 @@ def build(cfg: TrainConfig) -> Components:
         wrapped = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
         )
-    teacher = load_teacher(cfg.loss.teacher, data.num_classes, device) if cfg.loss.teacher else None
+    teacher = (load_teacher(cfg.loss.teacher, data.num_classes, device, data_stats=(data.mean, data.std))
+               if cfg.loss.teacher else None)
     lr = scaled_lr(cfg.optim, cfg.data.batch_size)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=lr, betas=cfg.optim.betas,
                                   eps=cfg.optim.eps)

@@ -111,21 +111,6 @@ def test_distillation_from_own_fp_checkpoint(fmnist_dir, tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_teacher_is_frozen_and_timm_error_is_clear(fmnist_dir, tmp_path, monkeypatch):
-    import sys
-
-    from bhvit.train.teacher import FrozenTeacher, load_teacher
-
-    t = FrozenTeacher(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3), torch.nn.Dropout(0.5)))
-    t.train()
-    assert not t.model.training and not any(p.requires_grad for p in t.parameters())
-    x = torch.randn(2, 1, 2, 2)
-    assert torch.equal(t(x), t(x))  # dropout off
-    monkeypatch.setitem(sys.modules, "timm", None)  # makes `import timm` fail
-    with pytest.raises(RuntimeError, match="needs timm"):
-        load_teacher("timm:deit_small_patch16_224", 10)
-
-
 def test_grad_checkpointing_gives_the_same_weights(fmnist_dir, tmp_path):
     plain = train(tiny_cfg(fmnist_dir, tmp_path / "plain", epochs=1, max_steps=2, ema_decay=None))
     ckpt = train(tiny_cfg(fmnist_dir, tmp_path / "gc", epochs=1, max_steps=2, ema_decay=None,

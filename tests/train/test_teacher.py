@@ -1,0 +1,112 @@
+"""Teachers: our checkpoints and timm models (through a stand-in ``timm`` module, since timm cannot
+import beside the CPU torch wheel here; the stand-in has timm's ``create_model`` / ``pretrained_cfg``
+interface and records what the model is fed)."""
+
+import sys
+import types
+
+import pytest
+import torch
+from torch import nn
+
+from bhvit.data import DataConfig
+from bhvit.train import train
+from bhvit.train.config import LossConfig, ModelSpec, OptimConfig, RunConfig, TrainConfig
+from bhvit.train.logs import read_jsonl
+from bhvit.train.teacher import FrozenTeacher, load_teacher
+
+TEACHER_MEAN, TEACHER_STD, TEACHER_SIDE = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5), 48
+
+
+class FakeTimmNet(nn.Module):
+    """A timm-like classifier: 3-channel 48-px input, ``num_classes`` and ``pretrained_cfg``."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.pretrained_cfg = {"input_size": (3, TEACHER_SIDE, TEACHER_SIDE), "mean": TEACHER_MEAN,
+                               "std": TEACHER_STD}
+        self.head = nn.Linear(3, num_classes)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.clone())
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.fixture
+def fake_timm(monkeypatch):
+    calls = []
+
+    def create_model(name, pretrained=False, num_classes=1000, **kw):
+        calls.append({"name": name, "pretrained": pretrained, "num_classes": num_classes})
+        if name != "fakenet":
+            raise RuntimeError(f"Unknown model ({name})")
+        torch.manual_seed(123 if pretrained else 7)
+        return FakeTimmNet(num_classes)
+
+    module = types.SimpleNamespace(create_model=create_model, calls=calls)
+    monkeypatch.setitem(sys.modules, "timm", module)
+    return module
+
+
+def test_teacher_is_frozen_and_missing_timm_error_is_clear(monkeypatch):
+    t = FrozenTeacher(nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Dropout(0.5)))
+    t.train()
+    assert not t.model.training and not any(p.requires_grad for p in t.parameters())
+    x = torch.randn(2, 1, 2, 2)
+    assert torch.equal(t(x), t(x))  # dropout off
+    monkeypatch.setitem(sys.modules, "timm", None)  # makes `import timm` fail
+    with pytest.raises(RuntimeError, match="needs timm"):
+        load_teacher("timm:deit_small_patch16_224", 10)
+
+
+def test_timm_input_is_renormalised_expanded_and_resized(fake_timm):
+    data_mean, data_std = (0.286,), (0.353,)
+    teacher = load_teacher("timm:fakenet", 1000, data_stats=(data_mean, data_std))
+    assert fake_timm.calls[-1] == {"name": "fakenet", "pretrained": True, "num_classes": 1000}
+    u = torch.rand(2, 1, 32, 32)  # pixels in [0, 1], grey
+    teacher((u - data_mean[0]) / data_std[0])
+    fed = teacher.model.seen[-1]
+    assert fed.shape == (2, 3, TEACHER_SIDE, TEACHER_SIDE)
+    up = torch.nn.functional.interpolate(u.expand(-1, 3, -1, -1), size=(48, 48), mode="bilinear",
+                                         align_corners=False)
+    expect = (up - torch.tensor(TEACHER_MEAN).view(1, 3, 1, 1)) / torch.tensor(TEACHER_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(fed, expect, rtol=1e-5, atol=1e-5)
+
+
+def test_pretrained_timm_head_must_fit_the_classes(fake_timm):
+    with pytest.raises(ValueError, match="predicts 1000 classes but the data has 10.*timm:fakenet=WEIGHTS"):
+        load_teacher("timm:fakenet", 10)
+    with pytest.raises(RuntimeError, match="could not build the pretrained teacher 'nosuchnet'.*=PATH"):
+        load_teacher("timm:nosuchnet", 10)
+
+
+def test_timm_teacher_from_a_weights_file(fake_timm, tmp_path):
+    torch.manual_seed(0)
+    tuned = FakeTimmNet(10)
+    torch.save({"model": tuned.state_dict(), "epoch": 3}, tmp_path / "tuned.pth")
+    teacher = load_teacher(f"timm:fakenet={tmp_path / 'tuned.pth'}", 10)
+    assert fake_timm.calls[-1]["pretrained"] is False and fake_timm.calls[-1]["num_classes"] == 10
+    assert torch.equal(teacher.model.head.weight, tuned.head.weight)
+    torch.save({"head.weight": torch.zeros(5, 3), "head.bias": torch.zeros(5)}, tmp_path / "wrong.pth")
+    with pytest.raises((ValueError, RuntimeError), match="head"):
+        load_teacher(f"timm:fakenet={tmp_path / 'wrong.pth'}", 10)
+    with pytest.raises(FileNotFoundError, match="nothere.pth"):
+        load_teacher(f"timm:fakenet={tmp_path / 'nothere.pth'}", 10)
+
+
+def test_training_distils_from_a_timm_teacher(fake_timm, fmnist_dir, tmp_path):
+    tuned = FakeTimmNet(10)
+    torch.save(tuned.state_dict(), tmp_path / "tuned.pth")
+    cfg = TrainConfig(
+        data=DataConfig(name=str(fmnist_dir), img_size=32, batch_size=16, eval_batch_size=32),
+        model=ModelSpec(arch="bhvit_test", precision="binary"),
+        loss=LossConfig(mode="kd", teacher=f"timm:fakenet={tmp_path / 'tuned.pth'}"),
+        optim=OptimConfig(lr=2e-3, scale_lr=False, warmup_epochs=0.0),
+        run=RunConfig(epochs=1, max_steps=2, out_dir=str(tmp_path / "run"), log_every=1, progress=False,
+                      plots=False, threads=1),
+    )
+    train(cfg)
+    steps = [r for r in read_jsonl(tmp_path / "run" / "log.jsonl") if r["kind"] == "step"]
+    assert len(steps) == 2 and all(r["kd_loss"] > 0 and r["loss"] == pytest.approx(r["kd_loss"]) for r in steps)
