@@ -105,12 +105,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def cli_train(argv: list[str] | None = None) -> int:
     from bhvit.train.loop import NonFiniteLossError, train
+    from bhvit.train.teacher import TeacherUnavailableError
 
     args = train_parser().parse_args(argv)
     try:
         cfg = config_from_args(args)
         summary = train(cfg)
-    except (ValueError, FileNotFoundError, NonFiniteLossError) as e:
+    except (ValueError, FileNotFoundError, NonFiniteLossError, TeacherUnavailableError) as e:
         print(f"bhvit train: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))

@@ -30,6 +30,10 @@ from bhvit.train.checkpoint import load_model
 Stats = tuple[Sequence[float], Sequence[float]]  # (mean, std) per channel
 
 
+class TeacherUnavailableError(RuntimeError):
+    """The teacher cannot be built here (timm missing, or its pretrained weights unreachable)."""
+
+
 class FrozenTeacher(nn.Module):
     """Eval-mode, gradient-free wrapper that adapts normalisation, channels and input size if needed.
 
@@ -89,7 +93,7 @@ def _import_timm():  # noqa: ANN202
     try:
         import timm
     except Exception as e:  # ImportError, or a timm that fails to import beside this torch
-        raise RuntimeError(
+        raise TeacherUnavailableError(
             f"a timm teacher needs timm (pip install 'bhvit[timm]'), which failed to import: {e}. "
             "Use one of our fp checkpoints as the teacher instead (--teacher runs/…/checkpoint.pt)."
         ) from e
@@ -131,7 +135,7 @@ def _timm_teacher(name: str, num_classes: int, data_stats: Stats | None) -> Froz
         try:
             model = timm.create_model(name, pretrained=True)
         except Exception as e:  # offline, unknown name, hub error
-            raise RuntimeError(
+            raise TeacherUnavailableError(
                 f"timm could not build the pretrained teacher {name!r}: {e}. Offline, pass the weights as "
                 f"--teacher timm:{name}=PATH (a state dict), or use one of our fp checkpoints."
             ) from e

@@ -110,3 +110,11 @@ def test_training_distils_from_a_timm_teacher(fake_timm, fmnist_dir, tmp_path):
     train(cfg)
     steps = [r for r in read_jsonl(tmp_path / "run" / "log.jsonl") if r["kind"] == "step"]
     assert len(steps) == 2 and all(r["kd_loss"] > 0 and r["loss"] == pytest.approx(r["kd_loss"]) for r in steps)
+
+
+def test_cli_reports_an_unreachable_timm_teacher(fake_timm, fmnist_dir, tmp_path, capsys):
+    from bhvit.train import cli_train
+
+    rc = cli_train(["--data", str(fmnist_dir), "--teacher", "timm:nosuchnet", "--max-steps", "1",
+                    "--out", str(tmp_path / "r"), "--threads", "1", "--no-progress", "--no-plots"])
+    assert rc == 2 and "bhvit train: error: timm could not build" in capsys.readouterr().err
