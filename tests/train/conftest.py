@@ -5,11 +5,15 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from torch import nn
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:
@@ -69,3 +73,40 @@ def folder_dir(tmp_path: Path) -> Path:
                 im = Image.fromarray(arr).convert("L" if i == 1 else "RGB")
                 im.save(root / split / cls / f"{i}.png")
     return root
+
+
+TEACHER_MEAN, TEACHER_STD, TEACHER_SIDE = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5), 48
+
+
+class FakeTimmNet(nn.Module):
+    """A timm-like classifier: 3-channel 48-px input, ``num_classes`` and ``pretrained_cfg``."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.pretrained_cfg = {"input_size": (3, TEACHER_SIDE, TEACHER_SIDE), "mean": TEACHER_MEAN,
+                               "std": TEACHER_STD}
+        self.head = nn.Linear(3, num_classes)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.clone())
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.fixture
+def fake_timm(monkeypatch):
+    """``import timm`` gives a stand-in whose create_model knows one model, 'fakenet' (FakeTimmNet)."""
+    calls = []
+
+    def create_model(name, pretrained=False, num_classes=1000, **kw):
+        calls.append({"name": name, "pretrained": pretrained, "num_classes": num_classes})
+        if name != "fakenet":
+            raise RuntimeError(f"Unknown model ({name})")
+        torch.manual_seed(123 if pretrained else 7)
+        return FakeTimmNet(num_classes)
+
+    module = types.SimpleNamespace(create_model=create_model, calls=calls, Net=FakeTimmNet, MEAN=TEACHER_MEAN,
+                                   STD=TEACHER_STD, SIDE=TEACHER_SIDE)
+    monkeypatch.setitem(sys.modules, "timm", module)
+    return module

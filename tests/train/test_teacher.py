@@ -1,9 +1,8 @@
-"""Teachers: our checkpoints and timm models (through a stand-in ``timm`` module, since timm cannot
-import beside the CPU torch wheel here; the stand-in has timm's ``create_model`` / ``pretrained_cfg``
+"""Teachers: our checkpoints and timm models (through the stand-in ``timm`` of conftest.py, since timm
+cannot import beside the CPU torch wheel here; the stand-in has timm's ``create_model`` / ``pretrained_cfg``
 interface and records what the model is fed)."""
 
 import sys
-import types
 
 import pytest
 import torch
@@ -14,40 +13,6 @@ from bhvit.train import train
 from bhvit.train.config import LossConfig, ModelSpec, OptimConfig, RunConfig, TrainConfig
 from bhvit.train.logs import read_jsonl
 from bhvit.train.teacher import FrozenTeacher, load_teacher
-
-TEACHER_MEAN, TEACHER_STD, TEACHER_SIDE = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5), 48
-
-
-class FakeTimmNet(nn.Module):
-    """A timm-like classifier: 3-channel 48-px input, ``num_classes`` and ``pretrained_cfg``."""
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.pretrained_cfg = {"input_size": (3, TEACHER_SIDE, TEACHER_SIDE), "mean": TEACHER_MEAN,
-                               "std": TEACHER_STD}
-        self.head = nn.Linear(3, num_classes)
-        self.seen: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.seen.append(x.clone())
-        return self.head(x.mean((2, 3)))
-
-
-@pytest.fixture
-def fake_timm(monkeypatch):
-    calls = []
-
-    def create_model(name, pretrained=False, num_classes=1000, **kw):
-        calls.append({"name": name, "pretrained": pretrained, "num_classes": num_classes})
-        if name != "fakenet":
-            raise RuntimeError(f"Unknown model ({name})")
-        torch.manual_seed(123 if pretrained else 7)
-        return FakeTimmNet(num_classes)
-
-    module = types.SimpleNamespace(create_model=create_model, calls=calls)
-    monkeypatch.setitem(sys.modules, "timm", module)
-    return module
 
 
 def test_teacher_is_frozen_and_missing_timm_error_is_clear(monkeypatch):
@@ -68,10 +33,11 @@ def test_timm_input_is_renormalised_expanded_and_resized(fake_timm):
     u = torch.rand(2, 1, 32, 32)  # pixels in [0, 1], grey
     teacher((u - data_mean[0]) / data_std[0])
     fed = teacher.model.seen[-1]
-    assert fed.shape == (2, 3, TEACHER_SIDE, TEACHER_SIDE)
-    up = torch.nn.functional.interpolate(u.expand(-1, 3, -1, -1), size=(48, 48), mode="bilinear",
+    assert fed.shape == (2, 3, fake_timm.SIDE, fake_timm.SIDE)
+    side = fake_timm.SIDE
+    up = torch.nn.functional.interpolate(u.expand(-1, 3, -1, -1), size=(side, side), mode="bilinear",
                                          align_corners=False)
-    expect = (up - torch.tensor(TEACHER_MEAN).view(1, 3, 1, 1)) / torch.tensor(TEACHER_STD).view(1, 3, 1, 1)
+    expect = (up - torch.tensor(fake_timm.MEAN).view(1, 3, 1, 1)) / torch.tensor(fake_timm.STD).view(1, 3, 1, 1)
     torch.testing.assert_close(fed, expect, rtol=1e-5, atol=1e-5)
 
 
@@ -84,7 +50,7 @@ def test_pretrained_timm_head_must_fit_the_classes(fake_timm):
 
 def test_timm_teacher_from_a_weights_file(fake_timm, tmp_path):
     torch.manual_seed(0)
-    tuned = FakeTimmNet(10)
+    tuned = fake_timm.Net(10)
     torch.save({"model": tuned.state_dict(), "epoch": 3}, tmp_path / "tuned.pth")
     teacher = load_teacher(f"timm:fakenet={tmp_path / 'tuned.pth'}", 10)
     assert fake_timm.calls[-1]["pretrained"] is False and fake_timm.calls[-1]["num_classes"] == 10
@@ -97,7 +63,7 @@ def test_timm_teacher_from_a_weights_file(fake_timm, tmp_path):
 
 
 def test_training_distils_from_a_timm_teacher(fake_timm, fmnist_dir, tmp_path):
-    tuned = FakeTimmNet(10)
+    tuned = fake_timm.Net(10)
     torch.save(tuned.state_dict(), tmp_path / "tuned.pth")
     cfg = TrainConfig(
         data=DataConfig(name=str(fmnist_dir), img_size=32, batch_size=16, eval_batch_size=32),
