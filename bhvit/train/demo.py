@@ -6,11 +6,14 @@ On Fashion-MNIST (the full 60,000/10,000 split) it trains
 2. the some-fp student (binary blocks, fp stem/downsampling/head) and
 3. the binary student (binary downsampling too),
 
-both initialised from the teacher's matching tensors and trained with the paper's loss
-``(1−λ−β)·CE + λ·KD + β·L_re`` (λ = 0.8, β = 0.1 in the last 10 % of the steps), evaluates each on
-all 10,000 test images, and writes ``report.md`` with PNG plots comparing accuracy, parameters, OPs
-and training time. Presets: ``quick`` (one epoch per model; measured 85.5 % binary top-1) and
-``long`` (teacher 2 epochs, students 5); measured numbers in docs/training.md.
+both initialised from the teacher's matching tensors (or, with ``init_epochs`` > 0, from a separate
+short fp run without augmentation: a long, augmented teacher is a good teacher but a poor starting
+point for a binary student) and trained with the paper's loss ``(1−λ−β)·CE + λ·KD + β·L_re``
+(λ = 0.8, β = 0.1 in the last 10 % of the steps), evaluates each on all 10,000 test images, and
+writes ``report.md`` with PNG plots comparing accuracy, parameters, OPs and training time.
+
+Presets: ``quick`` (one epoch per model, ≤ 15 min on 2 cores) and ``long`` (a 2-epoch fp init, a
+20-epoch augmented fp teacher, 10-epoch students); measured numbers in docs/training.md.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ class DemoConfig:
     img_size: int = 32
     batch_size: int = 128
     augment: str = "none"
+    teacher_augment: str | None = None  # None: the same as ``augment``
+    init_epochs: int = 0  # > 0: students start from a separate fp run of this many epochs
     teacher_epochs: int = 1
     student_epochs: int = 1
     teacher_lr: float = 2e-3
@@ -50,32 +55,37 @@ class DemoConfig:
     precisions: tuple[str, ...] = ("some_fp", "binary")
 
     def __post_init__(self) -> None:
-        if self.teacher_epochs < 1 or self.student_epochs < 1:
-            raise ValueError("epochs must be ≥ 1")
+        if self.teacher_epochs < 1 or self.student_epochs < 1 or self.init_epochs < 0:
+            raise ValueError("teacher and student epochs must be ≥ 1, init epochs ≥ 0")
         if not set(self.precisions) <= {"some_fp", "binary"}:
             raise ValueError(f"student precisions must be some_fp and/or binary, got {self.precisions}")
 
 
 PRESETS = {
     "quick": DemoConfig(),
-    "long": DemoConfig(name="long", teacher_epochs=2, student_epochs=5),
+    "long": DemoConfig(name="long", init_epochs=2, teacher_epochs=20, teacher_augment="small", student_epochs=10),
 }
 
 
-def stage_config(demo: DemoConfig, precision: str, teacher: str | None) -> TrainConfig:
-    """The TrainConfig of one demo stage (the teacher when ``teacher`` is None)."""
+def stage_config(demo: DemoConfig, precision: str, teacher: str | None, init: str | None = None,
+                 stage: str | None = None) -> TrainConfig:
+    """The TrainConfig of one demo stage: a student of ``teacher`` initialised from ``init`` (default: the
+    teacher), or with ``teacher`` None an fp stage: the teacher, or the students' init when ``stage`` is
+    ``"fp_init"``."""
     student = teacher is not None
+    is_init = stage == "fp_init"
+    augment = demo.augment if student or is_init else (demo.teacher_augment or demo.augment)
+    epochs = demo.student_epochs if student else (demo.init_epochs if is_init else demo.teacher_epochs)
     return TrainConfig(
         data=DataConfig(name=demo.data, root=demo.data_root, img_size=demo.img_size, batch_size=demo.batch_size,
-                        augment=demo.augment),
+                        augment=augment),
         model=ModelSpec(arch=demo.arch, precision=precision, overrides=dict(demo.overrides),
-                        init_from=teacher),
+                        init_from=(init or teacher) if student else None),
         loss=LossConfig(mode="paper", teacher=teacher) if student else LossConfig(mode="ce", reg_weight=0.0),
         optim=OptimConfig(lr=demo.student_lr if student else demo.teacher_lr, scale_lr=False,
                           weight_decay=0.0 if student else 0.05, warmup_epochs=demo.warmup_epochs),
-        run=RunConfig(epochs=demo.student_epochs if student else demo.teacher_epochs,
-                      out_dir=str(Path(demo.out_dir) / precision), seed=demo.seed, threads=demo.threads,
-                      log_every=50, flip_every=25),
+        run=RunConfig(epochs=epochs, out_dir=str(Path(demo.out_dir) / (stage or precision)), seed=demo.seed,
+                      threads=demo.threads, log_every=50, flip_every=25),
     )
 
 
@@ -87,13 +97,14 @@ def demo(cfg: DemoConfig) -> dict[str, Any]:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo_config.json").write_text(json.dumps(cfg.__dict__, indent=2, default=list) + "\n")
+    init = train(stage_config(cfg, "fp", None, stage="fp_init")) if cfg.init_epochs else None
     summaries = {"fp": train(stage_config(cfg, "fp", None))}
     teacher = summaries["fp"]["checkpoint"]
     for precision in cfg.precisions:
-        summaries[precision] = train(stage_config(cfg, precision, teacher))
+        summaries[precision] = train(stage_config(cfg, precision, teacher, init["checkpoint"] if init else None))
     wall = time.time() - start
-    report = write_report(out, summaries, cfg.name, wall)
-    result = {"summaries": summaries, "wall_time_s": round(wall, 1), "report": str(report)}
+    report = write_report(out, summaries, cfg.name, wall, init)
+    result = {"summaries": summaries, "init": init, "wall_time_s": round(wall, 1), "report": str(report)}
     (out / "demo_summary.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -105,6 +116,7 @@ def demo_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default runs/demo)")
     p.add_argument("--data", help="dataset name or directory (default fashion_mnist)")
     p.add_argument("--data-root", help="where to look first for Fashion-MNIST")
+    p.add_argument("--init-epochs", type=int, help="> 0: students start from a separate fp run of this many epochs")
     p.add_argument("--teacher-epochs", type=int)
     p.add_argument("--student-epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -122,8 +134,8 @@ def run_demo(argv: list[str] | None = None) -> int:
     args = demo_parser().parse_args(argv)
     cfg = PRESETS[args.preset]
     flags = {"out_dir": args.out, "data": args.data, "data_root": args.data_root, "threads": args.threads,
-             "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs,
-             "batch_size": args.batch_size, "seed": args.seed}
+             "init_epochs": args.init_epochs, "teacher_epochs": args.teacher_epochs,
+             "student_epochs": args.student_epochs, "batch_size": args.batch_size, "seed": args.seed}
     cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
     if args.only_binary:
         cfg = replace(cfg, precisions=("binary",))

@@ -91,8 +91,10 @@ def comparison_plots(out: Path, runs: dict[str, Path], profiles: dict[str, dict]
     return names
 
 
-def write_report(out: Path, summaries: dict[str, dict], preset: str, wall_s: float) -> Path:
-    """Write ``out/report.md`` (+ PNGs) from the runs' summaries; returns its path."""
+def write_report(out: Path, summaries: dict[str, dict], preset: str, wall_s: float,
+                 init: dict | None = None) -> Path:
+    """Write ``out/report.md`` (+ PNGs) from the runs' summaries (and the students' fp init run, if
+    any); returns its path."""
     out = Path(out)
     runs = {p: Path(s["checkpoint"]).parent for p, s in summaries.items()}
     profiles = {p: model_profile(s["checkpoint"]) for p, s in summaries.items()}
@@ -113,6 +115,11 @@ def write_report(out: Path, summaries: dict[str, dict], preset: str, wall_s: flo
             f"| {LABELS.get(prec, prec)} | {s['test_acc1']:.2f} | {s['test_acc5']:.2f} | {s['epochs']} | "
             f"{pr['params']:,} | {pr.get('params_binary', 0):,} | {ops} | {s['train_time_s']:.0f} |"
         )
+    if init is not None:
+        where = Path(init["checkpoint"]).parent
+        lines += ["", f"The students start from a separate fp run of {init['epochs']} epochs "
+                      f"({init['test_acc1']:.2f} % top-1, {init['train_time_s']:.0f} s, `{where}/`) "
+                      "and distil from the teacher above."]
     rule = next((p["rule"] for p in profiles.values() if "rule" in p), None)
     lines += ["", f"OPs rule: {rule}." if rule else "", ""]
     lines += [f"![{name}]({name})" for name in plots]

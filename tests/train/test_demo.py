@@ -29,3 +29,29 @@ def test_presets_are_valid_configs():
         student = stage_config(preset, "binary", "t.pt")
         assert teacher.loss.mode == "ce" and student.loss.mode == "paper"
         assert student.model.init_from == "t.pt" and student.loss.kd_weight == pytest.approx(0.8)
+
+
+def test_demo_with_a_separate_student_init(fmnist_dir, tmp_path):
+    out = tmp_path / "demo"
+    rc = run_demo(["--data", str(fmnist_dir), "--out", str(out), "--init-epochs", "1", "--teacher-epochs", "1",
+                   "--student-epochs", "1", "--batch-size", "16", "--threads", "1", "--only-binary"])
+    assert rc == 0
+    result = json.loads((out / "demo_summary.json").read_text())
+    init, teacher = result["init"], result["summaries"]["fp"]
+    assert init["precision"] == "fp" and init["checkpoint"] != teacher["checkpoint"]
+    student_cfg = json.loads((out / "binary" / "config.json").read_text())
+    assert student_cfg["model"]["init_from"] == init["checkpoint"]
+    assert student_cfg["loss"]["teacher"] == teacher["checkpoint"]
+    assert "separate fp run of 1 epochs" in (out / "report.md").read_text()
+
+
+def test_long_preset_stages():
+    long = PRESETS["long"]
+    init = stage_config(long, "fp", None, stage="fp_init")
+    teacher = stage_config(long, "fp", None)
+    student = stage_config(long, "binary", "t.pt", "i.pt")
+    assert (init.run.epochs, init.data.augment, init.model.init_from) == (2, "none", None)
+    assert (teacher.run.epochs, teacher.data.augment) == (20, "small")
+    assert (student.run.epochs, student.data.augment, student.model.init_from, student.loss.teacher) == (
+        10, "none", "i.pt", "t.pt")
+    assert init.run.out_dir != teacher.run.out_dir
