@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -90,12 +91,12 @@ def onnx_runner(model: nn.Module, x: torch.Tensor, workdir: Path) -> Callable[[]
         import onnxruntime as ort
     except ImportError:
         return None
-    path = workdir / "bench_e2e_tmp.onnx"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(model, (x,), str(path), input_names=["x"], output_names=["y"], dynamo=False)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory(dir=workdir if workdir.is_dir() else None) as tmp:  # the session keeps
+        path = Path(tmp) / "model.onnx"                                               # the graph in memory
+        torch.onnx.export(model, (x,), str(path), input_names=["x"], output_names=["y"], dynamo=False)
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     feed = {"x": x.numpy()}
     return lambda: sess.run(None, feed)
 

@@ -1,0 +1,22 @@
+"""``bhvit bench`` end to end on the small test variant: every method timed, JSON written, no files left."""
+
+import json
+
+import pytest
+
+from bhvit.engine.bench import main
+
+
+def test_bench_writes_every_method(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["--models", "bhvit_test", "--batch", "2", "--threads", "1", "--rounds", "1",
+                 "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    (row,) = record["rows"]
+    assert row["model"] == "bhvit_test" and row["batch"] == 2 and row["top1_agree"] is True
+    for key in ("fp32_sim_ms", "packed_ms", "int8_dynamic_ms"):
+        assert row[key] > 0
+    pytest.importorskip("onnxruntime")
+    assert row["onnxruntime_fp32_ms"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]  # the temporary ONNX file is gone
+    assert "packed model, time per op kind" in capsys.readouterr().out
