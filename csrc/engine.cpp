@@ -1,11 +1,10 @@
-// Drivers: ISA dispatch, threading, blocking, im2col of packed bits, output transforms.
+// Drivers: ISA dispatch, threading, blocking, im2col of packed bits (the output transform is epilogue.inc).
 #include "engine.h"
 
 #include <algorithm>
 #include <cmath>
-#include <array>
-#include <utility>
 #include <cstring>
+#include <utility>
 #include <stdexcept>
 #include <thread>
 

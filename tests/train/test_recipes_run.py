@@ -11,6 +11,7 @@ import torch
 
 from bhvit.train import cli_train
 from bhvit.train.config import load_recipe
+from bhvit.train.logs import read_jsonl
 
 RECIPES = sorted((Path(__file__).parents[2] / "recipes").glob("*.toml"))
 QUICK = ["--max-steps", "1", "--batch-size", "2", "--train-subset", "4", "--threads", "1", "--workers", "0",
@@ -46,8 +47,7 @@ def test_recipe_runs_one_step(path, fmnist_dir, cifar_dir, folder_dir, fake_timm
     summary = json.loads((out / "summary.json").read_text())
     assert summary["arch"] == cfg.model.arch and summary["precision"] == cfg.model.precision
     assert summary["steps"] == 1 and summary["loss_mode"] == cfg.loss.mode
-    steps = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    step = next(r for r in steps if r["kind"] == "step")
+    step = next(r for r in read_jsonl(out / "log.jsonl") if r["kind"] == "step")
     assert torch.isfinite(torch.tensor(step["loss"]))
     if cfg.loss.teacher:
         assert step["kd_loss"] > 0
