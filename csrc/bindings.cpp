@@ -4,7 +4,17 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#if __has_include(<sys/mman.h>)
+#include <sys/mman.h>
+#endif
+
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <mutex>
+#include <new>
 #include <optional>
+#include <utility>
 #include <stdexcept>
 #include <string>
 
@@ -74,6 +84,100 @@ void fill_residual(Epilogue& e, const OptArr<float>& res, int64_t G, int64_t M, 
   e.res_cols = rc;
 }
 
+// ---- output buffers ------------------------------------------------------------------------------
+// Outputs of at least kCachedBytes come from a small cache of freed buffers (2 MiB aligned, huge pages
+// advised). A fresh large array costs the kernel zeroing every page on first touch (a 205 MB batch-32
+// stage-1 fc1 output: ~20 ms, as long as the GEMM itself); a forward pass frees and asks for the same
+// sizes again, so reused buffers skip that. The cache keeps at most buffer_cache_limit() bytes of freed
+// buffers (set_buffer_cache_mb; 0 disables it). Smaller outputs are numpy arrays, viewed from the first
+// 64-byte boundary so that streamed stores cover whole cache lines.
+constexpr size_t kCachedBytes = size_t(4) << 20;
+constexpr size_t kHugePage = size_t(2) << 20;
+
+struct BufferCache {
+  std::mutex mu;
+  std::vector<std::pair<size_t, void*>> free;  // (bytes, buffer), oldest first
+  size_t held = 0;
+  std::atomic<size_t> limit{size_t(512) << 20};
+
+  void* take(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      for (size_t i = free.size(); i-- > 0;)
+        if (free[i].first == bytes) {
+          void* p = free[i].second;
+          free.erase(free.begin() + static_cast<std::ptrdiff_t>(i));
+          held -= bytes;
+          return p;
+        }
+    }
+    void* p = std::aligned_alloc(kHugePage, bytes);
+    if (!p) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+    return p;
+  }
+
+  // Returns a buffer (null: none) and frees the oldest ones beyond the limit.
+  void give(void* p, size_t bytes) {
+    std::vector<void*> drop;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (p) {
+        free.emplace_back(bytes, p);
+        held += bytes;
+      }
+      while (held > limit && !free.empty()) {
+        held -= free.front().first;
+        drop.push_back(free.front().second);
+        free.erase(free.begin());
+      }
+    }
+    for (void* q : drop) std::free(q);
+  }
+};
+
+BufferCache& buffer_cache() {
+  static BufferCache* c = new BufferCache();  // never destroyed: arrays may outlive module teardown
+  return *c;
+}
+
+struct CachedBuffer {
+  void* p;
+  size_t bytes;
+};
+
+template <class T>
+Arr<T> new_array(const std::vector<py::ssize_t>& shape) {
+  py::ssize_t n = 1;
+  for (py::ssize_t s : shape) n *= s;
+  const size_t need = static_cast<size_t>(n) * sizeof(T);
+  if (need >= kCachedBytes && buffer_cache().limit > 0) {
+    const size_t bytes = (need + kHugePage - 1) / kHugePage * kHugePage;
+    auto* b = new CachedBuffer{buffer_cache().take(bytes), bytes};
+    py::capsule owner(b, [](void* q) {
+      auto* cb = static_cast<CachedBuffer*>(q);
+      buffer_cache().give(cb->p, cb->bytes);
+      delete cb;
+    });
+    return Arr<T>(shape, static_cast<T*>(b->p), owner);
+  }
+  constexpr py::ssize_t pad = 64 / sizeof(T);
+  Arr<T> flat(n + pad);
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(flat.data());
+  const py::ssize_t skip = static_cast<py::ssize_t>(((64 - addr % 64) % 64) / sizeof(T));
+  return Arr<T>(shape, flat.mutable_data() + skip, flat);
+}
+
+void set_buffer_cache_mb(int64_t mb) {
+  if (mb < 0) throw std::invalid_argument("buffer cache size must be >= 0 MB");
+  buffer_cache().limit = static_cast<size_t>(mb) << 20;
+  buffer_cache().give(nullptr, 0);
+}
+
+int64_t buffer_cache_mb() { return static_cast<int64_t>(buffer_cache().limit >> 20); }
+
 Arr<float> output(std::optional<Arr<float>>& out, std::vector<py::ssize_t> shape, bool accumulate) {
   if (out) {
     if (static_cast<size_t>(out->ndim()) != shape.size()) throw std::invalid_argument("out: wrong rank");
@@ -82,7 +186,7 @@ Arr<float> output(std::optional<Arr<float>>& out, std::vector<py::ssize_t> shape
     return *out;
   }
   if (accumulate) throw std::invalid_argument("accumulate=True needs out=");
-  return Arr<float>(shape);
+  return new_array<float>(shape);
 }
 
 Arr<uint64_t> pack_rows(const Arr<float>& x, const OptArr<float>& bias) {
@@ -90,7 +194,7 @@ Arr<uint64_t> pack_rows(const Arr<float>& x, const OptArr<float>& bias) {
   const int64_t K = x.shape(x.ndim() - 1), M = K ? x.size() / K : 0;
   std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
   shape.back() = bhv::words_for(K);
-  Arr<uint64_t> out(shape);
+  Arr<uint64_t> out = new_array<uint64_t>(shape);
   const float* b = opt_ptr(bias, K, "bias");
   uint64_t* o = out.mutable_data();
   {
@@ -126,7 +230,7 @@ Arr<uint64_t> pack_nonzero(const Arr<uint8_t>& m) {
   const int64_t K = m.shape(m.ndim() - 1), M = K ? m.size() / K : 0;
   std::vector<py::ssize_t> shape(m.shape(), m.shape() + m.ndim());
   shape.back() = bhv::words_for(K);
-  Arr<uint64_t> out(shape);
+  Arr<uint64_t> out = new_array<uint64_t>(shape);
   uint64_t* o = out.mutable_data();
   {
     py::gil_scoped_release nogil;
@@ -148,12 +252,24 @@ Arr<int32_t> popcount_gemm(const Arr<uint64_t>& a, const Arr<uint64_t>& bp, int6
   return out;
 }
 
-// a: (M, KW) or (G, M, KW); bp: (NP, KW, 8) shared, or (G, NP, KW, 8).
+Arr<uint8_t> to_nibbles(const Arr<uint64_t>& bp) {
+  check(bp, {-1, -1, bhv::kPanel}, "panels (NP, KW, 8)");
+  const int64_t NP = bp.shape(0), KW = bp.shape(1);
+  Arr<uint8_t> out({(NP + 3) / 4, KW, int64_t(16), int64_t(bhv::kQuad)});
+  uint8_t* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    bhv::to_nibbles(bp.data(), NP, KW, o);
+  }
+  return out;
+}
+
+// a: (M, KW) or (G, M, KW); bp: (NP, KW, 8) shared, or (G, NP, KW, 8); nibbles: to_nibbles(bp) or None.
 Arr<float> bgemm(const Arr<uint64_t>& a, const Arr<uint64_t>& bp, int64_t N, int64_t K, const OptArr<float>& scale,
                  float scale_all, const OptArr<float>& bias, const OptArr<float>& residual,
                  const OptArr<float>& slope, const OptArr<float>& b1, const OptArr<float>& b2,
                  const OptArr<float>& post_scale, const OptArr<float>& post_bias,
-                 std::optional<Arr<float>> out, bool accumulate) {
+                 std::optional<Arr<float>> out, bool accumulate, const OptArr<uint8_t>& nibbles) {
   const bool batched = a.ndim() == 3;
   if (!batched) check(a, {-1, bhv::words_for(K)}, "a (M, KW)");
   else check(a, {-1, -1, bhv::words_for(K)}, "a (G, M, KW)");
@@ -166,6 +282,12 @@ Arr<float> bgemm(const Arr<uint64_t>& a, const Arr<uint64_t>& bp, int64_t N, int
   } else {
     check(bp, {NP, KW, bhv::kPanel}, "b panels (NP, KW, 8)");
   }
+  const uint8_t* nib = nullptr;
+  if (nibbles) {
+    if (b_gstride) throw std::invalid_argument("nibbles: only for a weight shared over the batch");
+    check(*nibbles, {bhv::quads_for(N), KW, 16, bhv::kQuad}, "nibbles (ceil(N/32), KW, 16, 32)");
+    nib = nibbles->data();
+  }
   Epilogue e;
   fill_epilogue(e, N, scale, scale_all, bias, slope, b1, b2, post_scale, post_bias);
   fill_residual(e, residual, G, M, N);
@@ -177,7 +299,7 @@ Arr<float> bgemm(const Arr<uint64_t>& a, const Arr<uint64_t>& bp, int64_t N, int
   e.accumulate = accumulate;
   {
     py::gil_scoped_release nogil;
-    bhv::bgemm(a.data(), M, bp.data(), b_gstride, N, KW, K, G, e);
+    bhv::bgemm(a.data(), M, bp.data(), b_gstride, N, KW, K, G, e, nib);
   }
   return o;
 }
@@ -220,7 +342,7 @@ Arr<float> masked_av(const Arr<uint64_t>& masks, const Arr<uint64_t>& vp, const 
   const int64_t G = masks.shape(0), R = masks.shape(1);
   check(vp, {G, bhv::panels_for(D), bhv::words_for(S), bhv::kPanel}, "v panels (G, ceil(D/8), SW, 8)");
   check(w, {G, R}, "w (G, R)");
-  Arr<float> out({G, S, D});
+  Arr<float> out = new_array<float>({G, S, D});
   float* o = out.mutable_data();
   {
     py::gil_scoped_release nogil;
@@ -234,7 +356,7 @@ Arr<float> group_mean(const Arr<float>& x, int64_t r) {
   const int64_t rc = x.shape(x.ndim() - 1), M = rc ? x.size() / rc : 0;
   std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
   shape.back() = rc / r;
-  Arr<float> out(shape);
+  Arr<float> out = new_array<float>(shape);
   float* o = out.mutable_data();
   {
     py::gil_scoped_release nogil;
@@ -289,7 +411,10 @@ PYBIND11_MODULE(_C, m) {
         py::arg("scale_all") = 1.0f, py::arg("bias") = py::none(), py::arg("residual") = py::none(),
         py::arg("slope") = py::none(), py::arg("b1") = py::none(), py::arg("b2") = py::none(),
         py::arg("post_scale") = py::none(), py::arg("post_bias") = py::none(), py::arg("out") = py::none(),
-        py::arg("accumulate") = false);
+        py::arg("accumulate") = false, py::arg("nibbles") = py::none());
+  m.def("to_nibbles", &to_nibbles, py::arg("bp"));
+  m.def("set_buffer_cache_mb", &set_buffer_cache_mb, py::arg("mb"));
+  m.def("buffer_cache_mb", &buffer_cache_mb);
   m.def("bconv", &bconv, py::arg("xp"), py::arg("c"), py::arg("wp"), py::arg("wpop"), py::arg("cout"),
         py::arg("groups"), py::arg("kh"), py::arg("kw"), py::arg("stride"), py::arg("pad"), py::arg("dil"),
         py::arg("scale") = py::none(), py::arg("bias") = py::none(), py::arg("residual") = py::none(),

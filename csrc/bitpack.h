@@ -18,6 +18,11 @@
 //       out[m, n] = z   or   out[m, n] += z   (accumulate mode, e.g. summing dilation branches)
 //  7. Weight panels: the GEMM right operand (N rows of KW words) is stored as panels of 8 rows,
 //     word-interleaved: panel[p][k][j] = row (8p + j), word k. Rows >= N are zero.
+//  8. Nibble layout (an in-memory companion of the panels for small K, never stored in files): rows
+//     grouped in quads of 32, one byte per row and 4-bit field,
+//       nib[q][k][c][j] = (row (32q + j), word k) >> 4c & 15     (c < 16, j < 32; rows >= N are 0),
+//     so that popcount(a XOR w) = sum_c T[a >> 4c & 15][nib[..][c][j]] with T[x][v] = popcount(x ^ v)
+//     is one byte-table lookup (vpshufb) per 32 rows and field.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -27,19 +32,25 @@
 // with `rep stos`, which costs more than the whole tile when K is one or two words).
 #if defined(__clang__)
 #define BHV_UNROLL _Pragma("unroll")
+#define BHV_UNROLL_2 _Pragma("unroll 2")
 #elif defined(__GNUC__)
 #define BHV_UNROLL _Pragma("GCC unroll 16")
+#define BHV_UNROLL_2 _Pragma("GCC unroll 2")
 #else
 #define BHV_UNROLL
+#define BHV_UNROLL_2
 #endif
 
 namespace bhv {
 
 constexpr int kWordBits = 64;
 constexpr int kPanel = 8;
+constexpr int kQuad = 32;           // rows per quad of the nibble layout (convention 8)
+constexpr int64_t kNibbleMaxWords = 4;  // K <= 256: where the nibble-table kernels beat the plain ones
 
 inline int64_t words_for(int64_t k) { return (k + kWordBits - 1) / kWordBits; }
 inline int64_t panels_for(int64_t n) { return (n + kPanel - 1) / kPanel; }
+inline int64_t quads_for(int64_t n) { return (n + kQuad - 1) / kQuad; }
 
 struct Epilogue;  // engine.h
 
@@ -57,6 +68,11 @@ struct IsaKernels {
   // are dots, or raw popcounts when kdot >= 0 (then dot = kdot - 2 v). Compiled per ISA so that it vectorises.
   void (*apply_rows)(const Epilogue& e, int64_t g, int64_t m0, int64_t rows, const int32_t* v, int64_t ldv,
                      int32_t kdot, int64_t n0, int64_t n1);
+  // Optional (null when this ISA has no table lookup): the XOR popcounts of popc_block from the nibble
+  // layout (convention 8) of quads [q0, q1) of one weight, P[i * ldp + 32 * (q - q0) + j]; ldp must leave
+  // room for whole quads.
+  void (*nibble_block)(const uint64_t* A, int64_t lda, int64_t M, const uint8_t* nib, int64_t q0, int64_t q1,
+                       int64_t KW, int32_t* P, int64_t ldp) = nullptr;
 };
 
 // Returns the kernels of an ISA, or null when this build or this CPU lacks it.

@@ -21,6 +21,18 @@ constexpr int64_t kSubRows = 16;      // rows whose int32 popcounts (16 x 128 x 
 constexpr int64_t kSerialWork = 1 << 16;  // below this many word-ops (a few microseconds) a call runs on
                                           // one thread: a parallel region costs more than it saves there.
                                           // Measured: 2 threads halve a 212x256x256 bgemm (45 -> 25 us).
+constexpr int64_t kStreamBytes = int64_t(16) << 20;  // outputs at least this large are written with
+                                                     // non-temporal stores (epilogue.inc): on a 32 MiB-L3
+                                                     // Zen 4 core plain stores win below ~16 MiB
+                                                     // (the data stays in cache), streaming wins above
+                                                     // (24 -> 50-67 GB/s).
+
+// The epilogue, streamed when its whole output (rows x cols floats) will not stay in cache.
+Epilogue streamed_if_large(const Epilogue& e, int64_t rows, int64_t cols) {
+  Epilogue out = e;
+  out.stream = !e.accumulate && rows * cols * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
+  return out;
+}
 
 std::vector<const IsaKernels*> detect() {
   std::vector<const IsaKernels*> out;
@@ -150,6 +162,19 @@ void pack_cols_panels(const float* x, int64_t G, int64_t S, int64_t D, const flo
   });
 }
 
+void to_nibbles(const uint64_t* panels, int64_t NP, int64_t KW, uint8_t* out) {
+  const int64_t NQ = (NP * kPanel + kQuad - 1) / kQuad;
+  for (int64_t q = 0; q < NQ; ++q)
+    for (int64_t k = 0; k < KW; ++k) {
+      uint8_t* o = out + (q * KW + k) * 16 * kQuad;  // [c][j]
+      for (int64_t j = 0; j < kQuad; ++j) {
+        const int64_t row = q * kQuad + j, p = row / kPanel;
+        const uint64_t w = p < NP ? panels[(p * KW + k) * kPanel + row % kPanel] : 0;
+        for (int c = 0; c < 16; ++c) o[c * kQuad + j] = static_cast<uint8_t>((w >> (4 * c)) & 15);
+      }
+    }
+}
+
 void pack_nonzero(const uint8_t* m, int64_t M, int64_t K, uint64_t* out) {
   const int64_t KW = words_for(K);
   parallel_for(M, M * K / 8, [&](int64_t i) {
@@ -177,8 +202,13 @@ void popcount_gemm(const uint64_t* A, int64_t M, const uint64_t* Bp, int64_t N, 
 }
 
 void bgemm(const uint64_t* A, int64_t M, const uint64_t* Bp, int64_t b_gstride, int64_t N, int64_t KW,
-           int64_t K, int64_t G, const Epilogue& e) {
+           int64_t K, int64_t G, const Epilogue& e_in, const uint8_t* nib) {
+  const Epilogue e = streamed_if_large(e_in, G * M, N);
   const int64_t NP = panels_for(N);
+  constexpr int64_t kPerQuad = kQuad / kPanel;  // panels per quad
+  static_assert(kPanelBlock % kPerQuad == 0, "panel blocks must hold whole quads");
+  // the tables pay from two quads on (a partial quad costs whole 32-row lookups)
+  const bool tables = nib && b_gstride == 0 && KW <= kNibbleMaxWords && N >= 2 * kQuad && active()->nibble_block;
   const int64_t nrb = (M + kRowBlock - 1) / kRowBlock, npb = (NP + kPanelBlock - 1) / kPanelBlock;
   parallel_for(G * nrb * npb, G * M * NP * kPanel * KW, [&](int64_t t) {
     const int64_t g = t / (nrb * npb), rb = (t / npb) % nrb, pb = t % npb;
@@ -189,13 +219,18 @@ void bgemm(const uint64_t* A, int64_t M, const uint64_t* Bp, int64_t b_gstride, 
     const IsaKernels* isa = active();
     for (int64_t s0 = 0; s0 < mlen; s0 += kSubRows) {  // popcounts of a few rows, transformed while in L1
       const int64_t slen = std::min(kSubRows, mlen - s0);
-      isa->popc_block(A + (g * M + m0 + s0) * KW, KW, slen, Bp + g * b_gstride, p0, p1, KW, false, P, ldp);
+      const uint64_t* As = A + (g * M + m0 + s0) * KW;
+      if (tables)  // quads of 4 panels; a partial last quad writes zero-weight columns past n1, inside ldp
+        isa->nibble_block(As, KW, slen, nib, p0 / kPerQuad, (p1 + kPerQuad - 1) / kPerQuad, KW, P, ldp);
+      else
+        isa->popc_block(As, KW, slen, Bp + g * b_gstride, p0, p1, KW, false, P, ldp);
       isa->apply_rows(e, g, m0 + s0, slen, P, ldp, static_cast<int32_t>(K), n0, n1);
     }
   });
 }
 
-void bconv(const uint64_t* xp, const ConvGeom& c, const uint64_t* Bp, const int32_t* wpop, const Epilogue& e) {
+void bconv(const uint64_t* xp, const ConvGeom& c, const uint64_t* Bp, const int32_t* wpop, const Epilogue& e_in) {
+  const Epilogue e = streamed_if_large(e_in, c.B * c.OH * c.OW, c.Cout);
   const int64_t Cg = c.C / c.groups, Ng = c.Cout / c.groups, T = c.KH * c.KWd;
   const int64_t KWc = words_for(T * Cg), NPg = panels_for(Ng), ldg = NPg * kPanel, ldp = c.groups * ldg;
   const int64_t M = c.B * c.OH * c.OW, nrb = (M + kRowBlock - 1) / kRowBlock;

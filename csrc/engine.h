@@ -29,6 +29,8 @@ struct Epilogue {
   const float* post_scale = nullptr;  // optional affine after the RPReLU: z * post_scale + post_bias
   const float* post_bias = nullptr;   // (a following LayerScale, or a BatchNorm after a sum of branches)
   bool accumulate = false;       // out += z instead of out = z
+  bool stream = false;           // non-temporal stores (set by the drivers for outputs larger than the
+                                 // last-level cache; ignored with accumulate)
   float* out = nullptr;          // out[g * out_gstride + m * out_ld + n]
   int64_t out_ld = 0, out_gstride = 0;
 };
@@ -40,6 +42,8 @@ void pack_rows(const float* x, int64_t ldx, int64_t M, int64_t K, const float* b
 void to_panels(const uint64_t* rows, int64_t G, int64_t N, int64_t KW, uint64_t* panels);
 // x: (G, S, D) floats, bias (D,) or null -> (G, ceil(D/8), ceil(S/64), 8): x^T packed along S.
 void pack_cols_panels(const float* x, int64_t G, int64_t S, int64_t D, const float* bias, uint64_t* out);
+// panels (NP, KW, 8) -> nibble layout (ceil(NP/4), KW, 16, 32) bytes (bitpack.h, convention 8).
+void to_nibbles(const uint64_t* panels, int64_t NP, int64_t KW, uint8_t* out);
 // m: (M, K) bytes -> (M, KW): bit = (m != 0).
 void pack_nonzero(const uint8_t* m, int64_t M, int64_t K, uint64_t* out);
 
@@ -48,9 +52,11 @@ void pack_nonzero(const uint8_t* m, int64_t M, int64_t K, uint64_t* out);
 void popcount_gemm(const uint64_t* A, int64_t M, const uint64_t* Bp, int64_t N, int64_t KW, int64_t G,
                    bool op_and, int32_t* P);
 // XOR GEMM with fused output transform: dot = K - 2 popcount(a XOR b), batched over G
-// (A: (G, M, KW), Bp: (G, NP, KW, 8); b_gstride 0 shares one weight over the batch).
+// (A: (G, M, KW), Bp: (G, NP, KW, 8); b_gstride 0 shares one weight over the batch). nib, optional, is
+// the shared weight's nibble layout (to_nibbles): used when the ISA has table kernels and
+// KW <= kNibbleMaxWords; the result is the same integers either way.
 void bgemm(const uint64_t* A, int64_t M, const uint64_t* Bp, int64_t b_gstride, int64_t N, int64_t KW,
-           int64_t K, int64_t G, const Epilogue& e);
+           int64_t K, int64_t G, const Epilogue& e, const uint8_t* nib = nullptr);
 
 struct ConvGeom {
   int64_t B, H, W, C, CW;                 // input (B, H, W) pixels of C channels in CW words each

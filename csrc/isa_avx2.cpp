@@ -115,6 +115,104 @@ void avx2_popc_block(const uint64_t* A, int64_t lda, int64_t M, const uint64_t* 
     popc_block_t<false>(A, lda, M, Bp, p0, p1, KW, P, ldp);
 }
 
+// ---- nibble tables (small K) ------------------------------------------------------------------
+// popcount(a XOR w) = sum over the 16 nibbles c of T_c[w_c], T_c[v] = popcount(a_c ^ v). The 16-byte
+// table of row a and nibble c (in both lanes) looks up nibble c of 32 weight rows at once: one vpshufb
+// on the prepared bytes (convention 8) and one byte add per 32 outputs and nibble, against 4 shuffles
+// or shifts and 4 other ops per 8 outputs and word for the nibble-count popcount above. Byte counters
+// hold 3 words (3 * 64 = 192 < 256) before they are widened into the int32 output.
+constexpr int64_t kNibbleChunk = 3;
+constexpr int64_t kTableBytes = 16 * 16;  // the 16 tables of one activation word
+
+// tab[c][v] = popcount(nibble c of a XOR v) for c, v < 16.
+inline void build_tables(uint64_t a, uint8_t* tab) {
+  const __m256i pop = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3,
+                                       1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i iota = _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5,
+                                        6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m128i bytes = _mm_cvtsi64_si128(static_cast<long long>(a));
+  const __m128i low4 = _mm_set1_epi8(0x0f);
+  // lane 0: the low nibble of each byte (nibble 2b), lane 1: the high one (nibble 2b + 1)
+  const __m256i nibs = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), low4), _mm_and_si128(bytes, low4));
+  BHV_UNROLL
+  for (int b = 0; b < 8; ++b) {
+    const __m256i x = _mm256_shuffle_epi8(nibs, _mm256_set1_epi8(static_cast<char>(b)));  // broadcast per lane
+    const __m256i t = _mm256_shuffle_epi8(pop, _mm256_xor_si256(x, iota));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(tab + 32 * b), t);  // tables 2b, 2b + 1
+  }
+}
+
+// Stores (first chunk) or adds 32 byte counters as int32 at out[0..32).
+inline void widen_bytes(__m256i acc, int32_t* out, bool add) {
+  const __m128i lo = _mm256_castsi256_si128(acc), hi = _mm256_extracti128_si256(acc, 1);
+  const __m256i v[4] = {_mm256_cvtepu8_epi32(lo), _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)),
+                        _mm256_cvtepu8_epi32(hi), _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))};
+  BHV_UNROLL
+  for (int u = 0; u < 4; ++u) {
+    __m256i* o = reinterpret_cast<__m256i*>(out + 8 * u);
+    _mm256_storeu_si256(o, add ? _mm256_add_epi32(_mm256_loadu_si256(o), v[u]) : v[u]);
+  }
+}
+
+// R rows (their tables: tab[(r * KW + k) * 256 + 16 c + v]) against J quads (32 J weight rows):
+// P[r * ldp + 32 j + i]. nq: bytes between quads of nib.
+template <int R, int J>
+void nibble_tile(const uint8_t* tab, const uint8_t* nib, int64_t nq, int64_t KW, int32_t* P, int64_t ldp) {
+  for (int64_t k0 = 0; k0 < KW; k0 += kNibbleChunk) {
+    const int64_t k1 = std::min(KW, k0 + kNibbleChunk);
+    __m256i acc[R][J];
+    BHV_UNROLL
+    for (int r = 0; r < R; ++r) {
+      BHV_UNROLL
+      for (int j = 0; j < J; ++j) acc[r][j] = _mm256_setzero_si256();
+    }
+    for (int64_t k = k0; k < k1; ++k) {
+      const uint8_t* nk = nib + k * 16 * bhv::kQuad;
+      const uint8_t* tk = tab + k * kTableBytes;
+      // Unrolled by 2 only: fully unrolled, GCC sums the 16 lookups as a tree and spills them.
+      BHV_UNROLL_2
+      for (int c = 0; c < 16; ++c) {
+        __m256i w[J];
+        BHV_UNROLL
+        for (int j = 0; j < J; ++j)
+          w[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nk + j * nq + c * bhv::kQuad));
+        BHV_UNROLL
+        for (int r = 0; r < R; ++r) {
+          const __m256i t = _mm256_broadcastsi128_si256(
+              _mm_load_si128(reinterpret_cast<const __m128i*>(tk + r * KW * kTableBytes + 16 * c)));
+          BHV_UNROLL
+          for (int j = 0; j < J; ++j) acc[r][j] = _mm256_add_epi8(acc[r][j], _mm256_shuffle_epi8(t, w[j]));
+        }
+      }
+    }
+    BHV_UNROLL
+    for (int r = 0; r < R; ++r) {
+      BHV_UNROLL
+      for (int j = 0; j < J; ++j) widen_bytes(acc[r][j], P + r * ldp + j * bhv::kQuad, k0 > 0);
+    }
+  }
+}
+
+// R rows of A against quads [q0, q1), two quads (64 weight rows) at a time.
+template <int R>
+void nibble_rows(const uint64_t* A, int64_t lda, const uint8_t* nib, int64_t q0, int64_t q1, int64_t KW, int32_t* P,
+                 int64_t ldp) {
+  alignas(32) uint8_t tab[R * bhv::kNibbleMaxWords * kTableBytes];
+  for (int r = 0; r < R; ++r)
+    for (int64_t k = 0; k < KW; ++k) build_tables(A[r * lda + k], tab + (r * KW + k) * kTableBytes);
+  const int64_t nq = KW * 16 * bhv::kQuad;  // bytes per quad
+  int64_t q = q0;
+  for (; q + 2 <= q1; q += 2) nibble_tile<R, 2>(tab, nib + q * nq, nq, KW, P + (q - q0) * bhv::kQuad, ldp);
+  if (q < q1) nibble_tile<R, 1>(tab, nib + q * nq, nq, KW, P + (q - q0) * bhv::kQuad, ldp);
+}
+
+void avx2_nibble_block(const uint64_t* A, int64_t lda, int64_t M, const uint8_t* nib, int64_t q0, int64_t q1,
+                       int64_t KW, int32_t* P, int64_t ldp) {
+  int64_t i = 0;
+  for (; i + 4 <= M; i += 4) nibble_rows<4>(A + i * lda, lda, nib, q0, q1, KW, P + i * ldp, ldp);
+  for (; i < M; ++i) nibble_rows<1>(A + i * lda, lda, nib, q0, q1, KW, P + i * ldp, ldp);
+}
+
 // Full words by 8-float compares and movemask; the last partial word falls back to the portable loop.
 void avx2_pack_rows(const float* x, int64_t ldx, int64_t M, int64_t K, const float* bias, uint64_t* out) {
   const int64_t KW = (K + 63) / 64, full = K / 64;
@@ -140,7 +238,7 @@ void avx2_pack_rows(const float* x, int64_t ldx, int64_t M, int64_t K, const flo
 
 namespace bhv {
 const IsaKernels* isa_avx2() {
-  static const IsaKernels k{"avx2", avx2_popc_block, avx2_pack_rows, epilogue_apply_rows};
+  static const IsaKernels k{"avx2", avx2_popc_block, avx2_pack_rows, epilogue_apply_rows, avx2_nibble_block};
   return (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt")) ? &k : nullptr;
 }
 }  // namespace bhv

@@ -22,9 +22,11 @@ from bhvit.engine.api import (
 from bhvit.engine.fileformat import PackedFormatError
 from bhvit.engine.kernels import (
     available_isas,
+    buffer_cache_mb,
     current_isa,
     get_num_threads,
     num_threads,
+    set_buffer_cache_mb,
     set_isa,
     set_num_threads,
     use_isa,
@@ -37,6 +39,7 @@ __all__ = [
     "PackedModel",
     "agreement",
     "available_isas",
+    "buffer_cache_mb",
     "current_isa",
     "fp32_checkpoint_bytes",
     "get_num_threads",
@@ -45,6 +48,7 @@ __all__ = [
     "num_threads",
     "pack",
     "save_packed",
+    "set_buffer_cache_mb",
     "set_isa",
     "set_num_threads",
     "size_report",

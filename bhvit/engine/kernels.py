@@ -80,6 +80,20 @@ def set_num_threads(n: int) -> None:
     native().set_num_threads(int(n))
 
 
+def set_buffer_cache_mb(mb: int) -> None:
+    """Caps the cache of freed large output buffers (>= 4 MiB) that the kernels reuse (default 512 MB).
+
+    A fresh large array costs a page fault and zeroing per page on first touch, as long as the GEMM itself
+    for a batch-32 stage-1 layer; the cache skips that for repeated sizes. 0 disables it and frees it.
+    """
+    native().set_buffer_cache_mb(int(mb))
+
+
+def buffer_cache_mb() -> int:
+    """The current cap of the output buffer cache in MB."""
+    return int(native().buffer_cache_mb())
+
+
 @contextmanager
 def num_threads(n: int) -> Iterator[None]:
     """Context manager: run the enclosed calls on ``n`` threads."""
@@ -171,15 +185,39 @@ def bgemm(
     post: tuple[np.ndarray, np.ndarray] | None = None,
     out: np.ndarray | None = None,
     accumulate: bool = False,
+    nibbles: np.ndarray | None = None,
 ) -> np.ndarray:
     """Binary GEMM with fused output transform.
 
     a: (M, KW) or (G, M, KW) packed activations; bp: (NP, KW, 8) shared or (G, NP, KW, 8) panels.
     ``dot[m, j] = k - 2 popcount(a[m] XOR b[j])`` then the module-level output transform.
+    nibbles: optionally ``to_nibbles(bp)`` of a shared weight, which lets the table-lookup kernels run
+    (AVX2, k <= 256); the result is identical with or without it.
     Returns float32 (M, n) or (G, M, n).
     """
     kw = _epilogue_kwargs(scale, bias, residual, rprelu, out, accumulate, post)
+    if nibbles is not None:
+        kw["nibbles"] = np.ascontiguousarray(nibbles, dtype=np.uint8)
     return native().bgemm(_u64(a), _u64(bp), int(n), int(k), **kw)
+
+
+NIBBLE_MAX_K = 256  # csrc/bitpack.h kNibbleMaxWords * 64
+
+
+def to_nibbles(bp: np.ndarray) -> np.ndarray:
+    """Panels (NP, KW, 8) -> the nibble layout (ceil(NP/4), KW, 16, 32) uint8 (csrc/bitpack.h, convention 8).
+
+    ``nib[q, k, c, j] = (word k of weight row 32q + j) >> 4c & 15``: an in-memory companion of the panels
+    for small k (2 bits per weight bit), never stored in packed files.
+    """
+    return native().to_nibbles(_u64(bp))
+
+
+def nibbles_for(bp: np.ndarray, k: int) -> np.ndarray | None:
+    """``to_nibbles(bp)`` where the table kernels can use it (k <= NIBBLE_MAX_K, n >= 64), else None."""
+    if k > NIBBLE_MAX_K or bp.ndim != 3 or bp.shape[0] < 8:
+        return None
+    return to_nibbles(bp)
 
 
 def bconv(

@@ -102,6 +102,7 @@ class _BinaryOp:
     norm: _Norm | None = None
     scale: np.ndarray | None = None
     bias: np.ndarray | None = None
+    nibbles: np.ndarray | None = None  # linear layers with k <= 256: the table kernels' weight layout
 
     def transform(self, norm: _Norm | None, conv_bias: np.ndarray | None) -> None:
         """Folds α, an optional BN and a conv bias into one per-channel multiply-add."""
@@ -137,6 +138,8 @@ class PackedModel:
             op = _BinaryOp(K.to_panels(layer.bits), layer.alpha, layer.meta)
             if layer.meta["kind"] == "conv":
                 op.panels, op.wpop = self._conv_panels(layer)
+            else:
+                op.nibbles = K.nibbles_for(op.panels, layer.meta["in"])
             self.ops[name] = op
         self._fold_all()
 
@@ -213,9 +216,10 @@ class PackedModel:
             y = K.bgemm(xb, op.panels, n, k, scale=op.scale, bias=op.bias,
                         residual=None if res is None else res.reshape(xb.shape[0], -1),
                         rprelu=None if act is None else act.arrays(), post=post,
-                        out=None if out is None else out.reshape(xb.shape[0], n), accumulate=out is not None)
+                        out=None if out is None else out.reshape(xb.shape[0], n), accumulate=out is not None,
+                        nibbles=op.nibbles)
             return torch.from_numpy(y).view(shape)
-        y = op.norm(torch.from_numpy(K.bgemm(xb, op.panels, n, k, scale=op.scale)).view(shape))
+        y = op.norm(torch.from_numpy(K.bgemm(xb, op.panels, n, k, scale=op.scale, nibbles=op.nibbles)).view(shape))
         if res is not None:
             y = y + self._tile(torch.from_numpy(res).view(*shape[:-1], -1), n)
         y = y if act is None else act(y)

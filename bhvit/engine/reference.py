@@ -51,6 +51,16 @@ def from_panels_ref(panels: np.ndarray, n: int) -> np.ndarray:
     return np.ascontiguousarray(panels.transpose(0, 2, 1)).reshape(-1, panels.shape[1])[:n]
 
 
+def to_nibbles_ref(panels: np.ndarray) -> np.ndarray:
+    """(NP, KW, 8) panels -> (ceil(NP/4), KW, 16, 32) bytes: nib[q, k, c, j] = row (32q + j), word k, bits 4c..4c+3."""
+    np_, kw, _ = panels.shape
+    rows = np.zeros((-(-np_ // 4) * 32, kw), dtype=np.uint64)
+    rows[: np_ * PANEL] = panels.transpose(0, 2, 1).reshape(-1, kw)
+    shifts = (4 * np.arange(16, dtype=np.uint64))[None, None, :]
+    fields = (rows[:, :, None] >> shifts) & np.uint64(15)  # (rows, KW, 16)
+    return np.ascontiguousarray(fields.reshape(-1, 32, kw, 16).transpose(0, 2, 3, 1).astype(np.uint8))
+
+
 def epilogue_ref(
     dot: np.ndarray,
     scale: np.ndarray | float | None = None,
