@@ -170,6 +170,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--no-onnx", action="store_true", help="skip onnxruntime even when installed")
+    p.add_argument("--isa", default=None, help="kernel path to force, e.g. avx2 (default: the best this CPU has)")
     p.add_argument("--json", default="out/bench_e2e.json")
     return p
 
@@ -177,6 +178,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``bhvit bench``: runs the grid, prints the report, writes JSON; returns 0."""
     args = parser().parse_args(argv)
+    if args.isa:
+        kernels.set_isa(args.isa)
     names = [args.checkpoint] if args.checkpoint else args.models
     rows = []
     for t in args.threads:
