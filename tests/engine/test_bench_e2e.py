@@ -20,3 +20,13 @@ def test_bench_writes_every_method(tmp_path, capsys):
     assert row["onnxruntime_fp32_ms"] > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]  # the temporary ONNX file is gone
     assert "packed model, time per op kind" in capsys.readouterr().out
+
+
+def test_bench_forces_a_code_path(tmp_path):
+    from bhvit.engine import kernels
+
+    out = tmp_path / "bench.json"
+    with kernels.use_isa(kernels.current_isa()):  # restores the path afterwards
+        assert main(["--models", "bhvit_test", "--batch", "1", "--threads", "1", "--rounds", "1", "--no-onnx",
+                     "--isa", "generic", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["machine"]["engine_isa"] == "generic"
