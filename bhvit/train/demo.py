@@ -12,7 +12,7 @@ point for a binary student) and trained with the paper's loss ``(1−λ−β)·C
 (λ = 0.8, β = 0.1 in the last 10 % of the steps), evaluates each on all 10,000 test images, and
 writes ``report.md`` with PNG plots comparing accuracy, parameters, OPs and training time.
 
-Presets: ``quick`` (one epoch per model, ≤ 15 min on 2 cores) and ``long`` (a 2-epoch fp init, a
+Presets: ``quick`` (one epoch per model, ≤ 15 min on 2 cores) and ``long`` (a 1-epoch fp init, a
 20-epoch augmented fp teacher, 10-epoch students); measured numbers in docs/training.md.
 """
 
@@ -63,7 +63,7 @@ class DemoConfig:
 
 PRESETS = {
     "quick": DemoConfig(),
-    "long": DemoConfig(name="long", init_epochs=2, teacher_epochs=20, teacher_augment="small", student_epochs=10),
+    "long": DemoConfig(name="long", init_epochs=1, teacher_epochs=20, teacher_augment="small", student_epochs=10),
 }
 
 

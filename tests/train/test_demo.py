@@ -50,7 +50,7 @@ def test_long_preset_stages():
     init = stage_config(long, "fp", None, stage="fp_init")
     teacher = stage_config(long, "fp", None)
     student = stage_config(long, "binary", "t.pt", "i.pt")
-    assert (init.run.epochs, init.data.augment, init.model.init_from) == (2, "none", None)
+    assert (init.run.epochs, init.data.augment, init.model.init_from) == (1, "none", None)
     assert (teacher.run.epochs, teacher.data.augment) == (20, "small")
     assert (student.run.epochs, student.data.augment, student.model.init_from, student.loss.teacher) == (
         10, "none", "i.pt", "t.pt")
