@@ -88,7 +88,7 @@ void fill_residual(Epilogue& e, const OptArr<float>& res, int64_t G, int64_t M, 
 // Outputs of at least kCachedBytes come from a small cache of freed buffers (2 MiB aligned, huge pages
 // advised). A fresh large array costs the kernel zeroing every page on first touch (a 205 MB batch-32
 // stage-1 fc1 output: ~20 ms, as long as the GEMM itself); a forward pass frees and asks for the same
-// sizes again, so reused buffers skip that. The cache keeps at most buffer_cache_limit() bytes of freed
+// sizes again, so reused buffers skip that. The cache keeps at most BufferCache::limit bytes of freed
 // buffers (set_buffer_cache_mb; 0 disables it). Smaller outputs are numpy arrays, viewed from the first
 // 64-byte boundary so that streamed stores cover whole cache lines.
 constexpr size_t kCachedBytes = size_t(4) << 20;
@@ -119,7 +119,7 @@ struct BufferCache {
     return p;
   }
 
-  // Returns a buffer (null: none) and frees the oldest ones beyond the limit.
+  // Takes back a freed buffer (p null: none), then frees the oldest ones beyond the limit.
   void give(void* p, size_t bytes) {
     std::vector<void*> drop;
     {
@@ -255,7 +255,7 @@ Arr<int32_t> popcount_gemm(const Arr<uint64_t>& a, const Arr<uint64_t>& bp, int6
 Arr<uint8_t> to_nibbles(const Arr<uint64_t>& bp) {
   check(bp, {-1, -1, bhv::kPanel}, "panels (NP, KW, 8)");
   const int64_t NP = bp.shape(0), KW = bp.shape(1);
-  Arr<uint8_t> out({(NP + 3) / 4, KW, int64_t(16), int64_t(bhv::kQuad)});
+  Arr<uint8_t> out({bhv::quads_for(NP * bhv::kPanel), KW, int64_t(16), int64_t(bhv::kQuad)});
   uint8_t* o = out.mutable_data();
   {
     py::gil_scoped_release nogil;
@@ -413,6 +413,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("post_scale") = py::none(), py::arg("post_bias") = py::none(), py::arg("out") = py::none(),
         py::arg("accumulate") = false, py::arg("nibbles") = py::none());
   m.def("to_nibbles", &to_nibbles, py::arg("bp"));
+  m.def("nibbles_pay", &bhv::nibbles_pay, py::arg("n"), py::arg("kw"));
   m.def("set_buffer_cache_mb", &set_buffer_cache_mb, py::arg("mb"));
   m.def("buffer_cache_mb", &buffer_cache_mb);
   m.def("bconv", &bconv, py::arg("xp"), py::arg("c"), py::arg("wp"), py::arg("wpop"), py::arg("cout"),

@@ -162,8 +162,10 @@ void pack_cols_panels(const float* x, int64_t G, int64_t S, int64_t D, const flo
   });
 }
 
+bool nibbles_pay(int64_t N, int64_t KW) { return KW <= kNibbleMaxWords && N >= 2 * kQuad; }
+
 void to_nibbles(const uint64_t* panels, int64_t NP, int64_t KW, uint8_t* out) {
-  const int64_t NQ = (NP * kPanel + kQuad - 1) / kQuad;
+  const int64_t NQ = quads_for(NP * kPanel);
   for (int64_t q = 0; q < NQ; ++q)
     for (int64_t k = 0; k < KW; ++k) {
       uint8_t* o = out + (q * KW + k) * 16 * kQuad;  // [c][j]
@@ -207,8 +209,7 @@ void bgemm(const uint64_t* A, int64_t M, const uint64_t* Bp, int64_t b_gstride, 
   const int64_t NP = panels_for(N);
   constexpr int64_t kPerQuad = kQuad / kPanel;  // panels per quad
   static_assert(kPanelBlock % kPerQuad == 0, "panel blocks must hold whole quads");
-  // the tables pay from two quads on (a partial quad costs whole 32-row lookups)
-  const bool tables = nib && b_gstride == 0 && KW <= kNibbleMaxWords && N >= 2 * kQuad && active()->nibble_block;
+  const bool tables = nib && b_gstride == 0 && nibbles_pay(N, KW) && active()->nibble_block;
   const int64_t nrb = (M + kRowBlock - 1) / kRowBlock, npb = (NP + kPanelBlock - 1) / kPanelBlock;
   parallel_for(G * nrb * npb, G * M * NP * kPanel * KW, [&](int64_t t) {
     const int64_t g = t / (nrb * npb), rb = (t / npb) % nrb, pb = t % npb;

@@ -44,6 +44,10 @@ void to_panels(const uint64_t* rows, int64_t G, int64_t N, int64_t KW, uint64_t*
 void pack_cols_panels(const float* x, int64_t G, int64_t S, int64_t D, const float* bias, uint64_t* out);
 // panels (NP, KW, 8) -> nibble layout (ceil(NP/4), KW, 16, 32) bytes (bitpack.h, convention 8).
 void to_nibbles(const uint64_t* panels, int64_t NP, int64_t KW, uint8_t* out);
+// Whether bgemm runs a shared N-row weight of KW words from its nibble layout (when the active ISA has
+// table kernels): KW <= kNibbleMaxWords, and at least two quads, since a partial quad costs whole
+// 32-row lookups.
+bool nibbles_pay(int64_t N, int64_t KW);
 // m: (M, K) bytes -> (M, KW): bit = (m != 0).
 void pack_nonzero(const uint8_t* m, int64_t M, int64_t K, uint64_t* out);
 

@@ -201,9 +201,6 @@ def bgemm(
     return native().bgemm(_u64(a), _u64(bp), int(n), int(k), **kw)
 
 
-NIBBLE_MAX_K = 256  # csrc/bitpack.h kNibbleMaxWords * 64
-
-
 def to_nibbles(bp: np.ndarray) -> np.ndarray:
     """Panels (NP, KW, 8) -> the nibble layout (ceil(NP/4), KW, 16, 32) uint8 (csrc/bitpack.h, convention 8).
 
@@ -214,8 +211,9 @@ def to_nibbles(bp: np.ndarray) -> np.ndarray:
 
 
 def nibbles_for(bp: np.ndarray, k: int) -> np.ndarray | None:
-    """``to_nibbles(bp)`` where the table kernels can use it (k <= NIBBLE_MAX_K, n >= 64), else None."""
-    if k > NIBBLE_MAX_K or bp.ndim != 3 or bp.shape[0] < 8:
+    """``to_nibbles(bp)`` where the table kernels can use it (the engine's rule: k <= 256 and two whole
+    quads of rows, judged on the 8 rows per panel; bgemm checks again with the true n), else None."""
+    if bp.ndim != 3 or not native().nibbles_pay(int(bp.shape[0]) * 8, -(-int(k) // 64)):
         return None
     return to_nibbles(bp)
 
