@@ -156,11 +156,20 @@ def popcount_gemm(a: np.ndarray, bp: np.ndarray, n: int, op_and: bool = False) -
 
 
 def _epilogue_kwargs(scale, bias, residual, rprelu, out, accumulate, post=None) -> dict:  # noqa: ANN001
-    kw: dict = {"bias": _f32(bias), "residual": _f32(residual), "accumulate": accumulate}
+    """Keyword arguments of the native output transform; only those that are set (each keyword costs
+    the binding a conversion, a noticeable share of a call on the small shapes of stages 3-4)."""
+    kw: dict = {}
+    if bias is not None:
+        kw["bias"] = _f32(bias)
+    if residual is not None:
+        kw["residual"] = _f32(residual)
+    if accumulate:
+        kw["accumulate"] = True
     if post is not None:
         kw["post_scale"], kw["post_bias"] = _f32(post[0]), _f32(post[1])
     if np.ndim(scale) == 0:
-        kw["scale_all"] = float(1.0 if scale is None else scale)
+        if scale is not None:
+            kw["scale_all"] = float(scale)
     else:
         kw["scale"] = _f32(scale)
     if rprelu is not None:

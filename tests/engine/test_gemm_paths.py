@@ -36,6 +36,20 @@ def test_bgemm_with_nibbles_exact(isa: str, threads: int, k: int, m: int, n: int
     np.testing.assert_array_equal(got, R.bgemm_dot_ref(a, w_rows, k).astype(np.float32))
 
 
+@pytest.mark.parametrize("k", [1, 64, 129, 256])
+@pytest.mark.parametrize("m,n", [(70, 1024), (13, 1100), (131, 2050)])
+def test_bgemm_with_nibbles_wide(isa: str, threads: int, k: int, m: int, n: int, rng: np.random.Generator) -> None:
+    """Outputs wider than one table task (1024 columns), a partial last quad, row counts that are no
+    multiple of the rows transformed at once."""
+    a = K.pack_rows(_rand_signs(rng, m, k))
+    w_rows = K.pack_rows(_rand_signs(rng, n, k))
+    panels = K.to_panels(w_rows)
+    scale = rng.random(n).astype(np.float32)
+    got = K.bgemm(a, panels, n, k, scale=scale, nibbles=K.to_nibbles(panels))
+    want = R.epilogue_ref(R.bgemm_dot_ref(a, w_rows, k), scale, None, None, None)
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("k", [64, 130, 256])
 def test_nibbles_with_full_output_transform(isa: str, k: int, rng: np.random.Generator) -> None:
     m, n = 37, 96
