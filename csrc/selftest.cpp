@@ -1,14 +1,18 @@
 // Standalone self-test of the per-ISA kernels against the portable ones, bit for bit, over awkward
-// sizes. Needs no Python, so it also runs under an emulator for other architectures, e.g.
-//   aarch64-linux-gnu-g++ -O2 -std=c++17 -static -Icsrc csrc/selftest.cpp csrc/isa_*.cpp -o selftest
-//   qemu-aarch64 ./selftest
+// sizes: the kernels themselves (pack_rows, popc_block, nibble_block), then the drivers of engine.cpp
+// run on each ISA against the same calls on "generic" (bgemm with every output-transform step, with and
+// without the nibble layout, batched weights, accumulate mode; grouped dilated and 2x2 stride-2 convs;
+// masked A.v). Needs no Python, so it also runs under an emulator for other architectures, e.g.
+//   aarch64-linux-gnu-g++ -O2 -std=c++17 -ffp-contract=off -static -Icsrc csrc/selftest.cpp \
+//       csrc/engine.cpp csrc/isa_*.cpp -o selftest && qemu-aarch64 ./selftest
 // (on x86-64, compile isa_avx2.cpp etc. with the flags listed in setup.py).
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
-#include "bitpack.h"
+#include "engine.h"
 
 namespace {
 
@@ -41,6 +45,151 @@ int check_isa(const bhv::IsaKernels* k, const bhv::IsaKernels* ref, std::mt19937
         if (p != p_ref)
           ++failures, std::printf("%s popc_block K=%lld M=%lld and=%d\n", k->name, (long long)K, (long long)M, op_and);
       }
+      if (k->nibble_block && KW <= bhv::kNibbleMaxWords) {  // table kernels = XOR popcounts, whole quads
+        const int64_t NQ = bhv::quads_for(N), ldq = NQ * bhv::kQuad;
+        std::vector<uint8_t> nib(NQ * KW * 16 * bhv::kQuad);
+        bhv::to_nibbles(bp.data(), NP, KW, nib.data());
+        std::vector<int32_t> p(M * ldq), p_ref(M * NP * 8);
+        k->nibble_block(a.data(), KW, M, nib.data(), 0, NQ, KW, p.data(), ldq);
+        ref->popc_block(a.data(), KW, M, bp.data(), 0, NP, KW, false, p_ref.data(), NP * 8);
+        bool same = true;
+        for (int64_t i = 0; i < M; ++i)
+          for (int64_t n = 0; n < N; ++n) same = same && p[i * ldq + n] == p_ref[i * NP * 8 + n];
+        if (!same) ++failures, std::printf("%s nibble_block K=%lld M=%lld\n", k->name, (long long)K, (long long)M);
+      }
+    }
+  return failures;
+}
+
+}  // namespace
+
+namespace {
+// ---- drivers on each ISA against generic ----------------------------------------------------------
+struct Rand {
+  std::mt19937_64 rng;
+  std::vector<float> normal(int64_t n) {
+    std::normal_distribution<float> nd;
+    std::vector<float> v(n);
+    for (float& x : v) x = nd(rng);
+    return v;
+  }
+  std::vector<uint64_t> rows(int64_t n, int64_t K) {  // packed rows with zero padding bits
+    const int64_t KW = bhv::words_for(K);
+    std::vector<uint64_t> v(n * KW);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t w = 0; w < KW; ++w) {
+        uint64_t x = rng();
+        if (w == KW - 1 && K % 64) x &= (uint64_t(1) << (K % 64)) - 1;
+        v[i * KW + w] = x;
+      }
+    return v;
+  }
+};
+
+// Runs f (filling an output vector) on isa and on generic; 1 failure when the bytes differ.
+template <class F>
+int same_on(const std::string& isa, const char* what, F&& f) {
+  bhv::set_isa("generic");
+  const std::vector<float> want = f();
+  bhv::set_isa(isa);
+  const std::vector<float> got = f();
+  if (std::memcmp(want.data(), got.data(), sizeof(float) * want.size()) == 0) return 0;
+  std::printf("%s: %s differs from generic\n", isa.c_str(), what);
+  return 1;
+}
+
+int check_bgemm(const std::string& isa, Rand& r) {
+  int failures = 0;
+  const int64_t ks[] = {1, 63, 64, 65, 200, 256, 1985};
+  const int64_t shapes[][2] = {{1, 8}, {7, 13}, {70, 100}, {33, 1100}};
+  for (int64_t K : ks)
+    for (const auto& mn : shapes) {
+      const int64_t M = mn[0], N = mn[1], KW = bhv::words_for(K), NP = bhv::panels_for(N), G = 2;
+      const std::vector<uint64_t> a = r.rows(G * M, K), w = r.rows(G * N, K);
+      std::vector<uint64_t> panels(G * NP * KW * 8);
+      bhv::to_panels(w.data(), G, N, KW, panels.data());
+      std::vector<uint8_t> nib(bhv::quads_for(N) * KW * 16 * bhv::kQuad);
+      bhv::to_nibbles(panels.data(), NP, KW, nib.data());
+      const int64_t res_cols = N % 4 == 0 ? N / 4 : N;
+      const std::vector<float> scale = r.normal(N), bias = r.normal(N), res = r.normal(G * M * res_cols),
+                               slope = r.normal(N), b1 = r.normal(N), b2 = r.normal(N), ps = r.normal(N),
+                               pb = r.normal(N), start = r.normal(G * M * N);
+      auto run = [&](bool full, bool tables, bool batched, bool acc) {
+        return [&, full, tables, batched, acc] {
+          std::vector<float> out = acc ? start : std::vector<float>(G * M * N);
+          bhv::Epilogue e;
+          e.out = out.data(), e.out_ld = N, e.out_gstride = M * N, e.accumulate = acc;
+          if (full) {
+            e.scale = scale.data(), e.bias = bias.data(), e.slope = slope.data(), e.b1 = b1.data(), e.b2 = b2.data();
+            e.post_scale = ps.data(), e.post_bias = pb.data();
+            e.res = res.data(), e.res_ld = res_cols, e.res_cols = res_cols, e.res_gstride = M * res_cols;
+          } else {
+            e.scale_all = 0.5f;
+          }
+          bhv::bgemm(a.data(), batched ? M : G * M, panels.data(), batched ? NP * KW * 8 : 0, N, KW, K,
+                     batched ? G : 1, e, tables ? nib.data() : nullptr);
+          return out;
+        };
+      };
+      char what[96];
+      std::snprintf(what, sizeof what, "bgemm K=%lld M=%lld N=%lld", (long long)K, (long long)M, (long long)N);
+      for (bool full : {false, true})
+        for (bool tables : {false, true}) failures += same_on(isa, what, run(full, tables, false, false));
+      failures += same_on(isa, what, run(true, false, true, false));
+      failures += same_on(isa, what, run(true, true, false, true));
+    }
+  return failures;
+}
+
+int check_bconv(const std::string& isa, Rand& r) {
+  int failures = 0;
+  struct Case { int64_t B, H, W, C, groups, k, stride, pad, dil, Cout; };
+  const Case cases[] = {{1, 7, 7, 64, 4, 3, 1, 1, 1, 64}, {2, 11, 6, 100, 4, 3, 1, 3, 3, 100},
+                        {1, 5, 9, 20, 1, 3, 1, 5, 5, 20}, {2, 8, 6, 65, 1, 2, 2, 0, 1, 130}};
+  for (const Case& c : cases) {
+    bhv::ConvGeom g{c.B, c.H, c.W, c.C, bhv::words_for(c.C), c.groups, c.k, c.k, c.stride, c.pad, c.dil, 0, 0, c.Cout};
+    g.OH = (c.H + 2 * c.pad - c.dil * (c.k - 1) - 1) / c.stride + 1;
+    g.OW = (c.W + 2 * c.pad - c.dil * (c.k - 1) - 1) / c.stride + 1;
+    const int64_t Cg = c.C / c.groups, Ng = c.Cout / c.groups, T = c.k * c.k, KWc = bhv::words_for(T * Cg);
+    const std::vector<uint64_t> xp = r.rows(c.B * c.H * c.W, c.C), w = r.rows(c.Cout, T * Cg);
+    std::vector<uint64_t> panels(c.groups * bhv::panels_for(Ng) * KWc * 8);
+    bhv::to_panels(w.data(), c.groups, Ng, KWc, panels.data());
+    std::vector<int32_t> wpop(c.Cout * T, 0);
+    for (int64_t o = 0; o < c.Cout; ++o)
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t ch = 0; ch < Cg; ++ch) {
+          const int64_t bit = t * Cg + ch;
+          wpop[o * T + t] += static_cast<int32_t>((w[o * KWc + bit / 64] >> (bit % 64)) & 1);
+        }
+    const int64_t M = c.B * g.OH * g.OW;
+    const std::vector<float> scale = r.normal(c.Cout), bias = r.normal(c.Cout), slope = r.normal(c.Cout),
+                             start = r.normal(M * c.Cout);
+    failures += same_on(isa, "bconv", [&] {
+      std::vector<float> out = start;
+      bhv::Epilogue e;
+      e.scale = scale.data(), e.bias = bias.data(), e.slope = slope.data(), e.b1 = bias.data(), e.b2 = scale.data();
+      e.out = out.data(), e.out_ld = c.Cout, e.accumulate = true;
+      bhv::bconv(xp.data(), g, panels.data(), wpop.data(), e);
+      return out;
+    });
+  }
+  return failures;
+}
+
+int check_masked_av(const std::string& isa, Rand& r) {
+  int failures = 0;
+  for (int64_t S : {1, 50, 64, 65, 130})
+    for (int64_t D : {8, 13, 32}) {
+      const int64_t G = 3, R = 3, SW = bhv::words_for(S);
+      const std::vector<uint64_t> masks = r.rows(G * R * S, S);
+      const std::vector<float> v = r.normal(G * S * D), w = r.normal(G * R);
+      std::vector<uint64_t> vp(G * bhv::panels_for(D) * SW * 8);
+      bhv::pack_cols_panels(v.data(), G, S, D, nullptr, vp.data());
+      failures += same_on(isa, "masked_av", [&] {
+        std::vector<float> out(G * S * D);
+        bhv::masked_av(masks.data(), vp.data(), w.data(), G, R, S, D, out.data());
+        return out;
+      });
     }
   return failures;
 }
@@ -57,6 +206,15 @@ int main() {
       std::printf("checked %s\n", k->name);
       ++tested;
     }
+  }
+  Rand r{std::mt19937_64(7)};
+  for (const std::string& isa : bhv::available_isas()) {
+    if (isa == "generic") continue;
+    for (int threads : {1, 2}) {
+      bhv::set_num_threads(threads);
+      failures += check_bgemm(isa, r) + check_bconv(isa, r) + check_masked_av(isa, r);
+    }
+    std::printf("checked drivers on %s\n", isa.c_str());
   }
   std::printf("%d ISA(s) checked against generic, %d failure(s)\n", tested, failures);
   return failures ? 1 : 0;

@@ -1,6 +1,7 @@
-"""The standalone C++ self-test (csrc/selftest.cpp): every ISA's kernels against the portable ones,
-compiled with the same per-file flags as setup.py; also cross-compiled for aarch64 and run under
-qemu when those tools are installed (the NEON path)."""
+"""The standalone C++ self-test (csrc/selftest.cpp): every ISA's kernels, and the engine's drivers run
+on every ISA, against the portable ones bit for bit, compiled with the same flags as setup.py (per-file
+ISA flags, -ffp-contract=off, OpenMP); also cross-compiled for aarch64 and run under qemu when those
+tools are installed (the NEON path: ``apt-get install g++-aarch64-linux-gnu qemu-user``)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ X86_FLAGS = {
     "isa_avx512bw.cpp": ["-mavx512f", "-mavx512bw", "-mpopcnt"],
     "isa_avx512vpopcnt.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vpopcntdq", "-mpopcnt"],
 }
-SOURCES = ["selftest.cpp", "isa_generic.cpp", "isa_neon.cpp", *X86_FLAGS]
+SOURCES = ["selftest.cpp", "engine.cpp", "isa_generic.cpp", "isa_neon.cpp", *X86_FLAGS]
+COMMON = ["-O2", "-std=c++17", "-ffp-contract=off", "-fopenmp"]  # as setup.py
 
 pytestmark = pytest.mark.slow
 
@@ -27,11 +29,11 @@ def _build(cxx: str, out: Path, per_file: dict[str, list[str]], extra: list[str]
     objects = []
     for src in SOURCES:
         obj = out / (src + ".o")
-        cmd = [cxx, "-O2", "-std=c++17", f"-I{CSRC}", *per_file.get(src, []), "-c", str(CSRC / src), "-o", str(obj)]
+        cmd = [cxx, *COMMON, f"-I{CSRC}", *per_file.get(src, []), "-c", str(CSRC / src), "-o", str(obj)]
         subprocess.run(cmd, check=True, capture_output=True)
         objects.append(str(obj))
     exe = out / "selftest"
-    subprocess.run([cxx, *extra, *objects, "-o", str(exe)], check=True, capture_output=True)
+    subprocess.run([cxx, "-fopenmp", *extra, *objects, "-o", str(exe)], check=True, capture_output=True)
     return exe
 
 
@@ -41,7 +43,7 @@ def test_native_selftest_host(tmp_path: Path) -> None:
     exe = _build("g++", tmp_path, flags, [])
     run = subprocess.run([str(exe)], capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "0 failure(s)" in run.stdout
+    assert "0 failure(s)" in run.stdout and "checked drivers on" in run.stdout
 
 
 @pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None or shutil.which("qemu-aarch64") is None,
@@ -50,4 +52,4 @@ def test_native_selftest_neon_under_qemu(tmp_path: Path) -> None:
     exe = _build("aarch64-linux-gnu-g++", tmp_path, {}, ["-static"])
     run = subprocess.run(["qemu-aarch64", str(exe)], capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "checked neon" in run.stdout and "0 failure(s)" in run.stdout
+    assert "checked drivers on neon" in run.stdout and "0 failure(s)" in run.stdout
