@@ -89,6 +89,12 @@ uint64_t* scratch_u64(size_t n) {
   return buf.data();
 }
 
+int32_t* scratch_dots(size_t n) {  // a second int32 scratch, live beside scratch_i32's
+  thread_local std::vector<int32_t> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
 float* scratch_f32(size_t n) {
   thread_local std::vector<float> buf;
   if (buf.size() < n) buf.resize(n);
@@ -103,6 +109,50 @@ inline void or_bits(uint64_t* dst, int64_t dbit, const uint64_t* src, int64_t sb
   if (nbits < 64) v &= (uint64_t(1) << nbits) - 1;
   dst[dw] |= v << dof;
   if (dof && dof + nbits > 64) dst[dw + 1] |= v >> (64 - dof);
+}
+
+// Packed im2col of rows [m0, m0 + mlen) of a conv (bconv): col[g][i] holds the bits (tap, channel of
+// group g) of output pixel m0 + i, valid[i] its taps that see a real pixel (the others stay 0). The
+// geometry is copied into locals first: col is written through uint64_t, which may alias the int64_t
+// fields of ConvGeom, and would otherwise make the compiler reload them after every store.
+void im2col_bits(const uint64_t* __restrict xp, const ConvGeom& geom, int64_t m0, int64_t mlen, int64_t KWc,
+                 bool aligned, uint64_t field_mask, uint64_t* __restrict col, uint16_t* __restrict valid) {
+  const int64_t H = geom.H, W = geom.W, CW = geom.CW, OH = geom.OH, OW = geom.OW, KWd = geom.KWd;
+  const int64_t KH = geom.KH, stride = geom.stride, pad = geom.pad, dil = geom.dil, groups = geom.groups;
+  const int64_t Cg = geom.C / groups, gstride = kRowBlock * KWc;
+  // output pixel (b, oh, ow) of row m0 + i, advanced by counters: three 64-bit divisions per pixel
+  // would cost more than its taps
+  int64_t b = m0 / (OH * OW), oh = (m0 / OW) % OH, ow = m0 % OW;
+  for (int64_t i = 0; i < mlen; ++i, ++ow) {
+    if (ow == OW) {
+      ow = 0;
+      if (++oh == OH) oh = 0, ++b;
+    }
+    uint16_t v = 0;
+    uint64_t* ci = col + i * KWc;
+    for (int64_t ky = 0; ky < KH; ++ky) {
+      const int64_t ih = oh * stride - pad + ky * dil;
+      if (ih < 0 || ih >= H) continue;
+      const uint64_t* row = xp + (b * H + ih) * W * CW;
+      for (int64_t kx = 0; kx < KWd; ++kx) {
+        const int64_t iw = ow * stride - pad + kx * dil;
+        if (iw < 0 || iw >= W) continue;
+        const int64_t tap = ky * KWd + kx;
+        v = static_cast<uint16_t>(v | (1u << tap));
+        const uint64_t* px = row + iw * CW;
+        if (aligned) {  // Cg divides 64: no field straddles a word, in the pixel or in col
+          const int64_t tw = (tap * Cg) >> 6, ts = (tap * Cg) & 63;
+          for (int64_t g = 0; g < groups; ++g)
+            ci[g * gstride + tw] |= ((px[(g * Cg) >> 6] >> ((g * Cg) & 63)) & field_mask) << ts;
+        } else {
+          for (int64_t g = 0; g < groups; ++g)
+            for (int64_t o = 0; o < Cg; o += 64)
+              or_bits(ci + g * gstride, tap * Cg + o, px, g * Cg + o, std::min<int64_t>(64, Cg - o));
+        }
+      }
+    }
+    valid[i] = v;
+  }
 }
 
 }  // namespace
@@ -254,32 +304,7 @@ void bconv(const uint64_t* xp, const ConvGeom& c, const uint64_t* Bp, const int3
     uint64_t* col = scratch_u64(c.groups * kRowBlock * KWc);
     std::memset(col, 0, sizeof(uint64_t) * c.groups * kRowBlock * KWc);
     uint16_t valid[kRowBlock];  // bit t set when tap t of row i sees a real pixel
-    for (int64_t i = 0; i < mlen; ++i) {
-      const int64_t m = m0 + i, b = m / (c.OH * c.OW), oh = (m / c.OW) % c.OH, ow = m % c.OW;
-      uint16_t v = 0;
-      for (int64_t ky = 0; ky < c.KH; ++ky)
-        for (int64_t kx = 0; kx < c.KWd; ++kx) {
-          const int64_t ih = oh * c.stride - c.pad + ky * c.dil, iw = ow * c.stride - c.pad + kx * c.dil;
-          if (ih < 0 || ih >= c.H || iw < 0 || iw >= c.W) continue;
-          const int64_t tap = ky * c.KWd + kx;
-          v |= uint16_t(1u << tap);
-          const uint64_t* px = xp + ((b * c.H + ih) * c.W + iw) * c.CW;
-          if (aligned) {  // Cg divides 64: no field straddles a word, in the pixel or in col
-            const int64_t tw = (tap * Cg) >> 6, ts = (tap * Cg) & 63;
-            uint64_t* dst = col + i * KWc + tw;
-            for (int64_t g = 0; g < c.groups; ++g) {
-              const uint64_t field = (px[(g * Cg) >> 6] >> ((g * Cg) & 63)) & field_mask;
-              dst[g * kRowBlock * KWc] |= field << ts;
-            }
-          } else {
-            for (int64_t g = 0; g < c.groups; ++g)
-              for (int64_t o = 0; o < Cg; o += 64)
-                or_bits(col + (g * kRowBlock + i) * KWc, tap * Cg + o, px, g * Cg + o,
-                        std::min<int64_t>(64, Cg - o));
-          }
-        }
-      valid[i] = v;
-    }
+    im2col_bits(xp, c, m0, mlen, KWc, aligned, field_mask, col, valid);
     int32_t* P = scratch_i32(kRowBlock * ldp);
     for (int64_t g = 0; g < c.groups; ++g)
       active()->popc_block(col + g * kRowBlock * KWc, KWc, mlen, Bp + g * NPg * KWc * kPanel, 0, NPg, KWc, false,
@@ -287,17 +312,16 @@ void bconv(const uint64_t* xp, const ConvGeom& c, const uint64_t* Bp, const int3
     // dots over the valid taps only: padding bits are 0 in col, so an invalid tap t counted
     // popcount(w[o, t]) = wpop[o, t]; remove it and count Cg bits per valid tap.
     const uint16_t all = uint16_t((1u << T) - 1);
-    thread_local std::vector<int32_t> dot_buf;
-    if (dot_buf.size() < static_cast<size_t>(c.Cout)) dot_buf.resize(c.Cout);
-    int32_t* dots = dot_buf.data();
+    int32_t* dots = scratch_dots(kRowBlock * c.Cout);  // (mlen, Cout), transformed at once below
     // corrections 2 * sum_{invalid taps} wpop per border pattern, computed once per pattern and task
     std::vector<uint16_t> seen;
     std::vector<std::vector<int32_t>> corr;
     for (int64_t i = 0; i < mlen; ++i) {
       const int32_t kv = static_cast<int32_t>(Cg * __builtin_popcount(valid[i]));
+      int32_t* di = dots + i * c.Cout;
       for (int64_t g = 0; g < c.groups; ++g) {
         const int32_t* pg = P + i * ldp + g * ldg;
-        for (int64_t j = 0; j < Ng; ++j) dots[g * Ng + j] = kv - 2 * pg[j];
+        for (int64_t j = 0; j < Ng; ++j) di[g * Ng + j] = kv - 2 * pg[j];
       }
       if (valid[i] != all) {
         size_t k = 0;
@@ -311,10 +335,10 @@ void bconv(const uint64_t* xp, const ConvGeom& c, const uint64_t* Bp, const int3
           corr.push_back(std::move(cv));
         }
         const int32_t* cv = corr[k].data();
-        for (int64_t o = 0; o < c.Cout; ++o) dots[o] += cv[o];
+        for (int64_t o = 0; o < c.Cout; ++o) di[o] += cv[o];
       }
-      active()->apply_rows(e, 0, m0 + i, 1, dots, c.Cout, -1, 0, c.Cout);
     }
+    active()->apply_rows(e, 0, m0, mlen, dots, c.Cout, -1, 0, c.Cout);
   });
 }
 
