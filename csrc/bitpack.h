@@ -73,6 +73,10 @@ struct IsaKernels {
   // room for whole quads.
   void (*nibble_block)(const uint64_t* A, int64_t lda, int64_t M, const uint8_t* nib, int64_t q0, int64_t q1,
                        int64_t KW, int32_t* P, int64_t ldp) = nullptr;
+  // The MLP's shift branches added into output row (b, i) of (B, H, W, C) maps (engine.h, shift_add),
+  // compiled per ISA so that the channel loops run at its vector width (float_ops.inc).
+  void (*shift_row)(float* out, const float* x, int64_t b, int64_t i, int64_t H, int64_t W, int64_t C,
+                    const int* kernels, int64_t nk, const float* ls) = nullptr;
 };
 
 // Returns the kernels of an ISA, or null when this build or this CPU lacks it.

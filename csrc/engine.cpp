@@ -420,57 +420,11 @@ void group_mean(const float* x, int64_t M, int64_t C, int64_t r, float* out) {
   });
 }
 
-namespace {
-inline int64_t wrap(int64_t i, int64_t n) { return ((i % n) + n) % n; }
-
-// One output row (b, i): all shift branches in the model's order, float operations as in torch:
-// S_k(x)[i] = (x[i] + x[i-1] + x[i+1] + x[i-2] + x[i+2]) / k (torch.roll(x, s)[i] = x[i - s]).
-void shift_row(float* out, const float* x, int64_t b, int64_t i, int64_t H, int64_t W, int64_t C, const int* kernels,
-               int64_t nk, const float* ls) {
-  const int64_t q = C / 4;
-  auto px = [&](int64_t h, int64_t w) { return x + ((b * H + wrap(h, H)) * W + wrap(w, W)) * C; };
-  for (int64_t j = 0; j < W; ++j) {
-    float* __restrict o = out + ((b * H + i) * W + j) * C;
-    const float* __restrict center = px(i, j);
-    for (int64_t t = 0; t < nk; ++t) {
-      const int64_t half = kernels[t] / 2;
-      const float fk = static_cast<float>(kernels[t]);
-      const float* lsh = ls + (3 * t) * 2 * C;
-      const float* lsw = lsh + 2 * C;
-      const float* lsc = lsw + 2 * C;
-      for (int axis = 0; axis < 2; ++axis) {  // S_h then S_w
-        const float* nb[4];  // neighbours in the order -1, +1, -2, +2
-        for (int64_t d = 1; d <= half; ++d) {
-          nb[2 * d - 2] = axis == 0 ? px(i - d, j) : px(i, j - d);
-          nb[2 * d - 1] = axis == 0 ? px(i + d, j) : px(i, j + d);
-        }
-        const float* l = axis == 0 ? lsh : lsw;
-        if (half == 1) {
-          for (int64_t c = 0; c < C; ++c) {
-            const float sum = (center[c] + nb[0][c]) + nb[1][c];
-            o[c] = o[c] + ((sum / fk) * l[c] + l[C + c]);
-          }
-        } else {
-          for (int64_t c = 0; c < C; ++c) {
-            const float sum = (((center[c] + nb[0][c]) + nb[1][c]) + nb[2][c]) + nb[3][c];
-            o[c] = o[c] + ((sum / fk) * l[c] + l[C + c]);
-          }
-        }
-      }
-      const float* src[4] = {px(i - half, j), px(i + half, j), px(i, j - half), px(i, j + half)};
-      for (int64_t part = 0; part < 4; ++part) {  // S_c: channel quarter -> its rolled neighbour
-        const float* sp = src[part];
-        for (int64_t c = part * q; c < (part + 1) * q; ++c) o[c] = o[c] + (sp[c] * lsc[c] + lsc[C + c]);
-      }
-    }
-  }
-}
-}  // namespace
-
 void shift_add(float* out, const float* x, int64_t B, int64_t H, int64_t W, int64_t C, const int* kernels,
                int64_t nk, const float* ls) {
+  const IsaKernels* isa = active();
   parallel_for(B * H, B * H * W * C * 8 * nk, [&](int64_t t) {
-    shift_row(out, x, t / H, t % H, H, W, C, kernels, nk, ls);
+    isa->shift_row(out, x, t / H, t % H, H, W, C, kernels, nk, ls);
   });
 }
 

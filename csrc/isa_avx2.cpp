@@ -238,7 +238,8 @@ void avx2_pack_rows(const float* x, int64_t ldx, int64_t M, int64_t K, const flo
 
 namespace bhv {
 const IsaKernels* isa_avx2() {
-  static const IsaKernels k{"avx2", avx2_popc_block, avx2_pack_rows, epilogue_apply_rows, avx2_nibble_block};
+  static const IsaKernels k{"avx2", avx2_popc_block, avx2_pack_rows, epilogue_apply_rows, avx2_nibble_block,
+                            float_shift_row};
   return (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt")) ? &k : nullptr;
 }
 }  // namespace bhv

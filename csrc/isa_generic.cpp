@@ -4,7 +4,8 @@
 
 namespace bhv {
 const IsaKernels* isa_generic() {
-  static const IsaKernels k{"generic", portable_popc_block, portable_pack_rows, epilogue_apply_rows};
+  static const IsaKernels k{"generic", portable_popc_block, portable_pack_rows, epilogue_apply_rows, nullptr,
+                            float_shift_row};
   return &k;
 }
 }  // namespace bhv

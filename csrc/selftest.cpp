@@ -2,7 +2,8 @@
 // sizes: the kernels themselves (pack_rows, popc_block, nibble_block), then the drivers of engine.cpp
 // run on each ISA against the same calls on "generic" (bgemm with every output-transform step, with and
 // without the nibble layout, batched weights, accumulate mode; grouped dilated and 2x2 stride-2 convs;
-// masked A.v). Needs no Python, so it also runs under an emulator for other architectures, e.g.
+// masked A.v; the shift branches). Needs no Python, so it also runs under an emulator for other
+// architectures, e.g.
 //   aarch64-linux-gnu-g++ -O2 -std=c++17 -ffp-contract=off -static -Icsrc csrc/selftest.cpp \
 //       csrc/engine.cpp csrc/isa_*.cpp -o selftest && qemu-aarch64 ./selftest
 // (on x86-64, compile isa_avx2.cpp etc. with the flags listed in setup.py).
@@ -194,6 +195,22 @@ int check_masked_av(const std::string& isa, Rand& r) {
   return failures;
 }
 
+int check_shift(const std::string& isa, Rand& r) {
+  int failures = 0;
+  const int kernels[] = {3, 5};
+  for (int64_t H : {1, 4, 7})
+    for (int64_t C : {4, 12, 64}) {
+      const int64_t B = 2, W = H + 2;
+      const std::vector<float> x = r.normal(B * H * W * C), ls = r.normal(6 * 2 * C), start = r.normal(B * H * W * C);
+      failures += same_on(isa, "shift_add", [&] {
+        std::vector<float> out = start;
+        bhv::shift_add(out.data(), x.data(), B, H, W, C, kernels, 2, ls.data());
+        return out;
+      });
+    }
+  return failures;
+}
+
 }  // namespace
 
 int main() {
@@ -212,7 +229,7 @@ int main() {
     if (isa == "generic") continue;
     for (int threads : {1, 2}) {
       bhv::set_num_threads(threads);
-      failures += check_bgemm(isa, r) + check_bconv(isa, r) + check_masked_av(isa, r);
+      failures += check_bgemm(isa, r) + check_bconv(isa, r) + check_masked_av(isa, r) + check_shift(isa, r);
     }
     std::printf("checked drivers on %s\n", isa.c_str());
   }

@@ -21,7 +21,7 @@ def test_group_mean(threads: int, r: int, rng: np.random.Generator) -> None:
 
 @pytest.mark.parametrize("kernels", [[3], [5], [3, 5]])
 @pytest.mark.parametrize("hw", [(1, 1), (2, 3), (7, 7), (6, 9)])
-def test_shift_add(threads: int, kernels: list[int], hw: tuple[int, int], rng: np.random.Generator) -> None:
+def test_shift_add(isa: str, threads: int, kernels: list[int], hw: tuple[int, int], rng: np.random.Generator) -> None:
     c = 12
     x = rng.standard_normal((2, *hw, c)).astype(np.float32)
     out0 = rng.standard_normal(x.shape).astype(np.float32)
