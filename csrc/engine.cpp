@@ -119,7 +119,10 @@ void im2col_bits(const uint64_t* __restrict xp, const ConvGeom& geom, int64_t m0
                  bool aligned, uint64_t field_mask, uint64_t* __restrict col, uint16_t* __restrict valid) {
   const int64_t H = geom.H, W = geom.W, CW = geom.CW, OH = geom.OH, OW = geom.OW, KWd = geom.KWd;
   const int64_t KH = geom.KH, stride = geom.stride, pad = geom.pad, dil = geom.dil, groups = geom.groups;
-  const int64_t Cg = geom.C / groups, gstride = kRowBlock * KWc;
+  const int64_t Cg = geom.C / groups, gstride = kRowBlock * KWc, T = KH * KWd;
+  int64_t offs[16];  // word offset of each tap's pixel from the top-left tap's
+  for (int64_t t = 0; t < T; ++t) offs[t] = ((t / KWd) * dil * W + (t % KWd) * dil) * CW;
+  const uint16_t all = static_cast<uint16_t>((1u << T) - 1);
   // output pixel (b, oh, ow) of row m0 + i, advanced by counters: three 64-bit divisions per pixel
   // would cost more than its taps
   int64_t b = m0 / (OH * OW), oh = (m0 / OW) % OH, ow = m0 % OW;
@@ -128,8 +131,25 @@ void im2col_bits(const uint64_t* __restrict xp, const ConvGeom& geom, int64_t m0
       ow = 0;
       if (++oh == OH) oh = 0, ++b;
     }
-    uint16_t v = 0;
     uint64_t* ci = col + i * KWc;
+    const int64_t ih0 = oh * stride - pad, iw0 = ow * stride - pad;
+    if (aligned && ih0 >= 0 && iw0 >= 0 && ih0 + (KH - 1) * dil < H && iw0 + (KWd - 1) * dil < W) {
+      // interior pixel, every tap valid: each word of col assembled in a register, stored once
+      const uint64_t* base = xp + ((b * H + ih0) * W + iw0) * CW;
+      for (int64_t g = 0; g < groups; ++g) {
+        const uint64_t* bg = base + ((g * Cg) >> 6);
+        const int64_t gs = (g * Cg) & 63;
+        int64_t t = 0;
+        for (int64_t k = 0; k < KWc; ++k) {
+          uint64_t word = 0;
+          for (; t < T && ((t * Cg) >> 6) == k; ++t) word |= ((bg[offs[t]] >> gs) & field_mask) << ((t * Cg) & 63);
+          ci[g * gstride + k] = word;
+        }
+      }
+      valid[i] = all;
+      continue;
+    }
+    uint16_t v = 0;
     for (int64_t ky = 0; ky < KH; ++ky) {
       const int64_t ih = oh * stride - pad + ky * dil;
       if (ih < 0 || ih >= H) continue;
