@@ -227,13 +227,19 @@ void pack_cols_panels(const float* x, int64_t G, int64_t S, int64_t D, const flo
     uint64_t* og = out + g * per_g;
     std::memset(og, 0, sizeof(uint64_t) * per_g);
     const float* xg = x + g * S * D;
-    for (int64_t s = 0; s < S; ++s) {
-      const uint64_t bit = uint64_t(1) << (s & 63);
-      uint64_t* ow = og + (s >> 6) * kPanel;
-      for (int64_t d = 0; d < D; ++d) {
-        const float v = bias ? xg[s * D + d] + bias[d] : xg[s * D + d];
-        if (v < 0.0f) ow[(d / kPanel) * SW * kPanel + d % kPanel] |= bit;
+    // word sw of every column d assembled in acc[d] (a loop over d the compiler vectorises), then stored
+    uint64_t* acc = scratch_u64(D);
+    for (int64_t sw = 0; sw < SW; ++sw) {
+      std::memset(acc, 0, sizeof(uint64_t) * D);
+      for (int64_t s = sw * 64; s < std::min(S, sw * 64 + 64); ++s) {
+        const float* row = xg + s * D;
+        const int sh = static_cast<int>(s & 63);
+        if (bias)
+          for (int64_t d = 0; d < D; ++d) acc[d] |= static_cast<uint64_t>(row[d] + bias[d] < 0.0f) << sh;
+        else
+          for (int64_t d = 0; d < D; ++d) acc[d] |= static_cast<uint64_t>(row[d] < 0.0f) << sh;
       }
+      for (int64_t d = 0; d < D; ++d) og[((d / kPanel) * SW + sw) * kPanel + d % kPanel] = acc[d];
     }
   });
 }
@@ -384,19 +390,38 @@ void masked_av(const uint64_t* masks, const uint64_t* vp, const float* w, int64_
   });
 }
 
+namespace {
+// nearbyint (round half to even) for x >= 0 in the default rounding mode, without the libm call that a
+// baseline x86-64 build (no SSE4.1 roundss) makes: below 2^23, (x + 2^23) - 2^23 rounds x to an integer
+// in the float addition itself; from 2^23 up every float is an integer.
+inline float round_even_nonneg(float x) {
+  constexpr float kMagic = 8388608.0f;  // 2^23
+  const float r = (x + kMagic) - kMagic;
+  return x < kMagic ? r : x;
+}
+}  // namespace
+
 void lsq_masks(const float* attn, const float* a, const float* z, int64_t G, int64_t L, uint64_t* out) {
   const int64_t LW = words_for(L);
   parallel_for(G, G * L * L, [&](int64_t g) {
     uint64_t* og = out + g * 3 * L * LW;
-    std::memset(og, 0, sizeof(uint64_t) * 3 * L * LW);
+    const float ag = a[g], zg = z[g];
     for (int64_t i = 0; i < L; ++i) {
       const float* row = attn + (g * L + i) * L;
-      for (int64_t j = 0; j < L; ++j) {
-        const float x = row[j] * 3.0f;
-        const float lvl = std::nearbyint(x / a[g] + z[g]);  // default rounding: half to even
-        const uint64_t bit = uint64_t(1) << (j & 63);
-        for (int s = 1; s <= 3; ++s)
-          if (lvl >= static_cast<float>(s)) og[(s - 1) * L * LW + i * LW + (j >> 6)] |= bit;
+      for (int64_t w = 0; w < LW; ++w) {
+        uint64_t t1 = 0, t2 = 0, t3 = 0;  // the three level masks of this word, in registers
+        for (int64_t j = w * 64; j < std::min(L, w * 64 + 64); ++j) {
+          const float x = row[j] * 3.0f / ag + zg;
+          // levels below 1 (x < 0.5, NaN included) set no bit, so only x >= 0 needs rounding
+          const float lvl = x >= 0.0f ? round_even_nonneg(x) : 0.0f;
+          const int sh = static_cast<int>(j & 63);
+          t1 |= static_cast<uint64_t>(lvl >= 1.0f) << sh;
+          t2 |= static_cast<uint64_t>(lvl >= 2.0f) << sh;
+          t3 |= static_cast<uint64_t>(lvl >= 3.0f) << sh;
+        }
+        og[0 * L * LW + i * LW + w] = t1;
+        og[1 * L * LW + i * LW + w] = t2;
+        og[2 * L * LW + i * LW + w] = t3;
       }
     }
   });

@@ -55,7 +55,7 @@ def test_gsb_decomposition_handles_negative_t0(rng: np.random.Generator) -> None
     np.testing.assert_allclose(got, a_hat.astype(np.float64) @ v, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("s", [1, 7, 50, 53, 65])
+@pytest.mark.parametrize("s", [1, 7, 50, 53, 65, 130])
 def test_lsq_masks_match_the_model_quantizer(isa: str, s: int, rng: np.random.Generator) -> None:
     """Levels from the native kernel equal the float model's LSQ quantizer, ties included."""
     import torch

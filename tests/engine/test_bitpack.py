@@ -81,6 +81,9 @@ def test_pack_cols_panels(isa: str, s: int, d: int, rng: np.random.Generator) ->
     for i in range(g):
         rows = R.pack_rows_ref(np.ascontiguousarray(x[i].T), bias[:, None])
         np.testing.assert_array_equal(got[i], R.to_panels_ref(rows))
+    plain = K.pack_cols_panels(x)  # no bias
+    for i in range(g):
+        np.testing.assert_array_equal(plain[i], R.to_panels_ref(R.pack_rows_ref(np.ascontiguousarray(x[i].T))))
 
 
 @pytest.mark.parametrize("k", [1, 53, 64, 65, 128])
