@@ -304,6 +304,47 @@ Arr<float> bgemm(const Arr<uint64_t>& a, const Arr<uint64_t>& bp, int64_t N, int
   return o;
 }
 
+// bgemm in packed mode (Epilogue::bits): a (M, KW) against one shared weight; instead of the floats z
+// (M, N) returns the next binary layer's input, bits (M, ceil(N/64)) of z + pack_bias < 0, and, with
+// mean_r > 0, the group means (M, N / mean_r) of z (or None).
+py::tuple bgemm_pack(const Arr<uint64_t>& a, const Arr<uint64_t>& bp, int64_t N, int64_t K, const OptArr<float>& scale,
+                     float scale_all, const OptArr<float>& bias, const OptArr<float>& residual,
+                     const OptArr<float>& slope, const OptArr<float>& b1, const OptArr<float>& b2,
+                     const OptArr<float>& post_scale, const OptArr<float>& post_bias, const OptArr<uint8_t>& nibbles,
+                     const OptArr<float>& pack_bias, int64_t mean_r) {
+  const int64_t KW = bhv::words_for(K), NP = bhv::panels_for(N), NW = bhv::words_for(N);
+  check(a, {-1, KW}, "a (M, KW)");
+  check(bp, {NP, KW, bhv::kPanel}, "b panels (NP, KW, 8)");
+  const int64_t M = a.shape(0);
+  if (mean_r < 0 || (mean_r > 0 && (128 % mean_r != 0 || N % mean_r != 0)))
+    throw std::invalid_argument("mean_r must divide 128 and N");
+  const uint8_t* nib = nullptr;
+  if (nibbles) {
+    check(*nibbles, {bhv::quads_for(N), KW, 16, bhv::kQuad}, "nibbles (ceil(N/32), KW, 16, 32)");
+    nib = nibbles->data();
+  }
+  Epilogue e;
+  fill_epilogue(e, N, scale, scale_all, bias, slope, b1, b2, post_scale, post_bias);
+  fill_residual(e, residual, 1, M, N);
+  Arr<uint64_t> bits = new_array<uint64_t>({M, NW});
+  e.bits = bits.mutable_data();
+  e.bits_ld = NW;
+  e.bits_bias = opt_ptr(pack_bias, N, "pack_bias");
+  py::object means = py::none();
+  if (mean_r > 0) {
+    Arr<float> mo = new_array<float>({M, N / mean_r});
+    e.means = mo.mutable_data();
+    e.mean_r = mean_r;
+    e.means_ld = N / mean_r;
+    means = mo;
+  }
+  {
+    py::gil_scoped_release nogil;
+    bhv::bgemm(a.data(), M, bp.data(), 0, N, KW, K, 1, e, nib);
+  }
+  return py::make_tuple(bits, means);
+}
+
 // xp: (B, H, W, CW) channel-packed pixels; wp: (groups, NPg, KWc, 8); wpop: (Cout, KH*KW).
 Arr<float> bconv(const Arr<uint64_t>& xp, int64_t C, const Arr<uint64_t>& wp, const Arr<int32_t>& wpop,
                  int64_t Cout, int64_t groups, int64_t kh, int64_t kw, int64_t stride, int64_t pad, int64_t dil,
@@ -412,6 +453,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("slope") = py::none(), py::arg("b1") = py::none(), py::arg("b2") = py::none(),
         py::arg("post_scale") = py::none(), py::arg("post_bias") = py::none(), py::arg("out") = py::none(),
         py::arg("accumulate") = false, py::arg("nibbles") = py::none());
+  m.def("bgemm_pack", &bgemm_pack, py::arg("a"), py::arg("bp"), py::arg("n"), py::arg("k"),
+        py::arg("scale") = py::none(), py::arg("scale_all") = 1.0f, py::arg("bias") = py::none(),
+        py::arg("residual") = py::none(), py::arg("slope") = py::none(), py::arg("b1") = py::none(),
+        py::arg("b2") = py::none(), py::arg("post_scale") = py::none(), py::arg("post_bias") = py::none(),
+        py::arg("nibbles") = py::none(), py::arg("pack_bias") = py::none(), py::arg("mean_r") = 0);
   m.def("to_nibbles", &to_nibbles, py::arg("bp"));
   m.def("nibbles_pay", &bhv::nibbles_pay, py::arg("n"), py::arg("kw"));
   m.def("set_buffer_cache_mb", &set_buffer_cache_mb, py::arg("mb"));

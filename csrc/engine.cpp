@@ -36,7 +36,7 @@ constexpr int64_t kStreamBytes = int64_t(16) << 20;  // outputs at least this la
 // The epilogue, streamed when its whole output (rows x cols floats) will not stay in cache.
 Epilogue streamed_if_large(const Epilogue& e, int64_t rows, int64_t cols) {
   Epilogue out = e;
-  out.stream = !e.accumulate && rows * cols * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
+  out.stream = !e.accumulate && !e.bits && rows * cols * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
   return out;
 }
 

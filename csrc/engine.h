@@ -33,6 +33,16 @@ struct Epilogue {
                                  // last-level cache; ignored with accumulate)
   float* out = nullptr;          // out[g * out_gstride + m * out_ld + n]
   int64_t out_ld = 0, out_gstride = 0;
+  // Packed mode (bits != null; batch g = 0, no accumulate): instead of writing z to out, the transform
+  // packs the next binary layer's input, bit n % 64 of bits[m * bits_ld + n / 64] = (z + bits_bias[n] < 0)
+  // (convention 4; bits_bias may be null), and, when means is set, the mean of each group of mean_r
+  // consecutive columns, means[m * means_ld + n / mean_r] (summed left to right, times 1/mean_r, as
+  // group_mean). Columns of a task must start on a multiple of 64 and mean_r must divide 128.
+  uint64_t* bits = nullptr;
+  const float* bits_bias = nullptr;
+  int64_t bits_ld = 0;
+  float* means = nullptr;
+  int64_t mean_r = 0, means_ld = 0;
 };
 
 // ---- packing ----------------------------------------------------------------------------------

@@ -210,6 +210,36 @@ def bgemm(
     return native().bgemm(_u64(a), _u64(bp), int(n), int(k), **kw)
 
 
+def bgemm_pack(
+    a: np.ndarray,
+    bp: np.ndarray,
+    n: int,
+    k: int,
+    *,
+    pack_bias: np.ndarray | None = None,
+    mean_r: int = 0,
+    scale: np.ndarray | float | None = None,
+    bias: np.ndarray | None = None,
+    residual: np.ndarray | None = None,
+    rprelu: RPReLU | None = None,
+    post: tuple[np.ndarray, np.ndarray] | None = None,
+    nibbles: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`bgemm` whose output feeds the next binary layer directly: for ``z`` the transformed (M, n)
+    output, returns ``(pack_rows(z, pack_bias), group_mean(z, mean_r) or None)`` without writing ``z``.
+
+    The MLP's ``fc1`` this way hands ``fc2`` its packed input and its pooled residual (SPEC §2) and
+    saves storing and re-reading the r·C-wide float map. a: (M, KW) against one shared weight;
+    ``mean_r`` must divide 128 and n. Bit for bit the same as the three separate calls.
+    """
+    kw = _epilogue_kwargs(scale, bias, residual, rprelu, None, False, post)
+    if nibbles is not None:
+        kw["nibbles"] = np.ascontiguousarray(nibbles, dtype=np.uint8)
+    if pack_bias is not None:
+        kw["pack_bias"] = _f32(pack_bias)
+    return native().bgemm_pack(_u64(a), _u64(bp), int(n), int(k), mean_r=int(mean_r), **kw)
+
+
 def to_nibbles(bp: np.ndarray) -> np.ndarray:
     """Panels (NP, KW, 8) -> the nibble layout (ceil(NP/4), KW, 16, 32) uint8 (csrc/bitpack.h, convention 8).
 

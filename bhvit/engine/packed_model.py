@@ -198,18 +198,22 @@ class PackedModel:
         self._times[key] = self._times.get(key, 0.0) + time.perf_counter() - start
 
     # ---- binary layers ------------------------------------------------------------------------
-    def linear(self, name: str, x: Tensor, move: Tensor, residual: Tensor | np.ndarray | None, act: _RPReLU | None,
-               post: tuple[np.ndarray, np.ndarray] | None = None, out: np.ndarray | None = None) -> Tensor:
+    def linear(self, name: str, x: Tensor, move: Tensor | None, residual: Tensor | np.ndarray | None,
+               act: _RPReLU | None, post: tuple[np.ndarray, np.ndarray] | None = None, out: np.ndarray | None = None,
+               xb: np.ndarray | None = None) -> Tensor:
         """``post(act(norm(α·sign(x + move)·W_bᵀ) + residual))`` over the last dim of x; added into
-        ``out`` (a float32 buffer of the output's size) when given."""
+        ``out`` (a float32 buffer of the output's size) when given. ``xb``: ``sign(x + move)`` already
+        packed (M, KW), then x only gives the leading shape."""
         with self._timed("linear." + name.rsplit(".", 1)[1]):
-            return self._linear(name, x, move, residual, act, post, out)
+            return self._linear(name, x, move, residual, act, post, out, xb)
 
-    def _linear(self, name: str, x: Tensor, move: Tensor, residual: Tensor | np.ndarray | None,
-                act: _RPReLU | None, post: tuple[np.ndarray, np.ndarray] | None, out: np.ndarray | None) -> Tensor:
+    def _linear(self, name: str, x: Tensor, move: Tensor | None, residual: Tensor | np.ndarray | None,
+                act: _RPReLU | None, post: tuple[np.ndarray, np.ndarray] | None, out: np.ndarray | None,
+                xb: np.ndarray | None = None) -> Tensor:
         op = self.ops[name]
         k, n = op.meta["in"], op.meta["out"]
-        xb = K.pack_rows(_np(x).reshape(-1, k), _np(move))
+        if xb is None:
+            xb = K.pack_rows(_np(x).reshape(-1, k), _np(move))
         res = None if residual is None else (residual if isinstance(residual, np.ndarray) else _np(residual))
         shape = (*x.shape[:-1], n)
         if op.fused:
@@ -240,11 +244,27 @@ class PackedModel:
 
     # ---- blocks -------------------------------------------------------------------------------
     def mlp_into(self, pre: str, x: Tensor, out: np.ndarray) -> None:
-        """``out += LS(MLP(x))`` (SPEC §2 MLP) on tokens x (B, N, C); out is (B·N, C) float32."""
+        """``out += LS(MLP(x))`` (SPEC §2 MLP) on tokens x (B, N, C); out is (B·N, C) float32.
+
+        With a folded norm, ``fc1`` runs in packed mode (``kernels.bgemm_pack``): it returns ``fc2``'s
+        packed input ``sign(H1 + m2)`` and the pooled residual ``AvgPool1d_r(H1)`` instead of the
+        (B, N, rC) float map H1, the same bits and floats as computing H1 first."""
+        op1, c = self.ops[f"{pre}.fc1"], x.shape[-1]
+        n1 = op1.meta["out"]
+        r = n1 // c  # AvgPool1d_r: (B, N, rC) -> (B, N, C)
+        fc2 = (f"{pre}.fc2", self.p[f"{pre}.move2"], self.act(f"{pre}.act2"))
+        post = self._layerscale_arrays(f"{pre}.ls")
+        if op1.fused and n1 % r == 0 and 128 % r == 0:
+            with self._timed("linear.fc1"):
+                xb = K.pack_rows(_np(x).reshape(-1, c), _np(self.p[f"{pre}.move1"]))
+                hb, pooled = K.bgemm_pack(xb, op1.panels, n1, c, pack_bias=_np(fc2[1]), mean_r=r, scale=op1.scale,
+                                          bias=op1.bias, residual=_np(x).reshape(xb.shape[0], c),
+                                          rprelu=self.act(f"{pre}.act1").arrays(), nibbles=op1.nibbles)
+            self.linear(fc2[0], x, None, pooled, fc2[2], post=post, out=out, xb=hb)
+            return
         h = self.linear(f"{pre}.fc1", x, self.p[f"{pre}.move1"], x, self.act(f"{pre}.act1"))
-        pooled = K.group_mean(_np(h), h.shape[-1] // x.shape[-1])  # AvgPool1d_r: (B, N, rC) -> (B, N, C)
-        self.linear(f"{pre}.fc2", h, self.p[f"{pre}.move2"], pooled, self.act(f"{pre}.act2"),
-                    post=self._layerscale_arrays(f"{pre}.ls"), out=out)
+        pooled = K.group_mean(_np(h), r)
+        self.linear(fc2[0], h, fc2[1], pooled, fc2[2], post=post, out=out)
 
     def shift_params(self, pre: str) -> tuple[list[int], np.ndarray] | None:
         """Kernels and stacked LayerScales (3·nk, 2, C) of a block's shift branches."""

@@ -127,3 +127,34 @@ def test_buffer_cache_reuses_only_freed_buffers(rng: np.random.Generator) -> Non
             K.set_buffer_cache_mb(-1)
     finally:
         K.set_buffer_cache_mb(limit)
+
+
+@pytest.mark.parametrize("k", [1, 64, 130, 256, 512])
+@pytest.mark.parametrize("m,n,r", [(1, 8, 8), (37, 96, 4), (70, 1100, 4), (9, 2056, 8), (130, 512, 8)])
+def test_bgemm_pack_equals_separate_calls(isa: str, threads: int, k: int, m: int, n: int, r: int,
+                                          rng: np.random.Generator) -> None:
+    """Packed mode (the MLP's fc1 handing fc2 its bits and pooled residual) gives the bits of
+    pack_rows(z + bias) and the floats of group_mean(z) of the plain GEMM's output z."""
+    a = K.pack_rows(rng.standard_normal((m, k)).astype(np.float32))
+    panels = K.to_panels(K.pack_rows(rng.standard_normal((n, k)).astype(np.float32)))
+    kw = {"scale": rng.random(n).astype(np.float32), "bias": rng.standard_normal(n).astype(np.float32),
+          "residual": rng.standard_normal((m, n // r)).astype(np.float32),
+          "rprelu": tuple(rng.standard_normal(n).astype(np.float32) for _ in range(3)),
+          "nibbles": K.nibbles_for(panels, k)}
+    move = rng.standard_normal(n).astype(np.float32)
+    z = K.bgemm(a, panels, n, k, **kw)
+    bits, means = K.bgemm_pack(a, panels, n, k, pack_bias=move, mean_r=r, **kw)
+    np.testing.assert_array_equal(bits, K.pack_rows(z, move))
+    np.testing.assert_array_equal(means, K.group_mean(z, r))
+    bits0, none = K.bgemm_pack(a, panels, n, k, **kw)  # no bias, no means
+    np.testing.assert_array_equal(bits0, K.pack_rows(z))
+    assert none is None
+
+
+def test_bgemm_pack_rejects_group_sizes(rng: np.random.Generator) -> None:
+    a = K.pack_rows(rng.standard_normal((4, 64)).astype(np.float32))
+    panels = K.to_panels(K.pack_rows(rng.standard_normal((96, 64)).astype(np.float32)))
+    with pytest.raises(ValueError, match="mean_r"):
+        K.bgemm_pack(a, panels, 96, 64, mean_r=3)  # does not divide 128
+    with pytest.raises(ValueError, match="mean_r"):
+        K.bgemm_pack(a, panels, 96, 64, mean_r=64)  # does not divide n
