@@ -264,6 +264,13 @@ Arr<uint8_t> to_nibbles(const Arr<uint64_t>& bp) {
   return out;
 }
 
+// The nibble layout of an N-row weight of KW words (to_nibbles), checked, or null.
+const uint8_t* nibbles_ptr(const OptArr<uint8_t>& nibbles, int64_t N, int64_t KW) {
+  if (!nibbles) return nullptr;
+  check(*nibbles, {bhv::quads_for(N), KW, 16, bhv::kQuad}, "nibbles (ceil(N/32), KW, 16, 32)");
+  return nibbles->data();
+}
+
 // a: (M, KW) or (G, M, KW); bp: (NP, KW, 8) shared, or (G, NP, KW, 8); nibbles: to_nibbles(bp) or None.
 Arr<float> bgemm(const Arr<uint64_t>& a, const Arr<uint64_t>& bp, int64_t N, int64_t K, const OptArr<float>& scale,
                  float scale_all, const OptArr<float>& bias, const OptArr<float>& residual,
@@ -282,12 +289,8 @@ Arr<float> bgemm(const Arr<uint64_t>& a, const Arr<uint64_t>& bp, int64_t N, int
   } else {
     check(bp, {NP, KW, bhv::kPanel}, "b panels (NP, KW, 8)");
   }
-  const uint8_t* nib = nullptr;
-  if (nibbles) {
-    if (b_gstride) throw std::invalid_argument("nibbles: only for a weight shared over the batch");
-    check(*nibbles, {bhv::quads_for(N), KW, 16, bhv::kQuad}, "nibbles (ceil(N/32), KW, 16, 32)");
-    nib = nibbles->data();
-  }
+  if (nibbles && b_gstride) throw std::invalid_argument("nibbles: only for a weight shared over the batch");
+  const uint8_t* nib = nibbles_ptr(nibbles, N, KW);
   Epilogue e;
   fill_epilogue(e, N, scale, scale_all, bias, slope, b1, b2, post_scale, post_bias);
   fill_residual(e, residual, G, M, N);
@@ -318,11 +321,7 @@ py::tuple bgemm_pack(const Arr<uint64_t>& a, const Arr<uint64_t>& bp, int64_t N,
   const int64_t M = a.shape(0);
   if (mean_r < 0 || (mean_r > 0 && (128 % mean_r != 0 || N % mean_r != 0)))
     throw std::invalid_argument("mean_r must divide 128 and N");
-  const uint8_t* nib = nullptr;
-  if (nibbles) {
-    check(*nibbles, {bhv::quads_for(N), KW, 16, bhv::kQuad}, "nibbles (ceil(N/32), KW, 16, 32)");
-    nib = nibbles->data();
-  }
+  const uint8_t* nib = nibbles_ptr(nibbles, N, KW);
   Epilogue e;
   fill_epilogue(e, N, scale, scale_all, bias, slope, b1, b2, post_scale, post_bias);
   fill_residual(e, residual, 1, M, N);

@@ -1,5 +1,6 @@
 // Drivers: ISA dispatch, threading, blocking, im2col of packed bits (the output transform is epilogue.inc).
 #include "engine.h"
+#include "rowops.inc"
 
 #include <algorithm>
 #include <cmath>
@@ -428,40 +429,9 @@ void lsq_masks(const float* attn, const float* a, const float* z, int64_t G, int
 }
 
 // ---- fused float helpers ---------------------------------------------------------------------
-namespace {
-// Means of one row's C groups of R (R fixed: the compiler vectorises across groups with interleaved
-// loads; each sum still runs left to right).
-template <int R>
-void group_mean_row(const float* __restrict x, int64_t C, float inv, float* __restrict out) {
-  for (int64_t c = 0; c < C; ++c) {
-    const float* g = x + c * R;
-    float s = g[0];
-    BHV_UNROLL
-    for (int i = 1; i < R; ++i) s = s + g[i];
-    out[c] = s * inv;
-  }
-}
-
-void group_mean_row_any(const float* x, int64_t C, int64_t r, float inv, float* out) {
-  for (int64_t c = 0; c < C; ++c) {
-    const float* g = x + c * r;
-    float s = g[0];
-    for (int64_t i = 1; i < r; ++i) s = s + g[i];
-    out[c] = s * inv;
-  }
-}
-}  // namespace
-
 void group_mean(const float* x, int64_t M, int64_t C, int64_t r, float* out) {
-  const float inv = 1.0f / static_cast<float>(r);
   parallel_for((M + 63) / 64, M * C * r, [&](int64_t t) {
-    for (int64_t m = t * 64; m < std::min(M, t * 64 + 64); ++m) {
-      const float* xm = x + m * C * r;
-      float* om = out + m * C;
-      if (r == 8) group_mean_row<8>(xm, C, inv, om);
-      else if (r == 4) group_mean_row<4>(xm, C, inv, om);
-      else group_mean_row_any(xm, C, r, inv, om);
-    }
+    for (int64_t m = t * 64; m < std::min(M, t * 64 + 64); ++m) group_means(x + m * C * r, C, r, out + m * C);
   });
 }
 

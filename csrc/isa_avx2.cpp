@@ -213,32 +213,11 @@ void avx2_nibble_block(const uint64_t* A, int64_t lda, int64_t M, const uint8_t*
   for (; i < M; ++i) nibble_rows<1>(A + i * lda, lda, nib, q0, q1, KW, P + i * ldp, ldp);
 }
 
-// Full words by 8-float compares and movemask; the last partial word falls back to the portable loop.
-void avx2_pack_rows(const float* x, int64_t ldx, int64_t M, int64_t K, const float* bias, uint64_t* out) {
-  const int64_t KW = (K + 63) / 64, full = K / 64;
-  const __m256 zero = _mm256_setzero_ps();
-  for (int64_t i = 0; i < M; ++i) {
-    const float* row = x + i * ldx;
-    for (int64_t w = 0; w < full; ++w) {
-      uint64_t word = 0;
-      for (int c = 0; c < 8; ++c) {
-        const int64_t k = w * 64 + c * 8;
-        __m256 v = _mm256_loadu_ps(row + k);
-        if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + k));
-        const uint64_t m = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_LT_OQ)));
-        word |= m << (c * 8);
-      }
-      out[i * KW + w] = word;
-    }
-  }
-  if (full < KW) portable_pack_words(x, ldx, M, K, bias, out, full);
-}
-
 }  // namespace
 
 namespace bhv {
 const IsaKernels* isa_avx2() {
-  static const IsaKernels k{"avx2", avx2_popc_block, avx2_pack_rows, epilogue_apply_rows, avx2_nibble_block,
+  static const IsaKernels k{"avx2", avx2_popc_block, simd_pack_rows, epilogue_apply_rows, avx2_nibble_block,
                             float_shift_row};
   return (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt")) ? &k : nullptr;
 }

@@ -8,7 +8,7 @@
 
 namespace bhv {
 const IsaKernels* isa_avx512bw() {
-  static const IsaKernels k{"avx512bw", avx512_popc_block, avx512_pack_rows, epilogue_apply_rows, nullptr,
+  static const IsaKernels k{"avx512bw", avx512_popc_block, simd_pack_rows, epilogue_apply_rows, nullptr,
                             float_shift_row};
   const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                   __builtin_cpu_supports("popcnt");
