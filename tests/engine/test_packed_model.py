@@ -181,6 +181,12 @@ REF = Path(__file__).resolve().parents[3] / "shared" / "reference"
 # input agree to a few ulps (BLOCK_RTOL); logits of the whole network to END_TO_END_ATOL, same top-1.
 BLOCK_RTOL = 1e-6
 END_TO_END_ATOL = 2e-3
+# A sign input within NEAR_ZERO (relative to its layer's largest input) of 0 is decided by summation order:
+# torch's own order differs between its AVX2 and AVX-512 code (measured: on a Zen 3 one fc2 input of the
+# binary reference sits at 9.6e-10 of its max and flips, so 64 outputs of one token differ by 1e-2). Such a
+# flip changes the outputs it reaches, a few tokens; a kernel bug changes far more than MAX_FLIP_SHARE.
+NEAR_ZERO = 1e-6
+MAX_FLIP_SHARE = 1e-3
 
 
 def _authors_model(variant: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
@@ -209,24 +215,56 @@ def test_authors_reference_logits(variant: str) -> None:
 @pytest.mark.skipif(not REF.is_dir(), reason=f"reference packs not found at {REF}")
 @pytest.mark.parametrize("variant", ["somefp", "binary"])
 def test_authors_model_blockwise(variant: str) -> None:
-    """Fed the float model's input, every packed stage piece matches it to a few ulps."""
+    """Fed the float model's input, every packed stage piece matches it to a few ulps, except where a sign
+    input of the float model sits within rounding of 0 (see NEAR_ZERO)."""
     model, tensors = _authors_model(variant)
     packed = engine.pack(model)
+    near = _near_zero_sign_inputs(model)
     with torch.no_grad():
         h = model.stem(tensors["input"])
         torch.testing.assert_close(packed.stem(tensors["input"]), h, rtol=0, atol=0)
         for i, stage in enumerate(model.stages):
             if i:
+                near.clear()
                 want = stage.downsample(h)
-                got = packed.downsample(f"stages.{i}.downsample", h)
-                torch.testing.assert_close(got, want, rtol=0, atol=BLOCK_RTOL * want.abs().max().item())
+                _assert_block_close(packed.downsample(f"stages.{i}.downsample", h), want, near)
                 h = want
             for j, block in enumerate(stage.blocks):
+                near.clear()
                 want = block(h)
                 run = packed.conv_block if i < 2 else packed.attention_block
-                got = run(f"stages.{i}.blocks.{j}", h)
-                torch.testing.assert_close(got, want, rtol=0, atol=BLOCK_RTOL * want.abs().max().item())
+                _assert_block_close(run(f"stages.{i}.blocks.{j}", h), want, near)
                 h = want
+
+
+def _near_zero_sign_inputs(model: torch.nn.Module) -> dict[str, int]:
+    """Counts, per binary layer, the inputs of its ``sign`` within NEAR_ZERO of 0 on each forward (hooks)."""
+    counts: dict[str, int] = {}
+
+    def hook(name: str):  # noqa: ANN202
+        def count(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            x = args[0].abs()
+            counts[name] = counts.get(name, 0) + int((x <= NEAR_ZERO * x.max()).sum())
+
+        return count
+
+    for name, module in model.named_modules():
+        if getattr(module, "weight_quantizer", None) is not None and getattr(module, "input_quantizer", None):
+            module.register_forward_pre_hook(hook(name))
+    return counts
+
+
+def _assert_block_close(got: torch.Tensor, want: torch.Tensor, near: dict[str, int]) -> None:
+    """Equal to BLOCK_RTOL of the largest output; elements beyond it are allowed only when the float model
+    had sign inputs within rounding of 0 in this block, and only a MAX_FLIP_SHARE of them."""
+    off = (got - want).abs() > BLOCK_RTOL * want.abs().max()
+    if not off.any():
+        return
+    flips = sum(near.values())
+    share = float(off.float().mean())
+    assert flips and share <= MAX_FLIP_SHARE, (
+        f"{int(off.sum())} elements ({share:.2e}) differ beyond {BLOCK_RTOL} of the largest output; "
+        f"near-zero sign inputs in the block: {flips}")
 
 
 def test_pack_command_and_predictor(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
