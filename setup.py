@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import platform
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from setuptools import Extension, setup
@@ -66,7 +67,31 @@ class BuildExt(build_ext):
             return original(obj, src, ext, cc_args, list(extra_postargs) + extra, pp_opts)
 
         self.compiler._compile = compile_one
+        _compile_in_parallel(self.compiler, int(os.environ.get("BHVIT_BUILD_JOBS", os.cpu_count() or 1)))
         super().build_extensions()
+
+
+def _compile_in_parallel(compiler, jobs: int) -> None:  # noqa: ANN001
+    """Compiles an extension's sources ``jobs`` at a time (distutils compiles them one by one: the
+    engine's 8 files took 2-3 min on 2 cores). Same steps as ``CCompiler.compile``, per object."""
+    if jobs <= 1:
+        return
+
+    def compile_all(sources, output_dir=None, macros=None, include_dirs=None, debug=0,  # noqa: ANN001, ANN202
+                    extra_preargs=None, extra_postargs=None, depends=None):
+        macros, objects, extra, pp_opts, build = compiler._setup_compile(
+            output_dir, macros, include_dirs, sources, depends, extra_postargs)
+        cc_args = compiler._get_cc_args(pp_opts, debug, extra_preargs)
+
+        def one(obj: str) -> None:
+            src, ext = build[obj]
+            compiler._compile(obj, src, ext, cc_args, extra, pp_opts)
+
+        with ThreadPoolExecutor(min(jobs, len(objects))) as pool:
+            list(pool.map(one, objects))  # list(): re-raises the first failure
+        return objects
+
+    compiler.compile = compile_all
 
 
 def _extension() -> Extension:

@@ -1,5 +1,12 @@
 // Python bindings (pybind11 + numpy buffers only; no torch headers). Every entry point checks shapes,
 // requires C-contiguous arrays of the exact dtype (no silent copies) and releases the GIL while working.
+//
+// Hostile arguments (a crafted packed file, or a direct call from Python): every size and geometry argument
+// and every array extent is checked against the others and against kMaxExtent, and every size derived from
+// them (conv output size, M*N, buffer sizes, the drivers' work estimates) is computed with overflow checks
+// and bounded by kMaxElements, before any native code runs. A violation is std::invalid_argument (a Python
+// ValueError) naming the argument. A numpy array may have a huge extent beside a zero one (np.empty((2**58,
+// 0))): where the output is empty the entry points return before the drivers loop over such extents.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -8,6 +15,7 @@
 #include <sys/mman.h>
 #endif
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -25,15 +33,67 @@ using bhv::Epilogue;
 
 namespace {
 
+// No size argument or array extent of an honest call comes near these (the largest layer of a 224 px model
+// has 3136 rows per image and 4096 columns; a batch-256 stage-1 output has 4e8 floats). They keep every
+// product the drivers form (rows x columns x words) inside int64 and the int32 popcounts exact.
+constexpr int64_t kMaxExtent = (int64_t(1) << 31) - 1;
+constexpr int64_t kMaxElements = int64_t(1) << 36;  // elements of one output (256 GiB of floats)
+
+[[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument(msg); }
+
+// v if lo <= v <= hi, else invalid_argument naming the argument.
+int64_t arg_in(const char* name, int64_t v, int64_t lo, int64_t hi = kMaxExtent) {
+  if (v < lo || v > hi)
+    bad(std::string(name) + " is " + std::to_string(v) + ", must be in [" + std::to_string(lo) + ", " +
+        std::to_string(hi) + "]");
+  return v;
+}
+
+// a * b for a, b >= 0, or invalid_argument when it would exceed `limit` (or overflow int64).
+int64_t mul(int64_t a, int64_t b, const char* what, int64_t limit = INT64_MAX) {
+  int64_t r;
+  if (__builtin_mul_overflow(a, b, &r) || r > limit) bad(std::string(what) + " is too large");
+  return r;
+}
+
+// The product of sizes (each >= 0), bounded by kMaxElements: an output's element count (0 when any is 0).
+int64_t elements(std::initializer_list<int64_t> dims, const char* what) {
+  for (int64_t d : dims)
+    if (d == 0) return 0;
+  int64_t n = 1;
+  for (int64_t d : dims) n = mul(n, d, what, kMaxElements);
+  return n;
+}
+
+// The drivers' work estimate (rows * columns * words, used to choose threads) must fit int64.
+void check_work(std::initializer_list<int64_t> factors, const char* what) {
+  for (int64_t f : factors)
+    if (f == 0) return;
+  int64_t n = 1;
+  for (int64_t f : factors) n = mul(n, f, what);
+}
+
 template <class T>
 using Arr = py::array_t<T, py::array::c_style>;
 template <class T>
 using OptArr = std::optional<Arr<T>>;
 
+// Every extent of an array the kernels read: at most kMaxExtent.
+template <class T>
+void check_extents(const Arr<T>& a, const char* what) {
+  for (py::ssize_t i = 0; i < a.ndim(); ++i)
+    if (a.shape(i) > kMaxExtent)
+      bad(std::string(what) + ": dim " + std::to_string(i) + " is " + std::to_string(a.shape(i)) + ", at most " +
+          std::to_string(kMaxExtent));
+}
+
+// a has exactly these dims (-1: any extent) and no extent above kMaxExtent.
 template <class T>
 void check(const Arr<T>& a, std::initializer_list<int64_t> shape, const char* what) {
   if (a.ndim() != static_cast<py::ssize_t>(shape.size()))
-    throw std::invalid_argument(std::string(what) + ": expected " + std::to_string(shape.size()) + " dims");
+    throw std::invalid_argument(std::string(what) + ": expected " + std::to_string(shape.size()) + " dims, got " +
+                                std::to_string(a.ndim()));
+  check_extents(a, what);
   int i = 0;
   for (int64_t s : shape) {
     if (s >= 0 && a.shape(i) != s)
@@ -71,12 +131,14 @@ void fill_epilogue(Epilogue& e, int64_t N, const OptArr<float>& scale, float sca
 // Residual (M, Rc) or (G, M, Rc) with N % Rc == 0.
 void fill_residual(Epilogue& e, const OptArr<float>& res, int64_t G, int64_t M, int64_t N) {
   if (!res) return;
-  const int64_t nd = res->ndim(), rc = res->shape(nd - 1);
+  const int64_t nd = res->ndim();
+  if (nd != 2 && nd != 3) bad("residual: expected 2 or 3 dims, got " + std::to_string(nd));
+  const int64_t rc = res->shape(nd - 1);
   if (nd == 2) {
     check(*res, {M, -1}, "residual");
   } else {
     check(*res, {G, M, -1}, "residual");
-    e.res_gstride = M * rc;
+    e.res_gstride = mul(M, rc, "residual size");
   }
   if (rc <= 0 || N % rc != 0) throw std::invalid_argument("residual columns must divide N");
   e.res = res->data();
@@ -151,7 +213,11 @@ struct CachedBuffer {
 template <class T>
 Arr<T> new_array(const std::vector<py::ssize_t>& shape) {
   py::ssize_t n = 1;
-  for (py::ssize_t s : shape) n *= s;
+  for (py::ssize_t s : shape) arg_in("output dim", s, 0, kMaxElements);
+  if (std::find(shape.begin(), shape.end(), 0) == shape.end())
+    for (py::ssize_t s : shape) n = mul(n, s, "output size", kMaxElements);
+  else
+    n = 0;
   const size_t need = static_cast<size_t>(n) * sizeof(T);
   if (need >= kCachedBytes && buffer_cache().limit > 0) {
     const size_t bytes = (need + kHugePage - 1) / kHugePage * kHugePage;
@@ -171,7 +237,8 @@ Arr<T> new_array(const std::vector<py::ssize_t>& shape) {
 }
 
 void set_buffer_cache_mb(int64_t mb) {
-  if (mb < 0) throw std::invalid_argument("buffer cache size must be >= 0 MB");
+  if (mb < 0) bad("buffer cache size must be >= 0 MB, got " + std::to_string(mb));
+  arg_in("buffer cache size (MB)", mb, 0, int64_t(1) << 30);
   buffer_cache().limit = static_cast<size_t>(mb) << 20;
   buffer_cache().give(nullptr, 0);
 }
@@ -183,19 +250,25 @@ Arr<float> output(std::optional<Arr<float>>& out, std::vector<py::ssize_t> shape
     if (static_cast<size_t>(out->ndim()) != shape.size()) throw std::invalid_argument("out: wrong rank");
     for (size_t i = 0; i < shape.size(); ++i)
       if (out->shape(i) != shape[i]) throw std::invalid_argument("out: wrong shape");
+    if (!out->writeable()) bad("out: array is read-only");
     return *out;
   }
   if (accumulate) throw std::invalid_argument("accumulate=True needs out=");
   return new_array<float>(shape);
 }
 
+// ---- entry points ----------------------------------------------------------------------------------
+// An empty output returns before the drivers run: its other extents may be huge (see the top of the file).
+
 Arr<uint64_t> pack_rows(const Arr<float>& x, const OptArr<float>& bias) {
-  if (x.ndim() < 1) throw std::invalid_argument("x: need at least 1 dim");
+  if (x.ndim() < 1) bad("x: need at least 1 dim");
+  check_extents(x, "x");
   const int64_t K = x.shape(x.ndim() - 1), M = K ? x.size() / K : 0;
   std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
   shape.back() = bhv::words_for(K);
   Arr<uint64_t> out = new_array<uint64_t>(shape);
   const float* b = opt_ptr(bias, K, "bias");
+  if (M == 0) return out;
   uint64_t* o = out.mutable_data();
   {
     py::gil_scoped_release nogil;
@@ -206,8 +279,10 @@ Arr<uint64_t> pack_rows(const Arr<float>& x, const OptArr<float>& bias) {
 
 Arr<uint64_t> to_panels(const Arr<uint64_t>& rows) {
   check(rows, {-1, -1, -1}, "rows (G, N, KW)");
-  const int64_t G = rows.shape(0), N = rows.shape(1), KW = rows.shape(2);
-  Arr<uint64_t> out({G, bhv::panels_for(N), KW, int64_t(bhv::kPanel)});
+  const int64_t G = rows.shape(0), N = rows.shape(1), KW = rows.shape(2), NP = bhv::panels_for(N);
+  elements({G, NP, KW, bhv::kPanel}, "panels (G, NP, KW, 8)");
+  Arr<uint64_t> out({G, NP, KW, int64_t(bhv::kPanel)});
+  if (out.size() == 0) return out;
   bhv::to_panels(rows.data(), G, N, KW, out.mutable_data());
   return out;
 }
@@ -215,8 +290,10 @@ Arr<uint64_t> to_panels(const Arr<uint64_t>& rows) {
 Arr<uint64_t> pack_cols_panels(const Arr<float>& x, const OptArr<float>& bias) {
   check(x, {-1, -1, -1}, "x (G, S, D)");
   const int64_t G = x.shape(0), S = x.shape(1), D = x.shape(2);
+  elements({G, bhv::panels_for(D), bhv::words_for(S), bhv::kPanel}, "panels (G, ceil(D/8), ceil(S/64), 8)");
   Arr<uint64_t> out({G, bhv::panels_for(D), bhv::words_for(S), int64_t(bhv::kPanel)});
   const float* b = opt_ptr(bias, D, "bias");
+  if (x.size() == 0) return out;  // then out is empty too (S = 0 or D = 0 or G = 0)
   uint64_t* o = out.mutable_data();
   {
     py::gil_scoped_release nogil;
@@ -226,11 +303,13 @@ Arr<uint64_t> pack_cols_panels(const Arr<float>& x, const OptArr<float>& bias) {
 }
 
 Arr<uint64_t> pack_nonzero(const Arr<uint8_t>& m) {
-  if (m.ndim() < 1) throw std::invalid_argument("m: need at least 1 dim");
+  if (m.ndim() < 1) bad("m: need at least 1 dim");
+  check_extents(m, "m");
   const int64_t K = m.shape(m.ndim() - 1), M = K ? m.size() / K : 0;
   std::vector<py::ssize_t> shape(m.shape(), m.shape() + m.ndim());
   shape.back() = bhv::words_for(K);
   Arr<uint64_t> out = new_array<uint64_t>(shape);
+  if (M == 0) return out;
   uint64_t* o = out.mutable_data();
   {
     py::gil_scoped_release nogil;
@@ -240,11 +319,19 @@ Arr<uint64_t> pack_nonzero(const Arr<uint8_t>& m) {
 }
 
 Arr<int32_t> popcount_gemm(const Arr<uint64_t>& a, const Arr<uint64_t>& bp, int64_t N, bool op_and) {
+  arg_in("n", N, 0);
   check(a, {-1, -1, -1}, "a (G, M, KW)");
-  const int64_t G = a.shape(0), M = a.shape(1), KW = a.shape(2);
-  check(bp, {G, bhv::panels_for(N), KW, bhv::kPanel}, "b panels (G, NP, KW, 8)");
+  const int64_t G = a.shape(0), M = a.shape(1), KW = a.shape(2), NP = bhv::panels_for(N);
+  check(bp, {G, NP, KW, bhv::kPanel}, "b panels (G, NP, KW, 8)");
+  elements({G, M, N}, "output (G, M, n)");
+  check_work({G, M, NP, bhv::kPanel, KW}, "popcount_gemm work (G * M * n * KW)");
   Arr<int32_t> out({G, M, N});
   int32_t* o = out.mutable_data();
+  if (out.size() == 0) return out;
+  if (KW == 0) {  // no words: every popcount is 0
+    std::fill(o, o + out.size(), 0);
+    return out;
+  }
   {
     py::gil_scoped_release nogil;
     bhv::popcount_gemm(a.data(), M, bp.data(), N, KW, G, op_and, o);
@@ -255,7 +342,10 @@ Arr<int32_t> popcount_gemm(const Arr<uint64_t>& a, const Arr<uint64_t>& bp, int6
 Arr<uint8_t> to_nibbles(const Arr<uint64_t>& bp) {
   check(bp, {-1, -1, bhv::kPanel}, "panels (NP, KW, 8)");
   const int64_t NP = bp.shape(0), KW = bp.shape(1);
-  Arr<uint8_t> out({bhv::quads_for(NP * bhv::kPanel), KW, int64_t(16), int64_t(bhv::kQuad)});
+  const int64_t NQ = bhv::quads_for(mul(NP, bhv::kPanel, "panel rows"));
+  elements({NQ, KW, 16, bhv::kQuad}, "nibbles (ceil(NP/4), KW, 16, 32)");
+  Arr<uint8_t> out({NQ, KW, int64_t(16), int64_t(bhv::kQuad)});
+  if (out.size() == 0) return out;
   uint8_t* o = out.mutable_data();
   {
     py::gil_scoped_release nogil;
@@ -264,7 +354,8 @@ Arr<uint8_t> to_nibbles(const Arr<uint64_t>& bp) {
   return out;
 }
 
-// The nibble layout of an N-row weight of KW words (to_nibbles), checked, or null.
+// The nibble layout of an N-row weight of KW words (to_nibbles), checked, or null. Its bytes are used
+// through their low 4 bits only (vpshufb), so no byte value can index outside the tables.
 const uint8_t* nibbles_ptr(const OptArr<uint8_t>& nibbles, int64_t N, int64_t KW) {
   if (!nibbles) return nullptr;
   check(*nibbles, {bhv::quads_for(N), KW, 16, bhv::kQuad}, "nibbles (ceil(N/32), KW, 16, 32)");
@@ -277,25 +368,30 @@ Arr<float> bgemm(const Arr<uint64_t>& a, const Arr<uint64_t>& bp, int64_t N, int
                  const OptArr<float>& slope, const OptArr<float>& b1, const OptArr<float>& b2,
                  const OptArr<float>& post_scale, const OptArr<float>& post_bias,
                  std::optional<Arr<float>> out, bool accumulate, const OptArr<uint8_t>& nibbles) {
+  arg_in("n", N, 0);
+  arg_in("k", K, 1);
+  const int64_t KW = bhv::words_for(K), NP = bhv::panels_for(N);
   const bool batched = a.ndim() == 3;
-  if (!batched) check(a, {-1, bhv::words_for(K)}, "a (M, KW)");
-  else check(a, {-1, -1, bhv::words_for(K)}, "a (G, M, KW)");
-  const int64_t G = batched ? a.shape(0) : 1, M = a.shape(batched ? 1 : 0), KW = bhv::words_for(K);
-  const int64_t NP = bhv::panels_for(N);
+  if (!batched) check(a, {-1, KW}, "a (M, KW)");
+  else check(a, {-1, -1, KW}, "a (G, M, KW)");
+  const int64_t G = batched ? a.shape(0) : 1, M = a.shape(batched ? 1 : 0);
   int64_t b_gstride = 0;
   if (bp.ndim() == 4) {
     check(bp, {G, NP, KW, bhv::kPanel}, "b panels (G, NP, KW, 8)");
-    b_gstride = NP * KW * bhv::kPanel;
+    b_gstride = elements({NP, KW, bhv::kPanel}, "b panels per batch");
   } else {
     check(bp, {NP, KW, bhv::kPanel}, "b panels (NP, KW, 8)");
   }
   if (nibbles && b_gstride) throw std::invalid_argument("nibbles: only for a weight shared over the batch");
   const uint8_t* nib = nibbles_ptr(nibbles, N, KW);
+  const int64_t n_out = elements({G, M, N}, "output (G, M, n)");
+  check_work({G, M, NP, bhv::kPanel, KW}, "bgemm work (G * M * n * KW)");
   Epilogue e;
   fill_epilogue(e, N, scale, scale_all, bias, slope, b1, b2, post_scale, post_bias);
   fill_residual(e, residual, G, M, N);
   std::vector<py::ssize_t> shape = batched ? std::vector<py::ssize_t>{G, M, N} : std::vector<py::ssize_t>{M, N};
   Arr<float> o = output(out, shape, accumulate);
+  if (n_out == 0) return o;
   e.out = o.mutable_data();
   e.out_ld = N;
   e.out_gstride = M * N;
@@ -315,13 +411,18 @@ py::tuple bgemm_pack(const Arr<uint64_t>& a, const Arr<uint64_t>& bp, int64_t N,
                      const OptArr<float>& slope, const OptArr<float>& b1, const OptArr<float>& b2,
                      const OptArr<float>& post_scale, const OptArr<float>& post_bias, const OptArr<uint8_t>& nibbles,
                      const OptArr<float>& pack_bias, int64_t mean_r) {
+  arg_in("n", N, 0);
+  arg_in("k", K, 1);
+  arg_in("mean_r", mean_r, 0, 128);
   const int64_t KW = bhv::words_for(K), NP = bhv::panels_for(N), NW = bhv::words_for(N);
   check(a, {-1, KW}, "a (M, KW)");
   check(bp, {NP, KW, bhv::kPanel}, "b panels (NP, KW, 8)");
   const int64_t M = a.shape(0);
-  if (mean_r < 0 || (mean_r > 0 && (128 % mean_r != 0 || N % mean_r != 0)))
-    throw std::invalid_argument("mean_r must divide 128 and N");
+  if (mean_r > 0 && (128 % mean_r != 0 || N % mean_r != 0))
+    bad("mean_r is " + std::to_string(mean_r) + ", must divide 128 and n = " + std::to_string(N));
   const uint8_t* nib = nibbles_ptr(nibbles, N, KW);
+  elements({M, N}, "output (M, n)");
+  check_work({M, NP, bhv::kPanel, KW}, "bgemm_pack work (M * n * KW)");
   Epilogue e;
   fill_epilogue(e, N, scale, scale_all, bias, slope, b1, b2, post_scale, post_bias);
   fill_residual(e, residual, 1, M, N);
@@ -337,11 +438,23 @@ py::tuple bgemm_pack(const Arr<uint64_t>& a, const Arr<uint64_t>& bp, int64_t N,
     e.means_ld = N / mean_r;
     means = mo;
   }
+  if (M == 0 || N == 0) return py::make_tuple(bits, means);
   {
     py::gil_scoped_release nogil;
     bhv::bgemm(a.data(), M, bp.data(), 0, N, KW, K, 1, e, nib);
   }
   return py::make_tuple(bits, means);
+}
+
+// Output side of a conv along one axis: (in + 2 pad - (dil (k - 1) + 1)) / stride + 1, or invalid_argument
+// when the dilated kernel does not fit the padded input. Every term is below 2^36 (arguments <= kMaxExtent,
+// k <= 16), so the int64 arithmetic cannot overflow.
+int64_t conv_out(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil, const char* axis) {
+  const int64_t span = dil * (k - 1) + 1, padded = in + 2 * pad;
+  if (padded < span)
+    bad(std::string("conv output would be empty: ") + axis + " + 2 * pad = " + std::to_string(padded) +
+        " < dilated kernel " + std::to_string(span));
+  return (padded - span) / stride + 1;
 }
 
 // xp: (B, H, W, CW) channel-packed pixels; wp: (groups, NPg, KWc, 8); wpop: (Cout, KH*KW).
@@ -351,22 +464,35 @@ Arr<float> bconv(const Arr<uint64_t>& xp, int64_t C, const Arr<uint64_t>& wp, co
                  const OptArr<float>& slope, const OptArr<float>& b1, const OptArr<float>& b2,
                  const OptArr<float>& post_scale, const OptArr<float>& post_bias,
                  std::optional<Arr<float>> out, bool accumulate) {
+  arg_in("c", C, 1);
+  arg_in("cout", Cout, 1);
+  arg_in("groups", groups, 1);
+  if (C % groups || Cout % groups)
+    bad("groups = " + std::to_string(groups) + " must divide c = " + std::to_string(C) + " and cout = " +
+        std::to_string(Cout));
+  arg_in("kh", kh, 1, 16);
+  arg_in("kw", kw, 1, 16);
+  if (kh * kw > 16) bad("kh * kw = " + std::to_string(kh * kw) + " taps, at most 16");
+  arg_in("stride", stride, 1);
+  arg_in("pad", pad, 0);
+  arg_in("dil", dil, 1);
   check(xp, {-1, -1, -1, bhv::words_for(C)}, "xp (B, H, W, CW)");
-  if (groups < 1 || C % groups || Cout % groups) throw std::invalid_argument("groups must divide C and Cout");
-  if (kh * kw > 16 || kh < 1 || kw < 1 || stride < 1 || dil < 1 || pad < 0)
-    throw std::invalid_argument("bad conv geometry (at most 16 taps)");
   bhv::ConvGeom g{xp.shape(0), xp.shape(1), xp.shape(2), C, xp.shape(3), groups, kh, kw, stride, pad, dil, 0, 0, Cout};
-  g.OH = (g.H + 2 * pad - dil * (kh - 1) - 1) / stride + 1;
-  g.OW = (g.W + 2 * pad - dil * (kw - 1) - 1) / stride + 1;
-  if (g.OH < 1 || g.OW < 1) throw std::invalid_argument("conv output would be empty");
+  g.OH = conv_out(g.H, kh, stride, pad, dil, "H");
+  g.OW = conv_out(g.W, kw, stride, pad, dil, "W");
+  const int64_t M = elements({g.B, g.OH, g.OW}, "conv output rows (B * OH * OW)");
+  const int64_t n_out = elements({M, Cout}, "conv output (B * OH * OW, cout)");
+  // word offsets of the taps inside the input (im2col_bits): dil * (k - 1) rows of W pixels of CW words
+  check_work({dil * (kh + kw), g.W + 1, g.CW}, "conv input offsets (dil * taps * W * CW)");
   const int64_t KWc = bhv::words_for(kh * kw * (C / groups));
   check(wp, {groups, bhv::panels_for(Cout / groups), KWc, bhv::kPanel}, "weight panels (groups, NPg, KWc, 8)");
   check(wpop, {Cout, kh * kw}, "wpop (Cout, taps)");
-  const int64_t M = g.B * g.OH * g.OW;
+  check_work({M, Cout, KWc}, "bconv work (rows * cout * KWc)");
   Epilogue e;
   fill_epilogue(e, Cout, scale, 1.0f, bias, slope, b1, b2, post_scale, post_bias);
   fill_residual(e, residual, 1, M, Cout);
   Arr<float> o = output(out, {g.B, g.OH * g.OW, Cout}, accumulate);
+  if (n_out == 0) return o;
   e.out = o.mutable_data();
   e.out_ld = Cout;
   e.accumulate = accumulate;
@@ -378,11 +504,18 @@ Arr<float> bconv(const Arr<uint64_t>& xp, int64_t C, const Arr<uint64_t>& wp, co
 }
 
 Arr<float> masked_av(const Arr<uint64_t>& masks, const Arr<uint64_t>& vp, const Arr<float>& w, int64_t S, int64_t D) {
-  check(masks, {-1, -1, S, bhv::words_for(S)}, "masks (G, R, S, SW)");
+  arg_in("s", S, 0);
+  arg_in("d", D, 0);
+  const int64_t SW = bhv::words_for(S), NP = bhv::panels_for(D);
+  check(masks, {-1, -1, S, SW}, "masks (G, R, S, SW)");
   const int64_t G = masks.shape(0), R = masks.shape(1);
-  check(vp, {G, bhv::panels_for(D), bhv::words_for(S), bhv::kPanel}, "v panels (G, ceil(D/8), SW, 8)");
+  check(vp, {G, NP, SW, bhv::kPanel}, "v panels (G, ceil(D/8), SW, 8)");
   check(w, {G, R}, "w (G, R)");
+  elements({G, S, D}, "output (G, S, D)");
+  elements({R, S, NP, bhv::kPanel}, "popcounts per batch (R * S * D)");
+  check_work({G, R, S, NP, bhv::kPanel, SW}, "masked_av work (G * R * S * D * SW)");
   Arr<float> out = new_array<float>({G, S, D});
+  if (out.size() == 0) return out;
   float* o = out.mutable_data();
   {
     py::gil_scoped_release nogil;
@@ -392,11 +525,15 @@ Arr<float> masked_av(const Arr<uint64_t>& masks, const Arr<uint64_t>& vp, const 
 }
 
 Arr<float> group_mean(const Arr<float>& x, int64_t r) {
-  if (x.ndim() < 1 || r < 1 || x.shape(x.ndim() - 1) % r) throw std::invalid_argument("last dim must be a multiple of r");
+  arg_in("r", r, 1);
+  if (x.ndim() < 1) bad("x: need at least 1 dim");
+  check_extents(x, "x");
   const int64_t rc = x.shape(x.ndim() - 1), M = rc ? x.size() / rc : 0;
+  if (rc % r) bad("x: last dim " + std::to_string(rc) + " must be a multiple of r = " + std::to_string(r));
   std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
   shape.back() = rc / r;
   Arr<float> out = new_array<float>(shape);
+  if (M == 0) return out;
   float* o = out.mutable_data();
   {
     py::gil_scoped_release nogil;
@@ -405,16 +542,22 @@ Arr<float> group_mean(const Arr<float>& x, int64_t r) {
   return out;
 }
 
-void shift_add(Arr<float> out, const Arr<float>& x, const std::vector<int>& kernels, const Arr<float>& ls) {
+void shift_add(Arr<float> out, const Arr<float>& x, const std::vector<int64_t>& kernels, const Arr<float>& ls) {
   check(x, {-1, -1, -1, -1}, "x (B, H, W, C)");
-  const int64_t B = x.shape(0), H = x.shape(1), W = x.shape(2), C = x.shape(3), nk = kernels.size();
+  const int64_t B = x.shape(0), H = x.shape(1), W = x.shape(2), C = x.shape(3);
+  const int64_t nk = static_cast<int64_t>(kernels.size());
   check(out, {B, H, W, C}, "out (B, H, W, C)");
-  check(ls, {3 * nk, 2, C}, "ls (3 * len(kernels), 2, C)");
-  if (C % 4) throw std::invalid_argument("C must be a multiple of 4");
+  check(ls, {mul(3, nk, "3 * len(kernels)"), 2, C}, "ls (3 * len(kernels), 2, C)");
+  for (int64_t k : kernels)  // the kernels read at most 2 neighbours on each side (float_ops.inc)
+    if (k != 3 && k != 5) bad("kernels: each must be 3 or 5 (the MLP's shift branches), got " + std::to_string(k));
+  if (C % 4) bad("x: C = " + std::to_string(C) + " must be a multiple of 4");
+  if (x.size() == 0) return;
+  check_work({x.size(), 8, nk}, "shift_add work");
+  const std::vector<int> ks(kernels.begin(), kernels.end());
   float* o = out.mutable_data();
   {
     py::gil_scoped_release nogil;
-    bhv::shift_add(o, x.data(), B, H, W, C, kernels.data(), nk, ls.data());
+    bhv::shift_add(o, x.data(), B, H, W, C, ks.data(), nk, ls.data());
   }
 }
 
@@ -424,7 +567,10 @@ Arr<uint64_t> lsq_masks(const Arr<float>& attn, const Arr<float>& a, const Arr<f
   check(attn, {G, L, L}, "attn (G, L, L)");
   check(a, {G}, "a (G,)");
   check(z, {G}, "z (G,)");
+  elements({G, 3, L, bhv::words_for(L)}, "masks (G, 3, L, ceil(L/64))");
+  check_work({G, L, L}, "lsq_masks work");
   Arr<uint64_t> out({G, int64_t(3), L, bhv::words_for(L)});
+  if (out.size() == 0) return out;
   uint64_t* o = out.mutable_data();
   {
     py::gil_scoped_release nogil;
@@ -432,6 +578,8 @@ Arr<uint64_t> lsq_masks(const Arr<float>& attn, const Arr<float>& a, const Arr<f
   }
   return out;
 }
+
+void set_num_threads(int64_t n) { bhv::set_num_threads(static_cast<int>(arg_in("num_threads", n, 1, 4096))); }
 
 }  // namespace
 
@@ -441,7 +589,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("current_isa", &bhv::current_isa);
   m.def("set_isa", &bhv::set_isa, py::arg("name"));
   m.def("get_num_threads", &bhv::get_num_threads);
-  m.def("set_num_threads", &bhv::set_num_threads, py::arg("n"));
+  m.def("set_num_threads", &set_num_threads, py::arg("n"));
   m.def("pack_rows", &pack_rows, py::arg("x"), py::arg("bias") = py::none());
   m.def("to_panels", &to_panels, py::arg("rows"));
   m.def("pack_cols_panels", &pack_cols_panels, py::arg("x"), py::arg("bias") = py::none());
@@ -450,7 +598,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("bgemm", &bgemm, py::arg("a"), py::arg("bp"), py::arg("n"), py::arg("k"), py::arg("scale") = py::none(),
         py::arg("scale_all") = 1.0f, py::arg("bias") = py::none(), py::arg("residual") = py::none(),
         py::arg("slope") = py::none(), py::arg("b1") = py::none(), py::arg("b2") = py::none(),
-        py::arg("post_scale") = py::none(), py::arg("post_bias") = py::none(), py::arg("out") = py::none(),
+        py::arg("post_scale") = py::none(), py::arg("post_bias") = py::none(), py::arg("out").noconvert() = py::none(),
         py::arg("accumulate") = false, py::arg("nibbles") = py::none());
   m.def("bgemm_pack", &bgemm_pack, py::arg("a"), py::arg("bp"), py::arg("n"), py::arg("k"),
         py::arg("scale") = py::none(), py::arg("scale_all") = 1.0f, py::arg("bias") = py::none(),
@@ -465,10 +613,10 @@ PYBIND11_MODULE(_C, m) {
         py::arg("groups"), py::arg("kh"), py::arg("kw"), py::arg("stride"), py::arg("pad"), py::arg("dil"),
         py::arg("scale") = py::none(), py::arg("bias") = py::none(), py::arg("residual") = py::none(),
         py::arg("slope") = py::none(), py::arg("b1") = py::none(), py::arg("b2") = py::none(),
-        py::arg("post_scale") = py::none(), py::arg("post_bias") = py::none(), py::arg("out") = py::none(),
+        py::arg("post_scale") = py::none(), py::arg("post_bias") = py::none(), py::arg("out").noconvert() = py::none(),
         py::arg("accumulate") = false);
   m.def("lsq_masks", &lsq_masks, py::arg("attn"), py::arg("a"), py::arg("z"));
   m.def("group_mean", &group_mean, py::arg("x"), py::arg("r"));
-  m.def("shift_add", &shift_add, py::arg("out"), py::arg("x"), py::arg("kernels"), py::arg("ls"));
+  m.def("shift_add", &shift_add, py::arg("out").noconvert(), py::arg("x"), py::arg("kernels"), py::arg("ls"));
   m.def("masked_av", &masked_av, py::arg("masks"), py::arg("vp"), py::arg("w"), py::arg("s"), py::arg("d"));
 }

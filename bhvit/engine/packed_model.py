@@ -127,6 +127,9 @@ class PackedModel:
         up to ``SMALL_BATCH`` images (torch's intra-op parallelism on the small float tensors of such a
         forward costs more in thread wake-ups than it saves), torch's setting otherwise. The native
         kernels always use :func:`bhvit.engine.set_num_threads` threads on large enough work."""
+        from bhvit.engine.fileformat import check_parts  # imported here: fileformat pulls in the checkpoint code
+
+        check_parts(parts)  # every name, shape and record the forward reads exists and agrees with the config
         self.parts = parts
         self.float_threads = float_threads
         self.config = dict(parts.config)
@@ -359,7 +362,7 @@ class PackedModel:
         """sign(q)·sign(k)ᵀ, softmax, mask decomposition of Â, Â·sign(v), context norm and RPReLU."""
         bq, length, c = hs.shape
         heads = self.p[self._attn_param(pre, "alpha")].numel() if self.config["attn_quant"] == "lsq" else None
-        heads = heads or self._heads(c)
+        heads = heads or self._heads(pre)
         d = c // heads
         per_head = {n: (mixed[n] + self.p[f"{pre}.move_{n}2"]).view(bq, length, heads, d).transpose(1, 2)
                     .reshape(bq * heads, length, d) for n in ("q", "k", "v")}  # (G, L, d)
@@ -377,10 +380,9 @@ class PackedModel:
         out = self.norm(f"{pre}.norm_ctx")(ctx) + mixed["q"] + mixed["k"] + mixed["v"]
         return self.act(f"{pre}.act_ctx")(out)
 
-    def _heads(self, c: int) -> int:
-        heads = self.config["num_heads"]
-        widths = self.config["widths"]
-        return int(heads[list(widths).index(c) - 2])
+    def _heads(self, pre: str) -> int:
+        """Heads of the attention ``stages.<i>.blocks.<j>.attn`` (config ``num_heads`` of stages 3-4)."""
+        return int(self.config["num_heads"][int(pre.split(".")[1]) - 2])
 
     def _attn_param(self, pre: str, name: str) -> str:
         return f"{pre}.attn_quant.{name}"
@@ -467,15 +469,32 @@ class PackedModel:
                 x = block(f"stages.{i}.blocks.{j}", x)
         return self.norm("norm")(x.flatten(1, 2))
 
+    def check_input(self, images: Any) -> None:
+        """Raises a ValueError naming the problem unless images is a float tensor (B, in_chans, H, W) of
+        the model's image size with B >= 1 (the float model's own check, worded the same)."""
+        want = (int(self.config["in_chans"]), *(int(s) for s in self.config["img_size"]))
+        if not isinstance(images, Tensor):
+            raise ValueError(f"expected images as a torch.Tensor of shape (B, {want[0]}, {want[1]}, {want[2]}), "
+                             f"got {type(images).__name__}")
+        if images.dim() != 4 or tuple(images.shape[1:]) != want or images.shape[0] < 1:
+            raise ValueError(
+                f"expected images of shape (B, {want[0]}, {want[1]}, {want[2]}) with B >= 1, got "
+                f"{tuple(images.shape)}; resize the input to {want[1]}×{want[2]} (this packed model's img_size)")
+        if not images.dtype.is_floating_point or images.is_complex():
+            raise ValueError(f"expected floating-point images, got dtype {images.dtype}; convert with .float()")
+        if images.device.type != "cpu":
+            raise ValueError(f"the packed engine runs on the CPU; got images on {images.device}, use .cpu()")
+
     def forward(self, images: Tensor) -> Tensor:
-        """Images (B, in, H, W) -> logits (B, classes)."""
+        """Images (B, in, H, W) -> logits (B, classes); (B, width) tokens when num_classes is 0."""
+        self.check_input(images)
         threads = self.float_threads or (1 if images.shape[0] <= SMALL_BATCH else torch.get_num_threads())
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
             with torch.inference_mode(), self._timed("total"):
                 tokens = self.forward_features(images).mean(dim=1)
-                if "head.weight" not in self.p:
+                if self.config["num_classes"] == 0:
                     return tokens
                 return F.linear(tokens, self.p["head.weight"], self.p["head.bias"])
         finally:

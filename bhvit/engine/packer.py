@@ -86,6 +86,7 @@ def extract(model: nn.Module) -> PackedParts:
         warnings.warn(f"{zeros} binary weights are exactly 0 (sign(0) = 0); the engine packs them as +1",
                       stacklevel=2)
     skip = {f"{name}.weight" for name in binary}
-    floats = {k: v.detach().float().contiguous().numpy().copy() for k, v in model.state_dict().items()
-              if k not in skip and v.is_floating_point()}
+    # 0-d parameters (the GSB quantizer's scalars) are stored with shape (1,), as in every version-1 file
+    floats = {k: v.detach().float().reshape(v.shape or (1,)).contiguous().numpy().copy()
+              for k, v in model.state_dict().items() if k not in skip and v.is_floating_point()}
     return PackedParts(config, floats, binary, {"zero_weights": zeros})

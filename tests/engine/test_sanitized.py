@@ -1,0 +1,66 @@
+"""The fuzz corpus of scripts/fuzz_packed.py against the extension built with AddressSanitizer and
+UndefinedBehaviorSanitizer (scripts/build_sanitized.sh): every case must run clean (issue 10). Slow: the
+sanitized build takes a few minutes on 2 cores."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def load_fuzz() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("fuzz_packed", ROOT / "scripts" / "fuzz_packed.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fuzz_packed"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _runtime(name: str) -> str | None:
+    """The path g++ gives for a runtime library, or None when it has none (it then echoes the name)."""
+    if shutil.which("g++") is None:
+        return None
+    path = subprocess.run(["g++", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+    return path if os.path.isabs(path) and os.path.exists(path) else None
+
+
+ASAN, STDCXX = _runtime("libasan.so"), _runtime("libstdc++.so")
+
+
+@pytest.fixture(scope="module")
+def sanitized_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    if ASAN is None or STDCXX is None:
+        pytest.skip("needs g++ with libasan (AddressSanitizer runtime) and libstdc++")
+    out = tmp_path_factory.mktemp("sanitized")
+    build = subprocess.run(["bash", str(ROOT / "scripts" / "build_sanitized.sh"), str(out)], cwd=ROOT,
+                           capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable})
+    assert build.returncode == 0, build.stderr[-3000:]
+    module = build.stdout.strip().splitlines()[-1]
+    env = {**os.environ, "BHVIT_NATIVE_EXT": module, "LD_PRELOAD": f"{ASAN} {STDCXX}",
+           "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
+           "UBSAN_OPTIONS": "halt_on_error=1:abort_on_error=1:print_stacktrace=1"}
+    # the workers really use the sanitized module, with the ASan runtime loaded
+    probe = subprocess.run([sys.executable, "-c", "import ctypes; from bhvit.engine._native import native; "
+                            "ctypes.CDLL(None).__asan_init; print(native().__file__)"],
+                           capture_output=True, text=True, env=env, cwd=ROOT)
+    assert probe.returncode == 0 and probe.stdout.strip() == module, probe.stderr[-2000:]
+    return env
+
+
+def test_fuzz_corpus_is_clean_under_asan_and_ubsan(sanitized_env: dict[str, str], tmp_path: Path) -> None:
+    fuzz = load_fuzz()
+    seeds = fuzz.build_seeds(tmp_path)
+    for report in (fuzz.run_format(seeds, 600, seed=20, timeout=300, env=sanitized_env),
+                   fuzz.run_native(3000, seed=20, timeout=300, env=sanitized_env)):
+        assert not report.findings, "\n".join(f"{k}: {v}" for k, v in sorted(report.findings.items()))
+        assert sum(report.outcomes.values()) > 500, report.outcomes
