@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from typing import Literal, get_args
 
 import torch
 import torch.distributed as dist
@@ -14,6 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "NORMS",
+    "Norm",
     "RPReLU",
     "LayerScale",
     "TokenBatchNorm",
@@ -24,6 +27,10 @@ __all__ = [
     "shift_mean",
     "shift_channel_mix",
 ]
+
+
+Norm = Literal["bn", "ln"]  # TokenBatchNorm (the released models) or LayerNorm
+NORMS: tuple[str, ...] = get_args(Norm)
 
 
 class RPReLU(nn.Module):
@@ -149,13 +156,13 @@ def authors_bn_layout(enabled: bool = True) -> AbstractContextManager[None]:
     return _flag(_AUTHORS_LAYOUT, enabled)
 
 
-def make_norm(kind: str, dim: int, eps: float = 1e-5) -> nn.Module:
+def make_norm(kind: Norm, dim: int, eps: float = 1e-5) -> nn.Module:
     """Norm over the last dim: ``"bn"`` (:class:`TokenBatchNorm`, the released models) or ``"ln"``."""
     if kind == "bn":
         return TokenBatchNorm(dim, eps=eps)
     if kind == "ln":
         return nn.LayerNorm(dim, eps=eps)
-    raise ValueError(f"unknown norm {kind!r}; choose 'bn' or 'ln'")
+    raise ValueError(f"unknown norm {kind!r}; choose one of {NORMS}")
 
 
 def convert_sync_batchnorm(model: nn.Module, enable: bool = True) -> nn.Module:

@@ -247,6 +247,14 @@ class LSQAttentionQuantizer(nn.Module):
         self.alpha = nn.Parameter(torch.ones(num_heads))
         self.zero_point = nn.Parameter(torch.zeros(num_heads))
         self.register_buffer("init_state", torch.zeros(1))
+        # Python mirror of ``init_state != 0``, read from the buffer once per load: checking the buffer on
+        # every step costs a device sync and breaks torch.compile's graph (Tensor.item()).
+        self._initialized: bool | None = None
+        self.register_load_state_dict_post_hook(LSQAttentionQuantizer._forget_state)
+
+    @staticmethod
+    def _forget_state(module: LSQAttentionQuantizer, incompatible_keys: object) -> None:
+        module._initialized = None  # the loaded buffer decides again
 
     @torch.no_grad()
     def _initialize(self, x: Tensor) -> None:
@@ -257,8 +265,12 @@ class LSQAttentionQuantizer(nn.Module):
 
     def forward(self, attn: Tensor) -> Tensor:
         x = attn * 3
-        if self.training and self.init_state.item() == 0:
-            self._initialize(x)
+        if self.training and not self._initialized:
+            if self._initialized is None:
+                self._initialized = bool(self.init_state.item() != 0)
+            if not self._initialized:
+                self._initialize(x)
+                self._initialized = True
         return lsq_attention(x, self.alpha, self.zero_point, self.levels)
 
 
@@ -359,7 +371,6 @@ class QuantLinear(nn.Linear):
         super().__init__(in_features, out_features, bias=bias)
         self.input_quantizer = input_quantizer
         self.weight_quantizer = weight_quantizer
-        self.is_downsample = False
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
@@ -382,13 +393,11 @@ class QuantConv2d(nn.Conv2d):
         *args,
         input_quantizer: nn.Module | None = None,
         weight_quantizer: nn.Module | None = None,
-        is_downsample: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.input_quantizer = input_quantizer
         self.weight_quantizer = weight_quantizer
-        self.is_downsample = is_downsample
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
@@ -403,7 +412,8 @@ class QuantConv2d(nn.Conv2d):
 def binary_weight_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """Yield ``(name, layer)`` for every layer whose weights are binarized.
 
-    Each layer has a latent float ``weight`` and an ``is_downsample`` flag.
+    Each layer has a latent float ``weight``; what role it plays is the model's to say (e.g.
+    :func:`bhvit.models.bhvit.downsample_convs`).
     """
     for name, module in model.named_modules():
         if isinstance(module, (QuantLinear, QuantConv2d)) and module.weight_quantizer is not None:

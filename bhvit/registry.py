@@ -1,20 +1,29 @@
-"""Model registry: names map to builder functions plus metadata that tests recompute."""
+"""Model registry: names map to builder functions plus metadata that tests recompute.
+
+The builders are timm-style entrypoints (``fn(pretrained=False, **kwargs)``), so when timm is
+installed :func:`register_with_timm` hands them to timm's registry and
+``timm.create_model("bhvit_tiny", precision="binary", num_classes=10)`` works.
+"""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
-__all__ = ["ModelEntry", "register_model", "create_model", "list_models", "model_entry"]
+__all__ = ["ModelEntry", "register_model", "create_model", "list_models", "model_entry", "register_with_timm"]
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered variant: its builder, default config and published numbers.
+    """A registered variant: its builder, default config, input metadata and published numbers.
 
+    ``pretrained_cfg``: timm's input metadata of the variant (input size, mean, std, crop, ...).
     ``paper_top1``: ImageNet-1K top-1 of the released checkpoints by precision (authors' README).
     ``params_1000``: parameter counts of the authors' model with 1000 classes by precision.
     """
@@ -22,6 +31,7 @@ class ModelEntry:
     name: str
     builder: Callable[..., nn.Module]
     config: Any
+    pretrained_cfg: dict[str, Any] = field(default_factory=dict)
     paper_top1: dict[str, float] = field(default_factory=dict)
     params_1000: dict[str, int] = field(default_factory=dict)
 
@@ -29,14 +39,16 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, *, config: Any, paper_top1: dict[str, float] | None = None,
+def register_model(name: str, *, config: Any, pretrained_cfg: dict[str, Any] | None = None,
+                   paper_top1: dict[str, float] | None = None,
                    params_1000: dict[str, int] | None = None) -> Callable:
-    """Decorator registering ``fn(**overrides) -> nn.Module`` under ``name``."""
+    """Decorator registering ``fn(pretrained=False, **options) -> nn.Module`` under ``name``."""
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelEntry(name, fn, config, dict(paper_top1 or {}), dict(params_1000 or {}))
+        _REGISTRY[name] = ModelEntry(name, fn, config, dict(pretrained_cfg or {}), dict(paper_top1 or {}),
+                                     dict(params_1000 or {}))
         return fn
 
     return wrap
@@ -58,11 +70,28 @@ def create_model(name: str, **options: Any) -> nn.Module:
     """Build a registered variant, e.g. ``create_model("bhvit_tiny", precision="binary", img_size=224)``.
 
     Options are fields of :class:`bhvit.BHViTConfig` (precision, attn_quant, norm, shift3, shift5,
-    num_classes, in_chans, img_size, window_size, drop_path_rate, recu, ...).
+    num_classes, in_chans, img_size, window_size, drop_path_rate, recu, ...) and timm's
+    ``features_only=True`` / ``out_indices`` (a backbone giving the stage maps, NCHW). An unknown
+    option is a ValueError listing the valid ones.
     """
-    entry = model_entry(name)
-    fields = getattr(type(entry.config), "__dataclass_fields__", {})
-    unknown = sorted(set(options) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for {name}; valid options: {sorted(fields)}")
-    return entry.builder(**options)
+    return model_entry(name).builder(**options)
+
+
+def register_with_timm() -> list[str]:
+    """Register every variant with timm's model registry, if timm imports; returns the names added.
+
+    Without timm (or with a timm that fails to import) nothing happens and nothing is raised:
+    ``import bhvit`` must work, and stay fast, either way (without timm this costs one file-system
+    lookup). A name timm already knows is left alone, so calling it again adds nothing.
+    """
+    try:
+        if "timm" not in sys.modules and importlib.util.find_spec("timm") is None:
+            return []
+        timm_models = importlib.import_module("timm.models")
+        register, is_model = timm_models.register_model, timm_models.is_model
+    except Exception:  # a broken timm (e.g. its torchvision import failing) must not break bhvit
+        return []
+    added = [name for name in list_models() if not is_model(name)]
+    for name in added:
+        register(model_entry(name).builder)  # timm keys the entrypoint by fn.__name__, which is name
+    return added

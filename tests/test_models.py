@@ -7,14 +7,23 @@ import torch
 
 import bhvit
 from bhvit.layers import TokenBatchNorm, convert_sync_batchnorm
-from bhvit.models.bhvit import GlobalTokens, window_merge, window_split
+from bhvit.models.bhvit import (
+    ATTN_QUANTS,
+    NORMS,
+    PRECISIONS,
+    GlobalTokens,
+    choose_window_size,
+    downsample_convs,
+    to_img_size,
+    upsample_nearest,
+    window_merge,
+    window_split,
+)
 from bhvit.quant import binary_weight_layers
-
-PRECISIONS = ["fp", "some_fp", "binary"]
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("attn_quant", ["lsq", "gsb"])
+@pytest.mark.parametrize("attn_quant", ATTN_QUANTS)
 def test_every_parameter_gets_a_gradient(precision, attn_quant):
     torch.manual_seed(0)
     model = bhvit.create_model("bhvit_test", precision=precision, attn_quant=attn_quant).train()
@@ -104,14 +113,18 @@ def test_layernorm_variant_and_options():
     model(torch.randn(2, 3, 32, 32)).sum().backward()
 
 
-def test_binary_layers_and_downsample_flags():
+def test_binary_layers_and_the_downsampling_convs_the_model_names():
     model = bhvit.create_model("bhvit_test", precision="binary")
     layers = dict(binary_weight_layers(model))
-    downs = [n for n, m in layers.items() if m.is_downsample]
-    assert sorted(downs) == [f"stages.{i}.downsample.conv" for i in (1, 2, 3)]
-    some = dict(binary_weight_layers(bhvit.create_model("bhvit_test", precision="some_fp")))
-    assert not any(m.is_downsample for m in some.values()) and len(some) == len(layers) - 3
+    downs = {id(m) for m in downsample_convs(model)}
+    assert sorted(n for n, m in layers.items() if id(m) in downs) == [f"stages.{i}.downsample.conv" for i in (1, 2, 3)]
+    some_model = bhvit.create_model("bhvit_test", precision="some_fp")
+    some = dict(binary_weight_layers(some_model))
+    assert len(downsample_convs(some_model)) == 3  # fp convolutions there, so not among the binary layers
+    assert not {id(m) for m in downsample_convs(some_model)} & {id(m) for m in some.values()}
+    assert len(some) == len(layers) - 3
     assert not list(binary_weight_layers(bhvit.create_model("bhvit_test", precision="fp")))
+    assert not any(hasattr(m, "is_downsample") for m in layers.values())
 
 
 def test_intended_initialisation_runs():
@@ -143,14 +156,52 @@ def test_window_split_merge_roundtrip_and_pool_alignment():
 
 
 def test_nearest_upsampling_equals_interpolate():
-    """The expand-based nearest upsampling of global tokens equals F.interpolate(mode='nearest')."""
+    """The attention's upsampling of global tokens (the model's own function) equals
+    F.interpolate(mode='nearest'), on square and non-square grids."""
     import torch.nn.functional as F
 
-    for hp, w in [(2, 7), (4, 7), (3, 2), (1, 5)]:
-        g = torch.randn(1, hp, hp, 4)
-        ref = F.interpolate(g.permute(0, 3, 1, 2), size=hp * w, mode="nearest").permute(0, 2, 3, 1)
-        ours = g[:, :, None, :, None, :].expand(1, hp, w, hp, w, 4).reshape(1, hp * w, hp * w, 4)
-        torch.testing.assert_close(ours, ref)
+    for hp, wp, w in [(2, 2, 7), (4, 4, 7), (3, 3, 2), (1, 1, 5), (2, 3, 2)]:
+        g = torch.randn(2, hp, wp, 4)
+        ref = F.interpolate(g.permute(0, 3, 1, 2), scale_factor=w, mode="nearest").permute(0, 2, 3, 1)
+        torch.testing.assert_close(upsample_nearest(g, w), ref)
+
+
+@pytest.mark.parametrize("value, expected", [(64, (64, 64)), ("64", (64, 64)), (" 96 ", (96, 96)), ([64, 32], (64, 32)),
+                                             ((32, 64), (32, 64)), (64.0, (64, 64)), (["64", "32"], (64, 32))])
+def test_img_size_forms_are_normalised(value, expected):
+    assert to_img_size(value) == expected
+    assert bhvit.BHViTConfig(img_size=value, window_size=1).img_size == expected
+
+
+@pytest.mark.parametrize("value", ["6x4", "", [64], (64, 64, 3), 64.5, True, None, {"h": 64}, "-64"])
+def test_bad_img_size_is_one_clear_error(value):
+    with pytest.raises(ValueError, match=r"img_size must be an int, a numeric string or \(height, width\)"):
+        bhvit.BHViTConfig(img_size=value, window_size=1)
+
+
+def test_one_window_rule_for_config_and_training():
+    from bhvit.train.config import choose_window_size as train_choice
+
+    assert train_choice is choose_window_size
+    assert [choose_window_size(s) for s in (32, 64, 96, 128, 224, 448, "224", (64, 96))] == [1, 2, 3, 4, 7, 7, 7, 1]
+    for side in (32, 64, 96, 160, 224, 448):  # the chosen window always builds
+        bhvit.BHViTConfig(img_size=side, window_size=choose_window_size(side))
+    with pytest.raises(ValueError, match="not a multiple of 32"):
+        choose_window_size(100)
+
+
+def test_config_validation_uses_the_model_choices():
+    from bhvit.train.config import ModelSpec
+
+    assert (PRECISIONS, ATTN_QUANTS, NORMS) == (("fp", "some_fp", "binary"), ("lsq", "gsb"), ("bn", "ln"))
+    for field, good in (("precision", PRECISIONS), ("attn_quant", ATTN_QUANTS), ("norm", NORMS)):
+        for value in good:
+            ModelSpec(**{field: value})
+            bhvit.BHViTConfig(**{field: value})
+        with pytest.raises(ValueError, match=field):
+            ModelSpec(**{field: "nope"})
+        with pytest.raises(ValueError, match=field):
+            bhvit.BHViTConfig(**{field: "nope"})
 
 
 @pytest.mark.parametrize("precision", ["fp", "binary"])

@@ -1,14 +1,19 @@
 """The authors' checkpoints: loading, config inference, and reproduction of their outputs.
 
-The packs in ``../shared/reference/`` were produced by running the authors' model (see its
-README): perturbed random weights, an input, eval/train logits, intermediate maps, gradients.
+The reference packs were produced by running the authors' model (see ``../shared/reference/README``):
+perturbed random weights, an input, eval/train logits, intermediate maps, gradients. The tests read
+them from ``tests/fixtures/``, built by ``scripts/make_reference_fixtures.py`` (which says what it
+keeps); only :func:`test_fixtures_are_the_shared_reference` needs ``../shared/reference`` itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import importlib.util
 import json
 import os
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -23,17 +28,33 @@ from bhvit.upstream import CheckpointError, infer_upstream_config, map_upstream_
 
 load_upstream = bhvit.load_upstream  # the public entry point
 
-REF = Path(os.environ.get("BHVIT_REFERENCE_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "reference"))
+ROOT = Path(__file__).resolve().parents[1]
+REF = Path(os.environ.get("BHVIT_REFERENCE_DIR", ROOT / ".." / "shared" / "reference"))
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PACKS = ["fp", "somefp", "binary"]
-pytestmark = pytest.mark.skipif(not REF.is_dir(), reason=f"reference packs not found at {REF}")
+
+
+@cache
+def fixtures():
+    """The fixture builder, ``scripts/make_reference_fixtures.py``, which also reads them back."""
+    path = ROOT / "scripts" / "make_reference_fixtures.py"
+    spec = importlib.util.spec_from_file_location("make_reference_fixtures", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
 
 
 @pytest.fixture(scope="module", params=PACKS)
 def pack(request):
-    tensors = load_file(str(REF / f"upstream-mini-{request.param}.safetensors"))
-    meta = json.loads((REF / f"upstream-mini-{request.param}.json").read_text())
-    state = {k.removeprefix("state."): v for k, v in tensors.items() if k.startswith("state.")}
-    return request.param, tensors, state, meta
+    t, meta = fixtures().load_pack(request.param, FIXTURES)
+    state = {k.removeprefix("state."): v for k, v in t.items() if k.startswith("state.")}
+    return request.param, t, state, meta
+
+
+def _subset(key: str, ours: torch.Tensor, meta: dict) -> torch.Tensor:
+    """The part of our tensor that the fixture keeps of the reference's ``key`` (all of it if not cut)."""
+    cut = meta["subsets"].get(key)
+    return ours if cut is None else fixtures().take_subset(ours, *cut)
 
 
 def test_config_inference(pack):
@@ -51,7 +72,7 @@ def test_config_inference(pack):
 
 
 def test_eval_logits_and_hidden_states_match(pack):
-    _, t, state, _ = pack
+    _, t, state, meta = pack
     model = load_upstream(state)
     assert not model.training
     hidden: dict[str, torch.Tensor] = {}
@@ -60,6 +81,7 @@ def test_eval_logits_and_hidden_states_match(pack):
     assert (logits - t["logits.eval"]).abs().max().item() <= 1e-4
     for key, value in hidden.items():
         ref = t[f"hidden.{key}"]
+        value = _subset(f"hidden.{key}", value, meta)
         assert value.shape == ref.shape, key
         assert (value - ref).abs().max().item() <= 1e-4 * max(1.0, ref.abs().max().item()), key
     assert logits.argmax(1).tolist() == t["logits.eval"].argmax(1).tolist()
@@ -89,7 +111,7 @@ def test_train_mode_logits_loss_and_gradients(pack):
     loss = F.cross_entropy(logits, t["train.target"])
     assert loss.item() == pytest.approx(t["train.loss"].item(), abs=1e-5)
     loss.backward()
-    _check_gradients(model, t, x)
+    _check_gradients(model, t, x, meta)
 
 
 def test_train_mode_with_lsq_already_initialised(pack):
@@ -102,7 +124,7 @@ def test_train_mode_with_lsq_already_initialised(pack):
         assert (model(t["input"]) - t["logits.train_initstate1"]).abs().max().item() <= 1e-5
 
 
-def _check_gradients(model, t, x):
+def _check_gradients(model, t, x, meta):
     params = dict(model.named_parameters())
     scale = max(v.abs().max().item() for k, v in t.items() if k.startswith("grad."))
     checked = 0
@@ -110,7 +132,7 @@ def _check_gradients(model, t, x):
         if not key.startswith("grad."):
             continue
         if key == "grad.input":
-            got = x.grad
+            got = _subset(key, x.grad, meta)
         else:
             ours, _ = map_upstream_key(key.removeprefix("grad."), model.config.depths)
             got = params[ours].grad.reshape(ref.shape)
@@ -146,9 +168,10 @@ def test_lsq_first_batch_initialisation_matches(pack):
 def test_reference_layouts_load_for_tiny_and_small():
     """Every released layout (tiny/small × fp/some-fp/binary) converts and loads, and the parameter
     count equals the authors' model."""
+    layouts = json.loads(gzip.decompress((FIXTURES / "upstream-keys.json.gz").read_bytes()))
     for arch in ("tiny", "small"):
         for mode in PACKS:
-            entries = json.loads((REF / f"upstream-keys-{arch}-{mode}.json").read_text())
+            entries = layouts[f"{arch}-{mode}"]
             state = {name: torch.zeros(shape, dtype=getattr(torch, dtype.removeprefix("torch.")))
                      for name, shape, dtype in entries}
             model = load_upstream(state)
@@ -230,3 +253,17 @@ def test_default_batchnorm_layout_matches_in_full_precision(pack):
         pytest.skip("binary layers amplify 1-ulp differences; see authors_bn_layout")
     model = load_upstream(state).train()
     assert (model(t["input"]) - t["logits.train"]).abs().max().item() <= 1e-5
+
+
+@pytest.mark.skipif(not REF.is_dir(), reason=f"reference packs not found at {REF}")
+def test_fixtures_are_the_shared_reference():
+    """The fixtures in the repository are what the script makes of ``../shared/reference`` today."""
+    script = fixtures()
+    tensors, fresh_meta = script.build(REF)
+    stored = load_file(str(FIXTURES / "upstream-mini.safetensors"))
+    assert fresh_meta == json.loads((FIXTURES / "upstream-mini.json").read_text())
+    assert sorted(tensors) == sorted(stored)
+    for key, value in tensors.items():
+        assert value.dtype == stored[key].dtype and torch.equal(value, stored[key]), key
+    layouts = json.loads(gzip.decompress((FIXTURES / "upstream-keys.json.gz").read_bytes()))
+    assert layouts == script.layouts(REF)

@@ -4,7 +4,7 @@ A four-stage hybrid: stages 1–2 are multi-scale grouped dilated convolution bl
 3–4 windowed multi-scale multi-head attention blocks (MSMHA) whose windows also attend to max/avg
 pooled global tokens; every MLP carries parameter-free shift branches. Numerics follow the authors'
 code (github.com/IMRL/BHViT, ``transformer/BHViT.py``), which trained the released checkpoints;
-see ``SPEC.md`` §1–3.
+see ``docs/spec.md`` (cited as SPEC) §1–3.
 
 Differences from the authors' code:
 
@@ -18,38 +18,49 @@ Differences from the authors' code:
 * the pooling-grid quirk of the global tokens (``padding = 3`` misaligns the 7×7 pooling with the
   windows and average pooling counts the zero padding) is reproduced by default;
   ``aligned_pool=True`` pools exactly the windows instead (not for the released checkpoints).
+
+Use as a timm model: ``create_model(name, features_only=True)`` gives the four stage maps (NCHW) with
+``feature_info``; models have ``reset_classifier``, ``forward_intermediates`` and ``pretrained_cfg``,
+and the variants register with timm's registry when timm is installed (:mod:`bhvit.registry`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from functools import partial
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from ..layers import DropPath, LayerScale, RPReLU, make_norm, recomputing, shift_channel_mix, shift_mean
-from ..quant import (
-    GSBAttentionQuantizer,
-    LSQAttentionQuantizer,
-    QuantConv2d,
-    QuantLinear,
-    SignQuantizer,
-    WeightBinarizer,
-    sign_ste,
-)
+from ..layers import NORMS, DropPath, LayerScale, Norm, RPReLU, make_norm, recomputing, shift_channel_mix, shift_mean
+from ..quant import QuantConv2d, QuantLinear, SignQuantizer, WeightBinarizer, get_quantizer, sign_ste
 from ..registry import register_model
+from .features import FeatureGetter, feature_take_indices
 
-__all__ = ["BHViTConfig", "BHViT", "build_model", "valid_img_sizes"]
+__all__ = [
+    "ATTN_QUANTS", "NORMS", "PRECISIONS", "AttnQuant", "BHViT", "BHViTConfig", "Norm", "Precision",
+    "build_model", "choose_window_size", "default_cfgs", "downsample_convs", "pretrained_cfg", "to_img_size",
+    "valid_img_sizes",
+]
 
-PRECISIONS = ("fp", "some_fp", "binary")
-ATTN_QUANTS = ("lsq", "gsb")
+Precision = Literal["fp", "some_fp", "binary"]
+AttnQuant = Literal["lsq", "gsb"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+ATTN_QUANTS: tuple[str, ...] = get_args(AttnQuant)
 STEM_STRIDE = 4
 TOTAL_STRIDE = 32  # stem 4 × three 2× downsamplings
+MAX_WINDOW = 7  # the authors' window; also the largest :func:`choose_window_size` picks
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CROP_PCT = 0.875  # evaluation: Resize(size / CROP_PCT) + CenterCrop(size) (SPEC §4)
+
+NormLayer = Callable[[int], nn.Module]  # width -> norm over the last dim
 
 
 # =============================================================================================
@@ -62,34 +73,32 @@ class BHViTConfig:
     ``precision``: ``"fp"`` (all full precision), ``"some_fp"`` (binary blocks, fp stem,
     downsampling and head: the paper's †) or ``"binary"`` (downsampling binary too).
     ``num_heads`` are the heads of stages 3 and 4. ``mlp_ratios`` give each stage's MLP hidden width
-    as a multiple of its width.
+    as a multiple of its width. ``img_size`` is an int, a numeric string or ``(height, width)``.
     """
 
     depths: tuple[int, int, int, int] = (2, 2, 6, 2)
     widths: tuple[int, int, int, int] = (64, 128, 256, 512)
     mlp_ratios: tuple[int, int, int, int] = (8, 8, 4, 4)
     num_heads: tuple[int, int] = (4, 8)
-    precision: str = "binary"
-    attn_quant: str = "lsq"
-    norm: str = "bn"
+    precision: Precision = "binary"
+    attn_quant: AttnQuant = "lsq"
+    norm: Norm = "bn"
     shift3: bool = True
     shift5: bool = True
     layerscale: bool = True
     num_classes: int = 1000
     in_chans: int = 3
     img_size: tuple[int, int] = (224, 224)
-    window_size: int = 7
+    window_size: int = MAX_WINDOW
     aligned_pool: bool = False
     drop_path_rate: float = 0.0
     recu: bool = False
     norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
-        img = self.img_size
-        img = (int(img), int(img)) if isinstance(img, (int, float)) else tuple(int(v) for v in img)
         for name in ("depths", "widths", "mlp_ratios", "num_heads"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
-        object.__setattr__(self, "img_size", img)
+        object.__setattr__(self, "img_size", to_img_size(self.img_size))
         self._validate()
 
     def _validate(self) -> None:
@@ -97,8 +106,8 @@ class BHViTConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.attn_quant not in ATTN_QUANTS:
             raise ValueError(f"attn_quant must be one of {ATTN_QUANTS}, got {self.attn_quant!r}")
-        if self.norm not in ("bn", "ln"):
-            raise ValueError(f"norm must be 'bn' or 'ln', got {self.norm!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if len(self.depths) != 4 or min(self.depths) < 1:
             raise ValueError(f"depths must be four positive ints, got {self.depths}")
         if len(self.widths) != 4 or any(w % 4 for w in self.widths):
@@ -108,6 +117,8 @@ class BHViTConfig:
         for w, h in zip(self.widths[2:], self.num_heads):
             if w % h:
                 raise ValueError(f"width {w} is not divisible by {h} heads")
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0 (0: no classifier), got {self.num_classes}")
         if self.window_size < 1:
             raise ValueError(f"window_size must be >= 1, got {self.window_size}")
         check_img_size(self.img_size, self.window_size)
@@ -132,27 +143,95 @@ class BHViTConfig:
         return cls(**d)
 
 
+def to_img_size(value: Any) -> tuple[int, int]:
+    """``(height, width)`` from an int, a numeric string (``"64"``, as JSON or a CLI gives it) or a pair.
+
+    Anything else raises a ValueError naming the accepted forms; ``"64"`` is never read as ``(6, 4)``.
+    """
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return _side(value[0], value), _side(value[1], value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        side = _side(value, value)
+        return side, side
+    raise ValueError(f"img_size must be an int, a numeric string or (height, width), got {value!r}")
+
+
+def _side(v: Any, whole: Any) -> int:
+    """One side of an image size: an int, an integral float or a numeric string."""
+    if isinstance(v, str) and v.strip().isdigit():
+        return int(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
+        raise ValueError(f"img_size must be an int, a numeric string or (height, width), got {whole!r}")
+    return int(v)
+
+
+def window_fits(img_size: tuple[int, ...], window_size: int) -> bool:
+    """The window rule: every side must be a multiple of 32·w.
+
+    Stages 3 and 4 see ``side/16`` and ``side/32`` tokens per side (stem stride 4, three 2×
+    downsamplings), and both must be multiples of the attention window ``w``; a multiple of 32·w
+    satisfies both.
+    """
+    return all(s > 0 and s % (TOTAL_STRIDE * window_size) == 0 for s in img_size)
+
+
+def choose_window_size(img_size: int | tuple[int, int], max_window: int = MAX_WINDOW) -> int:
+    """The largest window ``w ≤ max_window`` that fits ``img_size`` (:func:`window_fits`).
+
+    224 → 7, 64 → 2, 96 → 3, 32 → 1; a side that is not a multiple of 32 is a ValueError.
+    """
+    size = to_img_size(img_size)
+    if not window_fits(size, 1):
+        raise ValueError(f"img_size={img_size} is not a multiple of {TOTAL_STRIDE}")
+    return max(w for w in range(1, max_window + 1) if window_fits(size, w))
+
+
 def valid_img_sizes(window_size: int, limit: int = 4) -> list[int]:
     """The first ``limit`` square image sizes that work with ``window_size``: multiples of 32·w."""
     return [TOTAL_STRIDE * window_size * k for k in range(1, limit + 1)]
 
 
 def check_img_size(img_size: tuple[int, int], window_size: int) -> None:
-    """Raise a ValueError naming sizes that work unless every stage divides evenly.
+    """Raise a ValueError naming sizes that work unless :func:`window_fits` (side = 32·w·k)."""
+    if window_fits(img_size, window_size):
+        return
+    side = next(s for s in img_size if not window_fits((s,), window_size))
+    fits = [w for w in range(1, MAX_WINDOW + 1) if window_fits((side,), w)]
+    hint = f"; or keep {side} px with window_size in {fits}" if fits else ""
+    raise ValueError(
+        f"image size {tuple(img_size)} does not fit window_size={window_size}: each side must be a multiple "
+        f"of 32·window_size = {TOTAL_STRIDE * window_size} (sizes that work: {valid_img_sizes(window_size)}){hint}"
+    )
 
-    Each side must be a multiple of 32 (stem stride 4, three 2× downsamplings) and the stage-3 and
-    stage-4 maps (side/16, side/32) must be multiples of the attention window: side = 32·w·k.
+
+def pretrained_cfg(config: BHViTConfig, architecture: str | None = None) -> dict[str, Any]:
+    """Input metadata of a model (timm's ``pretrained_cfg`` fields): what preprocessing it expects.
+
+    The input size is fixed (position embeddings are sized from ``img_size``); evaluation resizes the
+    shorter side to ``size/crop_pct`` (bicubic) and centre-crops (SPEC §4: Resize 256, CenterCrop 224).
+    Mean and std are ImageNet's for 3 channels, 0.5 otherwise. No hosted weights (``url`` empty):
+    load the authors' checkpoints with :func:`bhvit.load_upstream`.
     """
-    unit = TOTAL_STRIDE * window_size
-    bad = [s for s in img_size if s <= 0 or s % unit]
-    if bad:
-        side = bad[0]
-        fits = [w for w in range(1, 8) if side > 0 and side % (TOTAL_STRIDE * w) == 0]
-        hint = f"; or keep {side} px with window_size in {fits}" if fits else ""
-        raise ValueError(
-            f"image size {tuple(img_size)} does not fit window_size={window_size}: each side must be a "
-            f"multiple of 32·window_size = {unit} (sizes that work: {valid_img_sizes(window_size)}){hint}"
-        )
+    rgb = config.in_chans == 3
+    return {
+        "architecture": architecture,
+        "url": "",
+        "input_size": (config.in_chans, *config.img_size),
+        "fixed_input_size": True,
+        "interpolation": "bicubic",
+        "crop_pct": CROP_PCT,
+        "crop_mode": "center",
+        "mean": IMAGENET_MEAN if rgb else (0.5,) * config.in_chans,
+        "std": IMAGENET_STD if rgb else (0.5,) * config.in_chans,
+        "num_classes": config.num_classes,
+        "pool_size": config.stage_sizes[-1],
+        "first_conv": "stem.proj",
+        "classifier": "head",
+        "origin_url": "https://github.com/IMRL/BHViT",
+        "paper_ids": "arXiv:2503.02394",
+    }
 
 
 # =============================================================================================
@@ -214,7 +293,7 @@ class BinaryMLP(nn.Module):
     ``H2 = LS(RPReLU(norm(BLinear_2(H1 + m2)) + AvgPool1d_r(H1)))``, drop-path on ``H2``.
     """
 
-    def __init__(self, dim: int, hidden: int, *, binary: bool, recu: bool, norm: str, eps: float,
+    def __init__(self, dim: int, hidden: int, *, binary: bool, recu: bool, norm_layer: NormLayer,
                  layerscale: bool, drop_path: float) -> None:
         super().__init__()
         if hidden % dim:
@@ -222,11 +301,11 @@ class BinaryMLP(nn.Module):
         self.ratio = hidden // dim
         self.move1 = nn.Parameter(torch.zeros(dim))
         self.fc1 = binary_linear(dim, hidden, binary, recu)
-        self.norm1 = make_norm(norm, hidden, eps)
+        self.norm1 = norm_layer(hidden)
         self.act1 = RPReLU(hidden)
         self.move2 = nn.Parameter(torch.zeros(hidden))
         self.fc2 = binary_linear(hidden, dim, binary, recu)
-        self.norm2 = make_norm(norm, dim, eps)
+        self.norm2 = norm_layer(dim)
         self.act2 = RPReLU(dim)
         self.ls = LayerScale(dim) if layerscale else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -248,7 +327,7 @@ class MultiScaleConvMixer(nn.Module):
     convolutions, 'same' zero padding after ``sign`` (padded taps contribute 0) and fp biases.
     """
 
-    def __init__(self, dim: int, *, binary: bool, recu: bool, norm: str, eps: float,
+    def __init__(self, dim: int, *, binary: bool, recu: bool, norm_layer: NormLayer,
                  dilations: tuple[int, ...] = (1, 3, 5), groups: int = 4) -> None:
         super().__init__()
         self.move = nn.Parameter(torch.zeros(dim))
@@ -257,7 +336,7 @@ class MultiScaleConvMixer(nn.Module):
             for d in dilations
         )
         self.acts = nn.ModuleList(RPReLU(dim) for _ in dilations)
-        self.norm = make_norm(norm, dim, eps)
+        self.norm = norm_layer(dim)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C) -> (B, H, W, C)
         u = to_nchw(x + self.move)
@@ -304,6 +383,16 @@ def window_merge(windows: Tensor, w: int, b: int, h: int, wd: int) -> Tensor:
     return x.reshape(b, h, wd, c)
 
 
+def upsample_nearest(g: Tensor, w: int) -> Tensor:
+    """(B, h, wd, C) -> (B, h·w, wd·w, C): each token repeated over a w×w block (nearest neighbour).
+
+    Equals ``F.interpolate(mode="nearest")`` by a factor w, channels-last and without a copy
+    before the final reshape.
+    """
+    b, h, wd, c = g.shape
+    return g[:, :, None, :, None, :].expand(b, h, w, wd, w, c).reshape(b, h * w, wd * w, c)
+
+
 class BinaryAttention(nn.Module):
     """MSMHA: windowed binary attention over window tokens and pooled global tokens (SPEC §2, §3.3).
 
@@ -314,36 +403,31 @@ class BinaryAttention(nn.Module):
     ``O = p ⊙ windows + (1 − p) ⊙ global``; ``out = LS(RPReLU(norm(BLinear_o(O + mo)) + O))``.
     """
 
-    def __init__(self, dim: int, num_heads: int, cfg: BHViTConfig) -> None:
+    def __init__(self, dim: int, num_heads: int, *, window: int, aligned_pool: bool, binary: bool, recu: bool,
+                 norm_layer: NormLayer, attn_quantizer: nn.Module | None, layerscale: bool) -> None:
+        """``attn_quantizer`` quantizes the attention matrix (None: full precision, as in fp models)."""
         super().__init__()
-        binary = cfg.precision != "fp"
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.window = cfg.window_size
+        self.window = window
         self.binary = binary
-        self.pool = GlobalTokens(dim, cfg.window_size, cfg.aligned_pool)
+        self.pool = GlobalTokens(dim, window, aligned_pool)
         self.token_norm = nn.LayerNorm(dim)  # always LayerNorm, even in BatchNorm models
         for n in ("q", "k", "v"):
             self.register_parameter(f"move_{n}", nn.Parameter(torch.zeros(dim)))
-            self.add_module(n, binary_linear(dim, dim, binary, cfg.recu))
-            self.add_module(f"norm_{n}", make_norm(cfg.norm, dim, cfg.norm_eps))
+            self.add_module(n, binary_linear(dim, dim, binary, recu))
+            self.add_module(f"norm_{n}", norm_layer(dim))
             self.add_module(f"act_{n}", RPReLU(dim))
             self.register_parameter(f"move_{n}2", nn.Parameter(torch.zeros(dim)))
-        self.attn_quant = self._attn_quantizer(cfg, num_heads) if binary else None
-        self.norm_ctx = make_norm(cfg.norm, dim, cfg.norm_eps)
+        self.attn_quant = attn_quantizer
+        self.norm_ctx = norm_layer(dim)
         self.act_ctx = RPReLU(dim)
         self.mix = nn.Parameter(torch.full((dim,), 0.5))
         self.move_o = nn.Parameter(torch.zeros(dim))
-        self.proj = binary_linear(dim, dim, binary, cfg.recu)
-        self.norm_o = make_norm(cfg.norm, dim, cfg.norm_eps)
+        self.proj = binary_linear(dim, dim, binary, recu)
+        self.norm_o = norm_layer(dim)
         self.act_o = RPReLU(dim)
-        self.ls = LayerScale(dim) if cfg.layerscale else nn.Identity()
-
-    @staticmethod
-    def _attn_quantizer(cfg: BHViTConfig, num_heads: int) -> nn.Module:
-        if cfg.attn_quant == "lsq":
-            return LSQAttentionQuantizer(num_heads)
-        return GSBAttentionQuantizer(num_heads)
+        self.ls = LayerScale(dim) if layerscale else nn.Identity()
 
     def _branch(self, hs: Tensor, n: str) -> tuple[Tensor, Tensor]:
         """``(X̃, binarized X̃ + m2)`` for n in q, k, v; shapes (B', L, C)."""
@@ -381,7 +465,7 @@ class BinaryAttention(nn.Module):
         ctx = self.attention_context(hs)
         local = window_merge(ctx[:, : w * w], w, b, h, wd)  # (B, H, W, C)
         g = ctx[:, w * w :].reshape(b, n_win, h // w, wd // w, c).mean(dim=1)  # (B, H/w, W/w, C)
-        g = g[:, :, None, :, None, :].expand(b, h // w, w, wd // w, w, c).reshape(b, h, wd, c)  # nearest up
+        g = upsample_nearest(g, w)  # (B, H, W, C)
         o = local * self.mix + g * (1.0 - self.mix)
         out = self.act_o(self.norm_o(self.proj(o + self.move_o)) + o)
         return self.ls(out)
@@ -389,15 +473,19 @@ class BinaryAttention(nn.Module):
 
 class HybridBlock(nn.Module):
     """A BHViT block around a token mixer (SPEC §2):
-    ``X1 = mixer(norm1(X)) + X``; ``Y = MLP(norm2(X1)) + X1 + Shift(norm2(X1))``."""
+    ``X1 = mixer(norm1(X)) + X``; ``Y = MLP(norm2(X1)) + X1 + Shift(norm2(X1))``.
 
-    def __init__(self, dim: int, mlp_ratio: int, cfg: BHViTConfig, drop_path: float) -> None:
+    ``binary``: binarized linears and convolutions (sign of the input, scaled sign of the weights).
+    """
+
+    def __init__(self, dim: int, mlp_ratio: int, *, binary: bool, recu: bool, norm_layer: NormLayer,
+                 layerscale: bool, shift3: bool, shift5: bool, drop_path: float) -> None:
         super().__init__()
-        self.norm1 = make_norm(cfg.norm, dim, cfg.norm_eps)
-        self.norm2 = make_norm(cfg.norm, dim, cfg.norm_eps)
-        self.mlp = BinaryMLP(dim, dim * mlp_ratio, binary=cfg.precision != "fp", recu=cfg.recu, norm=cfg.norm,
-                             eps=cfg.norm_eps, layerscale=cfg.layerscale, drop_path=drop_path)
-        self.shift = ShiftBranches(dim, cfg.shift3, cfg.shift5)
+        self.norm1 = norm_layer(dim)
+        self.norm2 = norm_layer(dim)
+        self.mlp = BinaryMLP(dim, dim * mlp_ratio, binary=binary, recu=recu, norm_layer=norm_layer,
+                             layerscale=layerscale, drop_path=drop_path)
+        self.shift = ShiftBranches(dim, shift3, shift5)
 
     def token_mixer(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -413,21 +501,30 @@ class HybridBlock(nn.Module):
 class ConvBlock(HybridBlock):
     """Stage 1–2 block: the token mixer is MSGDC."""
 
-    def __init__(self, dim: int, mlp_ratio: int, cfg: BHViTConfig, drop_path: float) -> None:
-        super().__init__(dim, mlp_ratio, cfg, drop_path)
-        self.mixer = MultiScaleConvMixer(dim, binary=cfg.precision != "fp", recu=cfg.recu, norm=cfg.norm,
-                                         eps=cfg.norm_eps)
+    def __init__(self, dim: int, mlp_ratio: int, *, binary: bool, recu: bool, norm_layer: NormLayer,
+                 layerscale: bool, shift3: bool, shift5: bool, drop_path: float) -> None:
+        super().__init__(dim, mlp_ratio, binary=binary, recu=recu, norm_layer=norm_layer, layerscale=layerscale,
+                         shift3=shift3, shift5=shift5, drop_path=drop_path)
+        self.mixer = MultiScaleConvMixer(dim, binary=binary, recu=recu, norm_layer=norm_layer)
 
     def token_mixer(self, x: Tensor) -> Tensor:
         return self.mixer(x)
 
 
 class AttentionBlock(HybridBlock):
-    """Stage 3–4 block: the token mixer is MSMHA."""
+    """Stage 3–4 block: the token mixer is MSMHA over ``window``×``window`` windows.
 
-    def __init__(self, dim: int, mlp_ratio: int, num_heads: int, cfg: BHViTConfig, drop_path: float) -> None:
-        super().__init__(dim, mlp_ratio, cfg, drop_path)
-        self.attn = BinaryAttention(dim, num_heads, cfg)
+    ``attn_quantizer`` quantizes the attention matrix (None: full precision).
+    """
+
+    def __init__(self, dim: int, mlp_ratio: int, num_heads: int, *, window: int, aligned_pool: bool,
+                 attn_quantizer: nn.Module | None, binary: bool, recu: bool, norm_layer: NormLayer,
+                 layerscale: bool, shift3: bool, shift5: bool, drop_path: float) -> None:
+        super().__init__(dim, mlp_ratio, binary=binary, recu=recu, norm_layer=norm_layer, layerscale=layerscale,
+                         shift3=shift3, shift5=shift5, drop_path=drop_path)
+        self.attn = BinaryAttention(dim, num_heads, window=window, aligned_pool=aligned_pool, binary=binary,
+                                    recu=recu, norm_layer=norm_layer, attn_quantizer=attn_quantizer,
+                                    layerscale=layerscale)
 
     def token_mixer(self, x: Tensor) -> Tensor:
         return self.attn(x)
@@ -438,17 +535,18 @@ class Downsample(nn.Module):
 
     fp: ``y = norm(Conv2x2(norm_in(X))) + pos``. Binary: ``t = norm_in(X)``, ``r`` = 2×2 average of
     ``t`` tiled ``C2/C`` times along channels, ``y = RPReLU(norm(BConv2x2(t + move)) + r) + pos``.
-    ``pos`` is a learnable ``(1, (H/2)(W/2), C2)`` embedding.
+    ``pos`` is a learnable ``(1, (H/2)(W/2), C2)`` embedding. The model finds these convolutions
+    through :func:`downsample_convs` (the authors' ``L_re`` skips them).
     """
 
-    def __init__(self, cin: int, cout: int, out_hw: tuple[int, int], cfg: BHViTConfig) -> None:
+    def __init__(self, cin: int, cout: int, out_hw: tuple[int, int], *, binary: bool, recu: bool,
+                 norm_layer: NormLayer) -> None:
         super().__init__()
-        self.binary = cfg.precision == "binary"
-        self.norm_in = make_norm(cfg.norm, cin, cfg.norm_eps)
-        self.conv = binary_conv(cin, cout, self.binary, cfg.recu, kernel_size=2, stride=2, bias=False)
-        self.conv.is_downsample = True
-        self.norm = make_norm(cfg.norm, cout, cfg.norm_eps)
-        if self.binary:
+        self.binary = binary
+        self.norm_in = norm_layer(cin)
+        self.conv = binary_conv(cin, cout, binary, recu, kernel_size=2, stride=2, bias=False)
+        self.norm = norm_layer(cout)
+        if binary:
             self.move = nn.Parameter(torch.zeros(cin))
             self.act = RPReLU(cout)
         self.pos_embed = nn.Parameter(torch.zeros(1, out_hw[0] * out_hw[1], cout))
@@ -465,13 +563,18 @@ class Downsample(nn.Module):
         return y + self.pos_embed.view(1, y.shape[1], y.shape[2], -1)
 
 
+def downsample_convs(model: nn.Module) -> list[nn.Module]:
+    """The convolutions of every :class:`Downsample` in ``model`` (wrappers such as DDP included)."""
+    return [m.conv for m in model.modules() if isinstance(m, Downsample)]
+
+
 class Stem(nn.Module):
     """``Conv4x4/4 → norm → GELU`` then a learnable ``(1, C, H/4, W/4)`` position embedding."""
 
-    def __init__(self, in_chans: int, dim: int, out_hw: tuple[int, int], norm: str, eps: float) -> None:
+    def __init__(self, in_chans: int, dim: int, out_hw: tuple[int, int], *, norm_layer: NormLayer) -> None:
         super().__init__()
         self.proj = nn.Conv2d(in_chans, dim, kernel_size=STEM_STRIDE, stride=STEM_STRIDE)
-        self.norm = make_norm(norm, dim, eps)
+        self.norm = norm_layer(dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, dim, *out_hw))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
@@ -499,27 +602,92 @@ class Stage(nn.Module):
 # Model
 # =============================================================================================
 class BHViT(nn.Module):
-    """BHViT image classifier; ``forward`` maps (B, in_chans, H, W) images to (B, classes) logits."""
+    """BHViT image classifier; ``forward`` maps (B, in_chans, H, W) images to (B, classes) logits.
 
-    def __init__(self, config: BHViTConfig) -> None:
+    Follows timm's model contract: :meth:`forward_features`, :meth:`forward_head`,
+    :meth:`forward_intermediates` (the four stage maps, NCHW), :meth:`reset_classifier`,
+    :meth:`get_classifier`, ``feature_info`` (channels and stride of each stage) and
+    ``pretrained_cfg`` (input metadata, see :func:`pretrained_cfg`).
+    """
+
+    def __init__(self, config: BHViTConfig, *, architecture: str | None = None) -> None:
         super().__init__()
         self.config = config
         cfg = config
         sizes = cfg.stage_sizes
-        self.stem = Stem(cfg.in_chans, cfg.widths[0], sizes[0], cfg.norm, cfg.norm_eps)
+        norm_layer = partial(make_norm, cfg.norm, eps=cfg.norm_eps)
+        self.stem = Stem(cfg.in_chans, cfg.widths[0], sizes[0], norm_layer=norm_layer)
         rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
         stages, start = [], 0
         for i, depth in enumerate(cfg.depths):
-            dim = cfg.widths[i]
-            down = Downsample(cfg.widths[i - 1], dim, sizes[i], cfg) if i else nn.Identity()
-            blocks = [self._block(i, dim, cfg, rates[start + j]) for j in range(depth)]
+            down = self._downsample(cfg, i, norm_layer) if i else nn.Identity()
+            blocks = [self._block(cfg, i, norm_layer, rates[start + j]) for j in range(depth)]
             stages.append(Stage(down, blocks))
             start += depth
         self.stages = nn.ModuleList(stages)
-        self.norm = make_norm(cfg.norm, cfg.widths[-1], cfg.norm_eps)
+        self.norm = norm_layer(cfg.widths[-1])
         self.head = nn.Linear(cfg.widths[-1], cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.grad_checkpointing = False
+        self.feature_info = [
+            {"num_chs": w, "reduction": STEM_STRIDE * 2**i, "module": f"stages.{i}"} for i, w in enumerate(cfg.widths)
+        ]
+        self.pretrained_cfg = pretrained_cfg(cfg, architecture)
         self.apply(_init_weights)
+
+    @staticmethod
+    def _downsample(cfg: BHViTConfig, stage: int, norm_layer: NormLayer) -> Downsample:
+        """The downsampling into ``stage`` (1–3): binary only in ``binary`` models (SPEC §1)."""
+        return Downsample(cfg.widths[stage - 1], cfg.widths[stage], cfg.stage_sizes[stage],
+                          binary=cfg.precision == "binary", recu=cfg.recu, norm_layer=norm_layer)
+
+    @staticmethod
+    def _block(cfg: BHViTConfig, stage: int, norm_layer: NormLayer, drop_path: float) -> HybridBlock:
+        """A block of ``stage`` (0–3): MSGDC in stages 0–1, MSMHA in 2–3; binary unless ``fp``."""
+        binary = cfg.precision != "fp"
+        common = {"binary": binary, "recu": cfg.recu, "norm_layer": norm_layer, "layerscale": cfg.layerscale,
+                  "shift3": cfg.shift3, "shift5": cfg.shift5, "drop_path": drop_path}
+        dim, ratio = cfg.widths[stage], cfg.mlp_ratios[stage]
+        if stage < 2:
+            return ConvBlock(dim, ratio, **common)
+        heads = cfg.num_heads[stage - 2]
+        quantizer = get_quantizer(cfg.attn_quant, heads) if binary else None
+        return AttentionBlock(dim, ratio, heads, window=cfg.window_size, aligned_pool=cfg.aligned_pool,
+                              attn_quantizer=quantizer, **common)
+
+    # -------------------------------------------------------------------- timm's contract
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def num_features(self) -> int:
+        """Width of the pooled features the classifier sees."""
+        return self.config.widths[-1]
+
+    head_hidden_size = num_features
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the head by a fresh ``Linear(C, num_classes)`` (``0``: no head, pooled features out).
+
+        The config and ``pretrained_cfg`` follow, so a checkpoint saved afterwards rebuilds this
+        model. BHViT pools by the mean of the tokens only: ``global_pool`` may be ``None`` or ``"avg"``.
+        """
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"BHViT pools the mean of its tokens: global_pool must be 'avg' or None, "
+                             f"got {global_pool!r}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an int >= 0 (0: no classifier), got {num_classes!r}")
+        ref = self.stem.proj.weight  # new layers take the model's device and dtype
+        self.config = replace(self.config, num_classes=num_classes)
+        self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": num_classes}
+        if num_classes == 0:
+            self.head = nn.Identity()
+            return
+        self.head = nn.Linear(self.num_features, num_classes).to(device=ref.device, dtype=ref.dtype)
+        _init_weights(self.head)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass instead of storing them.
@@ -537,11 +705,15 @@ class BHViT(nn.Module):
             )
         return block(x)
 
-    @staticmethod
-    def _block(stage: int, dim: int, cfg: BHViTConfig, drop_path: float) -> nn.Module:
-        if stage < 2:
-            return ConvBlock(dim, cfg.mlp_ratios[stage], cfg, drop_path)
-        return AttentionBlock(dim, cfg.mlp_ratios[stage], cfg.num_heads[stage - 2], cfg, drop_path)
+    def _run_stage(self, i: int, x: Tensor, hidden: dict[str, Tensor] | None) -> Tensor:
+        """Stage ``i``: its downsampling (stages 1–3) then its blocks, (B, H, W, C) -> (B, H', W', C')."""
+        stage = self.stages[i]
+        x = stage.downsample(x)
+        if hidden is not None and i:
+            hidden[f"stage{i}"] = to_nchw(x)
+        for block in stage.blocks:
+            x = self._run_block(block, x)
+        return x
 
     def _check_input(self, x: Tensor) -> None:
         want = (self.config.in_chans, *self.config.img_size)
@@ -562,12 +734,8 @@ class BHViT(nn.Module):
         x = self.stem(x)
         if hidden is not None:
             hidden["embeddings"] = to_nchw(x)
-        for i, stage in enumerate(self.stages):
-            x = stage.downsample(x)
-            if hidden is not None and i:
-                hidden[f"stage{i}"] = to_nchw(x)
-            for block in stage.blocks:
-                x = self._run_block(block, x)
+        for i in range(len(self.stages)):
+            x = self._run_stage(i, x, hidden)
         if hidden is not None:
             hidden["encoder_out"] = to_nchw(x)
         x = self.norm(x.flatten(1, 2))
@@ -575,9 +743,61 @@ class BHViT(nn.Module):
             hidden["final_norm"] = x
         return x
 
-    def forward_head(self, tokens: Tensor) -> Tensor:
-        """Final tokens (B, N, C) -> logits: mean over tokens, then the linear classifier."""
-        return self.head(tokens.mean(dim=1))
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Final tokens (B, N, C) -> logits: mean over tokens, then the linear classifier.
+
+        ``pre_logits=True`` returns the pooled (B, C) features instead.
+        """
+        x = x.mean(dim=1)
+        return x if pre_logits else self.head(x)
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """The output maps of the stages ``indices`` picks, and the final tokens (timm's contract).
+
+        ``indices``: ``None`` all four stages, an int ``n`` the last ``n``, a sequence the stages it
+        names (negative from the end). Stage ``i`` gives (B, widths[i], H/(4·2^i), W/(4·2^i)) in
+        ``NCHW`` (or ``NHWC``). ``norm`` applies the final norm to the last stage's map (the only
+        one of its width). ``stop_early`` skips the stages after the last one taken. Returns the list
+        if ``intermediates_only``, else ``(forward_features(x), list)``.
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        self._check_input(x)
+        x = self.stem(x)
+        last = len(self.stages) - 1
+        intermediates = []
+        for i in range(max_index + 1 if stop_early else len(self.stages)):
+            x = self._run_stage(i, x, None)
+            if i in take:
+                y = self.norm(x) if norm and i == last else x  # (B, H, W, C)
+                intermediates.append(to_nchw(y) if output_fmt == "NCHW" else y)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x.flatten(1, 2)), intermediates
+
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last of ``indices`` (and the norm, head if asked): a backbone.
+
+        Returns the stage indices taken, non-negative. The model then only serves
+        :meth:`forward_intermediates` with those indices (``forward`` needs every stage).
+        """
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[: max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
@@ -609,42 +829,78 @@ def build_model(config: BHViTConfig | dict[str, Any]) -> BHViT:
 # =============================================================================================
 # Variant registrations (SPEC §1)
 # =============================================================================================
-def _variant(base: BHViTConfig, **overrides: Any) -> BHViT:
-    img = overrides.get("img_size")
-    if isinstance(img, int):
-        overrides["img_size"] = (img, img)
-    return BHViT(replace(base, **overrides))
-
-
 TINY = BHViTConfig(depths=(2, 2, 6, 2))
 SMALL = BHViTConfig(depths=(3, 4, 8, 4))
 TEST = BHViTConfig(depths=(1, 1, 1, 1), widths=(16, 32, 64, 128), mlp_ratios=(2, 2, 2, 2), num_heads=(2, 4),
                    num_classes=10, img_size=(32, 32), window_size=1)
+VARIANTS = {"bhvit_tiny": TINY, "bhvit_small": SMALL, "bhvit_test": TEST}
+
+# timm's name for the per-variant input metadata; timm's registry reads it from this module
+default_cfgs = {name: pretrained_cfg(cfg, name) for name, cfg in VARIANTS.items()}
+
+FEATURE_INDICES = (0, 1, 2, 3)
+_BUILD_OPTIONS = ("features_only", "out_indices", "pretrained_cfg", "pretrained_cfg_overlay")
+
+
+def _create(name: str, pretrained: bool, options: dict[str, Any]) -> nn.Module:
+    """Build variant ``name`` with config overrides; the keywords of timm's ``create_model`` too.
+
+    ``features_only=True`` returns a :class:`~bhvit.models.features.FeatureGetter` giving the stage
+    maps ``out_indices`` (default all four) as NCHW tensors, with ``feature_info``.
+    ``pretrained_cfg_overlay`` (or a ``pretrained_cfg`` dict) replaces fields of the input metadata.
+    """
+    if pretrained:
+        raise ValueError(f"{name} has no downloadable weights; load the authors' checkpoint with "
+                         "bhvit.load_upstream(path) or one of ours with bhvit.load_model(path)")
+    base = VARIANTS[name]
+    fields = set(base.__dataclass_fields__)
+    unknown = sorted(set(options) - fields - set(_BUILD_OPTIONS))
+    if unknown:
+        valid = sorted(fields | set(_BUILD_OPTIONS))
+        raise ValueError(f"unknown option(s) {unknown} for {name}; valid options: {valid}")
+    model = BHViT(replace(base, **{k: v for k, v in options.items() if k in fields}), architecture=name)
+    model.pretrained_cfg.update(_cfg_overlay(options.get("pretrained_cfg"), options.get("pretrained_cfg_overlay")))
+    if options.get("features_only"):
+        return FeatureGetter(model, options.get("out_indices", FEATURE_INDICES))
+    return model
+
+
+def _cfg_overlay(cfg: Any, overlay: dict[str, Any] | None) -> dict[str, Any]:
+    """Fields replacing the built-in input metadata: a ``pretrained_cfg`` dict and an overlay.
+
+    timm passes a weight tag as ``pretrained_cfg`` (a string); BHViT has no tagged weights.
+    """
+    if isinstance(cfg, str) and cfg:
+        raise ValueError(f"no pretrained weights tagged {cfg!r}: BHViT variants have no hosted weights")
+    fields = dict(cfg) if isinstance(cfg, dict) else {}
+    return {**fields, **(overlay or {})}
 
 
 @register_model(
     "bhvit_tiny",
     config=TINY,
+    pretrained_cfg=default_cfgs["bhvit_tiny"],
     paper_top1={"some_fp": 66.0, "binary": 64.0},
     params_1000={"some_fp": 13_779_960, "binary": 13_783_040},
 )
-def bhvit_tiny(**overrides: Any) -> BHViT:
+def bhvit_tiny(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """BHViT-Tiny: depths (2, 2, 6, 2), widths 64–512; README top-1 66.0 (some-fp), 64.0 (binary)."""
-    return _variant(TINY, **overrides)
+    return _create("bhvit_tiny", pretrained, kwargs)
 
 
 @register_model(
     "bhvit_small",
     config=SMALL,
+    pretrained_cfg=default_cfgs["bhvit_small"],
     paper_top1={"some_fp": 70.1, "binary": 68.4},
     params_1000={"fp": 22_642_792},
 )
-def bhvit_small(**overrides: Any) -> BHViT:
+def bhvit_small(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """BHViT-Small: depths (3, 4, 8, 4), widths 64–512; README top-1 70.1 (some-fp), 68.4 (binary)."""
-    return _variant(SMALL, **overrides)
+    return _create("bhvit_small", pretrained, kwargs)
 
 
-@register_model("bhvit_test", config=TEST)
-def bhvit_test(**overrides: Any) -> BHViT:
+@register_model("bhvit_test", config=TEST, pretrained_cfg=default_cfgs["bhvit_test"])
+def bhvit_test(pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """A tiny variant for fast tests: one block per stage, widths 16–128, 32 px, window 1."""
-    return _variant(TEST, **overrides)
+    return _create("bhvit_test", pretrained, kwargs)

@@ -49,9 +49,11 @@ def reg_loss(weights: Iterable[Tensor], form: str = "paper") -> Tensor:
 
 def reg_weights(model: nn.Module, form: str = "paper") -> list[Tensor]:
     """The latent weights L_re acts on: all binary layers (paper) or all but downsampling (authors)."""
+    from bhvit.models.bhvit import downsample_convs
     from bhvit.quant import binary_weight_layers
 
-    return [m.weight for _, m in binary_weight_layers(model) if form == "paper" or not m.is_downsample]
+    skip = {id(m) for m in downsample_convs(model)} if form == "authors" else set()
+    return [m.weight for _, m in binary_weight_layers(model) if id(m) not in skip]
 
 
 @dataclass(frozen=True)

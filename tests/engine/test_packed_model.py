@@ -173,9 +173,6 @@ def test_missing_extension_error(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not _native.is_available()
 
 
-REF = Path(__file__).resolve().parents[3] / "shared" / "reference"
-
-
 # End to end on 224-pixel inputs, float summation order can flip the sign of a few values that sit within
 # rounding error of 0 (or a pixel across an LSQ level); each flip moves logits by ~1e-4. Blocks fed the same
 # input agree to a few ulps (BLOCK_RTOL); logits of the whole network to END_TO_END_ATOL, same top-1.
@@ -190,14 +187,19 @@ MAX_FLIP_SHARE = 1e-3
 
 
 def _authors_model(variant: str) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
-    from safetensors.torch import load_file
+    """The authors' reference pack from tests/fixtures (see scripts/make_reference_fixtures.py)."""
+    import importlib.util
 
-    tensors = load_file(str(REF / f"upstream-mini-{variant}.safetensors"))
+    root = Path(__file__).resolve().parents[2]
+    path = root / "scripts" / "make_reference_fixtures.py"
+    spec = importlib.util.spec_from_file_location("make_reference_fixtures", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    tensors, _ = script.load_pack(variant, root / "tests" / "fixtures")
     state = {k.removeprefix("state."): v for k, v in tensors.items() if k.startswith("state.")}
     return bhvit.load_upstream(state), tensors
 
 
-@pytest.mark.skipif(not REF.is_dir(), reason=f"reference packs not found at {REF}")
 @pytest.mark.parametrize("variant", ["somefp", "binary"])
 def test_authors_reference_logits(variant: str) -> None:
     """The authors' model (depths 1,1,1,1 at 224, perturbed weights; some-fp LSQ and binary GSB):
@@ -212,7 +214,6 @@ def test_authors_reference_logits(variant: str) -> None:
     assert torch.equal(packed.argmax(1), tensors["logits.eval"].argmax(1))
 
 
-@pytest.mark.skipif(not REF.is_dir(), reason=f"reference packs not found at {REF}")
 @pytest.mark.parametrize("variant", ["somefp", "binary"])
 def test_authors_model_blockwise(variant: str) -> None:
     """Fed the float model's input, every packed stage piece matches it to a few ulps, except where a sign
