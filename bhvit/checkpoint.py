@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,15 +28,30 @@ __all__ = ["save_model", "load_model", "read_metadata", "atomic_write", "FORMAT_
 FORMAT_VERSION = "1"
 
 
+def _new_temp_file(path: Path) -> Path:
+    """An empty ``.NAME.XXXXXXXX.tmp`` beside ``path``, created with mode 0o666 so the umask applies
+    exactly as for ``open(path, "w")`` (``mkstemp`` would give 0600, and the rename would keep it)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"could not create a temporary file beside {path}")
+
+
 def atomic_write(path: str | Path, write: Any) -> Path:
     """Call ``write(tmp_path)``, fsync, then rename onto ``path``: a reader (or a crash) never sees a
-    partial file, and the previous file stays intact until the new one is complete."""
+    partial file, and the previous file stays intact until the new one is complete. The file gets the
+    mode a plain ``open(path, "w")`` would give: ``0o666 & ~umask``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _new_temp_file(path)
+    mode = stat.S_IMODE(os.stat(tmp).st_mode)  # 0o666 & ~umask, as the kernel applied it
     try:
         write(tmp)
+        os.chmod(tmp, mode)  # a writer may have replaced the file (safetensors creates it 0600)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -1,11 +1,20 @@
-"""``bhvit`` command line: a thin table of subcommands over library functions."""
+"""``bhvit`` command line: a thin table of subcommands over library functions.
+
+Every failure is one line on stderr and a non-zero status, never a traceback: ``bhvit --debug
+COMMAND ...`` or ``BHVIT_DEBUG=1`` prints the traceback too.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
+import traceback
 from collections.abc import Callable
+
+from .text import printable
 
 COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {}
 
@@ -16,6 +25,21 @@ def command(name: str, help_text: str) -> Callable:
         return fn
 
     return wrap
+
+
+DEBUG_ENV = "BHVIT_DEBUG"
+
+
+def error_line(name: str, exc: BaseException, limit: int = 600) -> str:
+    """One line for a failed command. bhvit's own errors, ``ValueError`` and ``OSError`` carry a
+    message written for the user; anything else is unexpected and names its type."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = printable(text if len(text) <= limit else text[: limit - 1] + "…")
+    own = type(exc).__module__.split(".")[0] == "bhvit" or isinstance(exc, ValueError | OSError)
+    if own:
+        return f"bhvit {name}: error: {text}"
+    return (f"bhvit {name}: unexpected error: {type(exc).__name__}: {text} (rerun as 'bhvit --debug {name} ...' "
+            f"or with {DEBUG_ENV}=1 for the traceback)")
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
@@ -51,6 +75,13 @@ def cmd_profile(argv: list[str]) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: expected a whole number ≥ 1")
+    return value
+
+
 @command("predict", "top-5 classes of images")
 def cmd_predict(argv: list[str]) -> int:
     from .checkpoint import load_model
@@ -61,7 +92,7 @@ def cmd_predict(argv: list[str]) -> int:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="bhvit .safetensors, training checkpoint, or the authors' .pth")
     source.add_argument("--packed", help="a packed 1-bit model file (bhvit pack)")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", type=_positive_int, default=5)
     p.add_argument("--window-size", type=int, default=None, help="for authors' checkpoints (default 7)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -69,22 +100,22 @@ def cmd_predict(argv: list[str]) -> int:
         from .engine.cli import load_predictor
 
         model, config, meta = load_predictor(args.packed)
-        img_size, in_chans = tuple(config["img_size"]), int(config["in_chans"])
+        img_size, in_chans = config.get("img_size"), config.get("in_chans")
     else:
         overrides = {"window_size": args.window_size} if args.window_size else {}
         model, meta = load_model(args.checkpoint, **overrides)
         img_size, in_chans = model.config.img_size, model.config.in_chans
-    prep = Preprocess.for_model(img_size, in_chans, meta.get("preprocess"))
+    prep = Preprocess.for_model(img_size, in_chans, meta.get("preprocess"))  # checks the model file's metadata
     results = predict_images(model, args.images, prep, args.topk, meta.get("labels"))
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps(results, indent=2))  # JSON escapes control characters itself
     for r in results if not args.json else []:
         if "error" in r:
-            print(f"error: {r['error']}", file=sys.stderr)
+            print(f"error: {printable(r['error'])}", file=sys.stderr)
             continue
-        print(r["path"])
+        print(printable(r["path"]))
         for rank, t in enumerate(r["top"], 1):
-            print(f"  {rank}. {t['label']:<24} {100 * t['prob']:6.2f}%")
+            print(f"  {rank}. {printable(t['label']):<24} {100 * t['prob']:6.2f}%")
     return 1 if any("error" in r for r in results) else 0
 
 
@@ -135,21 +166,44 @@ COMMANDS["bench"] = ("latency: packed 1-bit engine vs PyTorch fp32 / int8", _del
 COMMANDS["demo"] = ("Fashion-MNIST: teacher, binary student, report", _delegate("bhvit.train", "run_demo"))
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # stdout is not a file (captured, closed)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``bhvit [--debug] COMMAND [options]``. A failure is one line on stderr and status 1 (130 when
+    interrupted, 141 quietly when the reader of stdout went away); ``--debug`` or ``BHVIT_DEBUG=1``
+    also prints the traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    while argv and argv[0] == "--debug":
+        debug, argv = True, argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
         width = max(map(len, COMMANDS))
         lines = [f"  {name:<{width}}  {text}" for name, (text, _) in sorted(COMMANDS.items())]
-        print("usage: bhvit COMMAND [options]\n\ncommands:\n" + "\n".join(lines))
+        print("usage: bhvit [--debug] COMMAND [options]\n\ncommands:\n" + "\n".join(lines)
+              + f"\n\n--debug (or {DEBUG_ENV}=1): print the traceback of a failure")
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"bhvit: unknown command {name!r}; run 'bhvit --help'", file=sys.stderr)
+        print(f"bhvit: unknown command {printable(name)!r}; run 'bhvit --help'", file=sys.stderr)
         return 2
     try:
         return COMMANDS[name][1](rest)
-    except (ValueError, FileNotFoundError) as exc:  # user errors: one clear line, no traceback
-        print(f"bhvit {name}: error: {exc}", file=sys.stderr)
+    except BrokenPipeError:  # the reader went away (``| head``): stop quietly, like a killed pipe stage
+        _silence_stdout()
+        return 141
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print(f"bhvit {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # every failure becomes one line (the traceback on request)
+        if debug:
+            traceback.print_exc()
+        print(error_line(name, exc), file=sys.stderr)
         return 1
 
 

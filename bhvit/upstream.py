@@ -43,29 +43,34 @@ class CheckpointError(ValueError):
 # ---------------------------------------------------------------------------------------------
 # Safe loading
 # ---------------------------------------------------------------------------------------------
-def safe_torch_load(path: str | Path) -> Any:
+def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load(path, weights_only=True)`` allowing only ``argparse.Namespace`` beyond tensors.
 
-    Raises :class:`CheckpointError` for a missing file, a file that is not a torch checkpoint, or one
-    whose unpickling would construct other objects (which could run code).
+    The one loader of every torch file bhvit reads (models, training checkpoints, teachers). Raises
+    :class:`CheckpointError` for a missing file, a file that is not a torch checkpoint, or one whose
+    unpickling would construct other objects (which could run code); the message never suggests
+    loading it unsafely.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError or others
         text = str(exc)
         found = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"Unsupported global: ([\w.]+)", text)
         if found or "weights_only" in text:
-            what = found.group(1) if found else "an object outside the allow-list"
+            detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+            what = found.group(1) if found else detail.group(1).strip() if detail else "outside the allow-list"
             raise CheckpointError(
-                f"refusing to load {str(path)!r}: unpickling it would construct {what}, which could run "
-                "code. Only tensors, containers and argparse.Namespace are allowed; re-save the state dict "
-                "alone (torch.save(ckpt['model'], path)) from a trusted environment"
+                f"refusing to load {str(path)!r}: it is not a bhvit or authors' checkpoint, or it contains "
+                f"disallowed pickled objects ({what}); bhvit never unpickles code, it reads only tensors, "
+                "containers and argparse.Namespace. Re-save the state dict alone "
+                "(torch.save(ckpt['model'], path)) where the file is trusted"
             ) from None
-        raise CheckpointError(f"cannot read {str(path)!r} as a torch checkpoint: {text.splitlines()[0]}") from None
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read {str(path)!r}: not a torch checkpoint ({first})") from None
 
 
 def _extract_state_dict(obj: Any) -> tuple[dict[str, Tensor], Any]:
@@ -290,7 +295,7 @@ def infer_upstream_config(sd: Mapping[str, Tensor], args: Any = None) -> dict[st
 # ---------------------------------------------------------------------------------------------
 # Loading into our model
 # ---------------------------------------------------------------------------------------------
-def _resize_pos_embeds(sd: dict[str, Tensor], config: BHViTConfig) -> None:
+def resize_pos_embeds(sd: dict[str, Tensor], config: BHViTConfig) -> None:
     """Bicubic-resize position embeddings in place to ``config.img_size`` (for other input sizes)."""
     sizes = config.stage_sizes
     stem = sd.get("stem.pos_embed")
@@ -356,7 +361,7 @@ def load_upstream(source: str | Path | Mapping[str, Any], **overrides: Any) -> B
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint does not give a valid BHViT ({exc})") from None
     ours = convert_upstream_state_dict(sd, config.depths)
-    _resize_pos_embeds(ours, config)
+    resize_pos_embeds(ours, config)
     model = BHViT(config)
     load_into(model, ours)
     return model.eval()

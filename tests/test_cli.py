@@ -155,12 +155,14 @@ def test_pack_then_predict_packed_agrees_with_the_float_model(tmp_path, checkpoi
         assert g["top"][0]["prob"] == pytest.approx(w["top"][0]["prob"], abs=1e-4)
 
 
-@pytest.mark.parametrize("attn_quant", ["lsq", "gsb"])
-def test_export_onnx_matches_pytorch(tmp_path, attn_quant, capsys):
+@pytest.mark.parametrize(("precision", "attn_quant"), [("fp", "lsq"), ("some_fp", "lsq"), ("binary", "lsq"),
+                                                       ("binary", "gsb")])
+def test_export_onnx_matches_pytorch(tmp_path, precision, attn_quant, capsys):
+    """Exported with a batch of 2, checked by onnxruntime on a batch of 3 (the batch axis is dynamic)."""
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     torch.manual_seed(2)
-    model = bhvit.create_model("bhvit_test", precision="binary", attn_quant=attn_quant).eval()
+    model = bhvit.create_model("bhvit_test", precision=precision, attn_quant=attn_quant).eval()
     ckpt = save_model(model, tmp_path / "m.safetensors")
     assert main(["export", str(ckpt), "--onnx", str(tmp_path / "m.onnx")]) == 0
     report = json.loads(capsys.readouterr().out)

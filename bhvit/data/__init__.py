@@ -2,5 +2,6 @@
 
 from bhvit.data.datasets import DATASET_NAMES, DataBundle, DataConfig, build_datasets
 from bhvit.data.download import DatasetNotFoundError
+from bhvit.data.images import DatasetError
 
-__all__ = ["DATASET_NAMES", "DataBundle", "DataConfig", "DatasetNotFoundError", "build_datasets"]
+__all__ = ["DATASET_NAMES", "DataBundle", "DataConfig", "DatasetError", "DatasetNotFoundError", "build_datasets"]

@@ -17,9 +17,20 @@ import torch
 from bhvit.data import cifar10, fashion_mnist, folder
 from bhvit.data.download import DatasetNotFoundError
 from bhvit.data.transforms import Compose, eval_transform, resize, train_transform
+from bhvit.models.bhvit import IMAGENET_MEAN, IMAGENET_STD
 
 DATASET_NAMES = ("fashion_mnist", "cifar10", "synthetic")
 AUGMENTATIONS = ("auto", "imagenet", "small", "none")
+
+
+def dataset_name(name: str) -> str:
+    """A registered name as people type it (``fashion-mnist``, ``Fashion_MNIST``, ``cifar-10``) -> its
+    spelling in :data:`DATASET_NAMES`; an existing directory or any other name is returned unchanged."""
+    def key(text: str) -> str:
+        return text.strip().lower().replace("-", "").replace("_", "")
+
+    found = [n for n in DATASET_NAMES if key(n) == key(name)] if isinstance(name, str) else []
+    return found[0] if found and not Path(name).is_dir() else name
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,7 @@ class DataConfig:
     synthetic_classes: int = 10
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "name", dataset_name(self.name))  # the one place names are resolved
         if self.img_size <= 0 or self.img_size % 32:
             raise ValueError(
                 f"img_size={self.img_size}: must be a positive multiple of 32 (the stem divides by 4 "
@@ -161,7 +173,7 @@ def build_datasets(cfg: DataConfig, seed: int = 0) -> DataBundle:
     if Path(cfg.name).is_dir() and folder.is_image_folder(cfg.name):
         train, val = folder.load(cfg.name)
         kind = _augment_kind(cfg, disk_size=10**9)
-        mean, std = folder.IMAGENET_MEAN, folder.IMAGENET_STD
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
         return DataBundle(
             str(cfg.name), _subset(Augmented(train, train_transform(kind, cfg.img_size), seed), cfg),
             Augmented(val, eval_transform(kind, cfg.img_size), None),

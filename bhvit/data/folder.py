@@ -1,9 +1,15 @@
 """ImageNet-style image folders: ``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg``.
 
-Classes are the sorted sub-folder names of ``train/``; ``val/`` must use the same names (a class
-missing from ``val/`` is fine, an extra one is an error). Images of any size and mode are read with
-Pillow and converted to RGB, so a folder of arbitrary images just works: the transforms resize them to
-the model size.
+Classes are the sorted sub-folder names of ``train/``; ``val/`` (or ``validation/``, ``test/``) must
+use the same names (a class missing from ``val/`` is fine, an extra one is an error). Images of any
+size and mode are read with Pillow and converted to RGB (:func:`bhvit.data.images.to_rgb8`: 16-bit and
+float images are scaled, not clipped), so a folder of arbitrary images just works: the transforms
+resize them to the model size.
+
+Checked when the folder is listed (each a :class:`DatasetError`): a missing or empty validation split,
+a class folder of ``train/`` without images, a ``val/`` class unknown to ``train/``. Files with other
+extensions and hidden files or folders (names starting with ``.``) are ignored. A file that cannot be
+decoded is found only when it is read: the :class:`DatasetError` then names it and the reason.
 """
 
 from __future__ import annotations
@@ -11,38 +17,53 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from bhvit.data.download import DatasetNotFoundError
+from bhvit.data.images import DatasetError, is_hidden, printable, read_rgb
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 VAL_NAMES = ("val", "validation", "test")
 
 
 def is_image_folder(root: str | os.PathLike) -> bool:
-    r = Path(root)
-    return (r / "train").is_dir() and any((r / v).is_dir() for v in VAL_NAMES)
+    """A directory with ``train/`` is read as an image folder (:func:`load` then requires a val split)."""
+    return (Path(root) / "train").is_dir()
+
+
+def class_dirs(split_dir: Path) -> list[str]:
+    """Sorted names of the visible sub-folders of a split."""
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def scan(split_dir: Path, class_to_idx: dict[str, int]) -> list[tuple[Path, int]]:
     """All image files under ``split_dir/<class>/`` (recursively), sorted, with their class index."""
     samples = []
-    for cls in sorted(p.name for p in split_dir.iterdir() if p.is_dir()):
+    for cls in class_dirs(split_dir):
         if cls not in class_to_idx:
-            raise ValueError(f"{split_dir}/{cls}: class not present in train/")
-        files = sorted(f for f in (split_dir / cls).rglob("*") if f.suffix.lower() in EXTENSIONS)
-        samples += [(f, class_to_idx[cls]) for f in files]
+            raise DatasetError(f"{printable(split_dir / cls)}: class not present in train/ (a validation class "
+                               "must also be a training class)")
+        samples += [(f, class_to_idx[cls]) for f in _images(split_dir / cls)]
     return samples
 
 
+def _images(class_dir: Path) -> list[Path]:
+    return sorted(f for f in class_dir.rglob("*")
+                  if f.suffix.lower() in EXTENSIONS and f.is_file() and not is_hidden(f, class_dir))
+
+
+def _no_images(split_dir: Path) -> str:
+    """Why ``split_dir`` yields no samples: what it holds instead and what is expected."""
+    others = [f for f in split_dir.rglob("*") if f.is_file() and not is_hidden(f, split_dir)]
+    found = (f" (found {len(others)} other file(s), e.g. {printable(others[0].relative_to(split_dir))})"
+             if others else "")
+    return (f"{printable(split_dir)} holds no images in class folders{found}; expected "
+            f"{split_dir.name}/<class>/<image> with an extension among {' '.join(EXTENSIONS)}")
+
+
 def load_image(path: Path) -> torch.Tensor:
-    """Read an image as a (3, H, W) uint8 tensor."""
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+    """Read an image as a (3, H, W) uint8 tensor; :class:`DatasetError` names a file that fails."""
+    return torch.from_numpy(read_rgb(path)).permute(2, 0, 1).contiguous()
 
 
 class ImageFolder(torch.utils.data.Dataset):
@@ -61,16 +82,27 @@ class ImageFolder(torch.utils.data.Dataset):
 
 
 def load(root: str | os.PathLike) -> tuple[ImageFolder, ImageFolder]:
-    """The train and val splits of an image folder."""
+    """The train and val splits of an image folder, checked as the module docstring says."""
     r = Path(root)
     if not is_image_folder(r):
         raise DatasetNotFoundError(
-            f"{r}: not an image folder; expected {r}/train/<class>/... and {r}/val/<class>/..."
+            f"{printable(r)}: not an image folder; expected {r}/train/<class>/... and {r}/val/<class>/..."
         )
-    classes = sorted(p.name for p in (r / "train").iterdir() if p.is_dir())
+    val_dir = next((r / v for v in VAL_NAMES if (r / v).is_dir()), None)
+    if val_dir is None:
+        raise DatasetError(f"{printable(r)}: has train/ but no validation split; add one of "
+                           f"{'/, '.join(VAL_NAMES)}/ with the same class folders")
+    classes = class_dirs(r / "train")
+    if not classes:
+        raise DatasetError(_no_images(r / "train"))
     class_to_idx = {c: i for i, c in enumerate(classes)}
-    val_dir = next(r / v for v in VAL_NAMES if (r / v).is_dir())
-    train, val = scan(r / "train", class_to_idx), scan(val_dir, class_to_idx)
-    if not train:
-        raise DatasetNotFoundError(f"{r}/train holds no images with extensions {EXTENSIONS}")
+    train = scan(r / "train", class_to_idx)
+    empty = sorted(set(classes) - {classes[label] for _, label in train})
+    if empty:
+        raise DatasetError(f"{printable(r / 'train')}: {len(empty)} class folder(s) hold no images "
+                           f"({', '.join(map(printable, empty[:5]))}{', …' if len(empty) > 5 else ''}); every "
+                           "class needs training images: add some or remove the folder")
+    val = scan(val_dir, class_to_idx)
+    if not val:
+        raise DatasetError(_no_images(val_dir))
     return ImageFolder(train, classes), ImageFolder(val, classes)

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from bhvit.models.bhvit import CROP_PCT
+
 Rng = random.Random
 Transform = Callable[[torch.Tensor, Rng | None], torch.Tensor]
 
@@ -150,7 +152,7 @@ class ResizeCenterCrop:
     """Resize the shorter side to ``round(size / crop_pct)``, then centre-crop ``size`` (SPEC §4 eval)."""
 
     size: int
-    crop_pct: float = 0.875
+    crop_pct: float = CROP_PCT
 
     def __call__(self, img: torch.Tensor, g: Rng | None = None) -> torch.Tensor:
         return center_crop(resize_shorter(img, round(self.size / self.crop_pct)), self.size)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from bhvit.checkpoint import atomic_write
+from bhvit.upstream import CheckpointError, safe_torch_load
 
 FORMAT = "bhvit-train-v1"
 
@@ -33,10 +34,12 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` (no arbitrary code from pickles)."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
-        raise ValueError(f"{path}: not a bhvit training checkpoint (needs 'model' and 'model_config')")
+    """Read a training checkpoint through :func:`bhvit.upstream.safe_torch_load` (``weights_only``:
+    no code from pickles); :class:`CheckpointError` when it cannot be read or is not one."""
+    ckpt = safe_torch_load(path, map_location=map_location)
+    if not isinstance(ckpt, dict) or "model" not in ckpt or not isinstance(ckpt.get("model_config"), dict):
+        raise CheckpointError(f"{path}: not a bhvit training checkpoint (needs 'model' and 'model_config'); "
+                              "a model file (.safetensors, the authors' .pth) works with bhvit predict / pack")
     return ckpt
 
 

@@ -12,7 +12,9 @@ import json
 import sys
 from typing import Any
 
+from bhvit.cli import error_line
 from bhvit.train.config import TrainConfig, load_recipe
+from bhvit.upstream import CheckpointError
 
 # flag → (table, key). Flags left at None do not override the recipe.
 _FLAGS: dict[str, tuple[str, str]] = {
@@ -30,7 +32,7 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "epochs": ("run", "epochs"), "out": ("run", "out_dir"), "seed": ("run", "seed"), "device": ("run", "device"),
     "amp": ("run", "amp"), "ema": ("run", "ema_decay"), "resume": ("run", "resume"), "max_steps": ("run", "max_steps"),
     "ckpt_every": ("run", "ckpt_every"), "threads": ("run", "threads"), "no_progress": ("run", "progress"),
-    "no_plots": ("run", "plots"), "grad_checkpointing": ("run", "grad_checkpointing"),
+    "no_plots": ("run", "plots"), "grad_checkpointing": ("run", "grad_checkpointing"), "compile": ("run", "compile"),
     "log_every": ("run", "log_every"), "flip_every": ("run", "flip_every"),
 }
 _NEGATED = {"no_scale_lr", "no_progress", "no_plots"}
@@ -82,6 +84,7 @@ def train_parser() -> argparse.ArgumentParser:
     a("--log-every", type=int)
     a("--flip-every", type=int)
     a("--grad-checkpointing", action="store_true", default=None, help="recompute activations in backward")
+    a("--compile", action="store_true", default=None, help="torch.compile the student (static shapes)")
     a("--threads", type=int)
     a("--no-progress", action="store_false", default=None)
     a("--no-plots", action="store_false", default=None)
@@ -112,7 +115,7 @@ def cli_train(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
         summary = train(cfg)
     except (ValueError, FileNotFoundError, NonFiniteLossError, TeacherUnavailableError) as e:
-        print(f"bhvit train: error: {e}", file=sys.stderr)
+        print(error_line("train", e), file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))
     return 0
@@ -120,8 +123,9 @@ def cli_train(argv: list[str] | None = None) -> int:
 
 def eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bhvit eval", description="Evaluate a checkpoint on a test split.")
-    p.add_argument("checkpoint")
-    p.add_argument("--data", default="fashion_mnist")
+    p.add_argument("checkpoint", nargs="?", help="a bhvit training checkpoint (or give it as --checkpoint)")
+    p.add_argument("--checkpoint", dest="checkpoint_flag", metavar="CHECKPOINT", help="the same, as a flag")
+    p.add_argument("--data", default="fashion_mnist", help="fashion-mnist (default), cifar10, synthetic or a directory")
     p.add_argument("--data-root")
     p.add_argument("--img-size", type=int, help="default: the checkpoint's")
     p.add_argument("--batch-size", type=int, default=500)
@@ -132,18 +136,31 @@ def eval_parser() -> argparse.ArgumentParser:
     return p
 
 
+def eval_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``bhvit eval`` arguments; the checkpoint may be positional or ``--checkpoint``, not both."""
+    p = eval_parser()
+    args = p.parse_args(argv)
+    given = [c for c in (args.checkpoint, args.checkpoint_flag) if c is not None]
+    if not given:
+        p.error("give the checkpoint to evaluate: bhvit eval CHECKPOINT (or --checkpoint CHECKPOINT)")
+    if len(given) == 2 and given[0] != given[1]:
+        p.error(f"two checkpoints given ({given[0]} and --checkpoint {given[1]}); give one")
+    args.checkpoint = given[0]
+    return args
+
+
 def cli_eval(argv: list[str] | None = None) -> int:
     from bhvit.data import DataConfig
     from bhvit.train import checkpoint as ckpt_io
     from bhvit.train.loop import evaluate_checkpoint
 
-    args = eval_parser().parse_args(argv)
+    args = eval_args(argv)
     try:
-        img = args.img_size or _checkpoint_img_size(ckpt_io.load(args.checkpoint))
+        img = args.img_size or _checkpoint_img_size(ckpt_io.load(args.checkpoint), args.checkpoint)
         data = DataConfig(name=args.data, root=args.data_root, img_size=img, eval_batch_size=args.batch_size)
         metrics = evaluate_checkpoint(args.checkpoint, data, args.device, args.ema, args.threads)
     except (ValueError, FileNotFoundError) as e:
-        print(f"bhvit eval: error: {e}", file=sys.stderr)
+        print(error_line("eval", e), file=sys.stderr)
         return 2
     text = json.dumps(metrics, indent=2)
     print(text)
@@ -153,6 +170,9 @@ def cli_eval(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _checkpoint_img_size(ck: dict[str, Any]) -> int:
-    size = ck["model_config"]["img_size"]
-    return int(size[0] if isinstance(size, list | tuple) else size)
+def _checkpoint_img_size(ck: dict[str, Any], path: str) -> int:
+    size = ck["model_config"].get("img_size")
+    side = size[0] if isinstance(size, list | tuple) and size else size
+    if isinstance(side, bool) or not isinstance(side, int) or side < 1:
+        raise CheckpointError(f"{path}: model_config img_size={size!r} is not an image size; pass --img-size")
+    return side

@@ -12,24 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from bhvit.data import DataConfig
+from bhvit.models.bhvit import ATTN_QUANTS, NORMS, PRECISIONS, choose_window_size
 
-PRECISIONS = ("binary", "some_fp", "fp")
 LOSS_MODES = ("paper", "kd", "kd_reg", "ce")
 REG_FORMS = ("paper", "authors")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
-
-
-def choose_window_size(img_size: int, max_window: int = 7) -> int:
-    """The largest window ``w ≤ max_window`` that tiles the stage-3 and stage-4 feature maps.
-
-    Stage 3 sees ``img/16 × img/16`` tokens and stage 4 ``img/32 × img/32``; a divisor of img/32
-    divides img/16 too, so ``w`` is the largest divisor of img/32 not above ``max_window``
-    (224 → 7, 64 → 2, 96 → 3, 32 → 1).
-    """
-    if img_size % 32:
-        raise ValueError(f"img_size={img_size} is not a multiple of 32")
-    s4 = img_size // 32
-    return max(w for w in range(1, min(max_window, s4) + 1) if s4 % w == 0)
 
 
 @dataclass(frozen=True)
@@ -54,8 +41,8 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         _check(self.precision in PRECISIONS, f"precision={self.precision!r}; expected {PRECISIONS}")
-        _check(self.attn_quant in ("lsq", "gsb"), f"attn_quant={self.attn_quant!r}; expected lsq or gsb")
-        _check(self.norm in ("bn", "ln"), f"norm={self.norm!r}; expected bn or ln")
+        _check(self.attn_quant in ATTN_QUANTS, f"attn_quant={self.attn_quant!r}; expected {ATTN_QUANTS}")
+        _check(self.norm in NORMS, f"norm={self.norm!r}; expected {NORMS}")
         _check(0.0 <= self.drop_path_rate < 1.0, "drop_path_rate must lie in [0, 1)")
         _check(self.window_size is None or self.window_size >= 1, "window_size must be ≥ 1")
 
@@ -119,7 +106,9 @@ class RunConfig:
     """Length, bookkeeping and hardware of a run.
 
     ``grad_checkpointing`` recomputes each block's activations in the backward pass (about one
-    extra forward for a large cut in memory; results unchanged). ``max_steps`` stops early (tests,
+    extra forward for a large cut in memory; results unchanged). ``compile``: run the student's forward
+    (and so its backward) through ``torch.compile`` with static shapes (the first step, which also sets
+    up LSQ, compiles; see benchmarks/bench_compile.py for when it pays). ``max_steps`` stops early (tests,
     benchmarks); ``stop_after_steps`` simulates an interruption (the run ends without finishing, as a
     killed job would, and can be resumed). ``ckpt_every``: save
     a checkpoint every n steps (0: only at the end of each epoch). ``flip_every``: measure the weight
@@ -133,6 +122,7 @@ class RunConfig:
     amp: str = "auto"
     ema_decay: float | None = None
     grad_checkpointing: bool = False
+    compile: bool = False
     log_every: int = 20
     ckpt_every: int = 0
     flip_every: int = 10

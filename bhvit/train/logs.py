@@ -2,7 +2,11 @@
 
 ``log.jsonl`` holds one object per line: ``{"kind": "step", "step", "epoch", "lr", "loss", …}`` every
 ``log_every`` steps and ``{"kind": "epoch", "epoch", "train_loss", "test_acc1", "test_acc5", …}`` after
-each epoch. Only rank 0 writes. Lines are flushed at once, so a killed run keeps its log.
+each epoch. Only rank 0 writes. Lines are flushed at once, so a killed run keeps its log (its last
+line may be cut short: :func:`read_jsonl` skips such a line, :func:`trim_log` removes it).
+
+A resumed run continues the log of its checkpoint: :func:`trim_log` first drops what the killed run
+logged after that checkpoint, so no step appears twice.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -43,8 +48,48 @@ def _plain(v: Any) -> Any:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records of a log; a last line cut short by a killed writer is skipped."""
+    records, cut = _parse(Path(path).read_text())
+    if cut:
+        raise ValueError(f"{path}: line {cut} is not JSON (only the last line of a killed run's log may be)")
+    return records
+
+
+def _parse(text: str) -> tuple[list[dict[str, Any]], int]:
+    """(records, number of the first unreadable line before the last one, or 0)."""
+    lines = text.splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                return records, i + 1
+    return records, 0
+
+
+def trim_log(path: str | Path, keep: Callable[[dict[str, Any]], bool]) -> int:
+    """Rewrite ``path`` atomically with only the records ``keep`` accepts; returns how many were dropped.
+
+    A missing file is left missing; a cut-short last line counts as dropped.
+    """
+    from bhvit.checkpoint import atomic_write
+
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    text = path.read_text()
+    records, cut = _parse(text)
+    if cut:
+        raise ValueError(f"{path}: line {cut} is not JSON (only the last line of a killed run's log may be)")
+    kept = [r for r in records if keep(r)]
+    dropped = sum(1 for line in text.splitlines() if line.strip()) - len(kept)
+    if dropped:
+        body = "".join(json.dumps(r) + "\n" for r in kept)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(body))
+    return dropped
 
 
 class Progress:

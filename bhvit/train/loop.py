@@ -9,13 +9,19 @@ checkpoint) and resumed from its checkpoint ends with the same weights as an uni
 holds because (1) the sampler's order is a function of (seed, epoch) and it can start mid-epoch, (2)
 each sample's augmentation is seeded by (seed, epoch, index), and (3) the checkpoint carries the
 optimizer, scheduler, scaler, EMA and RNG states (the RNG feeds drop-path).
+
+Nothing trained is lost to a crash: an epoch's checkpoint is written *before* its evaluation (marked
+``pending_eval``; a resume evaluates it first, and evaluation touches no training state, so resuming
+stays exact), and an unreadable training image stops the run with the file named after the state
+reached is saved. A restarted run removes its directory's stale temporaries, and a resumed one first
+drops the ``log.jsonl`` records written after its checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +30,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bhvit.data import DataBundle, build_datasets
+from bhvit.checkpoint import atomic_write
+from bhvit.data import DataBundle, DatasetError, build_datasets
 from bhvit.data.transforms import normalize_batch
+from bhvit.models.bhvit import BHViTConfig
+from bhvit.text import printable
 from bhvit.train import checkpoint as ckpt_io
 from bhvit.train.config import TrainConfig, choose_window_size, scaled_lr, steps_per_epoch
 from bhvit.train.distributed import (
@@ -40,10 +49,11 @@ from bhvit.train.distributed import (
 )
 from bhvit.train.ema import ModelEMA
 from bhvit.train.flips import FlipTracker
-from bhvit.train.logs import JsonlLogger, Progress
+from bhvit.train.logs import JsonlLogger, Progress, trim_log
 from bhvit.train.losses import LossWeights, combine, loss_weights, reg_weights
 from bhvit.train.schedule import build_scheduler
 from bhvit.train.teacher import FrozenTeacher, load_teacher
+from bhvit.upstream import resize_pos_embeds
 
 
 class NonFiniteLossError(RuntimeError):
@@ -59,6 +69,7 @@ class TrainState:
     step_in_epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     train_time: float = 0.0  # seconds spent in training steps (evaluation excluded)
+    pending: dict[str, float] | None = None  # train metrics of epoch ``epoch``, trained but not yet evaluated
 
 
 @dataclass
@@ -79,6 +90,7 @@ class Components:
     ema: ModelEMA | None
     total_steps: int
     steps_per_epoch: int
+    init: InitReport | None = None  # what ``model.init_from`` copied
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,16 +118,106 @@ def build_student(cfg: TrainConfig, data: DataBundle) -> nn.Module:
     )
 
 
-def init_from_checkpoint(model: nn.Module, path: str) -> list[str]:
-    """Copy every tensor of ``path`` whose name and shape match (e.g. fp teacher → binary student).
+# BHViTConfig fields an --init-from checkpoint may differ in: they change the quantizers (and the
+# tensors only a quantizer has), regularisation, the classifier head, or no tensor at all.
+INIT_FREE_FIELDS = ("precision", "attn_quant", "recu", "drop_path_rate", "norm_eps", "num_classes", "img_size",
+                    "window_size")
+HEAD_PREFIX = "head."  # the classifier: BHViT.head
 
-    Returns the names of the student's tensors that kept their fresh initialisation.
+
+class InitMismatchError(ValueError):
+    """An ``--init-from`` checkpoint of another architecture; the message says what differs."""
+
+
+@dataclass(frozen=True)
+class InitReport:
+    """Which of the student's tensors ``init_from_checkpoint`` copied and which it left as initialised."""
+
+    path: str
+    copied: tuple[str, ...]
+    head_skipped: tuple[str, ...]  # classifier tensors the checkpoint lacks or has in another shape
+    fresh: tuple[str, ...]  # student tensors the checkpoint lacks (a quantizer its precision has not)
+    unused: tuple[str, ...]  # checkpoint tensors the student lacks
+
+    def summary(self) -> str:
+        total = len(self.copied) + len(self.head_skipped) + len(self.fresh)
+        parts = [f"init from {printable(self.path)}: copied {len(self.copied)} of {total} tensors"]
+        if self.head_skipped:
+            parts.append(f"classifier kept its initialisation (another class count): {', '.join(self.head_skipped)}")
+        if self.fresh:
+            parts.append(f"{len(self.fresh)} tensor(s) the checkpoint lacks kept theirs: {_first(self.fresh)}")
+        if self.unused:
+            parts.append(f"{len(self.unused)} checkpoint tensor(s) unused: {_first(self.unused)}")
+        return "; ".join(parts)
+
+
+def _first(names: tuple[str, ...] | list[str], n: int = 4) -> str:
+    return ", ".join(names[:n]) + (f", … ({len(names) - n} more)" if len(names) > n else "")
+
+
+def match_init(own: dict[str, Tensor], source: dict[str, Tensor], path: str,
+               quantizers_differ: bool) -> tuple[InitReport, list[str]]:
+    """Sort the tensors of ``source`` for copying into a model whose state dict is ``own``.
+
+    Returns the report and the differences that make ``source`` another architecture (empty when
+    it may be copied). Rules: a tensor both have must have the same shape, except the classifier
+    head (fine-tuning to another class count: the head keeps its initialisation); a tensor only one
+    side has is allowed only when the models' precision or attention quantizer differ
+    (``quantizers_differ``: it belongs to a quantizer one of them lacks).
     """
-    source = ckpt_io.load(path)["model"]
+    copied = tuple(k for k in own if k in source and own[k].shape == source[k].shape)
+    body = [k for k in own if not k.startswith(HEAD_PREFIX)]
+    bad = [f"{k} {tuple(source[k].shape)} vs {tuple(own[k].shape)}" for k in body if k in source and k not in copied]
+    fresh = tuple(k for k in body if k not in source)
+    unused = tuple(k for k in source if k not in own and not k.startswith(HEAD_PREFIX))
+    if not quantizers_differ:
+        bad += [f"{k} only in the model" for k in fresh] + [f"{k} only in the checkpoint" for k in unused]
+    head = tuple(k for k in own if k.startswith(HEAD_PREFIX) and k not in copied)
+    return InitReport(str(path), copied, head, fresh, unused), bad
+
+
+def _config_differences(source: dict[str, Any], own: dict[str, Any]) -> list[str]:
+    """``field checkpoint-value vs model-value`` for every architecture field that differs."""
+    return [f"{k} {source.get(k)} vs {v}" for k, v in own.items() if k not in INIT_FREE_FIELDS and source.get(k) != v]
+
+
+def read_init_source(path: str, student: BHViTConfig) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Config (as a dict) and state dict of any checkpoint :func:`bhvit.checkpoint.load_model` reads: ours
+    (safetensors or a training checkpoint) or the authors' ``.pth``, with the position embeddings
+    resized (bicubic) to ``student``'s input size when the checkpoint was trained at another size."""
+    from bhvit.checkpoint import load_model
+
+    source, _ = load_model(path)
+    state = source.state_dict()
+    if source.config.img_size != student.img_size:
+        resize_pos_embeds(state, student)
+    return source.config.to_dict(), state
+
+
+def init_from_checkpoint(model: nn.Module, path: str) -> InitReport:
+    """Copy the tensors of the checkpoint at ``path`` into ``model``: an fp teacher into a binary
+    student, or a pretrained model (ours or the authors') into one fine-tuned on new data.
+
+    The checkpoint must describe the same architecture: its config may differ from the model's only in
+    :data:`INIT_FREE_FIELDS` (a new input size resizes the position embeddings, a new class count keeps
+    the fresh head), and its tensors must pass :func:`match_init`; otherwise
+    :class:`InitMismatchError` names what differs and how many tensors match.
+    """
+    src_cfg, src_state = read_init_source(path, model.config)
+    own_cfg = model.config.to_dict()
+    differ = any(src_cfg.get(k) != own_cfg[k] for k in ("precision", "attn_quant"))
     own = model.state_dict()
-    matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(matched, strict=False)
-    return sorted(set(own) - set(matched))
+    report, bad = match_init(own, src_state, path, differ)
+    fields = _config_differences(src_cfg, own_cfg)
+    if fields or bad:
+        what = f" ({'; '.join(fields[:4])}; checkpoint vs model)" if fields else ""
+        shapes = f"; {len(bad)} differ: {_first(bad, 3)}" if bad else ""
+        raise InitMismatchError(
+            f"--init-from {printable(path)}: another architecture{what}: {len(report.copied)} of the model's "
+            f"{len(own)} tensors match the checkpoint's by name and shape{shapes}. Only precision, quantizers, "
+            "the input size and the classifier head may differ")
+    model.load_state_dict({k: src_state[k] for k in report.copied}, strict=False)
+    return report
 
 
 def amp_setup(mode: str, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
@@ -150,8 +252,7 @@ def build(cfg: TrainConfig) -> Components:
     torch.manual_seed(cfg.run.seed)  # same initial weights on every rank
     data = build_datasets(cfg.data, seed=cfg.run.seed)
     model = build_student(cfg, data)
-    if cfg.model.init_from:
-        init_from_checkpoint(model, cfg.model.init_from)
+    init = init_from_checkpoint(model, cfg.model.init_from) if cfg.model.init_from else None
     if cfg.run.grad_checkpointing:
         model.set_grad_checkpointing(True)
     if info.enabled:
@@ -164,6 +265,8 @@ def build(cfg: TrainConfig) -> Components:
         wrapped = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
         )
+    if cfg.run.compile:  # static shapes: dynamic ones recompile per stage and hit inductor bugs (torch 2.13)
+        wrapped = torch.compile(wrapped, dynamic=False)
     teacher = (load_teacher(cfg.loss.teacher, data.num_classes, device, data_stats=(data.mean, data.std))
                if cfg.loss.teacher else None)
     lr = scaled_lr(cfg.optim, cfg.data.batch_size)
@@ -177,7 +280,7 @@ def build(cfg: TrainConfig) -> Components:
     amp_dtype, scaler = amp_setup(cfg.run.amp, device)
     ema = ModelEMA(model, cfg.run.ema_decay) if cfg.run.ema_decay else None
     return Components(cfg, info, device, data, model, wrapped, teacher, optimizer, scheduler, scaler,
-                      amp_dtype, ema, total, per_epoch)
+                      amp_dtype, ema, total, per_epoch, init)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +333,11 @@ def evaluate(
     info: DistInfo | None = None,
     amp_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (%) and mean CE over the whole split, summed over ranks."""
+    """Top-1 / top-5 accuracy (%) and mean CE over the whole split, summed over ranks.
+
+    An unreadable image raises :class:`DatasetError` naming it; a split without images is an error
+    too (never a 0 % score).
+    """
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64)  # correct@1, correct@5, CE sum, count
@@ -245,7 +352,9 @@ def evaluate(
         sums += torch.stack([hits[:, 0].sum(), hits.any(-1).sum(), ce, torch.tensor(len(labels))]).double().cpu()
     model.train(was_training)
     s = all_reduce_sum(sums.to(device), info or DistInfo()).cpu()
-    n = max(1.0, float(s[3]))
+    if s[3] == 0:
+        raise DatasetError(f"{data.name}: the evaluation split holds no images")
+    n = float(s[3])
     return {"acc1": 100 * float(s[0]) / n, "acc5": 100 * float(s[1]) / n, "loss": float(s[2]) / n, "n": int(s[3])}
 
 
@@ -299,7 +408,11 @@ def checkpoint_path(cfg: TrainConfig) -> Path:
 
 
 def save_checkpoint(c: Components, state: TrainState, metrics: dict[str, Any] | None = None) -> Path | None:
-    """Rank 0 writes the full training state atomically; other ranks only wait."""
+    """Rank 0 writes the full training state atomically; other ranks only wait.
+
+    ``pending_eval`` is the JSON of ``state.pending``: the train metrics of the epoch just finished
+    when the checkpoint is written before that epoch's evaluation, else ``null``.
+    """
     path = checkpoint_path(c.cfg)
     if c.info.is_main:
         ckpt_io.atomic_save({
@@ -316,6 +429,7 @@ def save_checkpoint(c: Components, state: TrainState, metrics: dict[str, Any] | 
             "history": json.dumps(state.history),
             "train_config": json.dumps(c.cfg.to_dict()),
             "metrics": json.dumps(metrics or {}),
+            "pending_eval": json.dumps(state.pending),
         }, path)
     barrier(c.info)
     return path
@@ -333,7 +447,9 @@ def restore(c: Components, path: str) -> TrainState:
         c.ema.load_state_dict(ck["ema"])
     ckpt_io.set_rng_state({k: (v.cpu() if isinstance(v, Tensor) else v) for k, v in ck["rng"].items()})
     history = json.loads(ck.get("history", "[]"))
-    return TrainState(ck["step"], ck["epoch"], ck["step_in_epoch"], history, float(ck.get("train_time", 0.0)))
+    pending = json.loads(ck.get("pending_eval", "null"))
+    return TrainState(ck["step"], ck["epoch"], ck["step_in_epoch"], history, float(ck.get("train_time", 0.0)),
+                      pending)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,40 +485,42 @@ def run_epoch(c: Components, state: TrainState, loader, sampler, logger: JsonlLo
     reason = "epoch"
     bar = Progress(c.steps_per_epoch, f"epoch {state.epoch + 1}/{cfg.run.epochs}", cfg.run.progress and c.info.is_main)
     start = time.time()
-    for images, labels in loader:
-        images = normalize_batch(images.to(c.device, non_blocking=True), c.data.mean, c.data.std)
-        labels = labels.to(c.device, non_blocking=True)
-        measure_flips = cfg.run.flip_every and (state.step + 1) % cfg.run.flip_every == 0
-        if measure_flips:
-            flips.snapshot(c.model)
-        out = _reduce_losses(train_step(c, images, labels, loss_weights(cfg.loss, state.step, c.total_steps)), c)
-        if not math.isfinite(out["loss"]):
-            raise NonFiniteLossError(_nan_message(state, out, c))
-        state.step += 1
-        state.step_in_epoch += 1
-        done += 1
-        seen += len(labels) * c.info.world_size
-        for k, v in out.items():
-            sums[k] = sums.get(k, 0.0) + v
-        if measure_flips and (ratio := flips.ratio(c.model)) is not None:
-            out["flip_ratio"] = ratio
-        if state.step % cfg.run.log_every == 0 or "flip_ratio" in out:
-            lr = c.optimizer.param_groups[0]["lr"]
-            logger.log("step", step=state.step, epoch=state.epoch, lr=lr,
-                       **{k: v for k, v in out.items() if k != "correct"})
-        bar.update(state.step_in_epoch, loss=out["loss"])
-        if cfg.run.ckpt_every and state.step % cfg.run.ckpt_every == 0:
-            state.train_time += time.time() - start
-            start = time.time()
-            save_checkpoint(c, state)
-        if state.step >= c.total_steps:
-            reason = "max_steps"
-            break
-        if cfg.run.stop_after_steps and state.step >= cfg.run.stop_after_steps:
-            reason = "interrupted"
-            break
-    bar.close()
-    state.train_time += time.time() - start
+    try:  # an unreadable image (DatasetError) ends the loop between two steps
+        for images, labels in loader:
+            images = normalize_batch(images.to(c.device, non_blocking=True), c.data.mean, c.data.std)
+            labels = labels.to(c.device, non_blocking=True)
+            measure_flips = cfg.run.flip_every and (state.step + 1) % cfg.run.flip_every == 0
+            if measure_flips:
+                flips.snapshot(c.model)
+            out = _reduce_losses(train_step(c, images, labels, loss_weights(cfg.loss, state.step, c.total_steps)), c)
+            if not math.isfinite(out["loss"]):
+                raise NonFiniteLossError(_nan_message(state, out, c))
+            state.step += 1
+            state.step_in_epoch += 1
+            done += 1
+            seen += len(labels) * c.info.world_size
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if measure_flips and (ratio := flips.ratio(c.model)) is not None:
+                out["flip_ratio"] = ratio
+            if state.step % cfg.run.log_every == 0 or "flip_ratio" in out:
+                lr = c.optimizer.param_groups[0]["lr"]
+                logger.log("step", step=state.step, epoch=state.epoch, lr=lr,
+                           **{k: v for k, v in out.items() if k != "correct"})
+            bar.update(state.step_in_epoch, loss=out["loss"])
+            if cfg.run.ckpt_every and state.step % cfg.run.ckpt_every == 0:
+                state.train_time += time.time() - start
+                start = time.time()
+                save_checkpoint(c, state)
+            if state.step >= c.total_steps:
+                reason = "max_steps"
+                break
+            if cfg.run.stop_after_steps and state.step >= cfg.run.stop_after_steps:
+                reason = "interrupted"
+                break
+    finally:
+        bar.close()
+        state.train_time += time.time() - start
     means = {f"train_{k}": v / max(1, done) for k, v in sums.items() if k != "correct"}
     means["train_acc1"] = 100.0 * sums.get("correct", 0.0) / max(1, seen)
     return means, reason
@@ -421,11 +539,114 @@ def write_summary(c: Components, state: TrainState, metrics: dict[str, float], e
         "world_size": c.info.world_size, "teacher": cfg.loss.teacher, "loss_mode": cfg.loss.mode, **extra,
     }
     if c.info.is_main:
-        out = Path(cfg.run.out_dir) / "summary.json"
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(tmp, out)
+        _write_json(Path(cfg.run.out_dir) / "summary.json", summary)
     return summary
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=2) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _note(c: Components, message: str) -> None:
+    """One line on stderr from rank 0: what the run did on its own (cleaned up, skipped, trimmed)."""
+    if c.info.is_main:
+        print(f"bhvit train: {message}", file=sys.stderr, flush=True)
+
+
+def remove_stale_temporaries(out_dir: Path) -> list[Path]:
+    """Delete the temporaries of atomic writes cut short by a killed run (``bhvit.checkpoint.atomic_write``
+    names them ``.<name>.<random>.tmp``; ``.checkpoint.pt.*.tmp`` can be as large as a checkpoint). Other
+    files are left alone. Returns what was removed."""
+    if not out_dir.is_dir():
+        return []
+    stale = sorted(p for p in out_dir.glob(".*.tmp") if p.is_file())
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def trim_resumed_log(path: Path, state: TrainState) -> int:
+    """Drop the records ``path`` got after the checkpoint ``state`` was restored from.
+
+    Step records past ``state.step`` and epoch records of epochs the checkpoint has not evaluated
+    (its ``history``) were written by the killed run after that checkpoint; the resumed run writes
+    them again. Returns how many records were dropped.
+    """
+    evaluated = state.history[-1]["epoch"] if state.history else 0
+
+    def keep(record: dict[str, Any]) -> bool:
+        if record.get("step", 0) > state.step:
+            return False
+        return not (record.get("kind") == "epoch" and record.get("epoch", 0) > evaluated)
+
+    return trim_log(path, keep)
+
+
+def open_run_dir(c: Components, state: TrainState) -> JsonlLogger:
+    """Rank 0 prepares ``run.out_dir``: stale temporaries removed, the log trimmed (resume) or started
+    afresh, ``config.json`` written. Returns the logger (a silent one on other ranks)."""
+    cfg = c.cfg
+    if not c.info.is_main:
+        return JsonlLogger(None)
+    out_dir = Path(cfg.run.out_dir)
+    if stale := remove_stale_temporaries(out_dir):
+        _note(c, f"removed {len(stale)} temporary file(s) left by an interrupted run: "
+                 f"{', '.join(printable(p.name) for p in stale)}")
+    if cfg.run.resume and (dropped := trim_resumed_log(out_dir / "log.jsonl", state)):
+        _note(c, f"dropped {dropped} log.jsonl record(s) written after the checkpoint's step {state.step}")
+    logger = JsonlLogger(out_dir / "log.jsonl", append=bool(cfg.run.resume))
+    _write_json(out_dir / "config.json", cfg.to_dict())
+    if c.init is not None and not cfg.run.resume:
+        _note(c, c.init.summary())
+        logger.log("init", step=0, path=c.init.path, copied=len(c.init.copied), head_skipped=list(c.init.head_skipped),
+                   fresh=list(c.init.fresh), unused=list(c.init.unused))
+    return logger
+
+
+def finish_epoch(c: Components, state: TrainState, loader: torch.utils.data.DataLoader,
+                 logger: JsonlLogger) -> dict[str, float]:
+    """Evaluate the epoch just trained (its train metrics are ``state.pending``), record it, checkpoint.
+
+    The checkpoint written before this call already holds the epoch's training, so a failing
+    evaluation loses nothing: resuming from it evaluates again, then goes on.
+    """
+    try:
+        metrics = evaluate(c.model, loader, c.data, c.device, c.info, c.amp_dtype)
+        ema = evaluate(c.ema.module, loader, c.data, c.device, c.info, c.amp_dtype) if c.ema is not None else None
+    except DatasetError as err:
+        path = checkpoint_path(c.cfg)
+        raise DatasetError(f"{err}. Epoch {state.epoch}'s training is saved in {printable(path)}: once the "
+                           f"validation set is fixed, --resume {printable(path)} evaluates it and goes on") from err
+    record = {"epoch": state.epoch, "step": state.step, "test": metrics, **(state.pending or {})}
+    if ema is not None:
+        record["test_ema"] = ema
+    state.history.append(record)
+    logger.log("epoch", epoch=state.epoch, step=state.step, test_acc1=metrics["acc1"], test_acc5=metrics["acc5"],
+               test_loss=metrics["loss"], train_time_s=state.train_time, **(state.pending or {}),
+               **{f"ema_{k}": v for k, v in (ema or {}).items()})
+    if c.info.is_main and c.cfg.run.progress:
+        print(f"epoch {state.epoch}: test top-1 {metrics['acc1']:.2f}% top-5 {metrics['acc5']:.2f}% "
+              f"train loss {record.get('train_loss', float('nan')):.4f}", flush=True)
+    state.pending = None
+    save_checkpoint(c, state, metrics)
+    return metrics
+
+
+def train_epoch(c: Components, state: TrainState, loader, sampler, logger: JsonlLogger,
+                metrics: dict[str, float]) -> tuple[dict[str, float], str]:
+    """:func:`run_epoch`; an unreadable training image stops the run with the file named, after the
+    state reached is checkpointed (one process: all steps before the bad batch are complete)."""
+    try:
+        return run_epoch(c, state, loader, sampler, logger)
+    except DatasetError as err:
+        path = checkpoint_path(c.cfg)
+        if c.info.enabled:  # another rank may be inside a collective: no checkpoint write now
+            last = f"the last checkpoint is {printable(path)}" if path.is_file() else "no checkpoint was written"
+            raise DatasetError(f"{err}. Training stopped at step {state.step}; {last}") from err
+        save_checkpoint(c, state, metrics)
+        raise DatasetError(f"{err}. Training stopped at step {state.step}, saved in {printable(path)}: fix the "
+                           f"file, then --resume {printable(path)} continues exactly") from err
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -438,40 +659,27 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     try:
         state = restore(c, cfg.run.resume) if cfg.run.resume else TrainState()
         train_loader, sampler, test_loader = make_loaders(c)
-        out_dir = Path(cfg.run.out_dir)
-        logger = JsonlLogger(out_dir / "log.jsonl" if c.info.is_main else None, append=bool(cfg.run.resume))
-        if c.info.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        logger = open_run_dir(c, state)
         metrics: dict[str, float] = state.history[-1]["test"] if state.history else {}
-        while state.epoch < cfg.run.epochs:
-            train_metrics, reason = run_epoch(c, state, train_loader, sampler, logger)
+        if state.pending is not None:  # checkpointed before its evaluation, which did not finish
+            metrics = finish_epoch(c, state, test_loader, logger)
+        while state.epoch < cfg.run.epochs and state.step < c.total_steps:
+            train_metrics, reason = train_epoch(c, state, train_loader, sampler, logger, metrics)
             if reason == "interrupted":
                 save_checkpoint(c, state, metrics)
                 return {"interrupted": True, "step": state.step, "checkpoint": str(checkpoint_path(cfg))}
-            metrics = evaluate(c.model, test_loader, c.data, c.device, c.info, c.amp_dtype)
-            record = {"epoch": state.epoch + 1, "step": state.step, "test": metrics, **train_metrics}
-            if c.ema is not None:
-                record["test_ema"] = evaluate(c.ema.module, test_loader, c.data, c.device, c.info, c.amp_dtype)
-            state.history.append(record)
-            logger.log("epoch", epoch=state.epoch + 1, step=state.step, test_acc1=metrics["acc1"],
-                       test_acc5=metrics["acc5"], test_loss=metrics["loss"], train_time_s=state.train_time,
-                       **train_metrics, **{f"ema_{k}": v for k, v in record.get("test_ema", {}).items()})
-            if c.info.is_main and cfg.run.progress:
-                print(f"epoch {state.epoch + 1}: test top-1 {metrics['acc1']:.2f}% top-5 {metrics['acc5']:.2f}% "
-                      f"train loss {train_metrics.get('train_loss', float('nan')):.4f}", flush=True)
             state.epoch += 1
             state.step_in_epoch = 0
-            save_checkpoint(c, state, metrics)
-            if reason == "max_steps":
-                break
+            state.pending = train_metrics
+            save_checkpoint(c, state, metrics)  # the epoch's training is safe before its evaluation
+            metrics = finish_epoch(c, state, test_loader, logger)
         logger.close()
         extra = {"ema_test_acc1": state.history[-1]["test_ema"]["acc1"]} if c.ema is not None else {}
         summary = write_summary(c, state, metrics, extra)
         if c.info.is_main and cfg.run.plots:
             from bhvit.train.plots import plot_run
 
-            summary["plots"] = [str(p) for p in plot_run(out_dir)]
+            summary["plots"] = [str(p) for p in plot_run(Path(cfg.run.out_dir))]
         return summary
     finally:
         cleanup_distributed()

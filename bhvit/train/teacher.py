@@ -9,6 +9,8 @@ A teacher is one of
 * ``timm:<name>=<weights file>``: a timm model built with ``num_classes`` of the data and loaded from a
   state dict (for example a DeiT fine-tuned on CIFAR-10), read with ``torch.load(weights_only=True)``.
 
+Every torch file goes through :func:`bhvit.upstream.safe_torch_load`, which never unpickles code.
+
 It is always in eval mode with ``requires_grad`` off, its forward runs under ``torch.no_grad()``, and it
 is never wrapped in DistributedDataParallel. A teacher that expects other inputs than the student gets
 them converted per batch: the student's normalised images ``x = (u − μ_d)/σ_d`` (u in [0, 1]) become
@@ -25,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bhvit.models.bhvit import IMAGENET_MEAN, IMAGENET_STD
 from bhvit.train.checkpoint import load_model
+from bhvit.upstream import CheckpointError, safe_torch_load
 
 Stats = tuple[Sequence[float], Sequence[float]]  # (mean, std) per channel
 
@@ -101,24 +105,25 @@ def _import_timm():  # noqa: ANN202
 
 
 def _state_dict(path: Path) -> dict[str, Tensor]:
-    """A state dict from a timm/torch weights file: safetensors, or a pickle read with weights_only=True
-    (a bare state dict, or one under 'model', 'state_dict' or 'model_ema')."""
+    """A state dict from a timm/torch weights file: safetensors, or a torch file read by
+    :func:`bhvit.upstream.safe_torch_load` (a bare state dict, or one under 'model', 'state_dict' or
+    'model_ema'); :class:`CheckpointError` when it cannot be read or holds no tensors."""
     if not path.is_file():
         raise FileNotFoundError(f"teacher weights {path} not found")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"teacher weights {path} could not be read as a state dict ({e})") from e
+        try:
+            return load_file(str(path))
+        except Exception as e:  # SafetensorError, OSError: a truncated or foreign file
+            raise CheckpointError(f"teacher weights {str(path)!r} could not be read as safetensors ({e})") from None
+    obj = safe_torch_load(path)
     for key in ("model", "state_dict", "model_ema"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"teacher weights {path} hold no state dict of tensors")
+        raise CheckpointError(f"teacher weights {str(path)!r} hold no state dict of tensors")
     return obj
 
 
@@ -148,6 +153,6 @@ def _timm_teacher(name: str, num_classes: int, data_stats: Stats | None) -> Froz
             )
     cfg = getattr(model, "pretrained_cfg", None) or {}
     size = tuple(cfg.get("input_size", (3, 224, 224)))
-    stats = (tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225))))
+    stats = (tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)))
     return FrozenTeacher(model, in_chans=size[0], img_size=size[-1], data_stats=data_stats,
                          teacher_stats=stats if data_stats is not None else None)
