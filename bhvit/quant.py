@@ -144,7 +144,7 @@ def lsq_attention(x: Tensor, alpha: Tensor, zero_point: Tensor, levels: int = LS
     binary matrices (the paper's quantization decomposition).
     """
     heads = alpha.numel()
-    g = heads / math.sqrt(x.numel() * levels)
+    g = heads / torch.sym_sqrt(torch.sym_float(x.numel() * levels))  # symbolic: a batch dim stays dynamic
     a = _grad_scale(alpha, g).view(1, heads, 1, 1)
     z = _grad_scale(zero_point, g).view(1, heads, 1, 1)
     return _round_ste(x / a + z).clamp(0, levels) * a
