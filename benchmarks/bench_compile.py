@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import bhvit
+from bhvit.models.bhvit import PRECISIONS, choose_window_size
 
 
 def _train_step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> Callable[[torch.Tensor, torch.Tensor], None]:
@@ -43,7 +44,8 @@ def _seconds(fn: Callable[[], None]) -> float:
 def measure(arch: str, precision: str, img: int, batch: int, rounds: int) -> dict:
     """Median seconds of a train step and an eval forward, eager vs compiled, and the compile times."""
     torch.manual_seed(0)
-    eager = bhvit.create_model(arch, precision=precision, img_size=img, num_classes=10).train()
+    eager = bhvit.create_model(arch, precision=precision, img_size=img, window_size=choose_window_size(img),
+                               num_classes=10).train()
     x, y = torch.randn(batch, 3, img, img), torch.randint(0, 10, (batch,))
     _train_step(eager, torch.optim.AdamW(eager.parameters(), 1e-4))(x, y)  # LSQ set-up, optimizer state
     compiled_model = copy.deepcopy(eager)
@@ -85,7 +87,7 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="bhvit_tiny")
-    p.add_argument("--precision", nargs="+", default=["fp", "some_fp", "binary"])
+    p.add_argument("--precision", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
     p.add_argument("--img-size", type=int, default=64)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--rounds", type=int, default=5)

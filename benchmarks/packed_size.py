@@ -16,6 +16,7 @@ from pathlib import Path
 import bhvit
 from bhvit import engine
 from bhvit.engine.bench import format_table
+from bhvit.models.bhvit import BINARY_PRECISIONS
 
 
 def measure(name: str, precision: str) -> dict:
@@ -31,7 +32,7 @@ def measure(name: str, precision: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["bhvit_tiny", "bhvit_small"])
-    parser.add_argument("--precision", nargs="+", default=["some_fp", "binary"])
+    parser.add_argument("--precision", nargs="+", default=list(BINARY_PRECISIONS), choices=BINARY_PRECISIONS)
     parser.add_argument("--json", default="out/packed_size.json")
     args = parser.parse_args()
     rows = [measure(m, p) for m in args.models for p in args.precision]

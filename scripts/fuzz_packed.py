@@ -152,6 +152,8 @@ def mutate_layer(rng: random.Random, data: bytes) -> Case:
 
 def mutate_config(rng: random.Random, data: bytes) -> Case:
     """A hostile value in one config field (sizes, depths, image sizes, windows, choices)."""
+    from bhvit.models.bhvit import ATTN_QUANTS, NORMS, PRECISIONS
+
     header, _ = split(data)
     config = json.loads(header["__metadata__"]["config"])
     key = rng.choice(sorted(config) + ["unknown_key"])
@@ -161,7 +163,7 @@ def mutate_config(rng: random.Random, data: bytes) -> Case:
         value[rng.randrange(len(value))] = rng.choice(HOSTILE_VALUES)
         value = rng.choice([value, [0] * len(old), [2**40] * len(old), old[:-1], "[1, 2]"])
     else:
-        value = rng.choice(HOSTILE_VALUES + ["lsq", "gsb", "bn", "ln", "binary", "some_fp", "fp"])
+        value = rng.choice([*HOSTILE_VALUES, *ATTN_QUANTS, *NORMS, *PRECISIONS])
     if value == old and type(value) is type(old):
         return Case(f"config {key} deleted", _meta_json(data, "config", lambda c: {k: v for k, v in c.items()
                                                                                    if k != key}),

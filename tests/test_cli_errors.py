@@ -187,3 +187,14 @@ def test_written_files_get_the_umask_mode(tmp_path, umask):
         assert not list(tmp_path.glob(".*.tmp"))
     finally:
         os.umask(old)
+
+
+@pytest.mark.parametrize("command", ["profile", "predict", "convert", "export", "train", "eval", "demo", "pack",
+                                     "bench"])
+def test_usage_errors_are_one_line(command, capsys):
+    """argparse's own errors (an unknown flag) are one line naming the command and where help is."""
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--no-such-flag"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err.count("\n") == 1 and err.startswith(f"bhvit {command}: error:") and "--help" in err

@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import bhvit
-
-PRECISIONS = ("fp", "some_fp", "binary")
+from bhvit.models.bhvit import PRECISIONS
 
 
 def small(precision: str, attn_quant: str = "lsq") -> torch.nn.Module:

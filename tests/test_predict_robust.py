@@ -7,6 +7,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import types
 import zlib
 from pathlib import Path
 
@@ -248,12 +249,16 @@ def test_topk_must_be_positive(tmp_path, checkpoint, capsys):
 def test_packed_path_uses_the_same_checks(tmp_path, monkeypatch, capsys, config, meta, message):
     """Whatever a packed file's reader lets through, --packed goes through Preprocess.for_model and
     class_labels like --checkpoint (the reader itself refuses these fields too)."""
-    import bhvit.engine.cli as engine_cli
+    import bhvit.cli.model as model_cli
 
-    def fake_predictor(path):
-        return (lambda x: torch.zeros(len(x), 10)), config, meta
+    class FakePacked:  # what load_packed returns: callable, with the file's config and meta
+        def __init__(self, path):
+            self.config, self.parts = config, types.SimpleNamespace(meta=meta)
 
-    monkeypatch.setattr(engine_cli, "load_predictor", fake_predictor)
+        def __call__(self, x):
+            return torch.zeros(len(x), 10)
+
+    monkeypatch.setattr(model_cli, "load_packed", FakePacked)
     png = _good(tmp_path)[0]
     assert main(["predict", str(png), "--packed", "m.bhvp"]) == 1
     err = capsys.readouterr().err

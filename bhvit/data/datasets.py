@@ -11,6 +11,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 
@@ -20,7 +21,8 @@ from bhvit.data.transforms import Compose, eval_transform, resize, train_transfo
 from bhvit.models.bhvit import IMAGENET_MEAN, IMAGENET_STD
 
 DATASET_NAMES = ("fashion_mnist", "cifar10", "synthetic")
-AUGMENTATIONS = ("auto", "imagenet", "small", "none")
+Augment = Literal["auto", "imagenet", "small", "none"]  # the command line reads its choices from this
+AUGMENTATIONS: tuple[str, ...] = get_args(Augment)
 
 
 def dataset_name(name: str) -> str:
@@ -45,7 +47,7 @@ class DataConfig:
     name: str = "fashion_mnist"
     root: str | None = None
     img_size: int = 32
-    augment: str = "auto"
+    augment: Augment = "auto"
     batch_size: int = 128
     eval_batch_size: int = 500
     num_workers: int = 0

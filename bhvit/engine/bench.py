@@ -1,4 +1,4 @@
-"""End-to-end latency benchmark of the packed engine (the body of ``bhvit bench`` and
+"""End-to-end latency benchmark of the packed engine (behind ``bhvit bench`` and
 ``benchmarks/bench_e2e.py``).
 
 For each model and batch size, in one run and on the same number of threads, it times:
@@ -16,8 +16,6 @@ shared machine). Also a per-op profile of one packed forward. Prints a table and
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import tempfile
@@ -161,39 +159,17 @@ def report(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bhvit bench", description="packed engine vs fp32 and int8 PyTorch")
-    p.add_argument("--models", nargs="+", default=["bhvit_tiny", "bhvit_small"])
-    p.add_argument("--checkpoint", help="benchmark this checkpoint (e.g. the demo model) instead of --models")
-    p.add_argument("--precision", nargs="+", default=["binary"], choices=["some_fp", "binary"])
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 32])
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--no-onnx", action="store_true", help="skip onnxruntime even when installed")
-    p.add_argument("--isa", default=None, help="kernel path to force, e.g. avx2 (default: the best this CPU has)")
-    p.add_argument("--json", default="out/bench_e2e.json")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``bhvit bench``: runs the grid, prints the report, writes JSON; returns 0."""
-    args = parser().parse_args(argv)
-    if args.isa:
-        kernels.set_isa(args.isa)
-    names = [args.checkpoint] if args.checkpoint else args.models
+def bench_grid(names: Sequence[str], precisions: Sequence[str], batches: Sequence[int], threads: Sequence[int],
+               rounds: int = 3, checkpoint: str | None = None, onnx: bool = True,
+               workdir: Path = Path("out")) -> list[dict[str, Any]]:
+    """:func:`bench_one` over threads x models x precisions x batches; with ``checkpoint`` the one model is
+    that checkpoint at its own precision (``names`` and ``precisions`` are ignored)."""
     rows = []
-    for t in args.threads:
+    for t in threads:
         torch.set_num_threads(t)
         kernels.set_num_threads(t)
-        for name in names:
-            for precision in ([None] if args.checkpoint else args.precision):
-                for b in args.batch:
-                    rows.append(bench_one(name, precision or "binary", b, t, args.rounds,
-                                          checkpoint=args.checkpoint, onnx=not args.no_onnx,
-                                          workdir=Path(args.json).parent))
-    print(f"isa={kernels.current_isa()} load={os.getloadavg()[0]:.2f}")
-    print(report(rows))
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"machine": machine_info(), "rows": rows}, indent=2) + "\n")
-    return 0
+        for name in [checkpoint] if checkpoint else names:
+            for precision in ["binary"] if checkpoint else precisions:
+                rows += [bench_one(name, precision, b, t, rounds, checkpoint=checkpoint, onnx=onnx, workdir=workdir)
+                         for b in batches]
+    return rows

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from bhvit.models.bhvit import ATTN_QUANTS, BINARY_PRECISIONS, NORMS
+
 BITS_SUFFIX = ".weight_bits"
 ALPHA_SUFFIX = ".weight_alpha"
 
@@ -50,7 +52,7 @@ CONFIG_FIELDS = {
     "num_classes": "int", "in_chans": "int", "img_size": "ints2", "window_size": "int", "norm_eps": "float",
 }
 OPTIONAL_CONFIG_FIELDS = {"drop_path_rate": "float", "recu": "bool"}
-CHOICES = {"precision": ("some_fp", "binary"), "attn_quant": ("lsq", "gsb"), "norm": ("bn", "ln")}
+CHOICES = {"precision": BINARY_PRECISIONS, "attn_quant": ATTN_QUANTS, "norm": NORMS}
 
 
 class PackedFormatError(ValueError):

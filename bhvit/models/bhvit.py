@@ -44,7 +44,7 @@ from ..registry import register_model
 from .features import FeatureGetter, feature_take_indices
 
 __all__ = [
-    "ATTN_QUANTS", "NORMS", "PRECISIONS", "AttnQuant", "BHViT", "BHViTConfig", "Norm", "Precision",
+    "ATTN_QUANTS", "BINARY_PRECISIONS", "NORMS", "PRECISIONS", "AttnQuant", "BHViT", "BHViTConfig", "Norm", "Precision",
     "build_model", "choose_window_size", "default_cfgs", "downsample_convs", "pretrained_cfg", "to_img_size",
     "valid_img_sizes",
 ]
@@ -53,6 +53,7 @@ Precision = Literal["fp", "some_fp", "binary"]
 AttnQuant = Literal["lsq", "gsb"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 ATTN_QUANTS: tuple[str, ...] = get_args(AttnQuant)
+BINARY_PRECISIONS: tuple[str, ...] = tuple(p for p in PRECISIONS if p != "fp")  # with binary layers: packable
 STEM_STRIDE = 4
 TOTAL_STRIDE = 32  # stem 4 × three 2× downsamplings
 MAX_WINDOW = 7  # the authors' window; also the largest :func:`choose_window_size` picks

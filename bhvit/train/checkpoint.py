@@ -10,6 +10,9 @@ steps done), ``epoch`` and ``step_in_epoch`` (where to continue); ``train_config
 
 Atomic: the dict is written to a temporary file in the same directory, flushed and fsynced, then
 ``os.replace``d over ``path``; a crash mid-write leaves the previous checkpoint intact.
+
+The model a checkpoint holds loads like any other with :func:`bhvit.load_model`; :func:`load` gives the
+whole dict (optimizer, EMA, RNG states) for resuming.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from bhvit.checkpoint import atomic_write
 from bhvit.upstream import CheckpointError, safe_torch_load
@@ -41,18 +43,6 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
         raise CheckpointError(f"{path}: not a bhvit training checkpoint (needs 'model' and 'model_config'); "
                               "a model file (.safetensors, the authors' .pth) works with bhvit predict / pack")
     return ckpt
-
-
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the model a checkpoint describes and load its weights (EMA weights are in ``ckpt['ema']``)."""
-    import bhvit
-
-    ckpt = load(path, map_location)
-    from bhvit.models.bhvit import BHViTConfig
-
-    model = bhvit.build_model(BHViTConfig.from_dict(ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    return model, ckpt
 
 
 def rng_state() -> dict[str, Any]:

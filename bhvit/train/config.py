@@ -9,14 +9,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from bhvit.data import DataConfig
-from bhvit.models.bhvit import ATTN_QUANTS, NORMS, PRECISIONS, choose_window_size
+from bhvit.models.bhvit import ATTN_QUANTS, NORMS, PRECISIONS, AttnQuant, Norm, Precision, choose_window_size
 
-LOSS_MODES = ("paper", "kd", "kd_reg", "ce")
-REG_FORMS = ("paper", "authors")
-AMP_MODES = ("auto", "off", "bf16", "fp16")
+# Choices are Literal annotations (the command line reads its choices from them) and tuples for checks.
+LossMode = Literal["paper", "kd", "kd_reg", "ce"]
+RegForm = Literal["paper", "authors"]
+AmpMode = Literal["auto", "off", "bf16", "fp16"]
+LOSS_MODES: tuple[str, ...] = get_args(LossMode)
+REG_FORMS: tuple[str, ...] = get_args(RegForm)
+AMP_MODES: tuple[str, ...] = get_args(AmpMode)
 
 
 @dataclass(frozen=True)
@@ -30,10 +34,10 @@ class ModelSpec:
     """
 
     arch: str = "bhvit_tiny"
-    precision: str = "binary"
-    attn_quant: str = "lsq"
+    precision: Precision = "binary"
+    attn_quant: AttnQuant = "lsq"
     window_size: int | None = None
-    norm: str = "bn"
+    norm: Norm = "bn"
     drop_path_rate: float = 0.0
     recu: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -59,12 +63,12 @@ class LossConfig:
     averages over all weights, ``authors`` averages per-tensor means and skips the downsampling convs.
     """
 
-    mode: str = "paper"
+    mode: LossMode = "paper"
     kd_weight: float = 0.8
     reg_weight: float = 0.1
     reg_fraction: float = 0.1
     label_smoothing: float = 0.1
-    reg_form: str = "paper"
+    reg_form: RegForm = "paper"
     teacher: str | None = None
 
     def __post_init__(self) -> None:
@@ -119,7 +123,7 @@ class RunConfig:
     out_dir: str = "runs/default"
     seed: int = 0
     device: str = "auto"
-    amp: str = "auto"
+    amp: AmpMode = "auto"
     ema_decay: float | None = None
     grad_checkpointing: bool = False
     compile: bool = False

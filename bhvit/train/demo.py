@@ -18,14 +18,14 @@ Presets: ``quick`` (one epoch per model, ≤ 15 min on 2 cores) and ``long`` (a 
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bhvit.data import DataConfig
+from bhvit.models.bhvit import BINARY_PRECISIONS
 from bhvit.train.config import LossConfig, ModelSpec, OptimConfig, RunConfig, TrainConfig
 from bhvit.train.report import write_report
 
@@ -52,13 +52,13 @@ class DemoConfig:
     out_dir: str = "runs/demo"
     threads: int | None = None
     seed: int = 0
-    precisions: tuple[str, ...] = ("some_fp", "binary")
+    precisions: tuple[str, ...] = BINARY_PRECISIONS  # the students; the teacher is fp
 
     def __post_init__(self) -> None:
         if self.teacher_epochs < 1 or self.student_epochs < 1 or self.init_epochs < 0:
             raise ValueError("teacher and student epochs must be ≥ 1, init epochs ≥ 0")
-        if not set(self.precisions) <= {"some_fp", "binary"}:
-            raise ValueError(f"student precisions must be some_fp and/or binary, got {self.precisions}")
+        if not set(self.precisions) <= set(BINARY_PRECISIONS):
+            raise ValueError(f"student precisions must be some of {BINARY_PRECISIONS}, got {self.precisions}")
 
 
 PRESETS = {
@@ -107,45 +107,3 @@ def demo(cfg: DemoConfig) -> dict[str, Any]:
     result = {"summaries": summaries, "init": init, "wall_time_s": round(wall, 1), "report": str(report)}
     (out / "demo_summary.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
-
-
-def demo_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bhvit demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    p.add_argument("--out", help="output directory (default runs/demo)")
-    p.add_argument("--data", help="dataset name or directory (default fashion_mnist)")
-    p.add_argument("--data-root", help="where to look first for Fashion-MNIST")
-    p.add_argument("--init-epochs", type=int, help="> 0: students start from a separate fp run of this many epochs")
-    p.add_argument("--teacher-epochs", type=int)
-    p.add_argument("--student-epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--threads", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--only-binary", action="store_true", help="skip the some-fp student")
-    return p
-
-
-def run_demo(argv: list[str] | None = None) -> int:
-    import sys
-
-    from bhvit.data import DatasetNotFoundError
-
-    args = demo_parser().parse_args(argv)
-    cfg = PRESETS[args.preset]
-    flags = {"out_dir": args.out, "data": args.data, "data_root": args.data_root, "threads": args.threads,
-             "init_epochs": args.init_epochs, "teacher_epochs": args.teacher_epochs,
-             "student_epochs": args.student_epochs, "batch_size": args.batch_size, "seed": args.seed}
-    cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
-    if args.only_binary:
-        cfg = replace(cfg, precisions=("binary",))
-    try:
-        result = demo(cfg)
-    except (DatasetNotFoundError, ValueError) as e:
-        print(f"bhvit demo: error: {e}", file=sys.stderr)
-        return 2
-    for prec, s in result["summaries"].items():
-        print(f"{prec:>8}: top-1 {s['test_acc1']:.2f}%  top-5 {s['test_acc5']:.2f}%  "
-              f"train {s['train_time_s']:.0f} s")
-    print(f"total {result['wall_time_s']:.0f} s; report: {result['report']}")
-    return 0

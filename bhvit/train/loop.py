@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bhvit.checkpoint import atomic_write
+from bhvit.checkpoint import atomic_write, load_model
 from bhvit.data import DataBundle, DatasetError, build_datasets
 from bhvit.data.transforms import normalize_batch
 from bhvit.models.bhvit import BHViTConfig
@@ -185,8 +185,6 @@ def read_init_source(path: str, student: BHViTConfig) -> tuple[dict[str, Any], d
     """Config (as a dict) and state dict of any checkpoint :func:`bhvit.checkpoint.load_model` reads: ours
     (safetensors or a training checkpoint) or the authors' ``.pth``, with the position embeddings
     resized (bicubic) to ``student``'s input size when the checkpoint was trained at another size."""
-    from bhvit.checkpoint import load_model
-
     source, _ = load_model(path)
     state = source.state_dict()
     if source.config.img_size != student.img_size:
@@ -361,18 +359,20 @@ def evaluate(
 def evaluate_checkpoint(
     path: str, data_cfg: Any, device: str = "auto", use_ema: bool = False, threads: int | None = None
 ) -> dict[str, Any]:
-    """Rebuild the model of a checkpoint and score it on the test split of ``data_cfg``.
+    """Load a checkpoint with :func:`bhvit.load_model` and score it on the test split of ``data_cfg``
+    (``use_ema``: the EMA weights a training checkpoint carries).
 
     ``data_cfg`` is a :class:`bhvit.data.DataConfig`; its ``img_size`` should be the checkpoint's.
     """
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device, DistInfo())
-    model, ck = ckpt_io.load_model(path)
+    model, _ = load_model(path)
     if use_ema:
-        if not ck.get("ema"):
+        ema = ckpt_io.load(path).get("ema")  # only a training checkpoint carries EMA weights
+        if not ema:
             raise ValueError(f"{path} holds no EMA weights")
-        model.load_state_dict(ck["ema"])
+        model.load_state_dict(ema)
     data = build_datasets(data_cfg)
     if data.num_classes != model.config.num_classes or data.in_chans != model.config.in_chans:
         raise ValueError(f"{path}: model has {model.config.num_classes} classes / {model.config.in_chans} channels, "

@@ -10,15 +10,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bhvit.models.bhvit import PRECISIONS
 from bhvit.train.logs import read_jsonl
 from bhvit.train.plots import _pyplot
 
-LABELS = {"fp": "fp (teacher)", "some_fp": "some-fp student", "binary": "binary student"}
+LABELS = {p: "fp (teacher)" if p == "fp" else f"{p.replace('_', '-')} student" for p in PRECISIONS}
 
 
 def model_profile(checkpoint: str) -> dict[str, Any]:
     """Params (total / binary) and OPs of a checkpoint's model, or {} if profiling is unavailable."""
-    from bhvit.train.checkpoint import load_model
+    from bhvit.checkpoint import load_model
 
     model, _ = load_model(checkpoint)
     try:

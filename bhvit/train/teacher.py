@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bhvit.checkpoint import load_model
 from bhvit.models.bhvit import IMAGENET_MEAN, IMAGENET_STD
-from bhvit.train.checkpoint import load_model
 from bhvit.upstream import CheckpointError, safe_torch_load
 
 Stats = tuple[Sequence[float], Sequence[float]]  # (mean, std) per channel
@@ -86,7 +86,7 @@ def load_teacher(spec: str, num_classes: int, device: torch.device | str = "cpu"
     re-normalise them for a timm teacher."""
     if spec.startswith("timm:"):
         return _timm_teacher(spec[len("timm:") :], num_classes, data_stats).to(device)
-    model, _ = load_model(spec, map_location="cpu")
+    model, _ = load_model(spec)
     classes = getattr(model.config, "num_classes", num_classes)
     if classes != num_classes:
         raise ValueError(f"teacher {spec} predicts {classes} classes, the data has {num_classes}")

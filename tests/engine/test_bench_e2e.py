@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from bhvit.engine.bench import main
+from bhvit.cli.engine import cmd_bench
 
 
 def test_bench_writes_every_method(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["--models", "bhvit_test", "--batch", "2", "--threads", "1", "--rounds", "1",
+    assert cmd_bench(["--models", "bhvit_test", "--batch", "2", "--threads", "1", "--rounds", "1",
                  "--json", str(out)]) == 0
     record = json.loads(out.read_text())
     (row,) = record["rows"]
@@ -27,6 +27,6 @@ def test_bench_forces_a_code_path(tmp_path):
 
     out = tmp_path / "bench.json"
     with kernels.use_isa(kernels.current_isa()):  # restores the path afterwards
-        assert main(["--models", "bhvit_test", "--batch", "1", "--threads", "1", "--rounds", "1", "--no-onnx",
+        assert cmd_bench(["--models", "bhvit_test", "--batch", "1", "--threads", "1", "--rounds", "1", "--no-onnx",
                      "--isa", "generic", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["machine"]["engine_isa"] == "generic"

@@ -20,6 +20,7 @@ from bhvit.engine import kernels as K
 from bhvit.engine import schema
 from bhvit.engine.fileformat import PackedFormatError, read_parts
 from bhvit.engine.packer import extract
+from bhvit.models.bhvit import ATTN_QUANTS, BINARY_PRECISIONS, NORMS
 
 
 def _model(**kw: object) -> torch.nn.Module:
@@ -56,8 +57,7 @@ def _refused(path: Path, *words: str) -> None:
 
 
 # ---- the contract: the table derived from the config is what the packer extracts ---------------------
-@pytest.mark.parametrize("precision,attn_quant,norm", list(itertools.product(["some_fp", "binary"], ["lsq", "gsb"],
-                                                                             ["bn", "ln"])))
+@pytest.mark.parametrize("precision,attn_quant,norm", list(itertools.product(BINARY_PRECISIONS, ATTN_QUANTS, NORMS)))
 @pytest.mark.parametrize("options", [{}, {"shift3": False, "layerscale": False, "num_classes": 0},
                                      {"shift5": False, "aligned_pool": True, "recu": True, "depths": (1, 2, 2, 1)}])
 def test_layout_is_what_the_packer_writes(precision: str, attn_quant: str, norm: str, options: dict) -> None:

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from bhvit.train import cli_train
+from bhvit.cli.train import cmd_train
 
 
 @pytest.mark.slow  # inductor compiles for minutes on 2 cores
@@ -18,5 +18,5 @@ def test_train_command_with_compile(folder_dir, tmp_path) -> None:
             "--epochs", "1", "--max-steps", "2", "--batch-size", "2", "--out", str(out), "--no-progress",
             "--no-plots", "--threads", "1", "--compile"]
     torch._dynamo.reset()
-    assert cli_train(argv) == 0
+    assert cmd_train(argv) == 0
     assert json.loads((out / "summary.json").read_text())["steps"] == 2

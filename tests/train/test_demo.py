@@ -2,13 +2,13 @@ import json
 
 import pytest
 
-from bhvit.train import run_demo
+from bhvit.cli.train import cmd_demo
 from bhvit.train.demo import PRESETS, stage_config
 
 
 def test_demo_end_to_end_on_fake_fashion_mnist(fmnist_dir, tmp_path):
     out = tmp_path / "demo"
-    rc = run_demo(["--data", str(fmnist_dir), "--out", str(out), "--teacher-epochs", "1", "--student-epochs", "1",
+    rc = cmd_demo(["--data", str(fmnist_dir), "--out", str(out), "--teacher-epochs", "1", "--student-epochs", "1",
                    "--batch-size", "16", "--threads", "1"])
     assert rc == 0
     result = json.loads((out / "demo_summary.json").read_text())
@@ -33,7 +33,7 @@ def test_presets_are_valid_configs():
 
 def test_demo_with_a_separate_student_init(fmnist_dir, tmp_path):
     out = tmp_path / "demo"
-    rc = run_demo(["--data", str(fmnist_dir), "--out", str(out), "--init-epochs", "1", "--teacher-epochs", "1",
+    rc = cmd_demo(["--data", str(fmnist_dir), "--out", str(out), "--init-epochs", "1", "--teacher-epochs", "1",
                    "--student-epochs", "1", "--batch-size", "16", "--threads", "1", "--only-binary"])
     assert rc == 0
     result = json.loads((out / "demo_summary.json").read_text())

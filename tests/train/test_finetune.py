@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import bhvit
+from bhvit.cli.train import cmd_train
 from bhvit.train import checkpoint as ckpt_io
-from bhvit.train import cli_train
 from bhvit.train.logs import read_jsonl
 from bhvit.train.loop import InitMismatchError, init_from_checkpoint
 
@@ -23,7 +23,7 @@ def _finetune(data: Path, ckpt: Path, out: Path, *extra: str) -> dict[str, torch
     """Runs the documented fine-tuning command for 2 steps; returns the fine-tuned state dict."""
     argv = ["--data", str(data), "--init-from", str(ckpt), "--img-size", "64", "--epochs", "1", "--max-steps", "2",
             "--batch-size", "4", "--out", str(out), "--no-progress", "--no-plots", "--threads", "1", *extra]
-    assert cli_train(argv) == 0
+    assert cmd_train(argv) == 0
     return ckpt_io.load(out / "checkpoint.pt")["model"]
 
 

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+import bhvit
 from bhvit.data import DataConfig
 from bhvit.train import NonFiniteLossError, TrainConfig, train
 from bhvit.train import checkpoint as ckpt_io
@@ -37,12 +38,13 @@ def test_run_writes_summary_logs_and_checkpoint(fmnist_dir, tmp_path):
     assert all({"loss", "task_loss", "reg_loss", "lr"} <= set(r) for r in steps)
     assert all(0 <= r["flip_ratio"] <= 1 for r in steps) and any(r["flip_ratio"] > 0 for r in steps)
     assert len([r for r in records if r["kind"] == "epoch"]) == 2
-    model, ck = ckpt_io.load_model(on_disk["checkpoint"])  # rebuilds from the stored config
+    model, _ = bhvit.load_model(on_disk["checkpoint"])  # rebuilds from the stored config
+    ck = ckpt_io.load(on_disk["checkpoint"])
     assert ck["step"] == 8 and model.config.precision == "binary" and model.config.in_chans == 1
     # `bhvit eval` on the same checkpoint and data reproduces the final test accuracy
-    from bhvit.train import cli_eval
+    from bhvit.cli.train import cmd_eval
 
-    assert cli_eval([on_disk["checkpoint"], "--data", str(fmnist_dir), "--json", str(tmp_path / "e.json"),
+    assert cmd_eval([on_disk["checkpoint"], "--data", str(fmnist_dir), "--json", str(tmp_path / "e.json"),
                      "--threads", "1"]) == 0
     scored = json.loads((tmp_path / "e.json").read_text())
     assert scored["acc1"] == pytest.approx(on_disk["test_acc1"]) and scored["n"] == 32

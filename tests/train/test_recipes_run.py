@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bhvit.train import cli_train
+from bhvit.cli.train import cmd_train
 from bhvit.train.config import load_recipe
 from bhvit.train.logs import read_jsonl
 
@@ -37,12 +37,12 @@ def test_recipe_runs_one_step(path, fmnist_dir, cifar_dir, folder_dir, fake_timm
         extra = ["--teacher", f"timm:fakenet={tmp_path / 'tuned.pth'}"]
     elif cfg.loss.teacher:
         teacher_out = tmp_path / "teacher"
-        assert cli_train(["--recipe", str(path), "--data", data, "--precision", "fp", "--loss", "ce",
+        assert cmd_train(["--recipe", str(path), "--data", data, "--precision", "fp", "--loss", "ce",
                           "--teacher", "", "--init-from", "", "--out", str(teacher_out), *QUICK]) == 0
         ckpt = str(teacher_out / "checkpoint.pt")
         extra = ["--teacher", ckpt] + (["--init-from", ckpt] if cfg.model.init_from else [])
     out = tmp_path / "run"
-    assert cli_train(["--recipe", str(path), "--data", data, "--out", str(out), *QUICK, *extra]) == 0
+    assert cmd_train(["--recipe", str(path), "--data", data, "--out", str(out), *QUICK, *extra]) == 0
     capsys.readouterr()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["arch"] == cfg.model.arch and summary["precision"] == cfg.model.precision

@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 import bhvit
+from bhvit.cli.train import cmd_train
 from bhvit.data import DataConfig, DatasetError, folder
-from bhvit.train import TrainConfig, cli_train, train
+from bhvit.train import TrainConfig, train
 from bhvit.train import checkpoint as ckpt_io
 from bhvit.train.config import LossConfig, ModelSpec, OptimConfig, RunConfig
 from bhvit.train.distributed import DistInfo, TrainSampler
@@ -105,7 +106,7 @@ def test_corrupt_validation_image_loses_no_training(reference, tmp_path, capsys)
     out = tmp_path / "run"
     argv = ["--data", str(data), "--arch", "bhvit_test", "--img-size", "32", "--batch-size", str(BATCH),
             "--epochs", str(EPOCHS), "--out", str(out), "--threads", "1", "--no-progress", "--no-plots"]
-    assert cli_train(argv) == 2
+    assert cmd_train(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and str(victim) in err and "Epoch 1's training is saved" in err
     ck = ckpt_io.load(out / "checkpoint.pt")  # written before the evaluation that failed

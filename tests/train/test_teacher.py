@@ -26,6 +26,21 @@ def test_teacher_is_frozen_and_missing_timm_error_is_clear(monkeypatch):
         load_teacher("timm:deit_small_patch16_224", 10)
 
 
+def test_teacher_from_any_model_file(tmp_path):
+    """A teacher loads through bhvit.load_model, so a bhvit safetensors file works as well as a training
+    checkpoint; a head of the wrong size is refused."""
+    import bhvit
+
+    model = bhvit.create_model("bhvit_test", precision="fp", num_classes=10, in_chans=1).eval()
+    path = bhvit.save_model(model, tmp_path / "teacher.safetensors")
+    teacher = load_teacher(str(path), 10)
+    x = torch.randn(2, 1, *model.config.img_size)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(x), model(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="predicts 10 classes"):
+        load_teacher(str(path), 7)
+
+
 def test_timm_input_is_renormalised_expanded_and_resized(fake_timm):
     data_mean, data_std = (0.286,), (0.353,)
     teacher = load_teacher("timm:fakenet", 1000, data_stats=(data_mean, data_std))
@@ -79,8 +94,8 @@ def test_training_distils_from_a_timm_teacher(fake_timm, fmnist_dir, tmp_path):
 
 
 def test_cli_reports_an_unreachable_timm_teacher(fake_timm, fmnist_dir, tmp_path, capsys):
-    from bhvit.train import cli_train
+    from bhvit.cli.train import cmd_train
 
-    rc = cli_train(["--data", str(fmnist_dir), "--teacher", "timm:nosuchnet", "--max-steps", "1",
+    rc = cmd_train(["--data", str(fmnist_dir), "--teacher", "timm:nosuchnet", "--max-steps", "1",
                     "--out", str(tmp_path / "r"), "--threads", "1", "--no-progress", "--no-plots"])
     assert rc == 2 and "bhvit train: error: timm could not build" in capsys.readouterr().err

@@ -1,0 +1,74 @@
+"""``bhvit`` command line: a thin table of subcommands over library functions.
+
+One module per command group: :mod:`bhvit.cli.model` (profile, predict, convert, export),
+:mod:`bhvit.cli.train` (train, eval, demo) and :mod:`bhvit.cli.engine` (pack, bench). A command is
+``fn(argv) -> exit status``; argparse lives only in this package, never in the library.
+
+Every failure is one line on stderr and a non-zero status, never a traceback: ``bhvit --debug
+COMMAND ...`` or ``BHVIT_DEBUG=1`` prints the traceback too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import traceback
+from collections.abc import Callable
+
+from bhvit.cli import engine, model, train
+from bhvit.cli.errors import DEBUG_ENV, error_line
+from bhvit.text import printable
+
+COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
+    "profile": ("parameters, BOPs, FLOPs and OPs of a model", model.cmd_profile),
+    "predict": ("top-5 classes of images", model.cmd_predict),
+    "convert": ("convert an authors' checkpoint to bhvit's safetensors format", model.cmd_convert),
+    "export": ("export a checkpoint's float-simulated model as ONNX", model.cmd_export),
+    "train": ("train a model (see docs/training.md)", train.cmd_train),
+    "eval": ("evaluate a checkpoint on a dataset", train.cmd_eval),
+    "demo": ("Fashion-MNIST: teacher, binary student, report", train.cmd_demo),
+    "pack": ("write a packed 1-bit model file (docs/packed-format.md)", engine.cmd_pack),
+    "bench": ("latency: packed 1-bit engine vs PyTorch fp32 / int8", engine.cmd_bench),
+}
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # stdout is not a file (captured, closed)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``bhvit [--debug] COMMAND [options]``. A failure is one line on stderr and status 1 (130 when
+    interrupted, 141 quietly when the reader of stdout went away); ``--debug`` or ``BHVIT_DEBUG=1``
+    also prints the traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    while argv and argv[0] == "--debug":
+        debug, argv = True, argv[1:]
+    if not argv or argv[0] in ("-h", "--help"):
+        width = max(map(len, COMMANDS))
+        lines = [f"  {name:<{width}}  {text}" for name, (text, _) in sorted(COMMANDS.items())]
+        print("usage: bhvit [--debug] COMMAND [options]\n\ncommands:\n" + "\n".join(lines)
+              + f"\n\n--debug (or {DEBUG_ENV}=1): print the traceback of a failure")
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"bhvit: unknown command {printable(name)!r}; run 'bhvit --help'", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[name][1](rest)
+    except BrokenPipeError:  # the reader went away (``| head``): stop quietly, like a killed pipe stage
+        _silence_stdout()
+        return 141
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print(f"bhvit {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # every failure becomes one line (the traceback on request)
+        if debug:
+            traceback.print_exc()
+        print(error_line(name, exc), file=sys.stderr)
+        return 1

@@ -1,0 +1,112 @@
+"""``bhvit profile``, ``predict``, ``convert`` and ``export``: one model or checkpoint at a time."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from bhvit.checkpoint import convert_checkpoint, load_model
+from bhvit.cli.errors import CommandParser
+from bhvit.engine import load_packed
+from bhvit.export import export_onnx
+from bhvit.models.bhvit import ATTN_QUANTS, NORMS, PRECISIONS
+from bhvit.predict import Preprocess, predict_images
+from bhvit.profile import profile_model
+from bhvit.registry import create_model
+from bhvit.text import printable
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=PRECISIONS, default="binary")
+    p.add_argument("--attn-quant", choices=ATTN_QUANTS, default="lsq")
+    p.add_argument("--img-size", type=int, default=None, help="input side in pixels (default: the variant's)")
+    p.add_argument("--window-size", type=int, default=None)
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--in-chans", type=int, default=None)
+    p.add_argument("--norm", choices=NORMS, default=None)
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    opts = {"precision": args.precision, "attn_quant": args.attn_quant}
+    for key in ("img_size", "window_size", "num_classes", "in_chans", "norm"):
+        if getattr(args, key) is not None:
+            opts[key] = getattr(args, key)
+    return opts
+
+
+def _window(args: argparse.Namespace) -> dict[str, int]:
+    """``--window-size`` as a ``load_model`` override, or none (the checkpoint's own, else 7)."""
+    return {"window_size": args.window_size} if args.window_size else {}
+
+
+def cmd_profile(argv: list[str]) -> int:
+    p = CommandParser(prog="bhvit profile", description="Precision-aware profile (SPEC §5).")
+    p.add_argument("arch", help="bhvit_tiny, bhvit_small or bhvit_test")
+    _model_options(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = p.parse_args(argv)
+    prof = profile_model(create_model(args.arch, **_options(args)), args.arch)
+    print(prof.to_json() if args.json else prof.table())
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: expected a whole number ≥ 1")
+    return value
+
+
+def cmd_predict(argv: list[str]) -> int:
+    p = CommandParser(prog="bhvit predict", description="Classify images with a checkpoint.")
+    p.add_argument("images", nargs="+")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="bhvit .safetensors, training checkpoint, or the authors' .pth")
+    source.add_argument("--packed", help="a packed 1-bit model file (bhvit pack)")
+    p.add_argument("--topk", type=_positive_int, default=5)
+    p.add_argument("--window-size", type=int, default=None, help="for authors' checkpoints (default 7)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    if args.packed:
+        model = load_packed(args.packed)  # callable: images (B, C, H, W) -> logits
+        meta = dict(model.parts.meta)
+        img_size, in_chans = model.config.get("img_size"), model.config.get("in_chans")
+    else:
+        model, meta = load_model(args.checkpoint, **_window(args))
+        img_size, in_chans = model.config.img_size, model.config.in_chans
+    prep = Preprocess.for_model(img_size, in_chans, meta.get("preprocess"))  # checks the model file's metadata
+    results = predict_images(model, args.images, prep, args.topk, meta.get("labels"))
+    if args.json:
+        print(json.dumps(results, indent=2))  # JSON escapes control characters itself
+    for r in results if not args.json else []:
+        if "error" in r:
+            print(f"error: {printable(r['error'])}", file=sys.stderr)
+            continue
+        print(printable(r["path"]))
+        for rank, t in enumerate(r["top"], 1):
+            print(f"  {rank}. {printable(t['label']):<24} {100 * t['prob']:6.2f}%")
+    return 1 if any("error" in r for r in results) else 0
+
+
+def cmd_convert(argv: list[str]) -> int:
+    p = CommandParser(prog="bhvit convert", description="Authors' .pth -> bhvit .safetensors.")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--window-size", type=int, default=None)
+    args = p.parse_args(argv)
+    print(f"wrote {convert_checkpoint(args.src, args.dst, **_window(args))}")
+    return 0
+
+
+def cmd_export(argv: list[str]) -> int:
+    p = CommandParser(prog="bhvit export", description="Export the simulated model as ONNX.")
+    p.add_argument("checkpoint")
+    p.add_argument("--onnx", required=True, metavar="OUT", help="ONNX file to write")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    args = p.parse_args(argv)
+    model, _ = load_model(args.checkpoint)
+    print(json.dumps(export_onnx(model, args.onnx, opset=args.opset, check=not args.no_check), indent=2))
+    return 0

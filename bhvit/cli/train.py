@@ -1,0 +1,220 @@
+"""``bhvit train``, ``bhvit eval`` and ``bhvit demo``.
+
+``bhvit train`` starts from a recipe (``--recipe recipes/….toml``) or the defaults, and every flag
+given on the command line overrides the matching recipe value; flags not given leave it alone. The
+flags are generated from the dataclasses of :class:`bhvit.train.TrainConfig` (one per field, its type
+and choices from the annotation), so a new field is a new flag. Run it with ``torchrun
+--nproc_per_node N -m bhvit train …`` for N processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+import types
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from bhvit.checkpoint import atomic_write
+from bhvit.cli.errors import CommandParser, error_line
+from bhvit.data import DataConfig, DatasetNotFoundError
+from bhvit.train import checkpoint as ckpt_io
+from bhvit.train import demo as demo_lib
+from bhvit.train.config import TrainConfig, load_recipe
+from bhvit.train.loop import NonFiniteLossError, evaluate_checkpoint, train
+from bhvit.train.teacher import TeacherUnavailableError
+from bhvit.upstream import CheckpointError
+
+# Flags spelled other than their field (``--FIELD-NAME``): the short names bhvit train has always
+# had, which the README, docs/training.md, the recipes' comments and scripts use.
+FLAG_ALIASES = {
+    "data.name": "data", "data.root": "data-root", "data.num_workers": "workers",
+    "model.drop_path_rate": "drop-path", "loss.mode": "loss", "run.out_dir": "out", "run.ema_decay": "ema",
+}
+# ``model.overrides`` (a dict) is filled by the repeatable ``--override KEY=JSON`` instead.
+NO_FLAG = {"model.overrides"}
+
+
+def _field_help(doc: str, name: str) -> str:
+    """What a config class's docstring says of field ``name``: the clause that opens with ````name````, up
+    to the ``;`` or full stop outside parentheses, as plain text ('' when no clause opens with it)."""
+    text = " ".join(doc.split())
+    found = re.search(rf"(?:^|(?<=[.;:] ))``{name}``:? ", text)
+    if not found:
+        return ""
+    depth, end = 0, len(text)
+    for i in range(found.end(), len(text)):
+        depth += (text[i] == "(") - (text[i] == ")")
+        stop = text[i] == ";" or (text[i] == "." and text[i + 1 : i + 2] in (" ", "") and text[i - 3 : i] != "e.g")
+        if depth == 0 and stop:
+            end = i
+            break
+    clause = re.sub(r":\w+:`([^`]*)`", r"\1", text[found.end() : end]).replace("``", "")
+    return clause.replace("%", "%%")  # argparse %-formats help
+
+
+def _flag_type(hint: Any, default: Any) -> dict[str, Any]:
+    """``add_argument`` keywords for a field annotated ``hint``: bool -> a switch away from the default,
+    Literal -> choices, ``tuple[float, float]`` -> two values, ``X | None`` -> X."""
+    if get_origin(hint) in (Union, types.UnionType):
+        hint = next(a for a in get_args(hint) if a is not type(None))
+    if hint is bool:
+        return {"action": "store_false" if default else "store_true"}
+    if get_origin(hint) is Literal:
+        return {"choices": get_args(hint)}
+    if get_origin(hint) is tuple:
+        return {"type": get_args(hint)[0], "nargs": len(get_args(hint))}
+    if hint in (int, float, str):
+        return {"type": hint}
+    raise TypeError(f"no command-line flag for a field of type {hint}")
+
+
+def _add_table_flags(p: argparse.ArgumentParser, table: str, defaults: Any) -> None:
+    """One flag per field of the dataclass instance ``defaults`` (a table of the default TrainConfig);
+    its value lands in ``args["table.field"]`` only when given."""
+    doc = type(defaults).__doc__ or ""
+    group = p.add_argument_group(f"[{table}]", doc.strip().split("\n\n")[0].replace("%", "%%"))
+    hints = get_type_hints(type(defaults))
+    for f in dataclasses.fields(defaults):
+        dest = f"{table}.{f.name}"
+        if dest in NO_FLAG:
+            continue
+        default = getattr(defaults, f.name)
+        kw = _flag_type(hints[f.name], default)
+        name = FLAG_ALIASES.get(dest, f.name.replace("_", "-"))
+        if kw.get("action") == "store_false":
+            name = f"no-{name}"
+        if "type" in kw:
+            kw["metavar"] = f.name.upper()
+        text = _field_help(doc, f.name)
+        group.add_argument(f"--{name}", dest=dest, default=argparse.SUPPRESS,
+                           help=f"{text + ' ' if text else ''}({dest}, default {default!r})", **kw)
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = CommandParser(prog="bhvit train", description="Train a BHViT model (SPEC §4).")
+    p.add_argument("--recipe", help="TOML recipe; flags override its values (see recipes/)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=JSON",
+                   help="a BHViTConfig field, e.g. --override depths=[1,1,2,1] (repeatable)")
+    defaults = TrainConfig()
+    for f in dataclasses.fields(defaults):
+        _add_table_flags(p, f.name, getattr(defaults, f.name))
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Recipe (or defaults) ← flags given. Returns a validated :class:`TrainConfig`."""
+    base = load_recipe(args.recipe).to_dict() if args.recipe else TrainConfig().to_dict()
+    given = {dest: value for dest, value in vars(args).items() if "." in dest}
+    for dest, value in given.items():
+        table, key = dest.split(".")
+        base[table][key] = value
+    for item in args.override:
+        key, _, raw = item.partition("=")
+        base["model"]["overrides"][key] = json.loads(raw)
+    if "loss.teacher" in given and "loss.mode" not in given and base["loss"]["mode"] == "ce":
+        base["loss"]["mode"] = "paper"  # a teacher without a loss means distillation
+    return TrainConfig.from_dict(base)
+
+
+def cmd_train(argv: list[str] | None = None) -> int:
+    args = train_parser().parse_args(argv)
+    try:
+        summary = train(config_from_args(args))
+    except (ValueError, FileNotFoundError, NonFiniteLossError, TeacherUnavailableError) as e:
+        print(error_line("train", e), file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    p = CommandParser(prog="bhvit eval", description="Evaluate a checkpoint on a test split.")
+    p.add_argument("checkpoint", nargs="?", help="a bhvit training checkpoint (or give it as --checkpoint)")
+    p.add_argument("--checkpoint", dest="checkpoint_flag", metavar="CHECKPOINT", help="the same, as a flag")
+    p.add_argument("--data", default="fashion_mnist", help="fashion-mnist (default), cifar10, synthetic or a directory")
+    p.add_argument("--data-root")
+    p.add_argument("--img-size", type=int, help="default: the checkpoint's")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--ema", action="store_true", help="score the EMA weights")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--json", help="also write the metrics to this file")
+    return p
+
+
+def eval_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``bhvit eval`` arguments; the checkpoint may be positional or ``--checkpoint``, not both."""
+    p = eval_parser()
+    args = p.parse_args(argv)
+    given = [c for c in (args.checkpoint, args.checkpoint_flag) if c is not None]
+    if not given:
+        p.error("give the checkpoint to evaluate: bhvit eval CHECKPOINT (or --checkpoint CHECKPOINT)")
+    if len(given) == 2 and given[0] != given[1]:
+        p.error(f"two checkpoints given ({given[0]} and --checkpoint {given[1]}); give one")
+    args.checkpoint = given[0]
+    return args
+
+
+def cmd_eval(argv: list[str] | None = None) -> int:
+    args = eval_args(argv)
+    try:
+        img = args.img_size or _checkpoint_img_size(ckpt_io.load(args.checkpoint), args.checkpoint)
+        data = DataConfig(name=args.data, root=args.data_root, img_size=img, eval_batch_size=args.batch_size)
+        metrics = evaluate_checkpoint(args.checkpoint, data, args.device, args.ema, args.threads)
+    except (ValueError, FileNotFoundError) as e:
+        print(error_line("eval", e), file=sys.stderr)
+        return 2
+    text = json.dumps(metrics, indent=2)
+    print(text)
+    if args.json:
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text + "\n"))
+    return 0
+
+
+def _checkpoint_img_size(ck: dict[str, Any], path: str) -> int:
+    size = ck["model_config"].get("img_size")
+    side = size[0] if isinstance(size, list | tuple) and size else size
+    if isinstance(side, bool) or not isinstance(side, int) or side < 1:
+        raise CheckpointError(f"{path}: model_config img_size={size!r} is not an image size; pass --img-size")
+    return side
+
+
+def demo_parser() -> argparse.ArgumentParser:
+    p = CommandParser(prog="bhvit demo", description=demo_lib.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(demo_lib.PRESETS), default="quick")
+    p.add_argument("--out", help="output directory (default runs/demo)")
+    p.add_argument("--data", help="dataset name or directory (default fashion_mnist)")
+    p.add_argument("--data-root", help="where to look first for Fashion-MNIST")
+    p.add_argument("--init-epochs", type=int, help="> 0: students start from a separate fp run of this many epochs")
+    p.add_argument("--teacher-epochs", type=int)
+    p.add_argument("--student-epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--only-binary", action="store_true", help="skip the some-fp student")
+    return p
+
+
+def cmd_demo(argv: list[str] | None = None) -> int:
+    args = demo_parser().parse_args(argv)
+    flags = {"out_dir": args.out, "data": args.data, "data_root": args.data_root, "threads": args.threads,
+             "init_epochs": args.init_epochs, "teacher_epochs": args.teacher_epochs,
+             "student_epochs": args.student_epochs, "batch_size": args.batch_size, "seed": args.seed}
+    cfg = dataclasses.replace(demo_lib.PRESETS[args.preset], **{k: v for k, v in flags.items() if v is not None})
+    if args.only_binary:
+        cfg = dataclasses.replace(cfg, precisions=("binary",))
+    try:
+        result = demo_lib.demo(cfg)
+    except (DatasetNotFoundError, ValueError) as e:
+        print(error_line("demo", e), file=sys.stderr)
+        return 2
+    for prec, s in result["summaries"].items():
+        print(f"{prec:>8}: top-1 {s['test_acc1']:.2f}%  top-5 {s['test_acc5']:.2f}%  "
+              f"train {s['train_time_s']:.0f} s")
+    print(f"total {result['wall_time_s']:.0f} s; report: {result['report']}")
+    return 0
