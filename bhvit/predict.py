@@ -105,8 +105,10 @@ class Preprocess:
             raise ValueError(f"preprocess std={list(self.std)}: every value must be > 0 (images are divided by it)")
 
     @classmethod
-    def for_model(cls, img_size: Any, in_chans: Any, meta: Mapping[str, Any] | None = None) -> Preprocess:
-        """The model file's own preprocessing if it has one, else ImageNet's (crop ratio 0.875).
+    def for_model(cls, img_size: Any, in_chans: Any, meta: Mapping[str, Any] | None = None,
+                  pretrained_cfg: Mapping[str, Any] | None = None) -> Preprocess:
+        """The model file's own preprocessing (``meta``) where it has one, else the model's
+        ``pretrained_cfg`` (``mean``, ``std``, ``crop_pct``), else ImageNet's (crop ratio 0.875).
 
         The one place where a model file's input size, channels and ``preprocess`` metadata are
         checked, for ``--checkpoint`` and ``--packed`` alike; a bad field is a ``ValueError`` naming it.
@@ -115,6 +117,7 @@ class Preprocess:
             meta = {}
         if not isinstance(meta, Mapping):
             raise ValueError(f"preprocess metadata must be a JSON object, got {type(meta).__name__}")
+        cfg = pretrained_cfg or {}
         chans = _whole("model in_chans", in_chans, 1, 3)
         if chans == 2:
             raise ValueError("model in_chans=2: predict reads images as grey (1 channel) or RGB (3)")
@@ -123,10 +126,15 @@ class Preprocess:
             raise ValueError(f"model img_size={img_size!r}: expected (height, width)")
         crop = (_whole("model img_size", sides[0], 1, MAX_SIDE), _whole("model img_size", sides[1], 1, MAX_SIDE))
         gray = chans == 1
-        mean = _floats("mean", meta.get("mean", (0.5,) if gray else IMAGENET_MEAN))
-        std = _floats("std", meta.get("std", (0.5,) if gray else IMAGENET_STD))
-        resize = _whole("preprocess resize", meta.get("resize", math.floor(min(crop) / CROP_PCT)), 1, 2 * MAX_SIDE)
+        mean = _floats("mean", meta.get("mean", cfg.get("mean", (0.5,) if gray else IMAGENET_MEAN)))
+        std = _floats("std", meta.get("std", cfg.get("std", (0.5,) if gray else IMAGENET_STD)))
+        default_resize = math.floor(min(crop) / float(cfg.get("crop_pct", CROP_PCT)))
+        resize = _whole("preprocess resize", meta.get("resize", default_resize), 1, 2 * MAX_SIDE)
         return cls(resize=resize, crop=crop, mean=mean, std=std, grayscale=gray)
+
+    def to_meta(self) -> dict[str, Any]:
+        """The ``preprocess`` metadata a model file stores (read back by :meth:`for_model`)."""
+        return {"mean": list(self.mean), "std": list(self.std), "resize": self.resize}
 
     def resized_size(self, w: int, h: int) -> tuple[int, int]:
         """(W', H') of a w × h image with its shorter side scaled to ``resize``, each side ≥ the crop's."""

@@ -167,3 +167,25 @@ def test_export_onnx_matches_pytorch(tmp_path, precision, attn_quant, capsys):
     assert main(["export", str(ckpt), "--onnx", str(tmp_path / "m.onnx")]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["top1_identical"] and report["max_abs_diff"] < 1e-4
+
+
+def test_pack_stores_the_models_preprocessing(tmp_path, capsys):
+    """Without preprocess metadata in the checkpoint, the packed file carries the model's pretrained_cfg
+    (mean, std, crop ratio), and predict --checkpoint uses the same."""
+    from safetensors import safe_open
+
+    from bhvit.predict import Preprocess
+
+    torch.manual_seed(0)
+    model = bhvit.create_model("bhvit_test", precision="binary", img_size=64, window_size=2).eval()
+    ckpt = save_model(model, tmp_path / "m.safetensors")  # no preprocess metadata
+    assert main(["pack", str(ckpt), "-o", str(tmp_path / "m.bhvp"), "--check", "0"]) == 0
+    capsys.readouterr()
+    with safe_open(str(tmp_path / "m.bhvp"), framework="np") as f:
+        stored = json.loads(f.metadata()["preprocess"])
+    cfg = model.pretrained_cfg
+    assert stored == {"mean": list(cfg["mean"]), "std": list(cfg["std"]), "resize": int(64 / cfg["crop_pct"])}
+    assert Preprocess.for_model((64, 64), 3, None, cfg).to_meta() == stored
+    custom = {**cfg, "mean": (0.1, 0.2, 0.3), "crop_pct": 0.5}
+    assert Preprocess.for_model((64, 64), 3, {"std": [0.5]}, custom).to_meta() == {
+        "mean": [0.1, 0.2, 0.3], "std": [0.5], "resize": 128}

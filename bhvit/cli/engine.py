@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -13,6 +14,7 @@ from bhvit.cli.errors import CommandParser
 from bhvit.engine import bench, kernels
 from bhvit.engine.api import agreement, pack, save_packed, size_report, zero_audit
 from bhvit.models.bhvit import BINARY_PRECISIONS
+from bhvit.predict import Preprocess
 
 
 def cmd_pack(argv: list[str] | None = None) -> int:
@@ -26,7 +28,8 @@ def cmd_pack(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     model, meta = load_model(args.checkpoint)
     packed = pack(model)
-    path = save_packed(packed, args.output, preprocess=meta.get("preprocess"), labels=meta.get("labels"))
+    path = save_packed(packed, args.output, preprocess=_preprocess(model, meta.get("preprocess")),
+                       labels=meta.get("labels"))
     info = size_report(model, path)
     if args.check:
         x = torch.randn(args.check, model.config.in_chans, *model.config.img_size)
@@ -36,6 +39,15 @@ def cmd_pack(argv: list[str] | None = None) -> int:
         info["check_exact_zeros_before_sign"] = sum(zero_audit(model, x).values())
     print(json.dumps({"output": str(path), **info}, indent=2))
     return 0
+
+
+def _preprocess(model: torch.nn.Module, stored: Any) -> dict[str, Any] | None:
+    """What the packed file says about preprocessing: the checkpoint's, completed from the model's
+    ``pretrained_cfg`` (for images predict reads: grey or RGB), so ``predict --packed`` needs no model."""
+    cfg = model.config
+    if cfg.in_chans not in (1, 3):
+        return stored
+    return Preprocess.for_model(cfg.img_size, cfg.in_chans, stored, model.pretrained_cfg).to_meta()
 
 
 def cmd_bench(argv: list[str] | None = None) -> int:

@@ -76,7 +76,8 @@ def cmd_predict(argv: list[str]) -> int:
     else:
         model, meta = load_model(args.checkpoint, **_window(args))
         img_size, in_chans = model.config.img_size, model.config.in_chans
-    prep = Preprocess.for_model(img_size, in_chans, meta.get("preprocess"))  # checks the model file's metadata
+    cfg = getattr(model, "pretrained_cfg", None)  # the float model's; a packed file carries its preprocess
+    prep = Preprocess.for_model(img_size, in_chans, meta.get("preprocess"), cfg)  # checks the file's metadata
     results = predict_images(model, args.images, prep, args.topk, meta.get("labels"))
     if args.json:
         print(json.dumps(results, indent=2))  # JSON escapes control characters itself
