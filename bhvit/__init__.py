@@ -4,36 +4,54 @@
 >>> model = bhvit.create_model("bhvit_tiny", precision="binary")
 >>> model = bhvit.load_upstream("BHViT_tiny_binary.pth")  # the authors' checkpoint, eval mode
 >>> backbone = bhvit.create_model("bhvit_tiny", features_only=True)  # four NCHW stage maps
+
+The names below load their module on first use, so that ``import bhvit.runtime`` (the packed runtime,
+numpy only) does not import torch. Importing bhvit registers its models with timm when timm is installed.
 """
 
-from . import quant
-from .checkpoint import load_model, save_model
-from .engine import load_packed, pack, save_packed
-from .models import BHViT, BHViTConfig, build_model, valid_img_sizes
-from .profile import profile_model
-from .registry import create_model, list_models, model_entry, register_with_timm
-from .upstream import CheckpointError, load_upstream
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from typing import Any
 
 __version__ = "0.1.0"
 
-register_with_timm()  # timm.create_model("bhvit_tiny", ...) when timm is installed; a no-op otherwise
+_EXPORTS = {  # public name -> module that defines it
+    "quant": None,
+    "load_model": "checkpoint", "save_model": "checkpoint",
+    "load_packed": "engine", "pack": "engine", "save_packed": "engine",
+    "BHViT": "models", "BHViTConfig": "models", "build_model": "models", "valid_img_sizes": "models",
+    "profile_model": "profile",
+    "create_model": "registry", "list_models": "registry", "model_entry": "registry",
+    "register_with_timm": "registry",
+    "CheckpointError": "upstream", "load_upstream": "upstream",
+}
 
-__all__ = [
-    "BHViT",
-    "BHViTConfig",
-    "CheckpointError",
-    "build_model",
-    "create_model",
-    "list_models",
-    "load_model",
-    "load_packed",
-    "load_upstream",
-    "model_entry",
-    "pack",
-    "profile_model",
-    "quant",
-    "register_with_timm",
-    "save_model",
-    "save_packed",
-    "valid_img_sizes",
-]
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'bhvit' has no attribute {name!r}")
+    module = _EXPORTS[name]
+    value = importlib.import_module(f".{name}" if module is None else f".{module}", __name__)
+    return value if module is None else getattr(value, name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+def _timm_present() -> bool:
+    if "timm" in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec("timm") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+if _timm_present():  # timm.create_model("bhvit_tiny", ...); without timm nothing (and no torch) is imported
+    importlib.import_module(".registry", __name__).register_with_timm()
+
+__all__ = sorted(_EXPORTS)

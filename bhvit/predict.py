@@ -40,11 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from bhvit.data.images import value_range
-from bhvit.models.bhvit import CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
+from bhvit.rules import CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["Preprocess", "load_image", "predict_images", "class_labels", "ImageError", "MAX_PIXELS", "MAX_SIDE"]
 
@@ -160,8 +159,8 @@ class Preprocess:
         box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
         return image.resize((cw, ch), Image.BICUBIC, box=box)
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        """PIL image (any mode) -> normalised tensor (C, crop h, crop w), C = 1 or 3."""
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """PIL image (any mode) -> normalised float32 array (C, crop h, crop w), C = 1 or 3."""
         image, (lo, hi) = _working_mode(image, self.grayscale)
         arr = np.asarray(self.resize_crop(image), dtype=np.float32)
         if not (math.isfinite(lo) and math.isfinite(hi) and np.isfinite(arr).all()):
@@ -169,7 +168,7 @@ class Preprocess:
         arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)  # source range -> [0, 1]
         arr = _channels(arr, self.grayscale)  # (H, W, C)
         arr = (arr - np.array(self.mean, dtype=np.float32)) / np.array(self.std, dtype=np.float32)
-        return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+        return np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32)
 
 
 def _working_mode(image: Image.Image, grayscale: bool) -> tuple[Image.Image, tuple[float, float]]:
@@ -236,7 +235,7 @@ def load_image(path: str | Path, decode_size: SizeFn | None = None, max_pixels: 
         raise ImageError(f"{path}: cannot decode it ({type(exc).__name__}: {exc})") from None
 
 
-def prepare(path: str | Path, preprocess: Preprocess) -> torch.Tensor:
+def prepare(path: str | Path, preprocess: Preprocess) -> np.ndarray:
     """Decode ``path`` with bounded memory and preprocess it: (C, H, W); :class:`ImageError` if bad."""
     image = load_image(path, preprocess.resized_size)
     try:
@@ -257,12 +256,13 @@ def class_labels(labels: Any) -> list[str]:
     return list(labels)
 
 
-@torch.no_grad()
-def predict_images(model: Callable[[torch.Tensor], torch.Tensor], paths: Sequence[str | Path],
+def predict_images(model: Callable[[np.ndarray], np.ndarray], paths: Sequence[str | Path],
                    preprocess: Preprocess, topk: int = 5, labels: Any = None) -> list[dict[str, Any]]:
     """Top-k classes of each image. A bad file yields ``{"path", "error"}`` and the rest go on.
 
-    ``labels``: class names; a class beyond the list is named by its index.
+    ``model``: images (1, C, H, W) float32 -> logits (1, classes), numpy (a packed model of
+    :mod:`bhvit.runtime`, or a float model wrapped by the caller). ``labels``: class names; a class beyond
+    the list is named by its index.
     """
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
         raise ValueError(f"topk={topk!r}: expected a whole number ≥ 1")
@@ -270,13 +270,15 @@ def predict_images(model: Callable[[torch.Tensor], torch.Tensor], paths: Sequenc
     results: list[dict[str, Any]] = []
     for path in paths:
         try:
-            x = prepare(path, preprocess).unsqueeze(0)
+            x = prepare(path, preprocess)[None]
         except ImageError as exc:
             results.append({"path": str(path), "error": str(exc)})
             continue
-        probs = model(x).softmax(dim=-1)[0]
-        values, indices = probs.topk(min(topk, probs.numel()))
-        top = [{"class": int(i), "label": names[int(i)] if int(i) < len(names) else str(int(i)), "prob": float(v)}
-               for v, i in zip(values, indices)]
+        logits = np.asarray(model(x), dtype=np.float64)[0]
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        order = np.argsort(-probs, kind="stable")[: min(topk, probs.size)]
+        top = [{"class": int(i), "label": names[int(i)] if int(i) < len(names) else str(int(i)),
+                "prob": float(probs[i])} for i in order]
         results.append({"path": str(path), "top": top})
     return results

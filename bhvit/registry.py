@@ -54,14 +54,21 @@ def register_model(name: str, *, config: Any, pretrained_cfg: dict[str, Any] | N
     return wrap
 
 
+def _builtin() -> dict[str, ModelEntry]:
+    """The registry, with the built-in variants (``bhvit.models``) registered: ``import bhvit`` is lazy, so
+    the registry may be imported before the models module."""
+    importlib.import_module("bhvit.models")
+    return _REGISTRY
+
+
 def list_models() -> list[str]:
     """Names of the registered variants, sorted."""
-    return sorted(_REGISTRY)
+    return sorted(_builtin())
 
 
 def model_entry(name: str) -> ModelEntry:
     """The registry entry of ``name``; a ValueError lists the known names."""
-    if name not in _REGISTRY:
+    if name not in _builtin():
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     return _REGISTRY[name]
 

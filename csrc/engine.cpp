@@ -196,6 +196,8 @@ void set_isa(const std::string& name) {
   throw std::invalid_argument("ISA '" + name + "' is not available on this CPU/build");
 }
 
+const IsaKernels& active_kernels() { return *active(); }
+
 int get_num_threads() { return threads(); }
 
 void set_num_threads(int n) {

@@ -15,6 +15,9 @@ std::string current_isa();
 void set_isa(const std::string& name);      // throws std::invalid_argument if unavailable
 int get_num_threads();
 void set_num_threads(int n);                // n >= 1
+// The active ISA's serial kernels (bitpack.h), for callers that run their own parallel loops (the runtime's
+// attention runs popc_block per window and head inside one parallel region).
+const IsaKernels& active_kernels();
 
 // ---- output transform (bitpack.h, convention 6) ----------------------------------------------
 struct Epilogue {

@@ -3,9 +3,10 @@
 # and bhvit installed in editable mode. Safe to run again: it only installs what is missing.
 #
 # Re-running costs about a second when nothing changed: after a successful install it records a stamp
-# (a hash of pyproject.toml, setup.py and csrc/) in .venv; the editable install (which recompiles the
-# native extension, minutes on 2 cores) runs again only when that hash changes or the package, its
-# extension or a listed tool no longer imports. BHVIT_REINSTALL=1 forces it.
+# (a hash of pyproject.toml, setup.py, csrc/ and the runtime's sources in runtime/) in .venv; the editable
+# install (which recompiles the native extension and libbhvit_runtime, minutes on 2 cores) runs again only
+# when that hash changes, the package, its extension or a listed tool no longer imports, or the runtime
+# library is missing. BHVIT_REINSTALL=1 forces it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -21,13 +22,18 @@ fi
 
 STAMP=.venv/.bhvit-install-stamp
 inputs_hash() {
-  cat pyproject.toml setup.py $(find csrc -type f | LC_ALL=C sort) | sha256sum | cut -d' ' -f1
+  # runtime/: what the pip build reads (not a CMake build folder someone put there)
+  cat pyproject.toml setup.py $(find csrc -type f | LC_ALL=C sort) \
+    $(find runtime -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.inc' -o -name '*.map' \) \
+      -not -path '*/CMakeFiles/*' | LC_ALL=C sort) | sha256sum | cut -d' ' -f1
 }
 installed() {
   # the editable install of this checkout, its extension and the dev/plots/onnx extras all import
   "$VPY" - "$PWD" >/dev/null 2>&1 <<'EOF'
 import pathlib, sys
 import bhvit, bhvit.engine._C, pytest, ruff, matplotlib, onnx, onnxruntime  # noqa: F401, E401
+from bhvit.runtime.paths import find_library
+find_library()  # libbhvit_runtime.so was built
 sys.exit(pathlib.Path(bhvit.__file__).resolve().parent != pathlib.Path(sys.argv[1]).resolve() / "bhvit")
 EOF
 }

@@ -105,10 +105,15 @@ def test_predict_matches_direct_model_call(tmp_path, checkpoint):
     png = _images(tmp_path)[0]
     prep = Preprocess.for_model(model.config.img_size, 3, meta["preprocess"])
     x = prep(load_image(png))
-    assert x.shape == (3, 32, 32)
+    assert x.shape == (3, 32, 32) and x.dtype == np.float32
     with torch.no_grad():
-        probs = model(x[None]).softmax(-1)[0]
-    top = predict_images(model, [png], prep, labels=meta["labels"])[0]["top"]
+        probs = model(torch.from_numpy(x[None])).softmax(-1)[0]
+
+    def run(images: np.ndarray) -> np.ndarray:  # predict_images takes numpy callables
+        with torch.no_grad():
+            return model(torch.from_numpy(images)).numpy()
+
+    top = predict_images(run, [png], prep, labels=meta["labels"])[0]["top"]
     assert top[0]["class"] == int(probs.argmax()) and top[0]["prob"] == pytest.approx(float(probs.max()))
 
 

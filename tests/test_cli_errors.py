@@ -103,28 +103,31 @@ def test_not_a_checkpoint_and_missing_files_are_one_line(tmp_path, capsys):
     assert "give the checkpoint" in capsys.readouterr().err
 
 
-def _boom(exc: BaseException):
+def _boom(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
+    """Makes ``bhvit profile`` raise ``exc`` (COMMANDS names a module and a function, imported on use)."""
+    import bhvit.cli.model as model_cli
+
     def run(argv: list[str]) -> int:
         raise exc
 
-    return run
+    monkeypatch.setattr(model_cli, "cmd_profile", run)
 
 
 def test_unexpected_errors_are_one_line_with_a_hint(monkeypatch, capsys):
     monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
-    monkeypatch.setitem(cli.COMMANDS, "profile", ("", _boom(RuntimeError("kaboom\n  second line"))))
+    _boom(monkeypatch, RuntimeError("kaboom\n  second line"))
     assert main(["profile"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "unexpected error: RuntimeError: kaboom second line" in err and "--debug" in err
-    monkeypatch.setitem(cli.COMMANDS, "profile", ("", _boom(ValueError("bad value"))))
+    _boom(monkeypatch, ValueError("bad value"))
     assert main(["profile"]) == 1
     assert capsys.readouterr().err == "bhvit profile: error: bad value\n"
 
 
 def test_debug_flag_and_environment_print_the_traceback(monkeypatch, capsys):
     monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
-    monkeypatch.setitem(cli.COMMANDS, "profile", ("", _boom(KeyError("deep"))))
+    _boom(monkeypatch, KeyError("deep"))
     assert main(["--debug", "profile"]) == 1
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and err.strip().endswith("for the traceback)")
@@ -138,7 +141,7 @@ def test_debug_flag_and_environment_print_the_traceback(monkeypatch, capsys):
 
 def test_interrupt_is_one_line_and_status_130(monkeypatch, capsys):
     monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
-    monkeypatch.setitem(cli.COMMANDS, "profile", ("", _boom(KeyboardInterrupt())))
+    _boom(monkeypatch, KeyboardInterrupt())
     assert main(["profile"]) == 130
     assert capsys.readouterr().err == "bhvit profile: interrupted\n"
 

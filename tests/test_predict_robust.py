@@ -7,7 +7,6 @@ import struct
 import subprocess
 import sys
 import textwrap
-import types
 import zlib
 from pathlib import Path
 
@@ -128,7 +127,7 @@ def _gray(tmp_path: Path, name: str, image: Image.Image) -> np.ndarray:
     path = tmp_path / name
     image.save(path)
     prep = Preprocess(resize=32, crop=(32, 32), mean=(0.0,), std=(1.0,), grayscale=True)
-    return prepare(path, prep)[0].numpy()
+    return prepare(path, prep)[0]
 
 
 def test_high_depth_modes_keep_their_range(tmp_path):
@@ -158,17 +157,17 @@ def test_alpha_palette_cmyk_and_bilevel_modes(tmp_path):
     Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
     x = prepare(tmp_path / "a.png", rgb)
     np.testing.assert_allclose(x[:, 4, 4], [1.0, 128 / 255, 0.0], atol=1e-6)
-    assert float(x[:, 28:, :].abs().max()) == 0.0  # composited over black
+    assert float(np.abs(x[:, 28:, :]).max()) == 0.0  # composited over black
     Image.fromarray(rgba, "RGBA").convert("LA").save(tmp_path / "la.png")
     gray = Preprocess(resize=32, crop=(32, 32), mean=(0.0,), std=(1.0,), grayscale=True)
     la = prepare(tmp_path / "la.png", gray)
-    assert la.shape == (1, 32, 32) and float(la[0, 28:].abs().max()) == 0.0 and float(la[0, 4, 4]) > 0.5
+    assert la.shape == (1, 32, 32) and float(np.abs(la[0, 28:]).max()) == 0.0 and float(la[0, 4, 4]) > 0.5
     pal = Image.fromarray(np.full((32, 32), 3, np.uint8), "P")
     pal.putpalette([0, 0, 0, 10, 20, 30, 40, 50, 60, 255, 0, 255])
     pal.save(tmp_path / "p.png")
     np.testing.assert_allclose(prepare(tmp_path / "p.png", rgb)[:, 5, 5], [1.0, 0.0, 1.0])
     pal.save(tmp_path / "pt.png", transparency=3)  # the palette entry in use is transparent
-    assert float(prepare(tmp_path / "pt.png", rgb).abs().max()) == 0.0
+    assert float(np.abs(prepare(tmp_path / "pt.png", rgb)).max()) == 0.0
     Image.new("CMYK", (32, 32), (0, 255, 0, 0)).save(tmp_path / "c.tif")
     np.testing.assert_allclose(prepare(tmp_path / "c.tif", rgb)[:, 5, 5], [1.0, 0.0, 1.0])
     Image.new("1", (32, 32), 1).save(tmp_path / "b.png")
@@ -218,7 +217,11 @@ def test_labels_short_hostile_and_wrong_types(tmp_path, capsys):
     assert "\x1b" not in out and "\x07" not in out and "\r" not in out and "\u202e" not in out
     assert "\\x1b[2J" in out and "\\u202eevil" in out
     assert all(f" {i} " in out for i in range(2, 10))  # classes beyond the list: their index
-    results = predict_images(model, [png], Preprocess.for_model((32, 32), 3), topk=10, labels=hostile)
+    def run(images: np.ndarray) -> np.ndarray:  # predict_images takes numpy callables
+        with torch.no_grad():
+            return model(torch.from_numpy(images)).numpy()
+
+    results = predict_images(run, [png], Preprocess.for_model((32, 32), 3), topk=10, labels=hostile)
     assert {t["label"] for t in results[0]["top"]} == {*hostile, *map(str, range(2, 10))}
     assert main(["predict", str(png), "--checkpoint", str(ckpt), "--json"]) == 0
     assert "\x1b" not in capsys.readouterr().out  # JSON escapes control characters
@@ -239,26 +242,26 @@ def test_topk_must_be_positive(tmp_path, checkpoint, capsys):
     assert "≥ 1" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("config", "meta", "message"), [
-    ({"img_size": [100_000, 100_000], "in_chans": 3}, {}, "img_size=100000"),
-    ({"img_size": [32, 32], "in_chans": 3}, {"preprocess": {"std": [0, 1, 1]}}, "std="),
-    ({"img_size": [32, 32], "in_chans": 3}, {"preprocess": {"resize": 100_000}}, "resize=100000"),
-    ({"img_size": [32, 32], "in_chans": 3}, {"labels": ["ok", 7]}, "entry 1 is int"),
-    ({"in_chans": 3}, {}, "img_size=None"),
+@pytest.mark.parametrize(("shape", "meta", "message"), [
+    ((3, 100_000, 100_000), {}, "img_size=100000"),
+    ((3, 32, 32), {"preprocess": {"std": [0, 1, 1]}}, "std="),
+    ((3, 32, 32), {"preprocess": {"resize": 100_000}}, "resize=100000"),
+    ((3, 32, 32), {"labels": ["ok", 7]}, "entry 1 is int"),
+    ((3, 32, 32), {"labels": "abc"}, "list of strings"),
+    ((9, 32, 32), {}, "in_chans"),
 ])
-def test_packed_path_uses_the_same_checks(tmp_path, monkeypatch, capsys, config, meta, message):
+def test_packed_path_uses_the_same_checks(tmp_path, monkeypatch, capsys, shape, meta, message):
     """Whatever a packed file's reader lets through, --packed goes through Preprocess.for_model and
-    class_labels like --checkpoint (the reader itself refuses these fields too)."""
-    import bhvit.cli.model as model_cli
+    class_labels like --checkpoint (the runtime's reader itself refuses these fields too)."""
+    import bhvit.runtime
 
-    class FakePacked:  # what load_packed returns: callable, with the file's config and meta
-        def __init__(self, path):
-            self.config, self.parts = config, types.SimpleNamespace(meta=meta)
+    class FakeRuntimeModel:  # what bhvit.runtime.load returns: input shape, preprocess, labels, run
+        input_shape, preprocess, labels = shape, meta.get("preprocess"), meta.get("labels")
 
-        def __call__(self, x):
-            return torch.zeros(len(x), 10)
+        def run(self, x):
+            return np.zeros((len(x), 10), np.float32)
 
-    monkeypatch.setattr(model_cli, "load_packed", FakePacked)
+    monkeypatch.setattr(bhvit.runtime, "load", lambda path: FakeRuntimeModel())
     png = _good(tmp_path)[0]
     assert main(["predict", str(png), "--packed", "m.bhvp"]) == 1
     err = capsys.readouterr().err

@@ -11,26 +11,34 @@ COMMAND ...`` or ``BHVIT_DEBUG=1`` prints the traceback too.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
 import traceback
 from collections.abc import Callable
 
-from bhvit.cli import engine, model, train
 from bhvit.cli.errors import DEBUG_ENV, error_line
 from bhvit.text import printable
 
-COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
-    "profile": ("parameters, BOPs, FLOPs and OPs of a model", model.cmd_profile),
-    "predict": ("top-5 classes of images", model.cmd_predict),
-    "convert": ("convert an authors' checkpoint to bhvit's safetensors format", model.cmd_convert),
-    "export": ("export a checkpoint's float-simulated model as ONNX", model.cmd_export),
-    "train": ("train a model (see docs/training.md)", train.cmd_train),
-    "eval": ("evaluate a checkpoint on a dataset", train.cmd_eval),
-    "demo": ("Fashion-MNIST: teacher, binary student, report", train.cmd_demo),
-    "pack": ("write a packed 1-bit model file (docs/packed-format.md)", engine.cmd_pack),
-    "bench": ("latency: packed 1-bit engine vs PyTorch fp32 / int8", engine.cmd_bench),
+# name -> (help, module of bhvit.cli, function): a command's module is imported when it runs, so that
+# `bhvit predict --packed` starts without importing torch
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "profile": ("parameters, BOPs, FLOPs and OPs of a model", "model", "cmd_profile"),
+    "predict": ("top-5 classes of images", "model", "cmd_predict"),
+    "convert": ("convert an authors' checkpoint to bhvit's safetensors format", "model", "cmd_convert"),
+    "export": ("export a checkpoint's float-simulated model as ONNX", "model", "cmd_export"),
+    "train": ("train a model (see docs/training.md)", "train", "cmd_train"),
+    "eval": ("evaluate a checkpoint on a dataset", "train", "cmd_eval"),
+    "demo": ("Fashion-MNIST: teacher, binary student, report", "train", "cmd_demo"),
+    "pack": ("write a packed 1-bit model file (docs/packed-format.md)", "engine", "cmd_pack"),
+    "bench": ("latency: packed 1-bit runtime vs PyTorch fp32 / int8", "engine", "cmd_bench"),
 }
+
+
+def command(name: str) -> Callable[[list[str]], int]:
+    """The function of command ``name`` (imports its module)."""
+    _, module, fn = COMMANDS[name]
+    return getattr(importlib.import_module(f"bhvit.cli.{module}"), fn)
 
 
 def _silence_stdout() -> None:
@@ -49,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         debug, argv = True, argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
         width = max(map(len, COMMANDS))
-        lines = [f"  {name:<{width}}  {text}" for name, (text, _) in sorted(COMMANDS.items())]
+        lines = [f"  {name:<{width}}  {text}" for name, (text, _, _) in sorted(COMMANDS.items())]
         print("usage: bhvit [--debug] COMMAND [options]\n\ncommands:\n" + "\n".join(lines)
               + f"\n\n--debug (or {DEBUG_ENV}=1): print the traceback of a failure")
         return 0 if argv else 2
@@ -58,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bhvit: unknown command {printable(name)!r}; run 'bhvit --help'", file=sys.stderr)
         return 2
     try:
-        return COMMANDS[name][1](rest)
+        return command(name)(rest)
     except BrokenPipeError:  # the reader went away (``| head``): stop quietly, like a killed pipe stage
         _silence_stdout()
         return 141

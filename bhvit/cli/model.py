@@ -7,15 +7,15 @@ import json
 import sys
 from typing import Any
 
-from bhvit.checkpoint import convert_checkpoint, load_model
 from bhvit.cli.errors import CommandParser
-from bhvit.engine import load_packed
-from bhvit.export import export_onnx
-from bhvit.models.bhvit import ATTN_QUANTS, NORMS, PRECISIONS
 from bhvit.predict import Preprocess, predict_images
-from bhvit.profile import profile_model
-from bhvit.registry import create_model
 from bhvit.text import printable
+
+# Choices of the model options, spelled here as in bhvit.models.bhvit (PRECISIONS, ATTN_QUANTS, NORMS; a test
+# checks they agree): importing that module would import torch, which `bhvit predict --packed` does without.
+PRECISIONS = ("fp", "some_fp", "binary")
+ATTN_QUANTS = ("lsq", "gsb")
+NORMS = ("bn", "ln")
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
@@ -47,6 +47,9 @@ def cmd_profile(argv: list[str]) -> int:
     _model_options(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = p.parse_args(argv)
+    from bhvit.profile import profile_model
+    from bhvit.registry import create_model
+
     prof = profile_model(create_model(args.arch, **_options(args)), args.arch)
     print(prof.to_json() if args.json else prof.table())
     return 0
@@ -70,13 +73,9 @@ def cmd_predict(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.packed:
-        model = load_packed(args.packed)  # callable: images (B, C, H, W) -> logits
-        meta = dict(model.parts.meta)
-        img_size, in_chans = model.config.get("img_size"), model.config.get("in_chans")
+        model, meta, img_size, in_chans, cfg = _packed_model(args.packed)
     else:
-        model, meta = load_model(args.checkpoint, **_window(args))
-        img_size, in_chans = model.config.img_size, model.config.in_chans
-    cfg = getattr(model, "pretrained_cfg", None)  # the float model's; a packed file carries its preprocess
+        model, meta, img_size, in_chans, cfg = _float_model(args)
     prep = Preprocess.for_model(img_size, in_chans, meta.get("preprocess"), cfg)  # checks the file's metadata
     results = predict_images(model, args.images, prep, args.topk, meta.get("labels"))
     if args.json:
@@ -91,12 +90,39 @@ def cmd_predict(argv: list[str]) -> int:
     return 1 if any("error" in r for r in results) else 0
 
 
+def _packed_model(path: str) -> tuple[Any, dict[str, Any], tuple[int, int], int, None]:
+    """A packed file through the native runtime (no torch): (model, metadata, img_size, in_chans, None)."""
+    from bhvit import runtime
+
+    model = runtime.load(path)
+    meta = {"preprocess": model.preprocess, "labels": model.labels}
+    c, h, w = model.input_shape
+    return model.run, meta, (h, w), c, None
+
+
+def _float_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any, int, Any]:
+    """A checkpoint's float model as a numpy callable, its metadata, img_size, in_chans and pretrained_cfg."""
+    import torch
+
+    from bhvit.checkpoint import load_model
+
+    model, meta = load_model(args.checkpoint, **_window(args))
+
+    def run(x: Any) -> Any:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).numpy()
+
+    return run, meta, model.config.img_size, model.config.in_chans, getattr(model, "pretrained_cfg", None)
+
+
 def cmd_convert(argv: list[str]) -> int:
     p = CommandParser(prog="bhvit convert", description="Authors' .pth -> bhvit .safetensors.")
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--window-size", type=int, default=None)
     args = p.parse_args(argv)
+    from bhvit.checkpoint import convert_checkpoint
+
     print(f"wrote {convert_checkpoint(args.src, args.dst, **_window(args))}")
     return 0
 
@@ -108,6 +134,9 @@ def cmd_export(argv: list[str]) -> int:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     args = p.parse_args(argv)
+    from bhvit.checkpoint import load_model
+    from bhvit.export import export_onnx
+
     model, _ = load_model(args.checkpoint)
     print(json.dumps(export_onnx(model, args.onnx, opset=args.opset, check=not args.no_check), indent=2))
     return 0

@@ -11,6 +11,7 @@ Importing this package never needs the native extension; calling a kernel does (
 
 from bhvit.engine._native import EngineUnavailableError, is_available
 from bhvit.engine.api import (
+    PackedModel,
     agreement,
     fp32_checkpoint_bytes,
     load_packed,
@@ -19,7 +20,6 @@ from bhvit.engine.api import (
     size_report,
     zero_audit,
 )
-from bhvit.engine.fileformat import PackedFormatError
 from bhvit.engine.kernels import (
     available_isas,
     buffer_cache_mb,
@@ -31,11 +31,13 @@ from bhvit.engine.kernels import (
     set_num_threads,
     use_isa,
 )
-from bhvit.engine.packed_model import PackedModel
+from bhvit.engine.packed_model import LegacyPackedModel
+from bhvit.runtime.errors import PackedFormatError
 
 __all__ = [
     "EngineUnavailableError",
     "PackedFormatError",
+    "LegacyPackedModel",
     "PackedModel",
     "agreement",
     "available_isas",

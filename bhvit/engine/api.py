@@ -1,37 +1,151 @@
-"""User-facing entry points of the packed engine: pack, save, load, size and zero audits."""
+"""User-facing entry points of the packed engine: pack, save, load, size and zero audits.
+
+:class:`PackedModel` is the torch-facing handle of a packed model: the whole forward runs in the native
+runtime (``libbhvit_runtime``, :mod:`bhvit.runtime`) from the version-2 program that
+:mod:`bhvit.engine.program` builds; tensors in, tensors out. Version-1 files are converted on load.
+"""
 
 from __future__ import annotations
 
 import io
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from bhvit.engine.fileformat import read_parts, write_parts
-from bhvit.engine.packed_model import PackedModel
-from bhvit.engine.packer import extract
+from bhvit import runtime
+from bhvit.engine.program import Program, build_program, write_program
+from bhvit.engine.schema import PackedFormatError
 
 
-def pack(model: nn.Module, float_threads: int | None = None) -> PackedModel:
-    """Packs an eval-mode ``some_fp`` or ``binary`` BHViT: ``bhvit.engine.pack(model)(images) -> logits``.
+class PackedModel:
+    """A packed BHViT run by the native runtime: ``PackedModel(program)(images) -> logits`` (torch tensors).
 
-    ``float_threads``: torch threads for the float parts (see :class:`PackedModel`)."""
-    return PackedModel(extract(model), float_threads)
+    ``config`` is the float model's config (as stored in the file); ``program`` the version-2 program;
+    ``runtime`` the :class:`bhvit.runtime.Model` that runs it (numpy in, numpy out)."""
+
+    def __init__(self, program: Program, loaded: runtime.Model | None = None) -> None:
+        """``loaded``: the runtime's model of this program when it was read from a file, else built here."""
+        from safetensors.numpy import save
+
+        self.program = program
+        self.config: dict[str, Any] = json.loads(program.metadata.get("config", "{}"))
+        self.runtime = loaded or runtime.load_bytes(save(program.tensors, metadata=program.file_metadata()),
+                                                    "packed model")
+        self._times: dict[str, float] | None = None
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """``preprocess`` and (if stored) ``labels``, as ``bhvit predict`` reads them."""
+        out = {"preprocess": self.runtime.preprocess}
+        if self.runtime.labels is not None:
+            out["labels"] = self.runtime.labels
+        return out
+
+    def check_input(self, images: Any) -> None:
+        """Raises a ValueError naming the problem unless images is a real CPU tensor (B, C, H, W) of the model's
+        input shape with B >= 1 (the float model's own check, worded the same)."""
+        c, h, w = self.runtime.input_shape
+        if not isinstance(images, torch.Tensor):
+            raise ValueError(f"expected images as a torch.Tensor of shape (B, {c}, {h}, {w}), "
+                             f"got {type(images).__name__}")
+        if images.dim() != 4 or tuple(images.shape[1:]) != (c, h, w) or images.shape[0] < 1:
+            raise ValueError(f"expected images of shape (B, {c}, {h}, {w}) with B >= 1, got {tuple(images.shape)}; "
+                             f"resize the input to {h}×{w} (this packed model's img_size)")
+        if not images.dtype.is_floating_point or images.is_complex():
+            raise ValueError(f"expected floating-point images, got dtype {images.dtype}; convert with .float()")
+        if images.device.type != "cpu":
+            raise ValueError(f"the packed engine runs on the CPU; got images on {images.device}, use .cpu()")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> logits (B, classes) (pooled features when the model has no classifier)."""
+        self.check_input(images)
+        x = images.detach().float().contiguous().numpy()
+        if self._times is None:
+            return torch.from_numpy(self.runtime.run(x))
+        logits, times = self.runtime.run_profiled(x)
+        for kind, seconds in times.items():
+            self._times[kind] = self._times.get(kind, 0.0) + seconds
+        return torch.from_numpy(logits)
+
+    __call__ = forward
+
+    @contextmanager
+    def profile(self) -> Iterator[dict[str, float]]:
+        """``with packed.profile() as t: packed(x)`` fills t with seconds per op kind and ``total``."""
+        self._times = {}
+        try:
+            yield self._times
+        finally:
+            self._times = None
+
+
+def pack(model: nn.Module) -> PackedModel:
+    """Packs an eval-mode ``some_fp`` or ``binary`` BHViT (BatchNorm):
+    ``bhvit.engine.pack(model)(images) -> logits``."""
+    from bhvit.engine.packer import extract
+
+    return PackedModel(build_program(extract(model), _preprocess_of(model)))
+
+
+def _preprocess_of(model: nn.Module) -> dict[str, Any] | None:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return {"mean": list(cfg["mean"]), "std": list(cfg["std"])} if "mean" in cfg and "std" in cfg else None
 
 
 def save_packed(packed: PackedModel, path: str | Path, *, preprocess: dict | None = None,
                 labels: list[str] | None = None) -> Path:
-    """Writes a packed model file (docs/packed-format.md), atomically; ``preprocess`` and ``labels``
-    (optional) are stored for ``bhvit predict --packed``."""
-    packed.parts.meta.update({k: v for k, v in (("preprocess", preprocess), ("labels", labels)) if v is not None})
-    return write_parts(packed.parts, path)
+    """Writes a version-2 packed file (docs/packed-format.md), atomically; ``preprocess`` (``{mean, std,
+    resize}``, completed from the model's) and ``labels`` are stored for ``bhvit predict --packed``."""
+    from bhvit.engine.program import full_preprocess
+    from bhvit.engine.schema import check_labels, check_preprocess
+
+    program = packed.program
+    meta = dict(program.metadata)
+    if preprocess is not None:
+        check_preprocess(preprocess, int(packed.runtime.input_shape[0]))
+        stored = json.loads(meta["preprocess"])
+        meta["preprocess"] = json.dumps(full_preprocess({**stored, **preprocess}, packed.config))
+    if labels is not None:
+        check_labels(labels, packed.runtime.num_classes)
+        meta["labels"] = json.dumps(list(labels))
+    return write_program(Program(program.program, program.tensors, meta), path)
 
 
 def load_packed(path: str | Path) -> PackedModel:
-    """Loads a packed model file; needs neither the model classes nor the training code."""
-    return PackedModel(read_parts(path))
+    """Loads a packed model file (version 2; a version-1 file is converted to version 2 on load)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            version = (f.metadata() or {}).get("format_version")
+    except (SafetensorError, OSError, ValueError) as e:
+        if isinstance(e, FileNotFoundError) or not path.exists():
+            raise FileNotFoundError(f"{path}: no such file") from e
+        raise PackedFormatError(f"{path}: not a packed model file ({e}); write one with `bhvit pack`") from e
+    if version == "1":
+        from bhvit.engine.fileformat import read_parts
+
+        parts = read_parts(path)
+        return PackedModel(build_program(parts, parts.meta.get("preprocess"), parts.meta.get("labels")))
+    loaded = runtime.load(path)  # validates the whole file first
+    return PackedModel(_read_program(path), loaded)
+
+
+def _read_program(path: Path) -> Program:
+    """The program, tensors and metadata of a version-2 file (after the runtime validated it)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    keep = {k: v for k, v in meta.items() if k not in ("format", "format_version", "bit_convention", "program")}
+    return Program(json.loads(meta["program"]), tensors, keep)
 
 
 def fp32_checkpoint_bytes(model: nn.Module) -> int:
@@ -43,14 +157,12 @@ def fp32_checkpoint_bytes(model: nn.Module) -> int:
 
 def size_report(model: nn.Module, packed_path: str | Path) -> dict[str, Any]:
     """Sizes of the fp32 checkpoint and the packed file, and what the packed bytes are made of."""
-    parts = read_parts(packed_path)
-    bits = sum(layer.bits.nbytes for layer in parts.binary.values())
-    alphas = sum(layer.alpha.nbytes for layer in parts.binary.values())
-    floats = sum(v.nbytes for v in parts.floats.values())
+    tensors = _read_program(Path(packed_path)).tensors
+    bits = sum(v.nbytes for v in tensors.values() if v.dtype.kind == "u")
+    floats = sum(v.nbytes for v in tensors.values() if v.dtype.kind == "f")
     fp32, packed = fp32_checkpoint_bytes(model), Path(packed_path).stat().st_size
     return {"fp32_checkpoint_bytes": fp32, "packed_bytes": packed, "ratio": fp32 / packed,
-            "binary_weight_bytes": bits, "alpha_bytes": alphas, "float_bytes": floats,
-            "header_bytes": packed - bits - alphas - floats}
+            "binary_weight_bytes": bits, "float_bytes": floats, "header_bytes": packed - bits - floats}
 
 
 @torch.no_grad()
@@ -90,13 +202,16 @@ def zero_audit(model: nn.Module, images: torch.Tensor) -> dict[str, int]:
 @torch.no_grad()
 def agreement(model: nn.Module, packed: PackedModel, images: torch.Tensor, batch_size: int = 256) -> dict[str, Any]:
     """Packed vs float model on a set of images (e.g. a whole test split, already transformed as the
-    model expects): the fraction of identical top-1 predictions, the largest logit difference, and the
-    number of images whose top-1 differs."""
+    model expects): the fraction of identical top-1 predictions, the number of images whose top-1 differs,
+    the largest logit difference, and the largest per image relative to that image's largest logit."""
     model.eval()
-    same, max_diff, n = 0, 0.0, images.shape[0]
+    same, max_diff, max_rel, n = 0, 0.0, 0.0, images.shape[0]
     for start in range(0, n, batch_size):
         x = images[start : start + batch_size]
         want, got = model(x), packed(x)
         same += int((want.argmax(1) == got.argmax(1)).sum())
-        max_diff = max(max_diff, float((want - got).abs().max()))
-    return {"images": n, "top1_identical": same / max(n, 1), "top1_differs": n - same, "max_abs_logit_diff": max_diff}
+        diff = (want - got).abs().amax(1)
+        max_diff = max(max_diff, float(diff.max()))
+        max_rel = max(max_rel, float((diff / want.abs().amax(1).clamp(min=1e-30)).max()))
+    return {"images": n, "top1_identical": same / max(n, 1), "top1_differs": n - same, "max_abs_logit_diff": max_diff,
+            "max_rel_logit_diff": max_rel}

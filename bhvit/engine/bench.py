@@ -4,14 +4,18 @@
 For each model and batch size, in one run and on the same number of threads, it times:
 
 * ``fp32_sim``: the PyTorch model with binarization simulated in fp32 (what training produces);
-* ``packed``: ``bhvit.engine.pack(model)``, every binary op on packed bits in native code;
+* ``packed``: ``bhvit.engine.pack(model)``, the whole forward in the native runtime (``libbhvit_runtime``);
+* ``packed_v1``: the version-1 path kept for comparison (:class:`~bhvit.engine.packed_model.LegacyPackedModel`:
+  binary ops in native kernels, the float parts in torch);
 * ``int8_dynamic``: the same architecture at full precision with its linear layers quantized to int8 by
   ``torch.ao.quantization.quantize_dynamic`` (the usual CPU deployment baseline);
 * ``onnxruntime_fp32``: the simulated model exported to ONNX, when onnx and onnxruntime are installed.
 
 Methods run in interleaved rounds (background load hits all alike) and the best round counts; the
 process CPU time per call is recorded too (on one thread it ignores time spent waiting for a core on a
-shared machine). Also a per-op profile of one packed forward. Prints a table and writes JSON.
+shared machine). Also a per-op-kind profile of one packed forward, and the share of the ideal time it
+reaches: the model's binary multiply-accumulates (BOPs, :func:`bhvit.profile_model`) at the peak rate of
+the binary GEMM kernel measured in the same run (:func:`kernel_peak`). Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -27,8 +31,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from bhvit import runtime
 from bhvit.engine import kernels
 from bhvit.engine.api import pack
+from bhvit.engine.packed_model import LegacyPackedModel
+from bhvit.engine.packer import extract
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], rounds: int = 3, min_round: float = 0.05) -> dict[str, float]:
@@ -111,9 +118,25 @@ def build(name: str, precision: str, checkpoint: str | None) -> tuple[nn.Module,
             bhvit.create_model(name, precision="fp").eval())
 
 
+def kernel_peak(threads: int, m: int = 3136, k: int = 512, n: int = 512, seconds: float = 0.3) -> float:
+    """Binary multiply-accumulates per second of the XOR-popcount GEMM kernel on an (m, k) x (k, n) problem
+    (a stage-1 sized MLP layer), on the engine's current ISA and ``threads`` threads; the best of 3 rounds."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a = kernels.pack_rows(rng.standard_normal((m, k), dtype=np.float32))
+    bp = kernels.to_panels(kernels.pack_rows(rng.standard_normal((n, k), dtype=np.float32)))
+    with kernels.num_threads(threads):
+        best = min(interleaved({"g": lambda: kernels.bgemm(a, bp, n, k)}, rounds=3, min_round=seconds / 3).values())
+    return m * k * n / best
+
+
 def bench_one(name: str, precision: str, batch: int, threads: int, rounds: int, checkpoint: str | None = None,
-              onnx: bool = True, workdir: Path = Path("out")) -> dict[str, Any]:
-    """One row: latencies of the compared methods, speedups, top-1 agreement, packed per-op profile."""
+              onnx: bool = True, workdir: Path = Path("out"), legacy: bool = True) -> dict[str, Any]:
+    """One row: latencies of the compared methods, speedups, top-1 agreement, the runtime's per-op-kind
+    profile and its share of the ideal binary time."""
+    from bhvit.profile import profile_model
+
     model, model_fp = build(name, precision, checkpoint)
     packed = pack(model)
     cfg = model.config
@@ -123,19 +146,28 @@ def bench_one(name: str, precision: str, batch: int, threads: int, rounds: int, 
         q8 = int8_dynamic(model_fp)
         fns: dict[str, Callable[[], Any]] = {"fp32_sim": lambda: model(x), "packed": lambda: packed(x),
                                              "int8_dynamic": lambda: q8(x)}
+        if legacy:
+            old = LegacyPackedModel(extract(model))
+            fns["packed_v1"] = lambda: old(x)
         ort = onnx_runner(model, x, workdir) if onnx else None
         if ort is not None:
             fns["onnxruntime_fp32"] = ort
         times = interleaved(fns, rounds, min_round=0.0 if batch > 1 else 0.3)
         with packed.profile() as layer_times:
             packed(x)
+    peak = kernel_peak(threads)
+    ideal = profile_model(model).bops * batch / peak
     per_op = {k: v * 1e3 for k, v in sorted(layer_times.items(), key=lambda kv: -kv[1])}
     row: dict[str, Any] = {"model": checkpoint or name, "precision": cfg.precision, "batch": batch,
-                           "threads": threads, "top1_agree": agree, "packed_layers_ms": per_op}
+                           "threads": threads, "top1_agree": agree, "packed_layers_ms": per_op,
+                           "kernel_peak_gbops": peak / 1e9, "ideal_binary_ms": ideal * 1e3,
+                           "ideal_share": ideal / times["packed"]}
     row.update({f"{k}_ms": v * 1e3 for k, v in times.items()})
     row["speedup_vs_fp32"] = times["fp32_sim"] / times["packed"]
     row["speedup_vs_int8"] = times["int8_dynamic"] / times["packed"]
     row["cpu_speedup_vs_fp32"] = times["fp32_sim_cpu"] / times["packed_cpu"]
+    if legacy:
+        row["speedup_vs_v1"] = times["packed_v1"] / times["packed"]
     return row
 
 
@@ -144,32 +176,42 @@ COLUMNS = [("model", "model", ""), ("precision", "precision", ""), ("batch", "B"
            ("packed_ms", "packed ms", ".1f"), ("speedup_vs_fp32", "x fp32", ".2f"),
            ("speedup_vs_int8", "x int8", ".2f"), ("fp32_sim_cpu_ms", "fp32 cpu ms", ".1f"),
            ("packed_cpu_ms", "packed cpu ms", ".1f"), ("cpu_speedup_vs_fp32", "x fp32 cpu", ".2f"),
-           ("top1_agree", "top-1 =", "")]
+           ("ideal_share", "ideal %", ".0%"), ("top1_agree", "top-1 =", "")]
 
 
-def report(rows: list[dict[str, Any]]) -> str:
-    """The table of rows plus one line of packed per-op times per row."""
+def report(rows: list[dict[str, Any]], profile: bool = True) -> str:
+    """The table of rows, plus (``profile``) one line per row: the runtime's time per op kind and its
+    share of the ideal binary time."""
     cols = list(COLUMNS)
-    if any("onnxruntime_fp32_ms" in r for r in rows):
+    if all("packed_v1_ms" in r for r in rows):
+        cols[7:7] = [("packed_v1_ms", "v1 ms", ".1f"), ("speedup_vs_v1", "x v1", ".2f")]
+    if all("onnxruntime_fp32_ms" in r for r in rows):
         cols.insert(6, ("onnxruntime_fp32_ms", "ort ms", ".1f"))
-    lines = [format_table(rows, cols), "", "packed model, time per op kind (ms, one forward):"]
+    if not profile:
+        return format_table(rows, cols)
+    lines = [format_table(rows, cols), "",
+             "packed runtime, time per op kind (ms, one forward); ideal = BOPs at the measured kernel peak:"]
     for r in rows:
         parts = ", ".join(f"{k} {v:.1f}" for k, v in r["packed_layers_ms"].items())
-        lines.append(f"  {r['model']} {r['precision']} B={r['batch']} threads={r['threads']}: {parts}")
+        lines.append(f"  {r['model']} {r['precision']} B={r['batch']} threads={r['threads']}: {parts}; ideal "
+                     f"{r['ideal_binary_ms']:.1f} ms at {r['kernel_peak_gbops']:.0f} G bit-MAC/s "
+                     f"= {r['ideal_share']:.0%} of the forward")
     return "\n".join(lines)
 
 
 def bench_grid(names: Sequence[str], precisions: Sequence[str], batches: Sequence[int], threads: Sequence[int],
                rounds: int = 3, checkpoint: str | None = None, onnx: bool = True,
-               workdir: Path = Path("out")) -> list[dict[str, Any]]:
+               workdir: Path = Path("out"), legacy: bool = True) -> list[dict[str, Any]]:
     """:func:`bench_one` over threads x models x precisions x batches; with ``checkpoint`` the one model is
     that checkpoint at its own precision (``names`` and ``precisions`` are ignored)."""
     rows = []
     for t in threads:
         torch.set_num_threads(t)
         kernels.set_num_threads(t)
+        runtime.set_num_threads(t)
         for name in [checkpoint] if checkpoint else names:
             for precision in ["binary"] if checkpoint else precisions:
-                rows += [bench_one(name, precision, b, t, rounds, checkpoint=checkpoint, onnx=onnx, workdir=workdir)
+                rows += [bench_one(name, precision, b, t, rounds, checkpoint=checkpoint, onnx=onnx, workdir=workdir,
+                                   legacy=legacy)
                          for b in batches]
     return rows

@@ -119,8 +119,9 @@ class _BinaryOp:
         return self.norm is None or self.norm.kind == "bn"
 
 
-class PackedModel:
-    """A packed BHViT: ``PackedModel(parts)(images) -> logits``; see the module docstring."""
+class LegacyPackedModel:
+    """The version-1 packed forward (native binary kernels, float parts in torch), kept to benchmark against
+    the runtime: ``LegacyPackedModel(parts)(images) -> logits``; see the module docstring."""
 
     def __init__(self, parts: PackedParts, float_threads: int | None = None) -> None:
         """``float_threads``: torch threads for the float parts; None = auto: one thread for batches of

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from bhvit.models.bhvit import ATTN_QUANTS, BINARY_PRECISIONS, NORMS
+from bhvit.runtime.errors import PackedFormatError
 
 BITS_SUFFIX = ".weight_bits"
 ALPHA_SUFFIX = ".weight_alpha"
@@ -53,10 +54,6 @@ CONFIG_FIELDS = {
 }
 OPTIONAL_CONFIG_FIELDS = {"drop_path_rate": "float", "recu": "bool"}
 CHOICES = {"precision": BINARY_PRECISIONS, "attn_quant": ATTN_QUANTS, "norm": NORMS}
-
-
-class PackedFormatError(ValueError):
-    """The file is not a packed BHViT model this version can read."""
 
 
 @dataclass(frozen=True)

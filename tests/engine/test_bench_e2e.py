@@ -9,17 +9,18 @@ from bhvit.cli.engine import cmd_bench
 
 def test_bench_writes_every_method(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert cmd_bench(["--models", "bhvit_test", "--batch", "2", "--threads", "1", "--rounds", "1",
+    assert cmd_bench(["--models", "bhvit_test", "--batch", "2", "--threads", "1", "--rounds", "1", "--profile",
                  "--json", str(out)]) == 0
     record = json.loads(out.read_text())
     (row,) = record["rows"]
     assert row["model"] == "bhvit_test" and row["batch"] == 2 and row["top1_agree"] is True
-    for key in ("fp32_sim_ms", "packed_ms", "int8_dynamic_ms"):
+    for key in ("fp32_sim_ms", "packed_ms", "packed_v1_ms", "int8_dynamic_ms", "ideal_binary_ms"):
         assert row[key] > 0
     pytest.importorskip("onnxruntime")
     assert row["onnxruntime_fp32_ms"] > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]  # the temporary ONNX file is gone
-    assert "packed model, time per op kind" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "packed runtime, time per op kind" in text and "x v1" in text and "of the forward" in text
 
 
 def test_bench_forces_a_code_path(tmp_path):

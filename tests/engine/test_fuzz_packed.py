@@ -1,7 +1,9 @@
-"""Fuzzing (issue 10): a few hundred hostile packed files and direct native calls, each case in a worker
-subprocess that names the case it was running if it dies (scripts/fuzz_packed.py). Every file must load
-and run (when the mutation kept it valid) or raise PackedFormatError; every native call must return or
-raise ValueError. Never a signal, a hang, another exception type or a wrong-sized answer."""
+"""Fuzzing (issue 10): a few hundred hostile version-1 packed files and direct native calls, each case in a
+worker subprocess that names the case it was running if it dies (scripts/fuzz_packed.py). Every file must be
+read by the version-1 reader (``fileformat.read_parts``) and run by the legacy forward (``LegacyPackedModel``)
+when the mutation kept it valid, or raise PackedFormatError; every native call must return or raise
+ValueError. Never a signal, a hang, another exception type or a wrong-sized answer. The version-2 format and
+the runtime's C API: tests/runtime/test_fuzz_runtime.py."""
 
 from __future__ import annotations
 

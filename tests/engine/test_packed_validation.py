@@ -1,6 +1,7 @@
-"""The packed reader refuses non-conforming files with a PackedFormatError naming the problem (issue 10,
-items 1-2), the tensor table of bhvit.engine.schema is exactly what the packer writes, the native bindings
-validate sizes themselves, and the packed model checks its input like the float model."""
+"""The version-1 packed reader (``fileformat.read_parts``, which ``load_packed`` uses to convert version-1
+files) refuses non-conforming files with a PackedFormatError naming the problem (issue 10, items 1-2), the
+tensor table of bhvit.engine.schema is exactly what the packer writes, the native bindings validate sizes
+themselves, and the packed model checks its input like the float model."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import bhvit
 from bhvit import engine
 from bhvit.engine import kernels as K
 from bhvit.engine import schema
-from bhvit.engine.fileformat import PackedFormatError, read_parts
+from bhvit.engine.fileformat import PackedFormatError, read_parts, write_parts
 from bhvit.engine.packer import extract
 from bhvit.models.bhvit import ATTN_QUANTS, BINARY_PRECISIONS, NORMS
 
@@ -30,9 +31,10 @@ def _model(**kw: object) -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def packed_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("packed") / "m.bhvp"
-    return engine.save_packed(engine.pack(_model()), path, preprocess={"mean": [0.5] * 3, "std": [0.2] * 3},
-                              labels=[f"c{i}" for i in range(10)])
+    """A version-1 file (the version-1 writer), with preprocess and labels."""
+    parts = extract(_model())
+    parts.meta = {"preprocess": {"mean": [0.5] * 3, "std": [0.2] * 3}, "labels": [f"c{i}" for i in range(10)]}
+    return write_parts(parts, tmp_path_factory.mktemp("packed") / "m.bhvp")
 
 
 def _rewrite(src: Path, dst: Path, edit_tensors=None, edit_meta=None) -> Path:  # noqa: ANN001
@@ -50,10 +52,32 @@ def _rewrite(src: Path, dst: Path, edit_tensors=None, edit_meta=None) -> Path:  
 
 
 def _refused(path: Path, *words: str) -> None:
+    """The version-1 reader refuses the file with all of ``words`` in its message."""
     with pytest.raises(PackedFormatError) as err:
-        engine.load_packed(path)
+        read_parts(path)
     for w in words:
         assert w in str(err.value), (w, str(err.value))
+
+
+def test_version_1_files_are_converted_on_load(packed_file: Path) -> None:
+    """``load_packed`` reads a version-1 file through the version-1 reader and runs it in the runtime: the
+    legacy forward's logits, the file's labels and preprocessing."""
+    packed = engine.load_packed(packed_file)
+    legacy = engine.LegacyPackedModel(read_parts(packed_file))
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(packed(x), legacy(x), rtol=0, atol=1e-4)
+    assert packed.meta["labels"] == [f"c{i}" for i in range(10)]
+    assert packed.meta["preprocess"]["mean"] == pytest.approx([0.5] * 3)
+
+
+def test_hostile_version_1_file_is_refused_by_load_packed(packed_file: Path, tmp_path: Path) -> None:
+    def edit(meta: dict) -> None:
+        layers = json.loads(meta["layers"])
+        layers["stages.0.blocks.0.mixer.convs.0"]["stride"] = 2**62
+        meta["layers"] = json.dumps(layers)
+
+    with pytest.raises(PackedFormatError, match="stages.0.blocks.0.mixer.convs.0"):
+        engine.load_packed(_rewrite(packed_file, tmp_path / "x.bhvp", edit_meta=edit))
 
 
 # ---- the contract: the table derived from the config is what the packer extracts ---------------------

@@ -1,0 +1,207 @@
+"""Run packed BHViT files without PyTorch: numpy in, numpy out, through ``libbhvit_runtime`` (its C API).
+
+>>> import numpy as np, bhvit.runtime as rt
+>>> model = rt.load("tiny.bhvp")              # validates the whole file (docs/packed-format.md §7)
+>>> model.input_shape, model.num_classes       # ((3, 224, 224), 1000)
+>>> logits = model.run(images)                 # (B, 3, 224, 224) float32, normalised -> (B, 1000)
+>>> rt.set_num_threads(2)
+
+Importing this module and running a model import neither torch nor the rest of bhvit's training code
+(``tests/runtime`` checks ``sys.modules``). ``BHVIT_RUNTIME_LIB=/path/libbhvit_runtime.so`` selects another
+build of the library (e.g. one from ``cmake -S runtime -B build``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bhvit.runtime.errors import PackedFormatError
+
+__all__ = ["Model", "PackedFormatError", "available", "get_num_threads", "isa", "load", "load_bytes", "set_isa",
+           "set_num_threads"]
+
+ERR_LEN = 1024
+_lib_handle: ctypes.CDLL | None = None
+
+
+def _library() -> ctypes.CDLL:
+    """The loaded library with argument and result types declared (loaded once)."""
+    global _lib_handle
+    if _lib_handle is None:
+        from bhvit.runtime.paths import library_path
+
+        path = library_path()
+        if not Path(path).is_file():
+            raise OSError(f"the native runtime library is missing ({path}); build it with `bash scripts/setup.sh` "
+                                "or `pip install -e .` (needs a C++ compiler), or set BHVIT_RUNTIME_LIB")
+        _lib_handle = _declare(ctypes.CDLL(str(path)))
+    return _lib_handle
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    c_char_p, c_int, c_size_t, c_void_p = ctypes.c_char_p, ctypes.c_int, ctypes.c_size_t, ctypes.c_void_p
+    f32p, intp = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int)
+    sigs = {
+        "bhvit_load": (c_void_p, [c_char_p, c_char_p, c_size_t]),
+        "bhvit_load_memory": (c_void_p, [c_void_p, c_size_t, c_char_p, c_size_t]),
+        "bhvit_input_dims": (c_int, [c_void_p, intp, intp, intp]),
+        "bhvit_num_classes": (c_int, [c_void_p]),
+        "bhvit_run": (c_int, [c_void_p, f32p, c_int, f32p, c_char_p, c_size_t]),
+        "bhvit_metadata": (c_char_p, [c_void_p, c_char_p]),
+        "bhvit_preprocess": (c_int, [c_void_p, f32p, f32p, intp, c_char_p, c_size_t]),
+        "bhvit_label": (c_char_p, [c_void_p, c_int]),
+        "bhvit_set_num_threads": (None, [c_int]),
+        "bhvit_get_num_threads": (c_int, []),
+        "bhvit_isa": (c_char_p, []),
+        "bhvit_set_isa": (c_int, [c_char_p, c_char_p, c_size_t]),
+        "bhvit_set_profiling": (c_int, [c_void_p, c_int]),
+        "bhvit_profile": (c_int, [c_void_p, ctypes.POINTER(c_char_p), ctypes.POINTER(ctypes.c_double), c_int]),
+        "bhvit_free": (None, [c_void_p]),
+    }
+    for name, (restype, argtypes) in sigs.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
+    return lib
+
+
+def available() -> bool:
+    """Whether the native runtime library loads."""
+    try:
+        _library()
+    except OSError:
+        return False
+    return True
+
+
+def _check(status: int, err: ctypes.Array, error: type[Exception] = ValueError) -> None:
+    if status != 0:
+        raise error(err.value.decode("utf-8", "replace") or "the runtime reported an error")
+
+
+class Model:
+    """A loaded packed model. ``run(images)``: (B, C, H, W) float32, already normalised -> (B, num_classes)."""
+
+    def __init__(self, handle: int, source: str) -> None:
+        self._handle = ctypes.c_void_p(handle)
+        self.source = source
+        lib = _library()
+        c, h, w = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+        err = ctypes.create_string_buffer(ERR_LEN)
+        if lib.bhvit_input_dims(self._handle, ctypes.byref(c), ctypes.byref(h), ctypes.byref(w)) != 0:
+            raise PackedFormatError(f"{source}: cannot read the input shape")
+        self.input_shape: tuple[int, int, int] = (c.value, h.value, w.value)
+        self.num_classes: int = lib.bhvit_num_classes(self._handle)
+        mean, std = (ctypes.c_float * c.value)(), (ctypes.c_float * c.value)()
+        resize = ctypes.c_int()
+        status = lib.bhvit_preprocess(self._handle, mean, std, ctypes.byref(resize), err, ERR_LEN)
+        _check(status, err, PackedFormatError)
+        self.preprocess: dict[str, Any] = {"mean": list(mean), "std": list(std), "resize": resize.value}
+        labels = [lib.bhvit_label(self._handle, i) for i in range(self.num_classes)]
+        self.labels: list[str] | None = None if labels and labels[0] is None else [s.decode("utf-8") for s in labels]
+
+    def metadata(self, key: str) -> Any:
+        """A metadata entry of the file as parsed JSON (``config``, ``preprocess``, ``labels``), None if absent."""
+        raw = _library().bhvit_metadata(self._handle, key.encode())
+        return None if raw is None else json.loads(raw.decode("utf-8"))
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """Logits (B, num_classes) for images (B, C, H, W) (a single (C, H, W) image is taken as B = 1)."""
+        x = np.asarray(images)
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape or x.shape[0] < 1:
+            c, h, w = self.input_shape
+            raise ValueError(f"expected images of shape (B, {c}, {h}, {w}) with B >= 1, got {tuple(np.shape(images))}; "
+                                f"resize the input to {h}x{w} (this packed model's input size)")
+        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+            raise ValueError(f"expected real-valued images, got dtype {x.dtype}")
+        if x.shape[0] > np.iinfo(np.int32).max:
+            raise ValueError("batch too large: run at most 2**31 - 1 images per call")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = np.empty((x.shape[0], self.num_classes), dtype=np.float32)
+        err = ctypes.create_string_buffer(ERR_LEN)
+        f32p = ctypes.POINTER(ctypes.c_float)
+        _check(_library().bhvit_run(self._handle, x.ctypes.data_as(f32p), x.shape[0], out.ctypes.data_as(f32p), err,
+                                    ERR_LEN), err)
+        return out
+
+    __call__ = run
+
+    def run_profiled(self, images: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        """``run(images)`` and its seconds per operation kind, plus ``total``."""
+        lib = _library()
+        lib.bhvit_set_profiling(self._handle, 1)
+        try:
+            logits = self.run(images)
+            n = lib.bhvit_profile(self._handle, None, None, 0)
+            kinds, secs = (ctypes.c_char_p * n)(), (ctypes.c_double * n)()
+            lib.bhvit_profile(self._handle, kinds, secs, n)
+        finally:
+            lib.bhvit_set_profiling(self._handle, 0)
+        times = {k.decode(): float(v) for k, v in zip(kinds, secs)}
+        times["total"] = sum(times.values())
+        return logits, times
+
+    def close(self) -> None:
+        if self._handle:
+            _library().bhvit_free(self._handle)
+            self._handle = ctypes.c_void_p(None)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown: the library may be gone already
+            self.close()
+
+
+def load(path: str | os.PathLike) -> Model:
+    """Loads and validates a version-2 packed file (``bhvit pack`` writes them)."""
+    err = ctypes.create_string_buffer(ERR_LEN)
+    handle = _library().bhvit_load(os.fsencode(path), err, ERR_LEN)
+    if not handle:
+        raise PackedFormatError(err.value.decode("utf-8", "replace"))
+    return Model(handle, str(path))
+
+
+def load_bytes(data: bytes, source: str = "<memory>") -> Model:
+    """Like :func:`load`, from a file's bytes."""
+    err = ctypes.create_string_buffer(ERR_LEN)
+    handle = _library().bhvit_load_memory(data, len(data), err, ERR_LEN)
+    if not handle:
+        raise PackedFormatError(f"{source}: {err.value.decode('utf-8', 'replace')}")
+    return Model(handle, source)
+
+
+def set_num_threads(n: int) -> None:
+    """Threads of every later run (process-wide); n < 1: one per core."""
+    _library().bhvit_set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    return int(_library().bhvit_get_num_threads())
+
+
+def isa() -> str:
+    """The kernel path in use, e.g. ``avx2``."""
+    return _library().bhvit_isa().decode()
+
+
+def set_isa(name: str) -> None:
+    """Chooses a kernel path the CPU supports (``avx512vpopcnt``, ``avx512bw``, ``avx2``, ``popcnt``, ``neon``,
+    ``generic``)."""
+    err = ctypes.create_string_buffer(ERR_LEN)
+    _check(_library().bhvit_set_isa(name.encode(), err, ERR_LEN), err)
+
+
+def top_k(logits: np.ndarray, k: int, labels: Sequence[str] | None = None) -> list[list[tuple[int, str, float]]]:
+    """Per row: the k best (index, label, softmax probability), best first."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    order = np.argsort(-p, axis=1, kind="stable")[:, :k]
+    return [[(int(i), labels[i] if labels else str(i), float(row[i])) for i in idx] for row, idx in zip(p, order)]

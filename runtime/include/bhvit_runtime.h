@@ -1,0 +1,69 @@
+/* bhvit_runtime.h: the C API of the BHViT packed runtime (libbhvit_runtime).
+ *
+ * Runs a packed BHViT file (docs/packed-format.md, version 2) on the CPU with 1-bit kernels, without
+ * Python or PyTorch. Every function validates its arguments; a file from a stranger gives an error
+ * message, never a crash. Functions returning int give 0 on success and -1 on error, with a
+ * NUL-terminated message in err (truncated to errlen bytes; err may be NULL when errlen is 0).
+ *
+ *   char err[256];
+ *   bhvit_model *m = bhvit_load("tiny.bhvp", err, sizeof err);
+ *   if (!m) { fprintf(stderr, "%s\n", err); return 1; }
+ *   int c, h, w; bhvit_input_dims(m, &c, &h, &w);
+ *   float *logits = malloc(sizeof(float) * bhvit_num_classes(m));
+ *   if (bhvit_run(m, image, 1, logits, err, sizeof err)) { ... }
+ *   bhvit_free(m);
+ *
+ * Thread safety: a model may be run from one thread at a time; different models may run concurrently.
+ */
+#ifndef BHVIT_RUNTIME_H
+#define BHVIT_RUNTIME_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define BHVIT_API __declspec(dllexport)
+#else
+#define BHVIT_API __attribute__((visibility("default")))
+#endif
+
+typedef struct bhvit_model bhvit_model;
+
+/* Loads and fully validates a packed file; NULL on error (message in err). */
+BHVIT_API bhvit_model *bhvit_load(const char *path, char *err, size_t errlen);
+/* The same from a file's bytes in memory (copied; data may be freed after the call). */
+BHVIT_API bhvit_model *bhvit_load_memory(const void *data, size_t size, char *err, size_t errlen);
+/* The input image shape: channels, height, width. */
+BHVIT_API int bhvit_input_dims(const bhvit_model *m, int *channels, int *height, int *width);
+/* Width of the output: the number of classes (-1 if m is NULL). */
+BHVIT_API int bhvit_num_classes(const bhvit_model *m);
+/* images: batch x C x H x W float32, already normalised; logits: batch x num_classes. */
+BHVIT_API int bhvit_run(bhvit_model *m, const float *images, int batch, float *logits, char *err, size_t errlen);
+/* A metadata string of the file (e.g. "preprocess", "labels", "config": JSON text), or NULL if absent.
+ * The pointer stays valid until bhvit_free(m). */
+BHVIT_API const char *bhvit_metadata(const bhvit_model *m, const char *key);
+/* The stored preprocessing (version-2 files always carry it): per-channel mean and std (arrays of
+ * `channels` floats) and the shorter side an image is resized to before the centre crop. */
+BHVIT_API int bhvit_preprocess(const bhvit_model *m, float *mean, float *std, int *resize, char *err, size_t errlen);
+/* The name of class i, or NULL when the file has no labels or i is out of range. */
+BHVIT_API const char *bhvit_label(const bhvit_model *m, int i);
+/* Threads used by bhvit_run (process-wide); n < 1 means one per core. */
+BHVIT_API void bhvit_set_num_threads(int n);
+BHVIT_API int bhvit_get_num_threads(void);
+/* The kernel path in use ("avx512vpopcnt", "avx512bw", "avx2", "popcnt", "neon", "generic") and a way to
+ * choose another one the CPU supports (also read from the BHVIT_ISA environment variable at load). */
+BHVIT_API const char *bhvit_isa(void);
+BHVIT_API int bhvit_set_isa(const char *name, char *err, size_t errlen);
+/* Seconds per operation kind of the last bhvit_run when profiling is on (bhvit_set_profiling(m, 1)):
+ * writes up to n (kind, seconds) pairs and returns how many kinds there are. */
+BHVIT_API int bhvit_set_profiling(bhvit_model *m, int on);
+BHVIT_API int bhvit_profile(const bhvit_model *m, const char **kinds, double *seconds, int n);
+BHVIT_API void bhvit_free(bhvit_model *m);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* BHVIT_RUNTIME_H */

@@ -1,0 +1,190 @@
+// The C API (runtime/include/bhvit_runtime.h): argument checks, exceptions turned into one-line messages,
+// nothing thrown across the boundary.
+#include <algorithm>
+#include <cstdlib>
+#include <functional>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <string>
+#include <thread>
+
+#include "bhvit_runtime.h"
+#include "engine.h"
+#include "error.h"
+#include "model.h"
+#include "safetensors.h"
+
+struct bhvit_model {
+  std::unique_ptr<bhr::Model> m;
+};
+
+namespace {
+
+void set_err(char* err, size_t errlen, const std::string& msg) {
+  if (!err || errlen == 0) return;
+  const size_t n = std::min(errlen - 1, msg.size());
+  std::memcpy(err, msg.data(), n);
+  err[n] = '\0';
+}
+
+// Runs f, turning any exception into the message "<where>: <what>" (with the fix for bad files).
+template <class F>
+bool guarded(const char* where, char* err, size_t errlen, F&& f) {
+  try {
+    f();
+    return true;
+  } catch (const bhr::FileError& e) {
+    set_err(err, errlen, std::string(where) + ": " + e.what() +
+                             " (the file is damaged or was not written by `bhvit pack`; "
+                             "re-create it with `bhvit pack`)");
+  } catch (const std::bad_alloc&) {
+    set_err(err, errlen, std::string(where) + ": out of memory; free memory or use a smaller batch");
+  } catch (const std::exception& e) {
+    set_err(err, errlen, std::string(where) + ": " + e.what());
+  } catch (...) {
+    set_err(err, errlen, std::string(where) + ": unknown error");
+  }
+  return false;
+}
+
+// BHVIT_ISA, applied at the first load that finds it valid (loads may run on several threads at once).
+void apply_env_isa() {
+  static std::mutex mu;
+  static bool applied = false;
+  const std::lock_guard<std::mutex> lock(mu);
+  if (applied) return;
+  const char* isa = std::getenv("BHVIT_ISA");
+  if (isa && *isa) {
+    try {
+      bhv::set_isa(isa);
+    } catch (const std::exception&) {
+      std::string have;
+      for (const std::string& s : bhv::available_isas()) have += (have.empty() ? "" : ", ") + s;
+      bhr::fail(std::string("BHVIT_ISA=") + isa + " is not available on this CPU/build; use one of: " + have);
+    }
+  }
+  applied = true;
+}
+
+bhvit_model* load_with(const char* where, char* err, size_t errlen, const std::function<bhr::SafeTensors()>& read) {
+  bhvit_model* out = nullptr;
+  guarded(where, err, errlen, [&] {
+    apply_env_isa();
+    const bhr::SafeTensors st = read();
+    auto m = std::make_unique<bhvit_model>();
+    m->m = bhr::load_model(st);
+    out = m.release();
+  });
+  return out;
+}
+}  // namespace
+
+extern "C" {
+
+bhvit_model* bhvit_load(const char* path, char* err, size_t errlen) {
+  if (!path) {
+    set_err(err, errlen, "bhvit_load: path is NULL; pass the path of a .bhvp file");
+    return nullptr;
+  }
+  const std::string where = std::string("bhvit_load: ") + path;
+  return load_with(where.c_str(), err, errlen, [&] { return bhr::SafeTensors::from_file(path); });
+}
+
+bhvit_model* bhvit_load_memory(const void* data, size_t size, char* err, size_t errlen) {
+  return load_with("bhvit_load_memory", err, errlen, [&] { return bhr::SafeTensors::from_memory(data, size); });
+}
+
+int bhvit_input_dims(const bhvit_model* m, int* channels, int* height, int* width) {
+  if (!m) return -1;
+  if (channels) *channels = static_cast<int>(m->m->in_c);
+  if (height) *height = static_cast<int>(m->m->in_h);
+  if (width) *width = static_cast<int>(m->m->in_w);
+  return 0;
+}
+
+int bhvit_num_classes(const bhvit_model* m) { return m ? static_cast<int>(m->m->num_classes) : -1; }
+
+int bhvit_run(bhvit_model* m, const float* images, int batch, float* logits, char* err, size_t errlen) {
+  if (!m) return set_err(err, errlen, "bhvit_run: model is NULL; load one with bhvit_load"), -1;
+  if (!images || !logits) return set_err(err, errlen, "bhvit_run: images and logits must not be NULL"), -1;
+  if (batch < 1) return set_err(err, errlen, "bhvit_run: batch must be >= 1, got " + std::to_string(batch)), -1;
+  return guarded("bhvit_run", err, errlen, [&] { m->m->run(images, batch, logits); }) ? 0 : -1;
+}
+
+const char* bhvit_metadata(const bhvit_model* m, const char* key) {
+  if (!m || !key) return nullptr;
+  const auto it = m->m->metadata.find(key);
+  return it == m->m->metadata.end() ? nullptr : it->second.c_str();
+}
+
+int bhvit_preprocess(const bhvit_model* m, float* mean, float* std, int* resize, char* err, size_t errlen) {
+  if (!m) return set_err(err, errlen, "bhvit_preprocess: model is NULL"), -1;
+  if (mean) std::memcpy(mean, m->m->mean.data(), sizeof(float) * m->m->mean.size());
+  if (std) std::memcpy(std, m->m->std.data(), sizeof(float) * m->m->std.size());
+  if (resize) *resize = static_cast<int>(m->m->resize);
+  return 0;
+}
+
+const char* bhvit_label(const bhvit_model* m, int i) {
+  if (!m || i < 0 || static_cast<size_t>(i) >= m->m->labels.size()) return nullptr;
+  return m->m->labels[static_cast<size_t>(i)].c_str();
+}
+
+void bhvit_set_num_threads(int n) {
+  if (n < 1) n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  bhv::set_num_threads(n);
+}
+
+int bhvit_get_num_threads(void) { return bhv::get_num_threads(); }
+
+const char* bhvit_isa(void) {
+  static thread_local std::string name;
+  try {
+    name = bhv::current_isa();
+  } catch (...) {
+    return "unknown";
+  }
+  return name.c_str();
+}
+
+int bhvit_set_isa(const char* name, char* err, size_t errlen) {
+  if (!name) return set_err(err, errlen, "bhvit_set_isa: name is NULL"), -1;
+  return guarded("bhvit_set_isa", err, errlen, [&] {
+           try {
+             bhv::set_isa(name);
+           } catch (const std::invalid_argument&) {
+             std::string have;
+             for (const std::string& s : bhv::available_isas()) have += (have.empty() ? "" : ", ") + s;
+             bhr::fail(std::string("ISA '") + name + "' is not available on this CPU/build; use one of: " + have);
+           }
+         })
+             ? 0
+             : -1;
+}
+
+int bhvit_set_profiling(bhvit_model* m, int on) {
+  if (!m) return -1;
+  m->m->prof.on = on != 0;
+  return 0;
+}
+
+int bhvit_profile(const bhvit_model* m, const char** kinds, double* seconds, int n) {
+  if (!m) return -1;
+  int count = 0;
+  for (int k = 0; k < bhr::kNumProf; ++k) {
+    if (!m->m->kinds_used[k]) continue;
+    if (count < n) {
+      if (kinds) kinds[count] = bhr::kProfNames[k];
+      if (seconds) seconds[count] = m->m->prof.seconds[k];
+    }
+    ++count;
+  }
+  return count;
+}
+
+void bhvit_free(bhvit_model* m) { delete m; }
+
+}  // extern "C"

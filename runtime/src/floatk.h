@@ -1,0 +1,161 @@
+// Float helpers of the runtime, written as straight branch-free loops that -O3 vectorises at the portable
+// baseline (SSE2 on x86-64, NEON on aarch64): reductions keep 8 independent partial sums (a float sum
+// is only vectorised when its order is spelled out), and exp/erf are polynomials instead of libm calls.
+// The library is built with -ffp-contract=off, so a*b + c stays two roundings as in torch's eager ops.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+// vf8 values passed between inline functions: the ABI note about 32-byte vectors without AVX concerns
+// calls across separately compiled code, which these never are.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
+// Hot float loops are compiled twice, for AVX2 and the baseline, and the loader picks by the CPU (GCC
+// function multi-versioning, an ifunc): 8-float vectors in one register instead of two. No FMA either way
+// and the same operation order, so both give the same bits.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && !defined(BHR_NO_CLONES)
+#define BHR_FLOAT_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define BHR_FLOAT_CLONES
+#endif
+
+// Every helper here is always inlined: the vf8 ones must be, since an out-of-line copy compiled for the
+// baseline passes vf8 in memory while an AVX2 clone passes it in a register (the -Wpsabi note below).
+#define BHR_INLINE inline __attribute__((always_inline))
+
+namespace bhr {
+
+// x[0] + ... + x[n-1] as 8 interleaved partial sums, combined pairwise.
+BHR_INLINE float sum_lanes(const float* __restrict x, int64_t n) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int l = 0; l < 8; ++l) acc[l] += x[i + l];
+  float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+  for (; i < n; ++i) s += x[i];
+  return s;
+}
+
+// sum of (x[i] - m)^2, the same way.
+BHR_INLINE float sum_sq_dev(const float* __restrict x, float m, int64_t n) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int l = 0; l < 8; ++l) {
+      const float d = x[i + l] - m;
+      acc[l] += d * d;
+    }
+  float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+  for (; i < n; ++i) s += (x[i] - m) * (x[i] - m);
+  return s;
+}
+
+BHR_INLINE float max_lanes(const float* __restrict x, int64_t n) {
+  float acc[8];
+  for (int l = 0; l < 8; ++l) acc[l] = x[0];
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int l = 0; l < 8; ++l) acc[l] = x[i + l] > acc[l] ? x[i + l] : acc[l];
+  float m = acc[0];
+  for (int l = 1; l < 8; ++l) m = acc[l] > m ? acc[l] : m;
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+// Eight floats as one value (GCC/Clang vector extensions): the compiler maps it to two SSE or one AVX
+// register, or to NEON, so the polynomials below run in vectors at any baseline. Loops that call scalar
+// helpers with clamps do not vectorise (comparisons may trap under the default -ftrapping-math).
+typedef float vf8 __attribute__((vector_size(32)));
+typedef int32_t vi8 __attribute__((vector_size(32)));
+
+BHR_INLINE vf8 load8(const float* p) {
+  vf8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+BHR_INLINE void store8(float* p, const vf8& v) { std::memcpy(p, &v, sizeof v); }
+
+// e^x within ~1 ulp for x in [-87, 88] (clamped there; NaN gives e^-87): x = n ln2 + r with |r| <= ln2/2
+// (ln2 split in two so n ln2 is exact), e^r by its Taylor series to r^7 (truncation r^8/8! < 6e-9), times
+// 2^n built in the exponent bits.
+BHR_INLINE vf8 exp8(const vf8& in) {
+  vf8 x = in;
+  const vf8 lo = vf8{} - 87.0f, hi = vf8{} + 88.0f;
+  x = x >= lo ? x : lo;
+  x = x <= hi ? x : hi;
+  const vf8 n = (x * 1.44269504f + 12582912.0f) - 12582912.0f;  // round(x / ln2): the 1.5*2^23 trick
+  vf8 r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  vf8 p = r * (1.0f / 5040.0f) + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  const vf8 y = (p * (r * r) + r) + 1.0f;
+  const vi8 bits = (__builtin_convertvector(n, vi8) + 127) << 23;
+  return y * (vf8)bits;  // a vector cast reinterprets the bits
+}
+
+// erf(x) by Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7):
+// erf(|x|) = 1 - t (a1 + t (a2 + t (a3 + t (a4 + t a5)))) e^{-x^2}, t = 1/(1 + p|x|), odd in x.
+BHR_INLINE vf8 erf8(const vf8& x) {
+  const vi8 xi = (vi8)x;
+  const vi8 sign = xi & static_cast<int32_t>(0x80000000u), ai = xi & 0x7fffffff;
+  const vf8 ax = (vf8)ai;
+  const vf8 t = 1.0f / (1.0f + 0.3275911f * ax);
+  vf8 q = t * 1.061405429f + -1.453152027f;
+  q = q * t + 1.421413741f;
+  q = q * t + -0.284496736f;
+  q = q * t + 0.254829592f;
+  const vf8 e = 1.0f - (t * q) * exp8(-(ax * ax));
+  return (vf8)((vi8)e ^ sign);
+}
+
+// y[i] = f(x[i]) for an 8-wide f, the tail through a zero-padded vector.
+template <class F>
+BHR_INLINE void map8(float* y, const float* x, int64_t n, F f) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) store8(y + i, f(load8(x + i)));
+  if (i < n) {
+    float buf[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    std::memcpy(buf, x + i, sizeof(float) * static_cast<size_t>(n - i));
+    store8(buf, f(load8(buf)));
+    std::memcpy(y + i, buf, sizeof(float) * static_cast<size_t>(n - i));
+  }
+}
+
+// gelu(x) = x (1 + erf(x / sqrt 2)) / 2, in place over n values.
+BHR_INLINE void gelu_row(float* y, int64_t n) {
+  map8(y, y, n, [](const vf8& x) __attribute__((always_inline)) {
+    return (x * (1.0f + erf8(x * 0.70710678118654752f))) * 0.5f;
+  });
+}
+
+// softmax in place: e^(s - max) / sum, as exp values times 1/sum.
+BHR_INLINE void softmax_row(float* s, int64_t n) {
+  const float m = max_lanes(s, n);
+  map8(s, s, n, [m](const vf8& x) __attribute__((always_inline)) { return exp8(x - m); });
+  const float inv = 1.0f / sum_lanes(s, n);
+  for (int64_t i = 0; i < n; ++i) s[i] = s[i] * inv;
+}
+
+// LayerNorm over n values (biased variance): ((x - mean) / sqrt(var + eps)) * w + b.
+BHR_INLINE void layer_norm_row(const float* __restrict x, int64_t n, const float* __restrict w,
+                               const float* __restrict b,
+                           float eps, float* __restrict y) {
+  const float mean = sum_lanes(x, n) / static_cast<float>(n);
+  const float var = sum_sq_dev(x, mean, n) / static_cast<float>(n);
+  const float rstd = 1.0f / std::sqrt(var + eps);
+  for (int64_t i = 0; i < n; ++i) y[i] = ((x[i] - mean) * rstd) * w[i] + b[i];
+}
+
+// RPReLU per element: (y > 0 ? y : slope y) + b2 with y = z - b1, as max(y,0) + slope min(y,0) (exact, branch-free).
+BHR_INLINE float rprelu1(float z, float slope, float b1, float b2) {
+  const float y = z - b1;
+  return ((y > 0.0f ? y : 0.0f) + slope * (y < 0.0f ? y : 0.0f)) + b2;
+}
+
+}  // namespace bhr

@@ -1,0 +1,123 @@
+// The loaded model: a validated program of typed ops over activation registers (docs/packed-format.md §4),
+// the tensors they use (converted once at load), and the register buffers of the current batch size.
+//
+// Registers are planned at load: every definition of a register is a *value* with a per-image shape; values
+// whose lifetimes do not overlap share a buffer *slot*, so a run allocates only the slots (batch x the
+// largest value each slot holds) and reuses them across runs.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace bhr {
+
+enum class RegKind { Nchw, Float, Bits };  // the input images (B, C, H, W); channels-last float; packed signs
+
+struct RegShape {
+  RegKind kind = RegKind::Float;
+  int64_t h = 0, w = 0, c = 0;
+  int64_t words() const { return (c + 63) / 64; }
+  int64_t pixels() const { return h * w; }
+  // elements per image: floats, or words for bits (c channels packed in words() per pixel)
+  int64_t elems() const { return kind == RegKind::Bits ? h * w * words() : h * w * c; }
+  int64_t bytes() const { return elems() * (kind == RegKind::Bits ? 8 : 4); }
+  bool operator==(const RegShape& o) const { return kind == o.kind && h == o.h && w == o.w && c == o.c; }
+};
+
+std::string describe(const RegShape& s);  // "float (56, 56, 64)"
+
+// Profiled kinds of work (bhvit_profile); window_attention splits into its phases.
+enum ProfKind {
+  kProfPatchConv, kProfAffine, kProfSignPack, kProfAvgPool, kProfBConv, kProfBLinear, kProfShiftAdd,
+  kProfAttnPool, kProfAttnQkv, kProfAttnCore, kProfAttnMerge, kProfMeanTokens, kProfLinear, kNumProf
+};
+extern const char* const kProfNames[kNumProf];
+
+struct Profile {
+  bool on = false;
+  double seconds[kNumProf] = {};
+};
+
+double now_seconds();
+
+// Adds the time between construction and destruction to prof.seconds[kind] when profiling is on.
+class ProfScope {
+ public:
+  ProfScope(Profile* prof, int kind)
+      : prof_(prof && prof->on ? prof : nullptr), kind_(kind), t0_(prof_ ? now_seconds() : 0) {}
+  ~ProfScope() {
+    if (prof_) prof_->seconds[kind_] += now_seconds() - t0_;
+  }
+  ProfScope(const ProfScope&) = delete;
+  ProfScope& operator=(const ProfScope&) = delete;
+
+ private:
+  Profile* prof_;
+  int kind_;
+  double t0_;
+};
+
+// What an op sees at run time: the batch and each value's buffer, (batch, h, w, c) contiguous.
+struct Exec {
+  int64_t batch = 0;
+  std::vector<void*> ptr;
+  Profile* prof = nullptr;
+  float* f(int v) const { return static_cast<float*>(ptr[static_cast<size_t>(v)]); }
+  uint64_t* u(int v) const { return static_cast<uint64_t*>(ptr[static_cast<size_t>(v)]); }
+};
+
+class Op {
+ public:
+  virtual ~Op() = default;
+  virtual void run(const Exec& x) const = 0;
+  // The kind the interpreter times this op under; -1 when the op times its phases itself.
+  virtual int prof_kind() const = 0;
+};
+
+struct Value {
+  RegShape shape;
+  int def = -1;   // op index that defines it (-1: the input)
+  int last = -1;  // last op index that uses it
+  int slot = -1;  // buffer slot (-1: the caller's images)
+};
+
+struct AlignedBuffer {
+  void* p = nullptr;
+  AlignedBuffer() = default;
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  AlignedBuffer(AlignedBuffer&& o) noexcept : p(o.p) { o.p = nullptr; }
+  ~AlignedBuffer();
+  void allocate(size_t bytes);  // throws Error when memory runs out
+};
+
+struct Model {
+  std::map<std::string, std::string> metadata;
+  int64_t in_c = 0, in_h = 0, in_w = 0, num_classes = 0;
+  std::vector<float> mean, std;
+  int64_t resize = 0;
+  std::vector<std::string> labels;
+
+  std::vector<std::unique_ptr<Op>> ops;
+  std::vector<Value> values;
+  int input_value = 0, output_value = -1;
+  std::vector<int64_t> slot_bytes;  // per image, multiples of 64
+  int64_t bytes_per_image = 0;      // sum of slot_bytes
+  bool kinds_used[kNumProf] = {};
+
+  std::map<std::string, std::vector<float>> floats;  // F32 tensors the ops point into (converted once)
+
+  int64_t alloc_batch = 0;  // the slots hold this many images
+  std::vector<AlignedBuffer> slots;
+  Profile prof;
+
+  void run(const float* images, int64_t batch, float* logits);
+};
+
+// Loads and validates a whole file (safetensors bytes) into a model; throws Error / FileError.
+class SafeTensors;
+std::unique_ptr<Model> load_model(const SafeTensors& st);
+
+}  // namespace bhr

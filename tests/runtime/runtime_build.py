@@ -1,0 +1,115 @@
+"""Helpers of the native-runtime tests (test_c_api.py, test_aarch64.py): a small packed model, PPM/PGM
+files, compiling C programs against bhvit_runtime.h, reading bhvit-run's output and the Pillow twin of its
+preprocessing. Not a test module itself."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import bhvit
+from bhvit.engine.program import write_program_file
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNTIME = ROOT / "runtime"
+BHVIT_RUN_C = RUNTIME / "tools" / "bhvit_run.c"
+C_API_CHECK_C = Path(__file__).resolve().parent / "c_api_check.c"
+CC = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
+C_FLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-pedantic", "-Werror"]
+# a label with a control character: bhvit-run must print it escaped
+LABELS = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag\x1b[2J", "ankle boot"]
+PREPROCESS = {3: {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}, 1: {"mean": [0.45], "std": [0.22]}}
+TOP_LINE = re.compile(r"^  (\d+) (.*) \((\d+)\) (\d\.\d{6})$")
+
+
+def small_model(path: Path, in_chans: int = 3, resize: int = 32, seed: int = 0) -> Path:
+    """A packed binary bhvit_test (32 x 32, 10 classes, GSB attention) with every constant-initialised
+    tensor perturbed, so that all parts of the program matter; labels LABELS."""
+    torch.manual_seed(seed)
+    model = bhvit.create_model("bhvit_test", precision="binary", attn_quant="gsb", in_chans=in_chans)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() <= 1 or "pos_embed" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+        for name, b in model.named_buffers():
+            if name.endswith("running_var"):
+                b.uniform_(0.5, 2.0)
+            elif name.endswith("running_mean"):
+                b.normal_(0.0, 0.2)
+    return write_program_file(model.eval(), path, preprocess={**PREPROCESS[in_chans], "resize": resize},
+                              labels=LABELS)
+
+
+def runtime_flags() -> list[str]:
+    """`python -m bhvit.runtime --cflags --libs`, the README's compile line."""
+    run = subprocess.run([sys.executable, "-m", "bhvit.runtime", "--cflags", "--libs"], capture_output=True,
+                         text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    return run.stdout.split()
+
+
+def compile_c(sources: list[Path], out: Path, flags: list[str], cc: str | None = None) -> Path:
+    """Compiles and links C99 sources (warnings are errors) into the program ``out``."""
+    cmd = [cc or CC or "cc", *C_FLAGS, *map(str, sources), "-o", str(out), *flags, "-lm"]
+    run = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert run.returncode == 0, f"{' '.join(cmd)}\n{run.stderr}"
+    return out
+
+
+def write_pnm(path: Path, pixels: np.ndarray, maxval: int = 255) -> Path:
+    """A binary PGM (P5, (H, W)) or PPM (P6, (H, W, 3)); samples above 255 as 2 big-endian bytes."""
+    magic = "P6" if pixels.ndim == 3 else "P5"
+    h, w = pixels.shape[:2]
+    data = pixels.astype(">u2" if maxval > 255 else np.uint8).tobytes()
+    path.write_bytes(f"{magic}\n# written by a test\n{w} {h}\n{maxval}\n".encode() + data)
+    return path
+
+
+def parse_top(stdout: str) -> dict[str, list[tuple[int, str, int, float]]]:
+    """bhvit-run's output -> {image path: [(rank, label, index, probability), ...]}."""
+    results: dict[str, list[tuple[int, str, int, float]]] = {}
+    current: list[tuple[int, str, int, float]] = []
+    for line in stdout.splitlines():
+        match = TOP_LINE.match(line)
+        if match is None:
+            assert not line.startswith(" "), f"unexpected line {line!r}"
+            current = results.setdefault(line, [])
+        else:
+            rank, label, index, prob = match.groups()
+            current.append((int(rank), label, int(index), float(prob)))
+    return results
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits.astype(np.float64) - logits.max())
+    return z / z.sum()
+
+
+def pillow_input(pixels: np.ndarray, maxval: int, in_chans: int, resize: int, crop: tuple[int, int]) -> np.ndarray:
+    """The twin of bhvit-run's preprocessing, by Pillow: samples / maxval, the model's channels (Pillow's
+    "L" for RGB -> grey at maxval 255), Pillow's BILINEAR resize of float ("F") images (the same
+    antialiased triangle filter, in double) to the sizes of bhvit/predict.py, centre crop, normalise.
+    (1, C, H, W) float32."""
+    rgb = pixels if pixels.ndim == 3 else np.repeat(pixels[:, :, None], 3, axis=2)
+    if in_chans == 1 and pixels.ndim == 3:
+        assert maxval == 255
+        planes = [np.asarray(Image.fromarray(pixels.astype(np.uint8), "RGB").convert("L"), np.float32) / 255]
+    else:
+        planes = [(rgb[:, :, c] if in_chans == 3 else rgb[:, :, 0]).astype(np.float32) / maxval
+                  for c in range(in_chans)]
+    h, w = pixels.shape[:2]
+    scale = resize / min(w, h)
+    rw, rh = max(crop[1], round(w * scale)), max(crop[0], round(h * scale))
+    left, top = (rw - crop[1]) // 2, (rh - crop[0]) // 2
+    box = (left, top, left + crop[1], top + crop[0])
+    out = [np.asarray(Image.fromarray(p, "F").resize((rw, rh), Image.BILINEAR).crop(box)) for p in planes]
+    mean, std = (np.array(PREPROCESS[in_chans][k], np.float32)[:, None, None] for k in ("mean", "std"))
+    return ((np.stack(out) - mean) / std)[None].astype(np.float32)

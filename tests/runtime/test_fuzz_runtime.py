@@ -1,0 +1,86 @@
+"""Fuzzing of the native runtime (issue 11): a few hundred hostile version-2 files and direct C API calls,
+each case in a worker subprocess that names the case it was running if it dies (scripts/fuzz_packed.py).
+
+Every file must load and run on batch 1 and 2 with logits (B, num_classes) (finite where the mutation kept the
+values; bit for bit the seed's where the file is equivalent to it) or be refused with PackedFormatError /
+ValueError; every C API call must keep its contract (NULL pointers, short error buffers, bad batches, ISA
+names, labels, metadata keys, profile sizes). Never a signal, a hang, another exception type, an absurd
+allocation (the workers run under a 2 GiB address-space limit) or a write past a buffer."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+import bhvit.runtime as rt
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "fuzz_packed.py"
+pytestmark = pytest.mark.skipif(not rt.available(), reason="needs the native runtime library (bash scripts/setup.sh)")
+
+
+def load_fuzz() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("fuzz_packed", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fuzz_packed"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+fuzz = load_fuzz()
+
+
+@pytest.fixture(scope="module")
+def seed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("v2seeds")
+    fuzz.build_v2_seeds(out)
+    return out
+
+
+def _findings(report) -> str:  # noqa: ANN001
+    return "\n".join(f"{k}: {v}" for k, v in sorted(report.findings.items()))
+
+
+def test_program_fuzz(seed_dir: Path) -> None:
+    report = fuzz.run_program(sorted(seed_dir.glob("v2seed*.bhvp")), 640, seed=11, timeout=120)
+    assert not report.findings, _findings(report)
+    # both endings occur in numbers: the corpus is neither all-valid nor all-refused
+    assert report.outcomes.get("REJECTED", 0) > 300 and report.outcomes.get("LOADED", 0) > 120, report.outcomes
+
+
+def test_c_api_fuzz(seed_dir: Path) -> None:
+    report = fuzz.run_capi(seed_dir, 320, seed=11, timeout=120)
+    assert not report.findings, _findings(report)
+    assert report.outcomes.get("REFUSED", 0) > 100 and report.outcomes.get("RETURNED", 0) > 100, report.outcomes
+
+
+def test_the_oracle_sees_a_wrong_outcome() -> None:
+    """The judge itself: a refusal of an equivalent file, a load of a file that must be refused and non-finite
+    logits where the values were kept are findings; the allowed endings are not."""
+    case = fuzz.ProgramCase
+    assert not fuzz._judge_program(case("x", b"", "same"), "REJECTED")
+    assert not fuzz._judge_program(case("x", b"", "reject"), "LOADED")
+    assert not fuzz._judge_program(case("x", b"", "either"), "NONFINITE")
+    assert not fuzz._judge_program(case("x", b"", "either"), "RUNFAIL")
+    assert fuzz._judge_program(case("x", b"", "either", nonfinite_ok=True), "NONFINITE")
+    assert fuzz._judge_program(case("x", b"", "reject"), "REJECTED")
+    assert fuzz._judge_program(case("x", b"", "same"), "LOADED")
+
+
+def test_register_flow_checker_finds_reads_before_writes() -> None:
+    """flow_broken, which decides that a structural mutation must be refused, on hand-made programs."""
+    ok = {"input": [3, 8, 8], "output": "p", "num_classes": 4, "ops": [
+        {"op": "patch_conv", "in": "input", "out": "x", "kernel": 4},
+        {"op": "sign_pack", "in": "x", "out": "xb"},
+        {"op": "bconv", "in": "xb", "out": "x", "accumulate": True},
+        {"op": "mean_tokens", "in": "x", "out": "p"}]}
+    assert fuzz.flow_broken(ok) is None
+    early = {**ok, "ops": [ok["ops"][1], ok["ops"][0], *ok["ops"][2:]]}
+    assert "before it is written" in fuzz.flow_broken(early)
+    kind = {**ok, "ops": [ok["ops"][0], {**ok["ops"][2], "in": "x"}, ok["ops"][3]]}
+    assert "float register" in fuzz.flow_broken(kind)
+    same = {**ok, "ops": [*ok["ops"][:3], {"op": "mean_tokens", "in": "x", "out": "x"}]}
+    assert "writes one of its inputs" in fuzz.flow_broken(same)

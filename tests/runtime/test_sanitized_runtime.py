@@ -1,0 +1,69 @@
+"""The version-2 and C API fuzz corpora of scripts/fuzz_packed.py against libbhvit_runtime built with
+AddressSanitizer and UndefinedBehaviorSanitizer (``scripts/build_sanitized.sh --runtime``): every case must
+run clean (issue 11, item 5). The workers get no address-space limit (ASan reserves terabytes of it); an
+absurd allocation is caught by ASan itself ("requested allocation size exceeds maximum supported size").
+Slow: the sanitized build takes a few minutes on 2 cores."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def load_fuzz() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("fuzz_packed", ROOT / "scripts" / "fuzz_packed.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fuzz_packed"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _runtime(name: str) -> str | None:
+    """The path g++ gives for a runtime library, or None when it has none (it then echoes the name)."""
+    if shutil.which("g++") is None:
+        return None
+    path = subprocess.run(["g++", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+    return path if os.path.isabs(path) and os.path.exists(path) else None
+
+
+ASAN, STDCXX = _runtime("libasan.so"), _runtime("libstdc++.so")
+
+
+@pytest.fixture(scope="module")
+def sanitized_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    if ASAN is None or STDCXX is None:
+        pytest.skip("needs g++ with libasan (AddressSanitizer runtime) and libstdc++")
+    out = tmp_path_factory.mktemp("sanitized-runtime")
+    build = subprocess.run(["bash", str(ROOT / "scripts" / "build_sanitized.sh"), "--runtime", str(out)], cwd=ROOT,
+                           capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable})
+    assert build.returncode == 0, build.stderr[-3000:]
+    library = build.stdout.strip().splitlines()[-1]
+    env = {**os.environ, "BHVIT_RUNTIME_LIB": library, "LD_PRELOAD": f"{ASAN} {STDCXX}",
+           "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
+           "UBSAN_OPTIONS": "halt_on_error=1:abort_on_error=1:print_stacktrace=1"}
+    # the workers really load the sanitized library, with the ASan runtime loaded
+    probe = subprocess.run([sys.executable, "-c", "import ctypes; from bhvit.runtime import paths, available; "
+                            "ctypes.CDLL(None).__asan_init; assert available(); print(paths.library_path())"],
+                           capture_output=True, text=True, env=env, cwd=ROOT)
+    assert probe.returncode == 0 and probe.stdout.strip() == library, probe.stderr[-2000:]
+    return env
+
+
+def test_runtime_fuzz_corpora_are_clean_under_asan_and_ubsan(sanitized_env: dict[str, str], tmp_path: Path) -> None:
+    fuzz = load_fuzz()
+    seeds = fuzz.build_v2_seeds(tmp_path)
+    reports = {"program": fuzz.run_program(seeds, 800, seed=21, timeout=600, env=sanitized_env, memory_limit=0),
+               "C API": fuzz.run_capi(tmp_path, 600, seed=21, timeout=600, env=sanitized_env, memory_limit=0)}
+    for name, report in reports.items():
+        assert not report.findings, name + ":\n" + "\n".join(f"{k}: {v}" for k, v in sorted(report.findings.items()))
+        assert sum(report.outcomes.values()) > 500, (name, report.outcomes)
