@@ -1,8 +1,11 @@
 """``bhvit train``, ``bhvit eval`` and ``bhvit demo``.
 
 ``bhvit train`` starts from a recipe (``--recipe recipes/….toml``) or the defaults, and every flag
-given on the command line overrides the matching recipe value; flags not given leave it alone. The
-flags are generated from the dataclasses of :class:`bhvit.train.TrainConfig` (one per field, its type
+given on the command line overrides the matching recipe value; flags not given leave it alone. Without
+a recipe the defaults are the dataclasses' except those of :func:`bhvit.train.config.no_recipe_defaults`
+(measured for a first run on new data: lr, warm-up, weight decay, no flips for a folder, an automatic fp
+teacher stage for binary models); a recipe sees the dataclass defaults only. The flags are generated
+from the dataclasses of :class:`bhvit.train.TrainConfig` (one per field, its type
 and choices from the annotation), so a new field is a new flag. Run it with ``torchrun
 --nproc_per_node N -m bhvit train …`` for N processes.
 """
@@ -23,9 +26,9 @@ from bhvit.cli.errors import CommandParser, error_line
 from bhvit.data import DataConfig, DatasetNotFoundError
 from bhvit.train import checkpoint as ckpt_io
 from bhvit.train import demo as demo_lib
-from bhvit.train.config import TrainConfig, load_recipe
-from bhvit.train.loop import NonFiniteLossError, evaluate_checkpoint, train
-from bhvit.train.teacher import TeacherUnavailableError
+from bhvit.train.config import TrainConfig, load_recipe, no_recipe_defaults
+from bhvit.train.loop import NonFiniteLossError, evaluate_checkpoint
+from bhvit.train.teacher import TeacherUnavailableError, train_with_auto_teacher
 from bhvit.upstream import CheckpointError
 
 # Flags spelled other than their field (``--FIELD-NAME``): the short names bhvit train has always
@@ -72,9 +75,27 @@ def _flag_type(hint: Any, default: Any) -> dict[str, Any]:
     raise TypeError(f"no command-line flag for a field of type {hint}")
 
 
-def _add_table_flags(p: argparse.ArgumentParser, table: str, defaults: Any) -> None:
+# How help shows a default that depends on other flags (no_recipe_defaults' rules).
+RULE_HELP = {"data.hflip": "False for a directory (your own data)",
+             "data.augment": "'none' under 20 epochs, 'auto' from 20",
+             "optim.lr": ("0.002; 0.004 for binary and some-fp under 10 epochs; 0.0005 with --init-from and no "
+                          "--teacher"),
+             "optim.warmup_epochs": "5%% of --epochs within [0.2, 5]",
+             "optim.weight_decay": "0.05 for fp, 0 for binary and some-fp"}
+
+
+def _default_text(dest: str, default: Any, no_recipe: dict[str, Any]) -> str:
+    """``default X`` or, where bhvit train without a recipe uses another value, both."""
+    if dest not in no_recipe and dest not in RULE_HELP:
+        return f"default {default!r}"
+    ours = RULE_HELP.get(dest, repr(no_recipe.get(dest)))
+    return f"default {ours} without --recipe, {default!r} with one"
+
+
+def _add_table_flags(p: argparse.ArgumentParser, table: str, defaults: Any, no_recipe: dict[str, Any]) -> None:
     """One flag per field of the dataclass instance ``defaults`` (a table of the default TrainConfig);
-    its value lands in ``args["table.field"]`` only when given."""
+    its value lands in ``args["table.field"]`` only when given. A boolean whose default differs without a
+    recipe (``no_recipe``), or may be None, gets both ``--name`` and ``--no-name``."""
     doc = type(defaults).__doc__ or ""
     group = p.add_argument_group(f"[{table}]", doc.strip().split("\n\n")[0].replace("%", "%%"))
     hints = get_type_hints(type(defaults))
@@ -85,13 +106,16 @@ def _add_table_flags(p: argparse.ArgumentParser, table: str, defaults: Any) -> N
         default = getattr(defaults, f.name)
         kw = _flag_type(hints[f.name], default)
         name = FLAG_ALIASES.get(dest, f.name.replace("_", "-"))
-        if kw.get("action") == "store_false":
+        if "action" in kw and (dest in no_recipe or default is None):
+            kw["action"] = argparse.BooleanOptionalAction
+        elif kw.get("action") == "store_false":
             name = f"no-{name}"
         if "type" in kw:
             kw["metavar"] = f.name.upper()
         text = _field_help(doc, f.name)
         group.add_argument(f"--{name}", dest=dest, default=argparse.SUPPRESS,
-                           help=f"{text + ' ' if text else ''}({dest}, default {default!r})", **kw)
+                           help=f"{text + ' ' if text else ''}({dest}, {_default_text(dest, default, no_recipe)})",
+                           **kw)
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -100,15 +124,19 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--override", action="append", default=[], metavar="KEY=JSON",
                    help="a BHViTConfig field, e.g. --override depths=[1,1,2,1] (repeatable)")
     defaults = TrainConfig()
+    no_recipe = no_recipe_defaults({"data.name": ""})  # the rules' values for a folder, shown in help
     for f in dataclasses.fields(defaults):
-        _add_table_flags(p, f.name, getattr(defaults, f.name))
+        _add_table_flags(p, f.name, getattr(defaults, f.name), no_recipe)
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Recipe (or defaults) ← flags given. Returns a validated :class:`TrainConfig`."""
+    """Recipe (or the defaults, with :func:`no_recipe_defaults`) ← flags given. Returns a validated
+    :class:`TrainConfig`."""
     base = load_recipe(args.recipe).to_dict() if args.recipe else TrainConfig().to_dict()
     given = {dest: value for dest, value in vars(args).items() if "." in dest}
+    if not args.recipe:
+        given = {**no_recipe_defaults(given), **given}
     for dest, value in given.items():
         table, key = dest.split(".")
         base[table][key] = value
@@ -123,7 +151,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def cmd_train(argv: list[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
     try:
-        summary = train(config_from_args(args))
+        summary = train_with_auto_teacher(config_from_args(args))
     except (ValueError, FileNotFoundError, NonFiniteLossError, TeacherUnavailableError) as e:
         print(error_line("train", e), file=sys.stderr)
         return 2

@@ -40,14 +40,18 @@ class DataConfig:
     """Which data, at which size, with which augmentation.
 
     ``name``: a name of :data:`DATASET_NAMES` or a directory; ``root``: where to look first for a named
-    dataset; ``augment``: ``auto`` picks ``small`` for images of at most 64 px on disk and ``imagenet``
-    otherwise (SPEC §4); ``train_subset``: use only the first n training images (quick experiments).
+    dataset; ``augment``: ``auto`` picks ``small`` for images of at most 64 px on disk (an image folder:
+    the median longer side of a few of its training images) and ``imagenet`` otherwise (SPEC §4);
+    ``hflip``: random horizontal flips (None: as the augmentation family does, both ``imagenet`` and
+    ``small`` flip; false: never, for digits, letters and other data whose label a mirror changes; true:
+    always, also with ``none``); ``train_subset``: use only the first n training images (quick experiments).
     """
 
     name: str = "fashion_mnist"
     root: str | None = None
     img_size: int = 32
     augment: Augment = "auto"
+    hflip: bool | None = None
     batch_size: int = 128
     eval_batch_size: int = 500
     num_workers: int = 0
@@ -174,10 +178,10 @@ def build_datasets(cfg: DataConfig, seed: int = 0) -> DataBundle:
         )
     if Path(cfg.name).is_dir() and folder.is_image_folder(cfg.name):
         train, val = folder.load(cfg.name)
-        kind = _augment_kind(cfg, disk_size=10**9)
+        kind = _augment_kind(cfg, disk_size=folder.typical_side(train) if cfg.augment == "auto" else 0)
         mean, std = IMAGENET_MEAN, IMAGENET_STD
         return DataBundle(
-            str(cfg.name), _subset(Augmented(train, train_transform(kind, cfg.img_size), seed), cfg),
+            str(cfg.name), _subset(Augmented(train, train_transform(kind, cfg.img_size, cfg.hflip), seed), cfg),
             Augmented(val, eval_transform(kind, cfg.img_size), None),
             len(train.classes), 3, tuple(train.classes), mean, std,
         )
@@ -192,7 +196,7 @@ def build_datasets(cfg: DataConfig, seed: int = 0) -> DataBundle:
     train = TensorImages(train_imgs, arrays["train_labels"])
     test = TensorImages(test_imgs, arrays["test_labels"])
     return DataBundle(
-        name, Augmented(train, train_transform(kind, cfg.img_size), seed),
+        name, Augmented(train, train_transform(kind, cfg.img_size, cfg.hflip), seed),
         Augmented(test, eval_transform(kind, cfg.img_size), None),
         len(classes), train_imgs.shape[1], tuple(classes), mean, std,
     )

@@ -81,6 +81,26 @@ class ImageFolder(torch.utils.data.Dataset):
         return load_image(path), label
 
 
+def typical_side(split: ImageFolder, probes: int = 9) -> int:
+    """The median longer side (px) of ``probes`` images spread evenly over ``split`` (headers only).
+
+    Decides ``augment = "auto"`` for a folder (small images get pad-and-crop, large ones
+    RandomResizedCrop). A file Pillow cannot open is skipped here (reading it names it later); 0 when
+    none opens.
+    """
+    from PIL import Image
+
+    n = len(split.samples)
+    sides = []
+    for i in sorted({k * (n - 1) // max(1, probes - 1) for k in range(probes)} if n else set()):
+        try:
+            with Image.open(split.samples[i][0]) as im:
+                sides.append(max(im.size))
+        except Exception:  # noqa: BLE001 - any decoder error: the read in training reports it with the file
+            continue
+    return sorted(sides)[len(sides) // 2] if sides else 0
+
+
 def load(root: str | os.PathLike) -> tuple[ImageFolder, ImageFolder]:
     """The train and val splits of an image folder, checked as the module docstring says."""
     r = Path(root)

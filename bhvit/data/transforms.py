@@ -13,6 +13,10 @@ Two families of defaults:
 * ``small`` (28–32 px data such as Fashion-MNIST and CIFAR-10): resize to the model size, zero-pad by
   img/8 and random-crop back, horizontal flip; evaluation only resizes.
 
+The horizontal flip is part of both families as the recipes and the paper use them (``hflip=None``);
+``hflip=False`` drops it (a flipped digit or letter is another symbol: ``bhvit train`` without a recipe
+does not flip unless asked, docs/training.md) and ``hflip=True`` adds it to any family, ``none`` included.
+
 Transforms keep images uint8; normalisation ``(x/255 − mean)/std`` is applied to whole batches on the
 training device (:func:`normalize_batch`), which is one op per batch instead of several per image.
 """
@@ -189,15 +193,22 @@ class Compose:
         return img
 
 
-def train_transform(kind: str, img_size: int) -> Compose:
-    """The training augmentation ``kind`` ∈ {imagenet, small, none} at ``img_size`` (uint8 out)."""
+def train_transform(kind: str, img_size: int, hflip: bool | None = None) -> Compose:
+    """The training augmentation ``kind`` ∈ {imagenet, small, none} at ``img_size`` (uint8 out).
+
+    ``hflip``: None flips as the family does (imagenet and small: p = 0.5; none: never), a bool forces it.
+    """
     if kind == "imagenet":
-        return Compose([RandomResizedCrop(img_size), RandomHorizontalFlip()])
-    if kind == "small":
-        return Compose([Resize(img_size), PadRandomCrop(img_size, max(1, img_size // 8)), RandomHorizontalFlip()])
-    if kind == "none":
-        return Compose([Resize(img_size)])
-    raise ValueError(f"unknown augmentation {kind!r}; expected imagenet, small or none")
+        steps: list[Transform] = [RandomResizedCrop(img_size)]
+    elif kind == "small":
+        steps = [Resize(img_size), PadRandomCrop(img_size, max(1, img_size // 8))]
+    elif kind == "none":
+        steps = [Resize(img_size)]
+    else:
+        raise ValueError(f"unknown augmentation {kind!r}; expected imagenet, small or none")
+    if hflip if hflip is not None else kind != "none":
+        steps.append(RandomHorizontalFlip())
+    return Compose(steps)
 
 
 def eval_transform(kind: str, img_size: int) -> Compose:

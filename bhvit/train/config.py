@@ -61,6 +61,11 @@ class LossConfig:
     with β_t as in ``paper`` (no teacher; set ``reg_weight = 0`` for plain CE). ``teacher`` is a path
     to one of our checkpoints or ``timm:<name>``; KD modes require one. ``reg_form``: ``paper``
     averages over all weights, ``authors`` averages per-tensor means and skips the downsampling convs.
+    ``auto_teacher``: a binary or some-fp run given neither a teacher nor ``init_from`` first trains an
+    fp model of the same architecture for ``auto_teacher_epochs`` of the run's epochs (None: a third,
+    at least 1), then starts the student from it and distils from it with the ``paper`` loss for the
+    remaining epochs (:func:`bhvit.train.teacher.train_with_auto_teacher`; on by default for
+    ``bhvit train`` without a recipe).
     """
 
     mode: LossMode = "paper"
@@ -70,6 +75,8 @@ class LossConfig:
     label_smoothing: float = 0.1
     reg_form: RegForm = "paper"
     teacher: str | None = None
+    auto_teacher: bool = False
+    auto_teacher_epochs: int | None = None
 
     def __post_init__(self) -> None:
         _check(self.mode in LOSS_MODES, f"loss mode {self.mode!r}; expected {LOSS_MODES}")
@@ -79,6 +86,7 @@ class LossConfig:
         _check(0 <= self.reg_fraction <= 1, "reg_fraction must lie in [0, 1]")
         _check(0 <= self.label_smoothing < 1, "label_smoothing must lie in [0, 1)")
         _check(self.mode == "ce" or self.teacher is not None, f"loss mode {self.mode!r} needs a teacher")
+        _check(self.auto_teacher_epochs is None or self.auto_teacher_epochs >= 1, "auto_teacher_epochs must be ≥ 1")
 
 
 @dataclass(frozen=True)
@@ -197,6 +205,62 @@ def load_recipe(path: str | Path) -> TrainConfig:
         return TrainConfig.from_dict(tomllib.load(f))
 
 
+LONG_RUN_EPOCHS = 20  # bhvit train without a recipe augments runs of at least this many epochs
+SHORT_BINARY_EPOCHS = 10  # and trains binary models of fewer epochs at twice the lr
+
+
+def no_recipe_defaults(given: dict[str, Any]) -> dict[str, Any]:
+    """Values of ``bhvit train`` without ``--recipe``, as ``{"table.field": value}``, for every field the
+    dataclass defaults do not serve there; ``given`` are the flags the user gave (they win).
+
+    The dataclass defaults stay those of the recipes and the paper (lr 5e-4 per 512 images, no warm-up,
+    flips); these are measured for a first run on new data, short or long (docs/training.md, "Defaults
+    for your own data"):
+
+    * ``optim.lr`` as given, whatever the batch (``scale_lr`` false): 2e-3, and 4e-3 for a binary or
+      some-fp run of fewer than 10 epochs (digits, 3 epochs: binary 96.7 % at 4e-3, 92.4 % at 2e-3; the
+      demo's 1-epoch students agree, its 10-epoch ones were best at 2e-3); 5e-4 with ``--init-from``
+      and no ``--teacher`` (fine-tuning a trained model: its binary weights keep their signs in the
+      first steps; a student initialised from its teacher is not fine-tuning). At batch
+      128 the paper's scaled 1.25e-4 leaves a short run far from converged;
+    * ``data.batch_size`` 32: steps, not images, are what a short run on a small set lacks (4,000
+      images are 31 steps an epoch at 128; one fp epoch reached 55 % top-1 on a digits set at batch 128,
+      89 % at 64 and 94 % at 32) for about 1.3× the time per image of batch 128 on a CPU;
+    * ``optim.warmup_epochs`` 5 % of the epochs, within [0.2, 5];
+    * ``optim.weight_decay`` 0.05 for fp, 0 for binary and some-fp models (decay pulls latent weights
+      towards 0, where their signs flip);
+    * ``data.augment`` ``none`` for runs under 20 epochs, else ``auto``: a short run learns more from the
+      images as they are (one fp epoch on digits: 97.6 % plain, 93.9 % padded and cropped; the demo's
+      10-epoch augmented teacher stayed below a 4-epoch plain one), a long one needs augmentation (the
+      20-epoch augmented Fashion-MNIST teacher is the best fp model measured here);
+    * ``data.hflip`` false for a directory (the user's own data: a mirrored digit or letter is another
+      symbol); the named datasets keep their family's flips;
+    * ``loss.auto_teacher`` true: a binary or some-fp model without ``--teacher`` and ``--init-from``
+      gets an fp stage first.
+    """
+    epochs = given.get("run.epochs", RunConfig.epochs)
+    precision = given.get("model.precision", ModelSpec.precision)
+    name = given.get("data.name", DataConfig.name)
+    fine_tuning = bool(given.get("model.init_from") and not given.get("loss.teacher"))
+    rules = {
+        "data.batch_size": 32, "data.augment": "none" if epochs < LONG_RUN_EPOCHS else "auto",
+        "optim.lr": _no_recipe_lr(epochs, precision, fine_tuning),
+        "optim.scale_lr": False,
+        "optim.warmup_epochs": min(5.0, max(0.2, 0.05 * epochs)),
+        "optim.weight_decay": 0.05 if precision == "fp" else 0.0,
+        "loss.auto_teacher": True,
+    }
+    if Path(str(name)).is_dir():
+        rules["data.hflip"] = False
+    return {k: v for k, v in rules.items() if k not in given}
+
+
+def _no_recipe_lr(epochs: int, precision: str, fine_tuning: bool) -> float:
+    if fine_tuning:
+        return 5e-4
+    return 4e-3 if precision != "fp" and epochs < SHORT_BINARY_EPOCHS else 2e-3
+
+
 def steps_per_epoch(num_train: int, global_batch: int) -> int:
     """Optimizer steps per epoch: incomplete last batches are dropped (≥ 1 step)."""
     return max(1, num_train // global_batch) if num_train >= global_batch else 1
@@ -209,5 +273,5 @@ def scaled_lr(optim: OptimConfig, global_batch: int) -> float:
 
 __all__ = [
     "LossConfig", "ModelSpec", "OptimConfig", "RunConfig", "TrainConfig", "choose_window_size",
-    "load_recipe", "scaled_lr", "steps_per_epoch",
+    "load_recipe", "no_recipe_defaults", "scaled_lr", "steps_per_epoch",
 ]

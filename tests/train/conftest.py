@@ -75,6 +75,25 @@ def folder_dir(tmp_path: Path) -> Path:
     return root
 
 
+def make_image_folder(root: Path, side: int = 20) -> Path:
+    """An image folder of 2 classes × 6 training and × 3 validation ``side``-px RGB PNGs, the class in the
+    brightness (learnable): 3 steps per epoch at batch 4."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 3)):
+        for k, cls in enumerate(("cat", "dog")):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                arr = rng.integers(0, 120, (side, side, 3), dtype=np.uint8) + 120 * k
+                Image.fromarray(arr.astype(np.uint8)).save(root / split / cls / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder():
+    """:func:`make_image_folder`, for tests that write folders of their own."""
+    return make_image_folder
+
+
 TEACHER_MEAN, TEACHER_STD, TEACHER_SIDE = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5), 48
 
 

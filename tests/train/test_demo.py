@@ -16,6 +16,8 @@ def test_demo_end_to_end_on_fake_fashion_mnist(fmnist_dir, tmp_path):
     for prec, s in result["summaries"].items():
         assert s["precision"] == prec and s["test_images"] == 32
     assert result["summaries"]["binary"]["teacher"] == result["summaries"]["fp"]["checkpoint"]
+    binary_cfg = json.loads((out / "binary" / "config.json").read_text())  # quick: from the some-fp student
+    assert binary_cfg["model"]["init_from"] == result["summaries"]["some_fp"]["checkpoint"]
     report = (out / "report.md").read_text()
     assert "binary student" in report and "| model |" in report and "MOPs" in report
     for png in ("accuracy.png", "comparison.png", "flips.png"):
@@ -55,3 +57,13 @@ def test_long_preset_stages():
     assert (student.run.epochs, student.data.augment, student.model.init_from, student.loss.teacher) == (
         10, "none", "i.pt", "t.pt")
     assert init.run.out_dir != teacher.run.out_dir
+
+
+def test_demo_on_an_image_folder(tmp_path, image_folder):
+    """``bhvit demo --data DIR`` on any folder (here 24-px RGB, 2 classes)."""
+    data, out = image_folder(tmp_path / "imgs", side=24), tmp_path / "demo"
+    rc = cmd_demo(["--data", str(data), "--out", str(out), "--batch-size", "4", "--threads", "1", "--only-binary"])
+    assert rc == 0
+    result = json.loads((out / "demo_summary.json").read_text())
+    assert set(result["summaries"]) == {"fp", "binary"}
+    assert all(s["test_images"] == 6 and s["dataset"] == str(data) for s in result["summaries"].values())

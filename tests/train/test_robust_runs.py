@@ -105,7 +105,8 @@ def test_corrupt_validation_image_loses_no_training(reference, tmp_path, capsys)
     victim.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     out = tmp_path / "run"
     argv = ["--data", str(data), "--arch", "bhvit_test", "--img-size", "32", "--batch-size", str(BATCH),
-            "--epochs", str(EPOCHS), "--out", str(out), "--threads", "1", "--no-progress", "--no-plots"]
+            "--epochs", str(EPOCHS), "--out", str(out), "--threads", "1", "--no-progress", "--no-plots",
+            "--no-auto-teacher"]  # the binary run alone (test_defaults.py covers the fp stage's resume)
     assert cmd_train(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and str(victim) in err and "Epoch 1's training is saved" in err
