@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bhvit.rules import GSB_EPS, GSB_T2, GSB_U
+
 __all__ = [
     "sign_ste",
     "binarize_weight",
@@ -50,7 +52,6 @@ __all__ = [
 
 RECU_RHO = 0.92  # ReCU's quantile: τ = −E|w|·ln(2 − 2ρ)
 LSQ_LEVELS = 3  # Qp of the authors' 3-bit unsigned LSQ: levels {0, 1, 2, 3}
-GSB_EPS = 1e-5  # lower bound of the GSB scales
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,8 +193,8 @@ def gsb_masks(a: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     q = a / alpha
     rowmax = q.amax(dim=-1, keepdim=True)
     base = q.round().clamp(0.0, 1.0)
-    t2 = (q > 0.9 * rowmax).to(a.dtype)
-    t12 = (q > 0.7 * rowmax).to(a.dtype)
+    t2 = (q > GSB_T2 * rowmax).to(a.dtype)
+    t12 = (q > GSB_U * rowmax).to(a.dtype)
     return base - t12, t12 - t2, t2
 
 

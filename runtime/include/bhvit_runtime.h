@@ -36,7 +36,7 @@ typedef struct bhvit_model bhvit_model;
 BHVIT_API bhvit_model *bhvit_load(const char *path, char *err, size_t errlen);
 /* The same from a file's bytes in memory (copied; data may be freed after the call). */
 BHVIT_API bhvit_model *bhvit_load_memory(const void *data, size_t size, char *err, size_t errlen);
-/* The input image shape: channels, height, width. */
+/* The input image shape: channels, height, width (a NULL output pointer is skipped). */
 BHVIT_API int bhvit_input_dims(const bhvit_model *m, int *channels, int *height, int *width);
 /* Width of the output: the number of classes (-1 if m is NULL). */
 BHVIT_API int bhvit_num_classes(const bhvit_model *m);
@@ -46,7 +46,8 @@ BHVIT_API int bhvit_run(bhvit_model *m, const float *images, int batch, float *l
  * The pointer stays valid until bhvit_free(m). */
 BHVIT_API const char *bhvit_metadata(const bhvit_model *m, const char *key);
 /* The stored preprocessing (version-2 files always carry it): per-channel mean and std (arrays of
- * `channels` floats) and the shorter side an image is resized to before the centre crop. */
+ * `channels` floats) and the shorter side an image is resized to before the centre crop; a NULL output
+ * pointer is skipped. */
 BHVIT_API int bhvit_preprocess(const bhvit_model *m, float *mean, float *std, int *resize, char *err, size_t errlen);
 /* The name of class i, or NULL when the file has no labels or i is out of range. */
 BHVIT_API const char *bhvit_label(const bhvit_model *m, int i);

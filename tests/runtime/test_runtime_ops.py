@@ -74,8 +74,38 @@ def test_logits_match_the_float_model(files, precision: str, quant: str) -> None
         want = model(torch.from_numpy(x)).numpy()
     got = rt.load(path).run(x)
     assert got.shape == want.shape
-    assert np.abs(got - want).max() <= REL_TOL * np.abs(want).max()
-    assert (got.argmax(1) == want.argmax(1)).all()
+    off = np.abs(got - want).max(axis=1) > REL_TOL * np.abs(want).max()
+    # a larger difference is allowed only for an image whose float forward put a sign input within rounding
+    # of 0 (docs/packed-format.md §8): torch's own summation order differs between CPUs (AVX2 vs AVX-512)
+    assert not (off & ~near_zero_signs(model, x)).any(), np.abs(got - want).max(axis=1)
+    assert off.sum() <= 1 and (got.argmax(1) == want.argmax(1)).all()
+
+
+def near_zero_signs(model: torch.nn.Module, x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """Per image: whether some input of a binary layer or of the attention's q/k/v sign lies within ``eps``
+    (relative to that tensor's largest magnitude) of 0 in the float model's forward."""
+    hit = np.zeros(len(x), dtype=bool)
+
+    def record(value: torch.Tensor) -> None:
+        v = value.detach().reshape(len(x), -1).abs()  # windows of an image are consecutive rows (B·nW, L, C)
+        hit[:] |= (v.amin(1) <= eps * v.amax(1).clamp(min=1e-30)).numpy()
+
+    handles = []
+    for module in model.modules():
+        binary = all(getattr(module, q, None) is not None for q in ("weight_quantizer", "input_quantizer"))
+        if binary:
+            handles.append(module.register_forward_pre_hook(lambda m, a: record(a[0])))
+        for branch in ("q", "k", "v"):
+            act, move = getattr(module, f"act_{branch}", None), getattr(module, f"move_{branch}2", None)
+            if act is not None and move is not None:
+                handles.append(act.register_forward_hook(lambda m, a, out, mv=move: record(out + mv)))
+    try:
+        with torch.no_grad():
+            model(torch.from_numpy(x))
+    finally:
+        for h in handles:
+            h.remove()
+    return hit
 
 
 # ---- per op, against the reference interpreter ---------------------------------------------------------
