@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from bhvit import runtime
-from bhvit.engine.program import Program, build_program, write_program
+from bhvit.engine.program import Program, build_program, model_preprocess, write_program
 from bhvit.engine.schema import PackedFormatError
 
 
@@ -28,15 +28,26 @@ class PackedModel:
     ``config`` is the float model's config (as stored in the file); ``program`` the version-2 program;
     ``runtime`` the :class:`bhvit.runtime.Model` that runs it (numpy in, numpy out)."""
 
-    def __init__(self, program: Program, loaded: runtime.Model | None = None) -> None:
-        """``loaded``: the runtime's model of this program when it was read from a file, else built here."""
+    def __init__(self, program: Program | Path, loaded: runtime.Model | None = None) -> None:
+        """``program``: the program, or (with ``loaded``, the runtime's model of it) the file it was read from,
+        whose tensors are then read only if :attr:`program` is asked for (``save_packed``)."""
         from safetensors.numpy import save
 
-        self.program = program
-        self.config: dict[str, Any] = json.loads(program.metadata.get("config", "{}"))
-        self.runtime = loaded or runtime.load_bytes(save(program.tensors, metadata=program.file_metadata()),
-                                                    "packed model")
+        self._program = program
+        if loaded is None:
+            if not isinstance(program, Program):
+                raise TypeError("PackedModel(path) needs the runtime's model of that file: use load_packed(path)")
+            loaded = runtime.load_bytes(save(program.tensors, metadata=program.file_metadata()), "packed model")
+        self.runtime = loaded
+        self.config: dict[str, Any] = loaded.metadata("config") or {}
         self._times: dict[str, float] | None = None
+
+    @property
+    def program(self) -> Program:
+        """The version-2 program (read from the file on first use when the model was loaded from one)."""
+        if isinstance(self._program, Path):
+            self._program = _read_program(self._program)
+        return self._program
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -89,12 +100,7 @@ def pack(model: nn.Module) -> PackedModel:
     ``bhvit.engine.pack(model)(images) -> logits``."""
     from bhvit.engine.packer import extract
 
-    return PackedModel(build_program(extract(model), _preprocess_of(model)))
-
-
-def _preprocess_of(model: nn.Module) -> dict[str, Any] | None:
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return {"mean": list(cfg["mean"]), "std": list(cfg["std"])} if "mean" in cfg and "std" in cfg else None
+    return PackedModel(build_program(extract(model), model_preprocess(model)))
 
 
 def save_packed(packed: PackedModel, path: str | Path, *, preprocess: dict | None = None,
@@ -133,8 +139,7 @@ def load_packed(path: str | Path) -> PackedModel:
 
         parts = read_parts(path)
         return PackedModel(build_program(parts, parts.meta.get("preprocess"), parts.meta.get("labels")))
-    loaded = runtime.load(path)  # validates the whole file first
-    return PackedModel(_read_program(path), loaded)
+    return PackedModel(path, runtime.load(path))  # the runtime validates the whole file
 
 
 def _read_program(path: Path) -> Program:

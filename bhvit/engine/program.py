@@ -297,7 +297,10 @@ def write_program_file(model: Any, path: str | Path, *, preprocess: dict[str, An
     """Packs an eval-mode some-fp or binary BHViT (BatchNorm) and writes its version-2 file."""
     from bhvit.engine.packer import extract
 
-    if preprocess is None and getattr(model, "pretrained_cfg", None):
-        cfg = model.pretrained_cfg
-        preprocess = {"mean": list(cfg.get("mean", ())), "std": list(cfg.get("std", ()))} if "mean" in cfg else None
-    return write_program(build_program(extract(model), preprocess, labels), path)
+    return write_program(build_program(extract(model), preprocess or model_preprocess(model), labels), path)
+
+
+def model_preprocess(model: Any) -> dict[str, Any] | None:
+    """The normalisation a float model declares in its ``pretrained_cfg`` (``mean``, ``std``), or None."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return {"mean": list(cfg["mean"]), "std": list(cfg["std"])} if "mean" in cfg and "std" in cfg else None
