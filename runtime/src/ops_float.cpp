@@ -53,20 +53,36 @@ class PatchConv final : public Op {
     for (; p < ow; ++p) block<1>(patch + p * K, row + p * cout);
   }
 
+  // P pixels x 16 output channels per pass, the 2P accumulators in registers over the whole K (the same
+  // additions in the same order as one pixel at a time: 0, + a w for kk = 0 .. K-1, then + bias). Measured
+  // on the 4x4 stem of bhvit_small (K = 48, 64 channels, AVX2 Xeon): 1.0 -> 0.5 ms against accumulating whole
+  // 64-channel rows in memory.
   template <int P>
   inline __attribute__((always_inline)) void block(const float* __restrict patch, float* __restrict o) const {
-    for (int64_t j = 0; j < P * cout; ++j) o[j] = 0.0f;
-    for (int64_t kk = 0; kk < K; ++kk) {
-      const float* __restrict w = wt.data() + kk * cout;
+    int64_t j0 = 0;
+    for (; j0 + 16 <= cout; j0 += 16) {
+      vf8 acc[P][2];
+      for (int q = 0; q < P; ++q) acc[q][0] = acc[q][1] = vf8{};
+      for (int64_t kk = 0; kk < K; ++kk) {
+        const vf8 w0 = load8(wt.data() + kk * cout + j0), w1 = load8(wt.data() + kk * cout + j0 + 8);
+        for (int q = 0; q < P; ++q) {
+          const float a = patch[q * K + kk];
+          acc[q][0] = acc[q][0] + a * w0;
+          acc[q][1] = acc[q][1] + a * w1;
+        }
+      }
       for (int q = 0; q < P; ++q) {
-        const float a = patch[q * K + kk];
-        float* __restrict oq = o + q * cout;
-        for (int64_t j = 0; j < cout; ++j) oq[j] = oq[j] + a * w[j];
+        if (bias) acc[q][0] = acc[q][0] + load8(bias + j0), acc[q][1] = acc[q][1] + load8(bias + j0 + 8);
+        store8(o + q * cout + j0, acc[q][0]);
+        store8(o + q * cout + j0 + 8, acc[q][1]);
       }
     }
-    if (bias)
-      for (int q = 0; q < P; ++q)
-        for (int64_t j = 0; j < cout; ++j) o[q * cout + j] = o[q * cout + j] + bias[j];
+    for (; j0 < cout; ++j0)  // channels past the last multiple of 16, one at a time
+      for (int q = 0; q < P; ++q) {
+        float acc = 0.0f;
+        for (int64_t kk = 0; kk < K; ++kk) acc = acc + patch[q * K + kk] * wt[static_cast<size_t>(kk * cout + j0)];
+        o[q * cout + j0] = bias ? acc + bias[j0] : acc;
+      }
   }
 };
 

@@ -81,6 +81,29 @@ def test_logits_match_the_float_model(files, precision: str, quant: str) -> None
     assert off.sum() <= 1 and (got.argmax(1) == want.argmax(1)).all()
 
 
+@pytest.mark.parametrize("widths", [(24, 48, 96, 192), (40, 80, 160, 320)])
+def test_widths_off_the_fast_paths(widths: tuple[int, ...], tmp_path: Path) -> None:
+    """Stage widths whose group width (6, 10, ...) does not divide 64 and whose stem width is not a multiple of
+    16 take the general im2col, the compacted conv dots and the stem's channel tail: same logits as the float
+    model, and the same bits on every kernel path."""
+    torch.manual_seed(0)
+    model = bhvit.create_model("bhvit_test", precision="binary", attn_quant="gsb", widths=widths).eval()
+    x = images(3)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    packed = rt.load(write_program_file(model, tmp_path / "odd.bhvp"))
+    got = packed.run(x)
+    off = np.abs(got - want).max(axis=1) > REL_TOL * np.abs(want).max()
+    assert not (off & ~near_zero_signs(model, x)).any(), np.abs(got - want).max(axis=1)
+    previous = rt.isa()
+    try:
+        for isa in [n for n in ("avx512vpopcnt", "avx2", "generic") if _isa_ok(n)]:
+            rt.set_isa(isa)
+            assert np.array_equal(packed.run(x), got), isa
+    finally:
+        rt.set_isa(previous)
+
+
 def near_zero_signs(model: torch.nn.Module, x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     """Per image: whether some input of a binary layer or of the attention's q/k/v sign lies within ``eps``
     (relative to that tensor's largest magnitude) of 0 in the float model's forward."""
