@@ -579,6 +579,31 @@ Arr<uint64_t> lsq_masks(const Arr<float>& attn, const Arr<float>& a, const Arr<f
   return out;
 }
 
+// PReLU's backward and its column sums (engine.h): g, t (M, C), a (C,); out, optional, receives gx and may
+// be g itself. Returns (gx, ga, sum_gx, sum_g).
+py::tuple rprelu_backward(const Arr<float>& g, const Arr<float>& t, const Arr<float>& a, std::optional<Arr<float>> out) {
+  check(g, {-1, -1}, "g (M, C)");
+  const int64_t M = g.shape(0), C = g.shape(1);
+  check(t, {M, C}, "t (M, C)");
+  check(a, {C}, "a (C,)");
+  elements({M, C}, "g (M, C)");
+  Arr<float> gx = out ? *out : new_array<float>({M, C});
+  if (out) {
+    check(gx, {M, C}, "out (M, C)");
+    if (!gx.writeable()) bad("out: the array is read-only");
+  }
+  Arr<float> ga = new_array<float>({C}), sx = new_array<float>({C}), sg = new_array<float>({C});
+  if (M > 0 && C > 0) {
+    float* o = gx.mutable_data();
+    float *pa = ga.mutable_data(), *px = sx.mutable_data(), *pg = sg.mutable_data();
+    py::gil_scoped_release nogil;
+    bhv::rprelu_backward(g.data(), t.data(), a.data(), M, C, o, pa, px, pg);
+  } else if (C > 0) {
+    std::fill_n(ga.mutable_data(), C, 0.0f), std::fill_n(sx.mutable_data(), C, 0.0f), std::fill_n(sg.mutable_data(), C, 0.0f);
+  }
+  return py::make_tuple(gx, ga, sx, sg);
+}
+
 void set_num_threads(int64_t n) { bhv::set_num_threads(static_cast<int>(arg_in("num_threads", n, 1, 4096))); }
 
 }  // namespace
@@ -618,5 +643,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("lsq_masks", &lsq_masks, py::arg("attn"), py::arg("a"), py::arg("z"));
   m.def("group_mean", &group_mean, py::arg("x"), py::arg("r"));
   m.def("shift_add", &shift_add, py::arg("out").noconvert(), py::arg("x"), py::arg("kernels"), py::arg("ls"));
+  m.def("rprelu_backward", &rprelu_backward, py::arg("g"), py::arg("t"), py::arg("a"),
+        py::arg("out").noconvert() = py::none());
   m.def("masked_av", &masked_av, py::arg("masks"), py::arg("vp"), py::arg("w"), py::arg("s"), py::arg("d"));
 }

@@ -532,4 +532,73 @@ void shift_add(float* out, const float* x, int64_t B, int64_t H, int64_t W, int6
   });
 }
 
+// ---- training helpers --------------------------------------------------------------------------
+namespace {
+// Eight floats as one value (GCC/Clang vector extensions; two SSE registers at the x86-64 baseline, NEON on
+// aarch64): the select below must stay a blend, since a branch on the sign of t mispredicts half the time
+// (measured on a (25088, 512) map, 1 thread: 58 ms for the branchy scalar loop GCC made of the plain
+// version, 28 ms blended; torch's _prelu_kernel_backward and three sums 126 ms). The helpers are always
+// inlined, so the ABI note about 32-byte vectors without AVX (-Wpsabi) concerns no real call.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+typedef float vf8 __attribute__((vector_size(32)));
+typedef int32_t vi8 __attribute__((vector_size(32)));
+
+inline __attribute__((always_inline)) vf8 load8(const float* p) {
+  vf8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline __attribute__((always_inline)) void store8(float* p, const vf8& v) { std::memcpy(p, &v, sizeof v); }
+
+// One row of rprelu_backward: d = g or a g, and the row's terms added to the block's column sums. gx may
+// be g (each element read before it is written).
+void prelu_backward_row(const float* g, const float* t, const float* a, int64_t C, float* gx, float* pa,
+                        float* px, float* pg) {
+  int64_t c = 0;
+  for (; c + 8 <= C; c += 8) {
+    const vf8 gv = load8(g + c), tv = load8(t + c);
+    const vi8 pos = tv > 0.0f;  // all ones where t > 0; the selects are bitwise (GCC turns ?: into branches)
+    const vf8 ag = load8(a + c) * gv, tg = tv * gv;
+    const vf8 d = (vf8)(((vi8)gv & pos) | ((vi8)ag & ~pos));
+    const vf8 w = (vf8)((vi8)tg & ~pos);
+    store8(gx + c, d);
+    store8(pa + c, load8(pa + c) + w);
+    store8(px + c, load8(px + c) + d);
+    store8(pg + c, load8(pg + c) + gv);
+  }
+  for (; c < C; ++c) {
+    const float gv = g[c], tv = t[c];
+    const bool pos = tv > 0.0f;
+    const float d = pos ? gv : a[c] * gv;
+    gx[c] = d;
+    pa[c] = pa[c] + (pos ? 0.0f : tv * gv);
+    px[c] = px[c] + d;
+    pg[c] = pg[c] + gv;
+  }
+}
+}  // namespace
+
+void rprelu_backward(const float* g, const float* t, const float* a, int64_t M, int64_t C, float* gx, float* ga,
+                     float* sum_gx, float* sum_g) {
+  constexpr int64_t kRows = 64;  // rows per block: the unit of the fixed summation order
+  const int64_t nb = (M + kRows - 1) / kRows;
+  std::vector<float> part(static_cast<size_t>(nb * 3 * C), 0.0f);  // per block: ga, sum_gx, sum_g
+  parallel_for(nb, M * C * 4, [&](int64_t blk) {
+    float* pa = part.data() + blk * 3 * C;
+    for (int64_t m = blk * kRows; m < std::min(M, (blk + 1) * kRows); ++m)
+      prelu_backward_row(g + m * C, t + m * C, a, C, gx + m * C, pa, pa + C, pa + 2 * C);
+  });
+  for (int64_t c = 0; c < C; ++c) ga[c] = sum_gx[c] = sum_g[c] = 0.0f;
+  for (int64_t blk = 0; blk < nb; ++blk) {
+    const float* pa = part.data() + blk * 3 * C;
+    for (int64_t c = 0; c < C; ++c) {
+      ga[c] = ga[c] + pa[c];
+      sum_gx[c] = sum_gx[c] + pa[C + c];
+      sum_g[c] = sum_g[c] + pa[2 * C + c];
+    }
+  }
+}
+
 }  // namespace bhv

@@ -106,4 +106,12 @@ void group_mean(const float* x, int64_t M, int64_t C, int64_t r, float* out);
 void shift_add(float* out, const float* x, int64_t B, int64_t H, int64_t W, int64_t C, const int* kernels,
                int64_t nk, const float* ls);
 
+// ---- training helpers --------------------------------------------------------------------------
+// PReLU's backward with the column sums its callers need, in one pass over (M, C) maps:
+//   gx = t > 0 ? g : a g,   ga[c] = sum_m (t > 0 ? 0 : t g),   sum_gx[c] = sum_m gx,   sum_g[c] = sum_m g
+// (the same element values as torch's _prelu_kernel_backward). The sums run over fixed blocks of rows, each
+// summed in order, then the blocks in order: the same bits for any thread count. gx may be g (in place).
+void rprelu_backward(const float* g, const float* t, const float* a, int64_t M, int64_t C, float* gx, float* ga,
+                     float* sum_gx, float* sum_g);
+
 }  // namespace bhv

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import bhvit
-from bhvit.layers import fused_training, rprelu, shift_branches, shift_branches_reference
+from bhvit.layers import fused_training, prelu_grads, rprelu, shift_branches, shift_branches_reference
 
 
 def _leaves(*tensors: torch.Tensor) -> list[torch.Tensor]:
@@ -78,6 +78,30 @@ def test_rprelu_on_a_channels_last_view() -> None:
     g = torch.randn(2, 5, 6, 8)
     for p, q in zip(_grads(rprelu(*new), new, g), _grads(_rprelu_reference(*ref), ref, g)):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(300, 13), (64, 8), (1, 1), (130, 1024)])
+def test_prelu_grads_native_pass(shape: tuple[int, int]) -> None:
+    """The engine's one-pass PReLU backward: ∂t bit for bit as torch's kernel (t = 0 included), the three
+    column sums within rounding of torch's, in place too, and the same bits on 1 and 2 threads."""
+    from bhvit.engine import is_available, num_threads
+
+    if not is_available():
+        pytest.skip("the native extension is not built")
+    torch.manual_seed(4)
+    g, t, a = torch.randn(shape), torch.randn(shape), torch.randn(shape[1])
+    t.view(-1)[::7] = 0.0
+    want_dt, want_ga = torch.ops.aten._prelu_kernel_backward(g, t, a)
+    want = (want_ga.sum(0), want_dt.sum(0), g.sum(0))
+    with num_threads(1):
+        one = prelu_grads(g, t, a)
+    with num_threads(2):
+        two = prelu_grads(g, t, a)
+        inplace = prelu_grads(g.clone(), t, a, in_place=True)
+    assert torch.equal(one[0], want_dt) and torch.equal(inplace[0], want_dt)
+    for x, y, z, w in zip(one[1:], two[1:], inplace[1:], want):
+        assert torch.equal(x, y) and torch.equal(x, z)
+        torch.testing.assert_close(x, w, rtol=1e-5, atol=1e-5 * float(w.abs().max()) + 1e-6)
 
 
 def _model_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, fused: bool):
