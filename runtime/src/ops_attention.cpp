@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "engine.h"
 #include "floatk.h"
@@ -257,7 +258,11 @@ class WindowAttention final : public Op {
   // Values are computed in vectors into a row of floats, then packed by sign as in sign_pack.
   BHR_FLOAT_CLONES void row_masks(const float* A, float a, float z, uint64_t* t1, uint64_t* t2, uint64_t* t3) const {
     const int64_t LW = (L + 63) / 64;
-    float* v = scratch<float, 34>(static_cast<size_t>(L));
+    // v padded to whole words with +inf, which packs to 0 against every (finite) bias: each word of the
+    // masks is then a vector sign_word (a scalar loop over the L = 50-53 tokens of BHViT's windows cost
+    // 1/3 of attention.core)
+    float* v = scratch<float, 34>(static_cast<size_t>(LW * 64));
+    for (int64_t i = L; i < LW * 64; ++i) v[i] = std::numeric_limits<float>::infinity();
     const float* bias[3];
     float th[3][64];
     if (lsq) {  // v = -l; round half to even of x >= 0 by adding 2^23 (no libm call at the baseline)
@@ -278,10 +283,8 @@ class WindowAttention final : public Op {
       }
     }
     uint64_t* out[3] = {t1, t2, t3};
-    for (int64_t k = 0; k < LW; ++k) {
-      const int64_t n = std::min<int64_t>(64, L - 64 * k);
-      for (int r = 0; r < 3; ++r) out[r][k] = pack_word(v + 64 * k, bias[r], n);
-    }
+    for (int64_t k = 0; k < LW; ++k)
+      for (int r = 0; r < 3; ++r) out[r][k] = sign_word(v + 64 * k, bias[r]);
   }
 
   // 5. y = RPReLU_ctx((((ctx scale + bias) + m_q) + m_k) + m_v), in place over ctx;
