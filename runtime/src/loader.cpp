@@ -7,6 +7,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "ops.h"
+
 namespace bhr {
 
 // ---- Fields -------------------------------------------------------------------------------------
@@ -387,6 +389,7 @@ std::unique_ptr<Model> load_model(const SafeTensors& st) {
   read_preprocess(*m, meta_str(m->metadata, "preprocess"));
   const auto labels = m->metadata.find("labels");
   if (labels != m->metadata.end()) read_labels(*m, labels->second);
+  fuse_ops(m->ops, m->values);
   L.plan_slots();
   return m;
 }

@@ -2,6 +2,7 @@
 // (which validates tensors and registers), converts its weights once, and returns the op ready to run.
 #pragma once
 #include <memory>
+#include <vector>
 
 #include "loader.h"
 
@@ -17,5 +18,8 @@ std::unique_ptr<Op> parse_shift_add(Fields& f, Loader& L);
 std::unique_ptr<Op> parse_bconv(Fields& f, Loader& L);
 std::unique_ptr<Op> parse_blinear(Fields& f, Loader& L);
 std::unique_ptr<Op> parse_window_attention(Fields& f, Loader& L);
+
+// Runtime-internal fusion of adjacent ops (same results); call after parsing, before planning buffers.
+void fuse_ops(std::vector<std::unique_ptr<Op>>& ops, std::vector<Value>& values);
 
 }  // namespace bhr

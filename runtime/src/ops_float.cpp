@@ -94,6 +94,10 @@ class Affine final : public Op {
   int64_t C = 0, HW = 0;
   const float *scale = nullptr, *bias = nullptr, *add = nullptr;
   bool gelu = false;
+  // A following sign_pack of out, fused (fuse_ops): its bits (and move) packed from each chunk of rows
+  // while it is in cache; that op then does nothing.
+  int pack_out = -1;
+  const float* pack_move = nullptr;
 
   int prof_kind() const override { return kProfAffine; }
 
@@ -112,11 +116,20 @@ class Affine final : public Op {
     const float* src = x.f(in);
     float* dst = x.f(out);
     const int64_t M = x.batch * HW, chunk = pixel_chunk(C);
+    uint64_t* bits = pack_out >= 0 ? x.u(pack_out) : nullptr;
     parallel_for((M + chunk - 1) / chunk, M * C * (gelu ? 8 : 1),
-                 [&](int64_t t) { rows(src, dst, t * chunk, std::min(M, (t + 1) * chunk)); });
+                 [&](int64_t t) { rows(src, dst, t * chunk, std::min(M, (t + 1) * chunk), bits); });
   }
 
-  BHR_FLOAT_CLONES void rows(const float* src, float* dst, int64_t p0, int64_t p1) const {
+  void rows(const float* src, float* dst, int64_t p0, int64_t p1, uint64_t* bits) const {
+    float_rows(src, dst, p0, p1);
+    if (bits) {
+      const int64_t words = (C + 63) / 64;
+      bhv::active_kernels().pack_rows(dst + p0 * C, C, p1 - p0, C, pack_move, bits + p0 * words);
+    }
+  }
+
+  BHR_FLOAT_CLONES void float_rows(const float* src, float* dst, int64_t p0, int64_t p1) const {
       for (int64_t p = p0; p < p1; ++p) {
         const float* xi = src + p * C;
         float* y = dst + p * C;
@@ -139,8 +152,11 @@ class SignPack final : public Op {
   int in = 0, out = 0;
   int64_t C = 0, HW = 0;
   const float* move = nullptr;
+  bool fused = false;  // the preceding affine packs out (fuse_ops)
   int prof_kind() const override { return kProfSignPack; }
-  void run(const Exec& x) const override { bhv::pack_rows(x.f(in), C, x.batch * HW, C, move, x.u(out)); }
+  void run(const Exec& x) const override {
+    if (!fused) bhv::pack_rows(x.f(in), C, x.batch * HW, C, move, x.u(out));
+  }
 };
 
 // ---- avg_pool ------------------------------------------------------------------------------------------
@@ -350,6 +366,24 @@ std::unique_ptr<Op> parse_shift_add(Fields& f, Loader& L) {
   op->scales = L.f32(f, "scales", {3 * static_cast<int64_t>(op->kernels.size()), 2, s.c});
   op->out = L.accumulate(f, "out", s);
   return op;
+}
+
+// ---- fusion ----------------------------------------------------------------------------------------------
+// An affine whose output the next op sign-packs (a block's norm then its binary branch's input) runs as one
+// pass: the affine packs each chunk of rows while it is in cache, the sign_pack op is left in place but
+// does nothing. The bits are then written during the affine, so their value is made to start there
+// (values[].def) before the buffers are planned: they never share a buffer with what the affine reads.
+// Same bits, same floats. Measured on bhvit_small at 224 (AVX2 Xeon, 1 thread, best of 3 fresh processes):
+// the forward 26.7 -> 26.35 ms (sign_pack 0.3 -> 0.1 ms: the rest follow no affine); no change on 2 threads.
+void fuse_ops(std::vector<std::unique_ptr<Op>>& ops, std::vector<Value>& values) {
+  for (size_t i = 0; i + 1 < ops.size(); ++i) {
+    auto* af = dynamic_cast<Affine*>(ops[i].get());
+    auto* sp = dynamic_cast<SignPack*>(ops[i + 1].get());
+    if (!af || !sp || sp->in != af->out || af->pack_out >= 0) continue;
+    af->pack_out = sp->out, af->pack_move = sp->move;
+    sp->fused = true;
+    values[static_cast<size_t>(sp->out)].def = static_cast<int>(i);
+  }
 }
 
 }  // namespace bhr
