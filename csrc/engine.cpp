@@ -139,21 +139,23 @@ void im2col_bits(const uint64_t* __restrict xp, const ConvGeom& geom, int64_t m0
     }
     uint64_t* ci = col + i * KWc;
     const int64_t ih0 = oh * stride - pad, iw0 = ow * stride - pad;
-    if (CG && TT && ih0 >= 0 && iw0 >= 0 && ih0 + (KH - 1) * dil < H && iw0 + (KWd - 1) * dil < W) {
-      // interior pixel, every tap valid, constant field positions: each word of col assembled in a
-      // register from unrolled taps and stored once
-      constexpr int64_t kWords = (TT * CG + 63) / 64;
-      const uint64_t* base = xp + ((b * H + ih0) * W + iw0) * CW;
-      for (int64_t g = 0; g < groups; ++g) {
-        const uint64_t* bg = base + ((g * CG) >> 6);
-        const int gs = static_cast<int>((g * CG) & 63);
-        uint64_t words[kWords] = {};
-        BHV_UNROLL
-        for (int t = 0; t < TT; ++t) words[(t * CG) >> 6] |= ((bg[offs[t]] >> gs) & field_mask) << ((t * CG) & 63);
-        BHV_UNROLL
-        for (int64_t k = 0; k < kWords; ++k) ci[g * gstride + k] = words[k];
+    if constexpr (CG != 0 && TT != 0) {
+      if (ih0 >= 0 && iw0 >= 0 && ih0 + (KH - 1) * dil < H && iw0 + (KWd - 1) * dil < W) {
+        // interior pixel, every tap valid, constant field positions: each word of col assembled in a
+        // register from unrolled taps and stored once
+        constexpr int64_t kWords = (TT * CG + 63) / 64;
+        const uint64_t* base = xp + ((b * H + ih0) * W + iw0) * CW;
+        for (int64_t g = 0; g < groups; ++g) {
+          const uint64_t* bg = base + ((g * CG) >> 6);
+          const int gs = static_cast<int>((g * CG) & 63);
+          uint64_t words[kWords] = {};
+          BHV_UNROLL
+          for (int t = 0; t < TT; ++t) words[(t * CG) >> 6] |= ((bg[offs[t]] >> gs) & field_mask) << ((t * CG) & 63);
+          BHV_UNROLL
+          for (int64_t k = 0; k < kWords; ++k) ci[g * gstride + k] = words[k];
+        }
+        continue;
       }
-      continue;
     }
     for (int64_t ky = 0; ky < KH; ++ky) {
       const int64_t ih = ih0 + ky * dil;
