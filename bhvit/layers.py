@@ -5,6 +5,7 @@ Every tensor here is channels-last: ``(..., C)``, tokens or ``(B, H, W, C)`` map
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Literal, get_args
@@ -54,20 +55,16 @@ class RPReLU(nn.Module):
         return rprelu(x, self.move1, self.prelu.weight, self.move2)
 
 
+@functools.cache
 def _native_prelu_backward() -> Callable | None:
     """The engine's one-pass PReLU backward (``bhvit.engine._C.rprelu_backward``), or None without the
     extension. Looked up once."""
-    if not _NATIVE_PRELU:
-        from bhvit.engine._native import EngineUnavailableError, native
+    from bhvit.engine._native import EngineUnavailableError, native
 
-        try:
-            _NATIVE_PRELU.append(native().rprelu_backward)
-        except (EngineUnavailableError, AttributeError):
-            _NATIVE_PRELU.append(None)
-    return _NATIVE_PRELU[0]
-
-
-_NATIVE_PRELU: list[Callable | None] = []
+    try:
+        return native().rprelu_backward
+    except (EngineUnavailableError, AttributeError):
+        return None
 
 
 def prelu_grads(g: Tensor, t: Tensor, a: Tensor, in_place: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:

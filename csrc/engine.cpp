@@ -1,5 +1,6 @@
 // Drivers: ISA dispatch, threading, blocking, im2col of packed bits (the output transform is epilogue.inc).
 #include "engine.h"
+#include "parallel_for.h"
 #include "rowops.inc"
 
 #include <algorithm>
@@ -8,10 +9,6 @@
 #include <utility>
 #include <stdexcept>
 #include <thread>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 namespace bhv {
 namespace {
@@ -63,23 +60,10 @@ int& threads() {
   return n;
 }
 
-// Runs f(task) for task in [0, n); in parallel when there is enough work. Static schedule: each thread
-// takes one contiguous range of tasks, and since the ops of a forward split their rows alike, a thread
-// mostly reads rows its own core wrote in the op before (dynamic scheduling scattered them: measured on
-// bhvit_small at 224, AVX2 Xeon, 2 threads against 1: batch 1 1.62x -> 1.70x, batch 32 1.89x -> 2.03x,
-// together with the runtime's own loops, runtime/src/parallel.h).
+// Runs f(task) for task in [0, n); in parallel when there is enough work (parallel_for.h).
 template <class F>
 void parallel_for(int64_t n, int64_t work, F&& f) {
-  const int nt = static_cast<int>(std::min<int64_t>(threads(), n));
-#ifdef _OPENMP
-  if (nt > 1 && work >= kSerialWork) {
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t t = 0; t < n; ++t) f(t);
-    return;
-  }
-#endif
-  (void)work;
-  for (int64_t t = 0; t < n; ++t) f(t);
+  parallel_tasks(n, work, kSerialWork, f);
 }
 
 int32_t* scratch_i32(size_t n) {
