@@ -7,25 +7,13 @@ the runtime's C API: tests/runtime/test_fuzz_runtime.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from support import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "fuzz_packed.py"
-
-
-def load_fuzz() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fuzz_packed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fuzz_packed"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzz = load_fuzz()
+fuzz = load_script("fuzz_packed")
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support import randomized
 
 import bhvit
 from bhvit import engine
@@ -22,23 +23,6 @@ from bhvit.models.bhvit import ATTN_QUANTS, BINARY_PRECISIONS, NORMS
 # +-alpha terms in a float GEMM/conv and then normalises; the two differ by a few ulps per layer. The
 # bound below is ~100x what the test variant shows (~3e-7).
 LOGIT_ATOL = 1e-4
-
-
-def randomized(precision: str = "binary", attn_quant: str = "lsq", norm: str = "bn", seed: int = 0,
-               **kw: object) -> torch.nn.Module:
-    """bhvit_test with every constant-initialised tensor perturbed (BN stats, RPReLU, LayerScales, LSQ)."""
-    torch.manual_seed(seed)
-    model = bhvit.create_model("bhvit_test", precision=precision, attn_quant=attn_quant, norm=norm, **kw)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() <= 1 or "pos_embed" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-        for name, b in model.named_buffers():
-            if name.endswith("running_var"):
-                b.uniform_(0.5, 2.0)
-            elif name.endswith("running_mean"):
-                b.normal_(0.0, 0.2)
-    return model.eval()
 
 
 @pytest.mark.parametrize("precision", BINARY_PRECISIONS)

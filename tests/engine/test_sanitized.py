@@ -4,37 +4,19 @@ sanitized build takes a few minutes on 2 cores."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from support import gcc_runtime_library, load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def load_fuzz() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("fuzz_packed", ROOT / "scripts" / "fuzz_packed.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fuzz_packed"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _runtime(name: str) -> str | None:
-    """The path g++ gives for a runtime library, or None when it has none (it then echoes the name)."""
-    if shutil.which("g++") is None:
-        return None
-    path = subprocess.run(["g++", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
-    return path if os.path.isabs(path) and os.path.exists(path) else None
-
-
-ASAN, STDCXX = _runtime("libasan.so"), _runtime("libstdc++.so")
+ASAN, STDCXX = gcc_runtime_library("libasan.so"), gcc_runtime_library("libstdc++.so")
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +40,7 @@ def sanitized_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def test_fuzz_corpus_is_clean_under_asan_and_ubsan(sanitized_env: dict[str, str], tmp_path: Path) -> None:
-    fuzz = load_fuzz()
+    fuzz = load_script("fuzz_packed")
     seeds = fuzz.build_seeds(tmp_path)
     for report in (fuzz.run_format(seeds, 600, seed=20, timeout=300, env=sanitized_env),
                    fuzz.run_native(3000, seed=20, timeout=300, env=sanitized_env)):

@@ -12,10 +12,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
+from support import randomized
 
-import bhvit
 from bhvit.engine.program import write_program_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,18 +32,8 @@ TOP_LINE = re.compile(r"^  (\d+) (.*) \((\d+)\) (\d\.\d{6})$")
 def small_model(path: Path, in_chans: int = 3, resize: int = 32, seed: int = 0) -> Path:
     """A packed binary bhvit_test (32 x 32, 10 classes, GSB attention) with every constant-initialised
     tensor perturbed, so that all parts of the program matter; labels LABELS."""
-    torch.manual_seed(seed)
-    model = bhvit.create_model("bhvit_test", precision="binary", attn_quant="gsb", in_chans=in_chans)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() <= 1 or "pos_embed" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-        for name, b in model.named_buffers():
-            if name.endswith("running_var"):
-                b.uniform_(0.5, 2.0)
-            elif name.endswith("running_mean"):
-                b.normal_(0.0, 0.2)
-    return write_program_file(model.eval(), path, preprocess={**PREPROCESS[in_chans], "resize": resize},
+    model = randomized("binary", "gsb", seed=seed, in_chans=in_chans)
+    return write_program_file(model, path, preprocess={**PREPROCESS[in_chans], "resize": resize},
                               labels=LABELS)
 
 

@@ -1,0 +1,54 @@
+"""Helpers shared by the tests of several folders: ``import support`` (tests/conftest.py puts this folder on
+``sys.path``; the test folders are not packages)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+import bhvit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` as a module (the scripts are not a package), registered in ``sys.modules``."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def gcc_runtime_library(name: str) -> str | None:
+    """The path g++ gives for a runtime library (``libasan.so``), or None when it has none (it then echoes
+    the name)."""
+    if shutil.which("g++") is None:
+        return None
+    path = subprocess.run(["g++", f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+    return path if os.path.isabs(path) and os.path.exists(path) else None
+
+
+def randomized(precision: str = "binary", attn_quant: str = "lsq", norm: str = "bn", seed: int = 0,
+               **kw: object) -> torch.nn.Module:
+    """bhvit_test in eval mode with every constant-initialised tensor perturbed (BN statistics, RPReLU,
+    LayerScales, LSQ, position embeddings), so that every part of a packed program matters."""
+    torch.manual_seed(seed)
+    model = bhvit.create_model("bhvit_test", precision=precision, attn_quant=attn_quant, norm=norm, **kw)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() <= 1 or "pos_embed" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+        for name, b in model.named_buffers():
+            if name.endswith("running_var"):
+                b.uniform_(0.5, 2.0)
+            elif name.endswith("running_mean"):
+                b.normal_(0.0, 0.2)
+    return model.eval()
