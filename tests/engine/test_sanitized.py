@@ -4,33 +4,19 @@ sanitized build takes a few minutes on 2 cores."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from support import gcc_runtime_library, load_script
+from support import ROOT, load_script, sanitized_build
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
-
-
-ASAN, STDCXX = gcc_runtime_library("libasan.so"), gcc_runtime_library("libstdc++.so")
 
 
 @pytest.fixture(scope="module")
 def sanitized_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    if ASAN is None or STDCXX is None:
-        pytest.skip("needs g++ with libasan (AddressSanitizer runtime) and libstdc++")
-    out = tmp_path_factory.mktemp("sanitized")
-    build = subprocess.run(["bash", str(ROOT / "scripts" / "build_sanitized.sh"), str(out)], cwd=ROOT,
-                           capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable})
-    assert build.returncode == 0, build.stderr[-3000:]
-    module = build.stdout.strip().splitlines()[-1]
-    env = {**os.environ, "BHVIT_NATIVE_EXT": module, "LD_PRELOAD": f"{ASAN} {STDCXX}",
-           "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
-           "UBSAN_OPTIONS": "halt_on_error=1:abort_on_error=1:print_stacktrace=1"}
+    module, env = sanitized_build(tmp_path_factory.mktemp("sanitized"), [], "BHVIT_NATIVE_EXT")
     # the workers really use the sanitized module, with the ASan runtime loaded
     probe = subprocess.run([sys.executable, "-c", "import ctypes; from bhvit.engine._native import native; "
                             "ctypes.CDLL(None).__asan_init; print(native().__file__)"],
