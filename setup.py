@@ -96,10 +96,19 @@ def _compile_in_parallel(compiler, jobs: int) -> None:  # noqa: ANN001
     files of ``_C`` and of the runtime library (the same object paths under build_temp)."""
     done: dict[str, tuple] = {}
 
-    def compile_all(sources, output_dir=None, macros=None, include_dirs=None, debug=0,  # noqa: ANN001, ANN202
-                    extra_preargs=None, extra_postargs=None, depends=None):
+    def compile_all(
+        sources,
+        output_dir=None,
+        macros=None,
+        include_dirs=None,
+        debug=0,  # noqa: ANN001, ANN202
+        extra_preargs=None,
+        extra_postargs=None,
+        depends=None,
+    ):
         macros, objects, extra, pp_opts, build = compiler._setup_compile(
-            output_dir, macros, include_dirs, sources, depends, extra_postargs)
+            output_dir, macros, include_dirs, sources, depends, extra_postargs
+        )
         cc_args = compiler._get_cc_args(pp_opts, debug, extra_preargs)
 
         def one(obj: str) -> None:
@@ -157,5 +166,4 @@ def _ship_header() -> None:
 
 
 _ship_header()
-setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildExt},
-      package_data={"bhvit.runtime": ["include/*.h"]})
+setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildExt}, package_data={"bhvit.runtime": ["include/*.h"]})

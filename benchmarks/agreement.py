@@ -41,13 +41,33 @@ def main() -> None:
         packed = engine.pack(model)
         report = engine.agreement(model, packed, images, batch_size=args.batch)
         with torch.no_grad():
-            acc_float = float((torch.cat([model(images[i : i + args.batch]).argmax(1)
-                                          for i in range(0, len(images), args.batch)]) == labels).float().mean())
-        acc_packed = float((torch.cat([packed(images[i : i + args.batch]).argmax(1)
-                                       for i in range(0, len(images), args.batch)]) == labels).float().mean())
+            acc_float = float(
+                (
+                    torch.cat([model(images[i : i + args.batch]).argmax(1) for i in range(0, len(images), args.batch)])
+                    == labels
+                )
+                .float()
+                .mean()
+            )
+        acc_packed = float(
+            (
+                torch.cat([packed(images[i : i + args.batch]).argmax(1) for i in range(0, len(images), args.batch)])
+                == labels
+            )
+            .float()
+            .mean()
+        )
         zeros = sum(engine.zero_audit(model, images[: args.batch]).values())
-        rows.append({"checkpoint": ckpt, "precision": model.config.precision, **report,
-                     "acc_float": acc_float, "acc_packed": acc_packed, "exact_zeros_first_batch": zeros})
+        rows.append(
+            {
+                "checkpoint": ckpt,
+                "precision": model.config.precision,
+                **report,
+                "acc_float": acc_float,
+                "acc_packed": acc_packed,
+                "exact_zeros_first_batch": zeros,
+            }
+        )
         print(json.dumps(rows[-1]))
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -44,14 +44,18 @@ def _seconds(fn: Callable[[], None]) -> float:
 def measure(arch: str, precision: str, img: int, batch: int, rounds: int) -> dict:
     """Median seconds of a train step and an eval forward, eager vs compiled, and the compile times."""
     torch.manual_seed(0)
-    eager = bhvit.create_model(arch, precision=precision, img_size=img, window_size=choose_window_size(img),
-                               num_classes=10).train()
+    eager = bhvit.create_model(
+        arch, precision=precision, img_size=img, window_size=choose_window_size(img), num_classes=10
+    ).train()
     x, y = torch.randn(batch, 3, img, img), torch.randint(0, 10, (batch,))
     _train_step(eager, torch.optim.AdamW(eager.parameters(), 1e-4))(x, y)  # LSQ set-up, optimizer state
     compiled_model = copy.deepcopy(eager)
-    steps = {"eager": _train_step(eager, torch.optim.AdamW(eager.parameters(), 1e-4)),
-             "compiled": _train_step(torch.compile(compiled_model, dynamic=False),
-                                     torch.optim.AdamW(compiled_model.parameters(), 1e-4))}
+    steps = {
+        "eager": _train_step(eager, torch.optim.AdamW(eager.parameters(), 1e-4)),
+        "compiled": _train_step(
+            torch.compile(compiled_model, dynamic=False), torch.optim.AdamW(compiled_model.parameters(), 1e-4)
+        ),
+    }
     result: dict = {"arch": arch, "precision": precision, "img_size": img, "batch": batch}
     result["compile_train_s"] = _seconds(lambda: steps["compiled"](x, y))
     times: dict[str, list[float]] = {k: [] for k in steps}
@@ -80,7 +84,8 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['precision']} | {1e3 * r['train_eager_s']:.0f} ms | {1e3 * r['train_compiled_s']:.0f} ms | "
             f"{r['train_speedup']:.2f} | {1e3 * r['eval_eager_s']:.0f} ms | {1e3 * r['eval_compiled_s']:.0f} ms | "
-            f"{r['eval_speedup']:.2f} | {r['compile_train_s']:.0f} s + {r['compile_eval_s']:.0f} s |")
+            f"{r['eval_speedup']:.2f} | {r['compile_train_s']:.0f} s + {r['compile_eval_s']:.0f} s |"
+        )
     return "\n".join(lines)
 
 
@@ -96,10 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = [measure(args.arch, prec, args.img_size, args.batch, args.rounds) for prec in args.precision]
-    machine = {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
-               "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    print(f"{args.arch} at {args.img_size} px, batch {args.batch}, {args.threads} threads, "
-          f"median of {args.rounds} alternating rounds ({machine['cpu_capability']})")
+    machine = {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+    print(
+        f"{args.arch} at {args.img_size} px, batch {args.batch}, {args.threads} threads, "
+        f"median of {args.rounds} alternating rounds ({machine['cpu_capability']})"
+    )
     print(table(rows))
     if args.json:
         with open(args.json, "w") as f:

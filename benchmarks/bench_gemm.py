@@ -62,19 +62,33 @@ def bench_shape(m: int, k: int, n: int, rng: np.random.Generator) -> dict:
     nib = K.nibbles_for(panels, k)  # as the packed model prepares its linear layers
     xp = K.pack_rows(x)
     with torch.inference_mode():
-        t = interleaved({"fp32": lambda: F.linear(xt, wt),
-                         "gemm": lambda: K.bgemm(xp, panels, n, k, scale=scale, nibbles=nib),
-                         "pack_gemm": lambda: K.bgemm(K.pack_rows(x), panels, n, k, scale=scale, nibbles=nib)},
-                        rounds=7, min_round=0.03)  # many short rounds: the best one dodges a noisy neighbour
+        t = interleaved(
+            {
+                "fp32": lambda: F.linear(xt, wt),
+                "gemm": lambda: K.bgemm(xp, panels, n, k, scale=scale, nibbles=nib),
+                "pack_gemm": lambda: K.bgemm(K.pack_rows(x), panels, n, k, scale=scale, nibbles=nib),
+            },
+            rounds=7,
+            min_round=0.03,
+        )  # many short rounds: the best one dodges a noisy neighbour
     t_fp32, t_gemm, t_pack_gemm = t["fp32"], t["gemm"], t["pack_gemm"]
-    return {"fp32_ms": t_fp32 * 1e3, "bgemm_ms": t_gemm * 1e3, "pack_bgemm_ms": t_pack_gemm * 1e3,
-            "fp32_cpu_ms": t["fp32_cpu"] * 1e3, "bgemm_cpu_ms": t["gemm_cpu"] * 1e3}
+    return {
+        "fp32_ms": t_fp32 * 1e3,
+        "bgemm_ms": t_gemm * 1e3,
+        "pack_bgemm_ms": t_pack_gemm * 1e3,
+        "fp32_cpu_ms": t["fp32_cpu"] * 1e3,
+        "bgemm_cpu_ms": t["gemm_cpu"] * 1e3,
+    }
 
 
 def speedups(t: dict) -> dict:
     """Best times of a shape plus the ratios of fp32 to binary."""
-    return {**t, "speedup": t["fp32_ms"] / t["bgemm_ms"], "speedup_with_pack": t["fp32_ms"] / t["pack_bgemm_ms"],
-            "cpu_speedup": t["fp32_cpu_ms"] / t["bgemm_cpu_ms"]}
+    return {
+        **t,
+        "speedup": t["fp32_ms"] / t["bgemm_ms"],
+        "speedup_with_pack": t["fp32_ms"] / t["pack_bgemm_ms"],
+        "cpu_speedup": t["fp32_cpu_ms"] / t["bgemm_cpu_ms"],
+    }
 
 
 def roofline(rng: np.random.Generator) -> dict:
@@ -87,8 +101,13 @@ def roofline(rng: np.random.Generator) -> dict:
         t = interleaved({"bin": lambda: K.bgemm(ap, bp, n, k), "fp": lambda: F.linear(at, bt)}, rounds=5, min_round=0.2)
     t_bin, t_fp = t["bin"], t["fp"]
     macs = m * n * k
-    return {"shape": [m, k, n], "binary_gmacs": macs / t_bin / 1e9, "fp32_gmacs": macs / t_fp / 1e9,
-            "ratio": t_fp / t_bin, "cpu_ratio": t["fp_cpu"] / t["bin_cpu"]}
+    return {
+        "shape": [m, k, n],
+        "binary_gmacs": macs / t_bin / 1e9,
+        "fp32_gmacs": macs / t_fp / 1e9,
+        "ratio": t_fp / t_bin,
+        "cpu_ratio": t["fp_cpu"] / t["bin_cpu"],
+    }
 
 
 def main() -> None:
@@ -96,11 +115,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)  # use 1 on a shared, loaded machine
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--img", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="sweeps over all shapes; each time is the best over all sweeps")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="sweeps over all shapes; each time is the best over all sweeps"
+    )
     parser.add_argument("--json", default="out/bench_gemm.json")
-    parser.add_argument("--isa", default=None,
-                        help=f"kernel path to force (available: {', '.join(K.available_isas())})")
+    parser.add_argument(
+        "--isa", default=None, help=f"kernel path to force (available: {', '.join(K.available_isas())})"
+    )
     args = parser.parse_args()
     if args.isa:
         K.set_isa(args.isa)
@@ -113,24 +134,43 @@ def main() -> None:
         for i, (_batch, s) in enumerate(shapes):
             t = bench_shape(s["m"], s["k"], s["n"], rng)
             best[i] = {key: min(val, best[i].get(key, val)) for key, val in t.items() if key.endswith("_ms")}
-    rows = [{"batch": batch, "stage": s["stage"], "layer": s["layer"], "m": s["m"], "k": s["k"], "n": s["n"],
-             **speedups(b)} for (batch, s), b in zip(shapes, best)]
-    cols = [("batch", "B", ""), ("stage", "stage", ""), ("layer", "layer", ""), ("m", "M", ""), ("k", "K", ""),
-            ("n", "N", ""), ("fp32_ms", "fp32 ms", ".3f"), ("bgemm_ms", "bgemm ms", ".3f"),
-            ("pack_bgemm_ms", "pack+bgemm ms", ".3f"), ("speedup", "speedup", ".2f"),
-            ("speedup_with_pack", "w/ pack", ".2f"), ("cpu_speedup", "cpu x", ".2f")]
+    rows = [
+        {"batch": batch, "stage": s["stage"], "layer": s["layer"], "m": s["m"], "k": s["k"], "n": s["n"], **speedups(b)}
+        for (batch, s), b in zip(shapes, best)
+    ]
+    cols = [
+        ("batch", "B", ""),
+        ("stage", "stage", ""),
+        ("layer", "layer", ""),
+        ("m", "M", ""),
+        ("k", "K", ""),
+        ("n", "N", ""),
+        ("fp32_ms", "fp32 ms", ".3f"),
+        ("bgemm_ms", "bgemm ms", ".3f"),
+        ("pack_bgemm_ms", "pack+bgemm ms", ".3f"),
+        ("speedup", "speedup", ".2f"),
+        ("speedup_with_pack", "w/ pack", ".2f"),
+        ("cpu_speedup", "cpu x", ".2f"),
+    ]
     print(f"threads={args.threads} isa={K.current_isa()} load={os.getloadavg()[0]:.2f}")
     print(format_table(rows, cols))
     roof = roofline(rng)
-    print(f"roofline {roof['shape']}: binary {roof['binary_gmacs']:.1f} G bit-MAC/s vs fp32 "
-          f"{roof['fp32_gmacs']:.1f} G FMA/s -> ceiling {roof['ratio']:.2f}x (cpu-time ratio {roof['cpu_ratio']:.2f}x)")
+    print(
+        f"roofline {roof['shape']}: binary {roof['binary_gmacs']:.1f} G bit-MAC/s vs fp32 "
+        f"{roof['fp32_gmacs']:.1f} G FMA/s -> ceiling {roof['ratio']:.2f}x (cpu-time ratio {roof['cpu_ratio']:.2f}x)"
+    )
     worst = min(r["speedup"] for r in rows)
     print(f"min speedup (GEMM) {worst:.2f}x; min with packing {min(r['speedup_with_pack'] for r in rows):.2f}x")
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"machine": machine_info(), "threads": args.threads, "isa": K.current_isa(), "repeats": args.repeats,
-              "rows": rows,
-              "roofline": roof}
+    record = {
+        "machine": machine_info(),
+        "threads": args.threads,
+        "isa": K.current_isa(),
+        "repeats": args.repeats,
+        "rows": rows,
+        "roofline": roof,
+    }
     path.write_text(json.dumps(record, indent=2) + "\n")
 
 

@@ -89,8 +89,10 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     with tempfile.TemporaryDirectory() as tmp:
         v1, v2, image = write_models(Path(tmp), args.arch)
-        commands = {"runtime": [bhvit_cli, "predict", "--packed", str(v2), str(image)],
-                    "v1": [sys.executable, "-c", V1_PREDICT, str(v1), str(image)]}
+        commands = {
+            "runtime": [bhvit_cli, "predict", "--packed", str(v2), str(image)],
+            "v1": [sys.executable, "-c", V1_PREDICT, str(v1), str(image)],
+        }
         times: dict[str, list[float]] = {k: [] for k in commands}
         for cmd in commands.values():  # warm the file cache once
             timed(cmd, env)
@@ -100,8 +102,15 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     from bhvit.engine.bench import machine_info
 
-    record = {"machine": machine_info(), "arch": args.arch, "threads": args.threads, "rounds": args.rounds,
-              "seconds": times, "median_s": med, "speedup": med["v1"] / med["runtime"]}
+    record = {
+        "machine": machine_info(),
+        "arch": args.arch,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "seconds": times,
+        "median_s": med,
+        "speedup": med["v1"] / med["runtime"],
+    }
     print(f"{'path':<8} {'median s':>9}  all rounds (s)")
     for k in commands:
         print(f"{k:<8} {med[k]:9.3f}  " + " ".join(f"{t:.3f}" for t in times[k]))

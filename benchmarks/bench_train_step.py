@@ -91,9 +91,19 @@ def _install_stand_ins() -> None:
         def forward(self, x):
             return x
 
-    mods = {name: types.ModuleType(name) for name in (
-        "transformers", "transformers.activations", "transformers.modeling_outputs", "transformers.utils",
-        "transformers.utils.logging", "timm", "timm.models", "timm.models.layers")}
+    mods = {
+        name: types.ModuleType(name)
+        for name in (
+            "transformers",
+            "transformers.activations",
+            "transformers.modeling_outputs",
+            "transformers.utils",
+            "transformers.utils.logging",
+            "timm",
+            "timm.models",
+            "timm.models.layers",
+        )
+    }
     mods["transformers"].ViTConfig = ViTConfig
     mods["transformers.activations"].ACT2FN = {"gelu": nn.GELU()}
     for n in ("BaseModelOutput", "BaseModelOutputWithPooling", "ImageClassifierOutput"):
@@ -112,16 +122,36 @@ def authors_model(repo: str, arch: str, gsb: bool):
     sys.path.insert(0, repo)
     import models  # the authors' models.py
 
-    args = argparse.Namespace(drop_path=0.0, nb_classes=1000, shift3=True, shift5=True, replace_ln_bn=True,
-                              disable_layerscale=False, enable_cls_token=False, gsb=gsb, recu=False,
-                              some_fp=False)
+    args = argparse.Namespace(
+        drop_path=0.0,
+        nb_classes=1000,
+        shift3=True,
+        shift5=True,
+        replace_ln_bn=True,
+        disable_layerscale=False,
+        enable_cls_token=False,
+        gsb=gsb,
+        recu=False,
+        some_fp=False,
+    )
     config = {"bhvit_tiny": "BHViT_tiny", "bhvit_small": "BHViT"}[arch]
     return models.get_model(args, f"{repo}/configs/{config}", "dbhvit", 1, 1)
 
 
-def measure(arch: str, precision: str, attn_quant: str, img: int, batch: int, threads: int, steps: int,
-            device: str = "cpu", amp: bool = False, grad_checkpointing: bool = False, compile: bool = False,
-            authors_repo: str | None = None) -> dict:
+def measure(
+    arch: str,
+    precision: str,
+    attn_quant: str,
+    img: int,
+    batch: int,
+    threads: int,
+    steps: int,
+    device: str = "cpu",
+    amp: bool = False,
+    grad_checkpointing: bool = False,
+    compile: bool = False,
+    authors_repo: str | None = None,
+) -> dict:
     """Run in this process: build, then time ``steps`` optimizer steps. Returns times and peak memory."""
     import torch
 
@@ -135,8 +165,9 @@ def measure(arch: str, precision: str, attn_quant: str, img: int, batch: int, th
         model = authors_model(authors_repo, arch, gsb=attn_quant == "gsb").to(dev)
         forward = lambda inp: model(inp).logits  # noqa: E731
     else:
-        model = bhvit.create_model(arch, precision=precision, attn_quant=attn_quant, img_size=img,
-                                   window_size=choose_window_size(img)).to(dev)
+        model = bhvit.create_model(
+            arch, precision=precision, attn_quant=attn_quant, img_size=img, window_size=choose_window_size(img)
+        ).to(dev)
         model.set_grad_checkpointing(grad_checkpointing)
         forward = torch.compile(model, dynamic=False) if compile else model  # as `bhvit train --compile`
     model.train()
@@ -164,14 +195,25 @@ def measure(arch: str, precision: str, attn_quant: str, img: int, batch: int, th
         cpu.append(time.process_time() - c0)
     rest = sorted(times[1:]) or times
     out = {
-        "code": "authors" if authors_repo else "bhvit", "arch": arch, "precision": precision,
-        "attn_quant": attn_quant, "img_size": img, "batch": batch, "threads": threads, "device": device, "amp": amp,
-        "steps": steps, "grad_checkpointing": grad_checkpointing, "compile": compile,
-        "first_step_s": round(times[0], 3), "median_step_s": round(rest[len(rest) // 2], 4),
+        "code": "authors" if authors_repo else "bhvit",
+        "arch": arch,
+        "precision": precision,
+        "attn_quant": attn_quant,
+        "img_size": img,
+        "batch": batch,
+        "threads": threads,
+        "device": device,
+        "amp": amp,
+        "steps": steps,
+        "grad_checkpointing": grad_checkpointing,
+        "compile": compile,
+        "first_step_s": round(times[0], 3),
+        "median_step_s": round(rest[len(rest) // 2], 4),
         "median_cpu_s": round(sorted(cpu[1:] or cpu)[len(rest) // 2], 4),
         "images_per_s": round(batch / rest[len(rest) // 2], 2),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
-        "rss_after_build_gb": round(rss_before, 3), "loss": round(float(loss), 5),
+        "rss_after_build_gb": round(rss_before, 3),
+        "loss": round(float(loss), 5),
     }
     if dev.type == "cuda":
         out["peak_gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
@@ -188,17 +230,40 @@ def machine() -> dict:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "isa_env": {k: os.environ[k] for k in ISA_ENV if k in os.environ}, "python": platform.python_version()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "isa_env": {k: os.environ[k] for k in ISA_ENV if k in os.environ},
+        "python": platform.python_version(),
+    }
 
 
 def _run_inner(args: argparse.Namespace, variant: str, batch: int) -> dict:
     """One measurement in a fresh subprocess (its own peak RSS); a failure is one clear line."""
     keywords = VARIANTS[variant]
-    cmd = [sys.executable, __file__, "--inner", "--arch", args.arch, "--precision", args.precision,
-           "--attn-quant", args.attn_quant, "--img-size", str(args.img_size), "--batches", str(batch),
-           "--threads", str(args.threads), "--steps", str(args.steps), "--device", args.device]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--inner",
+        "--arch",
+        args.arch,
+        "--precision",
+        args.precision,
+        "--attn-quant",
+        args.attn_quant,
+        "--img-size",
+        str(args.img_size),
+        "--batches",
+        str(batch),
+        "--threads",
+        str(args.threads),
+        "--steps",
+        str(args.steps),
+        "--device",
+        args.device,
+    ]
     cmd += ["--amp"] * args.amp + ["--grad-checkpointing"] * keywords.get("grad_checkpointing", False)
     cmd += ["--compile"] * keywords.get("compile", False)
     cmd += ["--authors-repo", args.authors_repo] if keywords.get("authors") else []
@@ -219,32 +284,43 @@ def summarise(runs: list[dict], variants: list[str], batches: list[int]) -> list
             mine = [r for r in runs if r["batch"] == batch and r["variant"] == variant]
             if not mine:
                 continue
-            row = {"batch": batch, "variant": variant, "rounds": len(mine),
-                   "median_step_s": statistics.median(r["median_step_s"] for r in mine),
-                   "median_cpu_s": statistics.median(r["median_cpu_s"] for r in mine),
-                   "first_step_s": statistics.median(r["first_step_s"] for r in mine),
-                   "peak_rss_gb": statistics.median(r["peak_rss_gb"] for r in mine)}
+            row = {
+                "batch": batch,
+                "variant": variant,
+                "rounds": len(mine),
+                "median_step_s": statistics.median(r["median_step_s"] for r in mine),
+                "median_cpu_s": statistics.median(r["median_cpu_s"] for r in mine),
+                "first_step_s": statistics.median(r["first_step_s"] for r in mine),
+                "peak_rss_gb": statistics.median(r["peak_rss_gb"] for r in mine),
+            }
             paired = [(r, ref[r["round"]]) for r in mine if r["round"] in ref]
             if paired and variant != "authors":
-                row["time_ratio"] = round(statistics.median(a["median_step_s"] / b["median_step_s"]
-                                                            for a, b in paired), 3)
-                row["memory_ratio"] = round(statistics.median(a["peak_rss_gb"] / b["peak_rss_gb"]
-                                                              for a, b in paired), 3)
-                row["cpu_time_ratio"] = round(statistics.median(a["median_cpu_s"] / b["median_cpu_s"]
-                                                                for a, b in paired), 3)
+                row["time_ratio"] = round(
+                    statistics.median(a["median_step_s"] / b["median_step_s"] for a, b in paired), 3
+                )
+                row["memory_ratio"] = round(
+                    statistics.median(a["peak_rss_gb"] / b["peak_rss_gb"] for a, b in paired), 3
+                )
+                row["cpu_time_ratio"] = round(
+                    statistics.median(a["median_cpu_s"] / b["median_cpu_s"] for a, b in paired), 3
+                )
             rows.append(row)
     return rows
 
 
 def table(rows: list[dict]) -> str:
     """The summary as a Markdown table."""
-    lines = ["| batch | variant | step (s) | first step (s) | peak RSS (GB) | time ratio | memory ratio "
-             "| CPU-time ratio |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| batch | variant | step (s) | first step (s) | peak RSS (GB) | time ratio | memory ratio | CPU-time ratio |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         keys = ("time_ratio", "memory_ratio", "cpu_time_ratio")
         ratios = [f"{r[k]:.2f}" if k in r else "–" for k in keys] if "time_ratio" in r else ["1", "1", "1"]
-        lines.append(f"| {r['batch']} | {r['variant']} | {r['median_step_s']:.2f} | {r['first_step_s']:.1f} | "
-                     f"{r['peak_rss_gb']:.2f} | {' | '.join(ratios)} |")
+        lines.append(
+            f"| {r['batch']} | {r['variant']} | {r['median_step_s']:.2f} | {r['first_step_s']:.1f} | "
+            f"{r['peak_rss_gb']:.2f} | {' | '.join(ratios)} |"
+        )
     return "\n".join(lines)
 
 
@@ -269,8 +345,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=3, help="steps per measurement (the first is reported apart)")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of every variant")
-    p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS),
-                   default=["authors", "ours", "ours_checkpointed"])
+    p.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["authors", "ours", "ours_checkpointed"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", action="store_true", help="fp16 autocast + GradScaler on CUDA, bf16 on CPU")
     p.add_argument("--authors-repo", help="a checkout of the authors' code (needed by the 'authors' variant)")
@@ -284,13 +359,30 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.inner:
-        print(json.dumps(measure(args.arch, args.precision, args.attn_quant, args.img_size, args.batches[0],
-                                 args.threads, args.steps, args.device, args.amp, args.grad_checkpointing,
-                                 args.compile, args.authors_repo)))
+        print(
+            json.dumps(
+                measure(
+                    args.arch,
+                    args.precision,
+                    args.attn_quant,
+                    args.img_size,
+                    args.batches[0],
+                    args.threads,
+                    args.steps,
+                    args.device,
+                    args.amp,
+                    args.grad_checkpointing,
+                    args.compile,
+                    args.authors_repo,
+                )
+            )
+        )
         return 0
     if "authors" in args.variants and not (args.authors_repo and Path(args.authors_repo, "models.py").is_file()):
-        raise SystemExit("error: the 'authors' variant needs --authors-repo PATH, a checkout of "
-                         "github.com/IMRL/BHViT (with models.py); or leave 'authors' out of --variants")
+        raise SystemExit(
+            "error: the 'authors' variant needs --authors-repo PATH, a checkout of "
+            "github.com/IMRL/BHViT (with models.py); or leave 'authors' out of --variants"
+        )
     if args.steps < 2 or args.rounds < 1:
         raise SystemExit("error: --steps must be >= 2 (the first step is reported apart) and --rounds >= 1")
     runs, info = [], machine()
@@ -298,14 +390,25 @@ def main(argv: list[str] | None = None) -> int:
         for batch in args.batches:
             for variant in args.variants:
                 run = _run_inner(args, variant, batch) | {"variant": variant, "round": rnd}
-                print(f"round {rnd} batch {batch} {variant}: {run['median_step_s']} s, {run['peak_rss_gb']} GB",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"round {rnd} batch {batch} {variant}: {run['median_step_s']} s, {run['peak_rss_gb']} GB",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 runs.append(run)
                 done = [b for b in args.batches if any(r["batch"] == b for r in runs)]
                 rows = summarise(runs, args.variants, done)  # written after every run: a long run keeps its part
-                _write_json(args.json, {"machine": info, "threads": args.threads, "targets": TARGETS,
-                                        "complete": len(runs) == args.rounds * len(args.batches) * len(args.variants),
-                                        "summary": rows, "runs": runs})
+                _write_json(
+                    args.json,
+                    {
+                        "machine": info,
+                        "threads": args.threads,
+                        "targets": TARGETS,
+                        "complete": len(runs) == args.rounds * len(args.batches) * len(args.variants),
+                        "summary": rows,
+                        "runs": runs,
+                    },
+                )
     print(table(rows))
     print(f"wrote {args.json}")
     return 0

@@ -65,8 +65,12 @@ with torch.inference_mode():
 
 def prepare(rev: str, workdir: Path) -> Path:
     """``git archive REV`` unpacked under workdir, its extension built in place (once)."""
-    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", f"{rev}^{{commit}}"], check=True,
-                         capture_output=True, text=True).stdout.strip()
+    sha = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     tree = workdir / f"rev-{sha[:12]}"
     stamp = tree / ".built"
     if stamp.exists():
@@ -76,8 +80,13 @@ def prepare(rev: str, workdir: Path) -> Path:
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
     print(f"building the extension of {sha[:12]} in {tree} ...", file=sys.stderr, flush=True)
     env = {**os.environ, "BHVIT_REQUIRE_EXT": "1"}
-    subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=tree, env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+        cwd=tree,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     stamp.write_text(sha + "\n")
     return tree
 
@@ -87,10 +96,20 @@ class Worker:
 
     def __init__(self, tree: Path, args: argparse.Namespace, image: Path) -> None:
         env = {**os.environ, "PYTHONPATH": str(tree)}
-        cmd = [sys.executable, "-c", WORKER, str(tree), args.model, args.precision, str(args.img_size),
-               str(args.batch), str(args.threads), args.isa or "", str(image)]
-        self.proc = subprocess.Popen(cmd, cwd=tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True)
+        cmd = [
+            sys.executable,
+            "-c",
+            WORKER,
+            str(tree),
+            args.model,
+            args.precision,
+            str(args.img_size),
+            str(args.batch),
+            str(args.threads),
+            args.isa or "",
+            str(image),
+        ]
+        self.proc = subprocess.Popen(cmd, cwd=tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         if self._read() != "ready":
             raise RuntimeError("the revision's worker did not start")
 
@@ -179,22 +198,33 @@ def main(argv: list[str] | None = None) -> dict:
         worker.close()
     best = {k: min(v) for k, v in rounds.items()}
     result = {
-        "machine": machine_info(), "revision": args.rev, "model": args.model, "precision": args.precision,
-        "img_size": args.img_size, "batch": args.batch, "threads": args.threads,
-        "isa": args.isa or rt.isa(), "rounds": rounds,
-        "runtime_ms": best["runtime"] * 1e3, "revision_ms": best["revision"] * 1e3, "fp32_ms": best["fp32"] * 1e3,
+        "machine": machine_info(),
+        "revision": args.rev,
+        "model": args.model,
+        "precision": args.precision,
+        "img_size": args.img_size,
+        "batch": args.batch,
+        "threads": args.threads,
+        "isa": args.isa or rt.isa(),
+        "rounds": rounds,
+        "runtime_ms": best["runtime"] * 1e3,
+        "revision_ms": best["revision"] * 1e3,
+        "fp32_ms": best["fp32"] * 1e3,
         "speedup_vs_revision": best["revision"] / best["runtime"],
         "speedup_vs_fp32": best["fp32"] / best["runtime"],
         "top1_runtime_eq_fp32": bool((run_logits.argmax(1) == fp32_logits.argmax(1)).all()),
         "top1_revision_eq_fp32": bool((rev_logits.argmax(1) == fp32_logits.argmax(1)).all()),
     }
-    print(f"{args.model} {args.precision} {args.img_size}px B={args.batch} threads={args.threads} "
-          f"isa={result['isa']} (best of {args.rounds} interleaved rounds)")
+    print(
+        f"{args.model} {args.precision} {args.img_size}px B={args.batch} threads={args.threads} "
+        f"isa={result['isa']} (best of {args.rounds} interleaved rounds)"
+    )
     print(f"  runtime {result['runtime_ms']:8.1f} ms")
     print(f"  {args.rev:>7} {result['revision_ms']:8.1f} ms   x{result['speedup_vs_revision']:.2f}")
     print(f"  fp32    {result['fp32_ms']:8.1f} ms   x{result['speedup_vs_fp32']:.2f}")
-    print(f"  top-1 equal to fp32: runtime {result['top1_runtime_eq_fp32']}, "
-          f"revision {result['top1_revision_eq_fp32']}")
+    print(
+        f"  top-1 equal to fp32: runtime {result['top1_runtime_eq_fp32']}, revision {result['top1_revision_eq_fp32']}"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1) + "\n")

@@ -86,18 +86,31 @@ def shape_image(kind: str, rng: random.Random, side: int = 64) -> Image.Image:
     elif kind == "ring":
         d.ellipse((cx - r, cy - r, cx + r, cy + r), outline=fg, width=max(2, r // 4))
     elif kind == "square":
-        d.polygon([(cx + r * math.cos(a + k * math.pi / 2), cy + r * math.sin(a + k * math.pi / 2)) for k in range(4)],
-                  fill=fg)
+        d.polygon(
+            [(cx + r * math.cos(a + k * math.pi / 2), cy + r * math.sin(a + k * math.pi / 2)) for k in range(4)],
+            fill=fg,
+        )
     elif kind == "triangle":
-        d.polygon([(cx + r * math.cos(a + k * 2 * math.pi / 3), cy + r * math.sin(a + k * 2 * math.pi / 3))
-                   for k in range(3)], fill=fg)
+        d.polygon(
+            [
+                (cx + r * math.cos(a + k * 2 * math.pi / 3), cy + r * math.sin(a + k * 2 * math.pi / 3))
+                for k in range(3)
+            ],
+            fill=fg,
+        )
     elif kind == "cross":
         for t in (a, a + math.pi / 2):
-            d.line((cx - r * math.cos(t), cy - r * math.sin(t), cx + r * math.cos(t), cy + r * math.sin(t)),
-                   fill=fg, width=max(3, r // 3))
+            d.line(
+                (cx - r * math.cos(t), cy - r * math.sin(t), cx + r * math.cos(t), cy + r * math.sin(t)),
+                fill=fg,
+                width=max(3, r // 3),
+            )
     else:  # bar
-        d.line((cx - r * math.cos(a), cy - r * math.sin(a), cx + r * math.cos(a), cy + r * math.sin(a)),
-               fill=fg, width=max(3, r // 3))
+        d.line(
+            (cx - r * math.cos(a), cy - r * math.sin(a), cx + r * math.cos(a), cy + r * math.sin(a)),
+            fill=fg,
+            width=max(3, r // 3),
+        )
     noise = np.random.default_rng(rng.randrange(2**32)).normal(0, 20, (side, side, 3))
     return Image.fromarray(np.clip(np.asarray(img, dtype=np.float64) + noise, 0, 255).astype(np.uint8))
 

@@ -39,10 +39,22 @@ def main() -> None:
     for r in rows:
         for k in ("fp32_checkpoint_bytes", "packed_bytes", "binary_weight_bytes", "float_bytes"):
             r[k.replace("_bytes", "_mb")] = r[k] / 2**20
-    print(format_table(rows, [("model", "model", ""), ("precision", "precision", ""), ("params", "params", ","),
-                       ("binary_params", "binary", ","), ("fp32_checkpoint_mb", "fp32 MiB", ".2f"),
-                       ("packed_mb", "packed MiB", ".2f"), ("ratio", "ratio", ".1f"),
-                       ("binary_weight_mb", "bits MiB", ".2f"), ("float_mb", "floats MiB", ".2f")]))
+    print(
+        format_table(
+            rows,
+            [
+                ("model", "model", ""),
+                ("precision", "precision", ""),
+                ("params", "params", ","),
+                ("binary_params", "binary", ","),
+                ("fp32_checkpoint_mb", "fp32 MiB", ".2f"),
+                ("packed_mb", "packed MiB", ".2f"),
+                ("ratio", "ratio", ".1f"),
+                ("binary_weight_mb", "bits MiB", ".2f"),
+                ("float_mb", "floats MiB", ".2f"),
+            ],
+        )
+    )
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"rows": rows}, indent=2) + "\n")

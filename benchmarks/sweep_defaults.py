@@ -27,8 +27,19 @@ def run_variant(name: str, argv: list[str], runs: Path, cwd: Path | None = None)
     """``bhvit train ARGV --out RUNS/NAME --threads 1 --no-progress --no-plots`` in a fresh process, in
     ``cwd`` (``python -m`` imports the ``bhvit`` found there first: a snapshot of the code to compare)."""
     out = runs / name
-    cmd = [sys.executable, "-m", "bhvit", "train", *argv, "--out", str(out), "--threads", "1", "--no-progress",
-           "--no-plots"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bhvit",
+        "train",
+        *argv,
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+        "--no-progress",
+        "--no-plots",
+    ]
     start = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
     if proc.returncode != 0:
@@ -36,8 +47,14 @@ def run_variant(name: str, argv: list[str], runs: Path, cwd: Path | None = None)
     summary = json.loads((out / "summary.json").read_text())
     stages = {k: summary[k]["test_acc1"] for k in ("fp_stage",) if isinstance(summary.get(k), dict)}
     notes = [line for line in proc.stderr.splitlines() if line.startswith("bhvit train:")]
-    return {"argv": argv, "test_acc1": summary["test_acc1"], "train_time_s": summary["train_time_s"],
-            "wall_s": round(time.time() - start, 1), "stages": stages, "notes": notes}
+    return {
+        "argv": argv,
+        "test_acc1": summary["test_acc1"],
+        "train_time_s": summary["train_time_s"],
+        "wall_s": round(time.time() - start, 1),
+        "stages": stages,
+        "notes": notes,
+    }
 
 
 def main() -> None:
@@ -46,16 +63,19 @@ def main() -> None:
     p.add_argument("--runs", type=Path, required=True, help="directory for the run directories")
     p.add_argument("--common", default="", help="flags every variant gets")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS")
-    p.add_argument("--code", type=Path, help="run in this directory: its bhvit/ (e.g. a copy of an older "
-                   "version) is the one imported; default: this checkout")
+    p.add_argument(
+        "--code",
+        type=Path,
+        help="run in this directory: its bhvit/ (e.g. a copy of an older "
+        "version) is the one imported; default: this checkout",
+    )
     args = p.parse_args()
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     for item in args.variant:
         name, _, flags = item.partition("=")
         if name in results and "error" not in results[name]:
             continue
-        results[name] = run_variant(name, shlex.split(args.common) + shlex.split(flags), args.runs.resolve(),
-                                    args.code)
+        results[name] = run_variant(name, shlex.split(args.common) + shlex.split(flags), args.runs.resolve(), args.code)
         print(name, json.dumps(results[name]), flush=True)
         text = json.dumps(results, indent=2) + "\n"
         atomic_write(args.out, lambda tmp, text=text: Path(tmp).write_text(text))

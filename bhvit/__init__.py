@@ -20,13 +20,22 @@ __version__ = "0.1.0"
 
 _EXPORTS = {  # public name -> module that defines it
     "quant": None,
-    "load_model": "checkpoint", "save_model": "checkpoint",
-    "load_packed": "engine", "pack": "engine", "save_packed": "engine",
-    "BHViT": "models", "BHViTConfig": "models", "build_model": "models", "valid_img_sizes": "models",
+    "load_model": "checkpoint",
+    "save_model": "checkpoint",
+    "load_packed": "engine",
+    "pack": "engine",
+    "save_packed": "engine",
+    "BHViT": "models",
+    "BHViTConfig": "models",
+    "build_model": "models",
+    "valid_img_sizes": "models",
     "profile_model": "profile",
-    "create_model": "registry", "list_models": "registry", "model_entry": "registry",
+    "create_model": "registry",
+    "list_models": "registry",
+    "model_entry": "registry",
     "register_with_timm": "registry",
-    "CheckpointError": "upstream", "load_upstream": "upstream",
+    "CheckpointError": "upstream",
+    "load_upstream": "upstream",
 }
 
 

@@ -61,8 +61,9 @@ def atomic_write(path: str | Path, write: Any) -> Path:
     return path
 
 
-def save_model(model: BHViT, path: str | Path, *, preprocess: Mapping[str, Any] | None = None,
-               labels: list[str] | None = None) -> Path:
+def save_model(
+    model: BHViT, path: str | Path, *, preprocess: Mapping[str, Any] | None = None, labels: list[str] | None = None
+) -> Path:
     """Write ``model`` as a bhvit safetensors file (weights + config [+ preprocessing, labels])."""
     meta = {"format": "bhvit", "format_version": FORMAT_VERSION, "config": json.dumps(model.config.to_dict())}
     if preprocess is not None:

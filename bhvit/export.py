@@ -33,8 +33,16 @@ def export_onnx(model: BHViT, path: str | Path, *, opset: int = 17, check: bool 
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter
-        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset, input_names=["images"],
-                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+        )
     report = {"path": str(path), "opset": opset, "max_abs_diff": None, "top1_identical": None}
     if check:
         report.update(_compare(model, path, torch.randn(3, cfg.in_chans, *cfg.img_size)))

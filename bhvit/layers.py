@@ -159,14 +159,21 @@ class TokenBatchNorm(nn.BatchNorm1d):
 
     def _synchronised(self) -> bool:
         """Training-mode statistics are all-reduced across ranks (sync on, a process group of > 1 rank)."""
-        return (self.training and self.sync and dist.is_available() and dist.is_initialized()
-                and dist.get_world_size() > 1)
+        return (
+            self.training and self.sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        )
 
     def fusable(self) -> bool:
         """A fused training Function may normalise for this module: batch statistics of this process in the
         default layout, running statistics tracked, affine (see :func:`norm_residual_rprelu_sign_linear`)."""
-        return (self.training and self.track_running_stats and self.affine and self.running_mean is not None
-                and not self._synchronised() and not _AUTHORS_LAYOUT[0])
+        return (
+            self.training
+            and self.track_running_stats
+            and self.affine
+            and self.running_mean is not None
+            and not self._synchronised()
+            and not _AUTHORS_LAYOUT[0]
+        )
 
     def step_momentum(self) -> float:
         """The momentum of this training step's running-statistics update, advancing the counter; 0 while a
@@ -184,8 +191,16 @@ class TokenBatchNorm(nn.BatchNorm1d):
             momentum = self.step_momentum()
         use_batch = self.training or self.running_mean is None
         track = not self.training or self.track_running_stats
-        return F.batch_norm(x, self.running_mean if track else None, self.running_var if track else None,
-                            self.weight, self.bias, use_batch, momentum or 0.0, self.eps)
+        return F.batch_norm(
+            x,
+            self.running_mean if track else None,
+            self.running_var if track else None,
+            self.weight,
+            self.bias,
+            use_batch,
+            momentum or 0.0,
+            self.eps,
+        )
 
     def _synced(self, x: Tensor) -> Tensor:
         """Training-mode batch norm with statistics over all ranks: two differentiable all-reduces."""
@@ -245,8 +260,7 @@ def fused() -> bool:
     """Whether the fused training Functions apply here: on (see :func:`fused_training`), gradients
     recorded, and not inside an exporter's trace (ONNX/TorchScript cannot export a Python autograd
     Function; the plain formulas give the same values)."""
-    return (_FUSED[0] and torch.is_grad_enabled() and not torch.jit.is_tracing()
-            and not torch.onnx.is_in_onnx_export())
+    return _FUSED[0] and torch.is_grad_enabled() and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
 
 
 def authors_bn_layout(enabled: bool = True) -> AbstractContextManager[None]:
@@ -317,7 +331,6 @@ def shift_channel_mix(x: Tensor, s: int) -> Tensor:
         [torch.roll(c1, s, dims=1), torch.roll(c2, -s, dims=1), torch.roll(c3, s, dims=2), torch.roll(c4, -s, dims=2)],
         dim=-1,
     )
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -453,8 +466,9 @@ def _alpha_grad(dot: Callable[[int, int], Tensor], axis: str, k: int) -> Tensor:
     return sum(dot(dim, r) for r in range(-(k // 2), k // 2 + 1)) / k
 
 
-def shift_branches(out: Tensor, x: Tensor, branches: tuple[ShiftBranch, ...],
-                   scales: list[tuple[Tensor, Tensor]]) -> Tensor:
+def shift_branches(
+    out: Tensor, x: Tensor, branches: tuple[ShiftBranch, ...], scales: list[tuple[Tensor, Tensor]]
+) -> Tensor:
     """``out + Σ_j (S_j(x)·α_j + b_j)`` for ``(B, H, W, C)`` maps, summed left to right (SPEC §2 shifts).
 
     ``branches`` name each ``S_j`` (``("h", 3)`` is :func:`shift_mean` along H with k = 3, ``("c", 5)``
@@ -467,8 +481,9 @@ def shift_branches(out: Tensor, x: Tensor, branches: tuple[ShiftBranch, ...],
     return _ShiftBranches.apply(out, x, tuple(branches), *params)
 
 
-def shift_branches_reference(out: Tensor, x: Tensor, branches: tuple[ShiftBranch, ...],
-                             scales: list[tuple[Tensor, Tensor]]) -> Tensor:
+def shift_branches_reference(
+    out: Tensor, x: Tensor, branches: tuple[ShiftBranch, ...], scales: list[tuple[Tensor, Tensor]]
+) -> Tensor:
     """:func:`shift_branches` written with ``torch.roll`` and autograd: the slow, obviously correct twin."""
     for (axis, k), (alpha, move) in zip(branches, scales):
         s = shift_channel_mix(x, k // 2) if axis == "c" else shift_mean(x, 1 if axis == "h" else 2, k)
@@ -494,8 +509,19 @@ class _NormResidualRPReLUSignLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z: Tensor, x: Tensor, gamma: Tensor, beta: Tensor, b1: Tensor, a: Tensor, b2: Tensor,
-                m2: Tensor, w: Tensor, stats: tuple[Tensor, Tensor, float, float]) -> tuple[Tensor, Tensor]:
+    def forward(
+        ctx,
+        z: Tensor,
+        x: Tensor,
+        gamma: Tensor,
+        beta: Tensor,
+        b1: Tensor,
+        a: Tensor,
+        b2: Tensor,
+        m2: Tensor,
+        w: Tensor,
+        stats: tuple[Tensor, Tensor, float, float],
+    ) -> tuple[Tensor, Tensor]:
         running_mean, running_var, momentum, eps = stats
         m, c = x.shape
         r = z.shape[1] // c
@@ -526,18 +552,31 @@ class _NormResidualRPReLUSignLinear(torch.autograd.Function):
         gb1 = -sgt
         gx = gt.view(m, rc // c, c).sum(1) if need[1] else None
         gz, ggamma, gbeta = torch.ops.aten.native_batch_norm_backward(
-            gt, z, gamma, None, None, mean, invstd, True, ctx.eps, [need[0], need[2], need[3]])
-        return (gz, gx, ggamma, gbeta, gb1 if need[4] else None, ga if need[5] else None,
-                gb2 if need[6] else None, gm2, gw, None)
+            gt, z, gamma, None, None, mean, invstd, True, ctx.eps, [need[0], need[2], need[3]]
+        )
+        return (
+            gz,
+            gx,
+            ggamma,
+            gbeta,
+            gb1 if need[4] else None,
+            ga if need[5] else None,
+            gb2 if need[6] else None,
+            gm2,
+            gw,
+            None,
+        )
 
 
-def norm_residual_rprelu_sign_linear(z: Tensor, x: Tensor, norm: TokenBatchNorm, act: RPReLU, m2: Tensor,
-                                     w: Tensor) -> tuple[Tensor, Tensor]:
+def norm_residual_rprelu_sign_linear(
+    z: Tensor, x: Tensor, norm: TokenBatchNorm, act: RPReLU, m2: Tensor, w: Tensor
+) -> tuple[Tensor, Tensor]:
     """A BinaryMLP's middle, ``y = sign(RPReLU(BN(z) + concat([x]·r)) + m2)·Wᵀ`` and
     ``pooled = AvgPool1d_r(RPReLU(...))``, for 2-D ``z`` (M, rC) and ``x`` (M, C); see
     :class:`_NormResidualRPReLUSignLinear`. Call only when ``norm.fusable()``; same values as the op-by-op
     formula, running statistics updated the same way.
     """
     stats = (norm.running_mean, norm.running_var, norm.step_momentum(), norm.eps)
-    return _NormResidualRPReLUSignLinear.apply(z, x, norm.weight, norm.bias, act.move1, act.prelu.weight,
-                                               act.move2, m2, w, stats)
+    return _NormResidualRPReLUSignLinear.apply(
+        z, x, norm.weight, norm.bias, act.move1, act.prelu.weight, act.move2, m2, w, stats
+    )

@@ -70,8 +70,12 @@ def _whole(name: str, value: Any, low: int, high: int) -> int:
 def _floats(name: str, value: Any) -> tuple[float, ...]:
     """A number or a list of numbers as a tuple of floats (finiteness is checked by Preprocess)."""
     items = [value] if isinstance(value, numbers.Real) else value
-    if not isinstance(items, Sequence) or isinstance(items, str) or not items or not all(
-            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in items):
+    if (
+        not isinstance(items, Sequence)
+        or isinstance(items, str)
+        or not items
+        or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in items)
+    ):
         raise ValueError(f"preprocess {name}={value!r}: expected a number or a list of numbers")
     return tuple(float(v) for v in items)
 
@@ -104,8 +108,13 @@ class Preprocess:
             raise ValueError(f"preprocess std={list(self.std)}: every value must be > 0 (images are divided by it)")
 
     @classmethod
-    def for_model(cls, img_size: Any, in_chans: Any, meta: Mapping[str, Any] | None = None,
-                  pretrained_cfg: Mapping[str, Any] | None = None) -> Preprocess:
+    def for_model(
+        cls,
+        img_size: Any,
+        in_chans: Any,
+        meta: Mapping[str, Any] | None = None,
+        pretrained_cfg: Mapping[str, Any] | None = None,
+    ) -> Preprocess:
         """The model file's own preprocessing (``meta``) where it has one, else the model's
         ``pretrained_cfg`` (``mean``, ``std``, ``crop_pct``), else ImageNet's (crop ratio 0.875).
 
@@ -217,8 +226,10 @@ def load_image(path: str | Path, decode_size: SizeFn | None = None, max_pixels: 
                 image.draft(None, decode_size(*image.size))
             w, h = image.size
             if w * h > max_pixels:
-                raise ImageError(f"{path}: {w}x{h} image ({w * h:,} pixels) is outside the decoding limit of "
-                                 f"{max_pixels:,} pixels (a decompression bomb?); downscale it first")
+                raise ImageError(
+                    f"{path}: {w}x{h} image ({w * h:,} pixels) is outside the decoding limit of "
+                    f"{max_pixels:,} pixels (a decompression bomb?); downscale it first"
+                )
             image.load()  # decoded: the image no longer needs the file
             return image
     except ImageError:
@@ -256,8 +267,13 @@ def class_labels(labels: Any) -> list[str]:
     return list(labels)
 
 
-def predict_images(model: Callable[[np.ndarray], np.ndarray], paths: Sequence[str | Path],
-                   preprocess: Preprocess, topk: int = 5, labels: Any = None) -> list[dict[str, Any]]:
+def predict_images(
+    model: Callable[[np.ndarray], np.ndarray],
+    paths: Sequence[str | Path],
+    preprocess: Preprocess,
+    topk: int = 5,
+    labels: Any = None,
+) -> list[dict[str, Any]]:
     """Top-k classes of each image. A bad file yields ``{"path", "error"}`` and the rest go on.
 
     ``model``: images (1, C, H, W) float32 -> logits (1, classes), numpy (a packed model of
@@ -278,7 +294,9 @@ def predict_images(model: Callable[[np.ndarray], np.ndarray], paths: Sequence[st
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
         order = np.argsort(-probs, kind="stable")[: min(topk, probs.size)]
-        top = [{"class": int(i), "label": names[int(i)] if int(i) < len(names) else str(int(i)),
-                "prob": float(probs[i])} for i in order]
+        top = [
+            {"class": int(i), "label": names[int(i)] if int(i) < len(names) else str(int(i)), "prob": float(probs[i])}
+            for i in order
+        ]
         results.append({"path": str(path), "top": top})
     return results

@@ -59,8 +59,9 @@ class Profile:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.update(ops=self.ops, size_fp32_bytes=self.size_fp32_bytes, size_1bit_bytes=self.size_1bit_bytes,
-                 rule=OPS_RULE)
+        d.update(
+            ops=self.ops, size_fp32_bytes=self.size_fp32_bytes, size_1bit_bytes=self.size_1bit_bytes, rule=OPS_RULE
+        )
         return d
 
     def to_json(self) -> str:
@@ -109,8 +110,11 @@ def profile_model(model: BHViT, arch: str = "") -> Profile:
     """Count parameters and MACs of ``model`` with one forward pass on a zero image."""
     cfg = model.config
     prof = Profile(arch=arch or "bhvit", precision=cfg.precision, img_size=cfg.img_size)
-    binary_weights = {id(m.weight) for m in model.modules() if isinstance(m, (QuantLinear, QuantConv2d))
-                      and m.weight_quantizer is not None}
+    binary_weights = {
+        id(m.weight)
+        for m in model.modules()
+        if isinstance(m, (QuantLinear, QuantConv2d)) and m.weight_quantizer is not None
+    }
     for p in model.parameters():
         prof.params_total += p.numel()
         if id(p) in binary_weights:
@@ -138,8 +142,9 @@ def profile_model(model: BHViT, arch: str = "") -> Profile:
             b, h, w, _ = inp[0].shape  # (B, H, W, C): B·nW windows of w² window + nW global tokens
             n_win = (h // attn.window) * (w // attn.window)
             bops, flops = _attention_macs(attn, attn.window**2 + n_win, b * n_win)
-            prof.layers.append({"name": name + ".matmuls", "type": "attention", "macs": bops + flops,
-                                "binary": attn.binary})
+            prof.layers.append(
+                {"name": name + ".matmuls", "type": "attention", "macs": bops + flops, "binary": attn.binary}
+            )
             prof.bops += bops
             prof.flops += flops
 

@@ -39,16 +39,22 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, *, config: Any, pretrained_cfg: dict[str, Any] | None = None,
-                   paper_top1: dict[str, float] | None = None,
-                   params_1000: dict[str, int] | None = None) -> Callable:
+def register_model(
+    name: str,
+    *,
+    config: Any,
+    pretrained_cfg: dict[str, Any] | None = None,
+    paper_top1: dict[str, float] | None = None,
+    params_1000: dict[str, int] | None = None,
+) -> Callable:
     """Decorator registering ``fn(pretrained=False, **options) -> nn.Module`` under ``name``."""
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelEntry(name, fn, config, dict(pretrained_cfg or {}), dict(paper_top1 or {}),
-                                     dict(params_1000 or {}))
+        _REGISTRY[name] = ModelEntry(
+            name, fn, config, dict(pretrained_cfg or {}), dict(paper_top1 or {}), dict(params_1000 or {})
+        )
         return fn
 
     return wrap

@@ -54,8 +54,27 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FORWARD_BATCH = 2
-HOSTILE_INTS = [0, -1, -7, 1, 2, 3, 5, 17, 64, 65, 1000, 4097, 2**31 - 1, 2**31, 2**32 + 1, 2**40, 2**62,
-                2**63 - 1, -(2**63)]
+HOSTILE_INTS = [
+    0,
+    -1,
+    -7,
+    1,
+    2,
+    3,
+    5,
+    17,
+    64,
+    65,
+    1000,
+    4097,
+    2**31 - 1,
+    2**31,
+    2**32 + 1,
+    2**40,
+    2**62,
+    2**63 - 1,
+    -(2**63),
+]
 OPTIONAL_CONFIG = ("drop_path_rate", "recu")
 HOSTILE_VALUES = [*HOSTILE_INTS, 1.5, -0.0, float("inf"), "3", None, True, False, [], [3], {}, "x" * 50]
 PREPROCESS = {"mean": [0.5] * 3, "std": [0.25] * 3, "resize": 36}
@@ -128,13 +147,24 @@ def rebuild(tensors: dict, metadata: dict) -> bytes:
 
     header: dict = {"__metadata__": metadata}
     chunks, offset = [], 0
-    codes = {np.float32: "F32", np.float64: "F64", np.float16: "F16", np.int32: "I32", np.int64: "I64",
-             np.uint64: "U64", np.bool_: "BOOL", np.uint8: "U8"}
+    codes = {
+        np.float32: "F32",
+        np.float64: "F64",
+        np.float16: "F16",
+        np.int32: "I32",
+        np.int64: "I64",
+        np.uint64: "U64",
+        np.bool_: "BOOL",
+        np.uint8: "U8",
+    }
     for name, arr in tensors.items():
         arr = np.ascontiguousarray(arr)
         raw = arr.tobytes()
-        header[name] = {"dtype": codes[arr.dtype.type], "shape": list(arr.shape),
-                        "data_offsets": [offset, offset + len(raw)]}
+        header[name] = {
+            "dtype": codes[arr.dtype.type],
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + len(raw)],
+        }
         chunks.append(raw)
         offset += len(raw)
     return join(header, b"".join(chunks))
@@ -169,6 +199,7 @@ def mutate_layer(rng: random.Random, data: bytes) -> Case:
     value = rng.choice(HOSTILE_VALUES + [[2**62, 2**62], [0, 3], [3, -3], "linear", "conv"])
     if layers[name].get(key) == value and type(layers[name].get(key)) is type(value):
         value = -12345
+
     def edit(records: dict) -> dict:
         records[name][key] = value
         return records
@@ -191,13 +222,16 @@ def mutate_config(rng: random.Random, data: bytes) -> Case:
     else:
         value = rng.choice([*HOSTILE_VALUES, *ATTN_QUANTS, *NORMS, *PRECISIONS])
     if value == old and type(value) is type(old):
-        return Case(f"config {key} deleted", _meta_json(data, "config", lambda c: {k: v for k, v in c.items()
-                                                                                   if k != key}),
-                    key in OPTIONAL_CONFIG or key not in config)
+        return Case(
+            f"config {key} deleted",
+            _meta_json(data, "config", lambda c: {k: v for k, v in c.items() if k != key}),
+            key in OPTIONAL_CONFIG or key not in config,
+        )
     # a plausible value may describe another valid model whose tensors the file happens to hold (GSB heads,
     # window size, pooling): then it must load and run
-    return Case(f"config {key}={value!r}", _meta_json(data, "config", lambda c: _set(c, key, value)),
-                _plausible(old, value))
+    return Case(
+        f"config {key}={value!r}", _meta_json(data, "config", lambda c: _set(c, key, value)), _plausible(old, value)
+    )
 
 
 def _plausible(old: object, value: object) -> bool:
@@ -218,7 +252,7 @@ def mutate_metadata(rng: random.Random, data: bytes) -> Case:
     kind = rng.randrange(7)
     if kind == 0:
         key = rng.choice(["config", "layers", "preprocess", "labels"])
-        meta[key] = rng.choice(["{", "[1,", "nul", "", "\"x\"", "1e999", "[" * 5000 + "]" * 5000, "{\"a\": NaN}"])
+        meta[key] = rng.choice(["{", "[1,", "nul", "", '"x"', "1e999", "[" * 5000 + "]" * 5000, '{"a": NaN}'])
         name = f"metadata {key} malformed"
     elif kind == 1:
         key = rng.choice(["config", "layers", "format", "format_version"])
@@ -228,9 +262,24 @@ def mutate_metadata(rng: random.Random, data: bytes) -> Case:
         meta["format_version"] = rng.choice(["2", "0", "1.0", " 1", "x", "99999999999999999999"])
         name = f"format_version {meta['format_version']!r}"
     elif kind == 3:
-        meta["preprocess"] = json.dumps(rng.choice([
-            {"mean": [0.5] * 2}, {"std": [0.0] * 3}, {"std": [-1, 1, 1]}, {"resize": 100000}, {"resize": 0},
-            {"resize": 1.5}, {"mean": "0.5"}, {"mean": [None] * 3}, {"crop": 3}, [1, 2], "x", {"mean": [1e999] * 3}]))
+        meta["preprocess"] = json.dumps(
+            rng.choice(
+                [
+                    {"mean": [0.5] * 2},
+                    {"std": [0.0] * 3},
+                    {"std": [-1, 1, 1]},
+                    {"resize": 100000},
+                    {"resize": 0},
+                    {"resize": 1.5},
+                    {"mean": "0.5"},
+                    {"mean": [None] * 3},
+                    {"crop": 3},
+                    [1, 2],
+                    "x",
+                    {"mean": [1e999] * 3},
+                ]
+            )
+        )
         name = f"preprocess {meta['preprocess']}"
     elif kind == 4:
         meta["labels"] = json.dumps(rng.choice([["a"], [1] * 10, "abc", {"0": "a"}, [None] * 10, ["a"] * 11]))
@@ -257,8 +306,14 @@ def mutate_tensors(rng: random.Random, data: bytes) -> Case:
         del tensors[name]
         label = f"missing {name}"
     elif kind == 1:
-        extra = rng.choice(["extra.weight", name + ".copy", "stages.9.blocks.0.mlp.fc1.weight_bits",
-                            "stages.0.blocks.0.mixer.convs.0.weight"])
+        extra = rng.choice(
+            [
+                "extra.weight",
+                name + ".copy",
+                "stages.9.blocks.0.mlp.fc1.weight_bits",
+                "stages.0.blocks.0.mixer.convs.0.weight",
+            ]
+        )
         tensors[extra] = np.zeros(rng.choice([(1,), (3, 2), (0,)]), np.float32)
         label = f"extra {extra}"
     elif kind == 2:
@@ -270,8 +325,15 @@ def mutate_tensors(rng: random.Random, data: bytes) -> Case:
         label = f"{name} as {np.dtype(dtype).name}"
     elif kind == 3:
         arr = tensors[name]
-        shape = rng.choice([(arr.size,), (1, *arr.shape), arr.shape[:-1] or (0,), (*arr.shape[:-1], arr.shape[-1] + 1)
-                            if arr.ndim else (2,), (0,)])
+        shape = rng.choice(
+            [
+                (arr.size,),
+                (1, *arr.shape),
+                arr.shape[:-1] or (0,),
+                (*arr.shape[:-1], arr.shape[-1] + 1) if arr.ndim else (2,),
+                (0,),
+            ]
+        )
         if tuple(shape) == arr.shape:
             shape = (arr.size + 1,)
         tensors[name] = np.resize(arr, shape)
@@ -411,8 +473,11 @@ def native_call(rng: random.Random) -> tuple[str, object]:
         a = u64(m, kw) if rng.random() < 0.7 else u64(small(), m, kw)
         bp = u64(np_, kw, 8) if rng.random() < 0.8 else u64(small(), np_, kw, 8)
         nn = max(min(n, 300), 0)
-        kwargs = {"scale": opt(nn), "bias": opt(nn), "residual": rng.choice([None, f32(m, 1), f32(m, nn), f32(1),
-                                                                              f32(2, m, nn)])}
+        kwargs = {
+            "scale": opt(nn),
+            "bias": opt(nn),
+            "residual": rng.choice([None, f32(m, 1), f32(m, nn), f32(1), f32(2, m, nn)]),
+        }
         if rng.random() < 0.3:
             kwargs.update(slope=f32(nn), b1=f32(nn), b2=opt(nn))
         if rng.random() < 0.3:
@@ -435,14 +500,28 @@ def native_call(rng: random.Random) -> tuple[str, object]:
         kwc = (taps * cg + 63) // 64
         npg = ((cout // groups if groups > 0 and 0 < cout < 2**16 else 1) + 7) // 8
         geo = [rng.choice([1, 2, size()]), rng.choice([0, 1, 3, size()]), rng.choice([1, 3, 5, size()])]
-        args = (u64(b, h, w, cw), c, u64(max(min(groups, 8), 0), npg, kwc, 8),
-                np.zeros((max(min(cout, 64), 0), taps), np.int32), cout, groups, kh, kwd, *geo)
+        args = (
+            u64(b, h, w, cw),
+            c,
+            u64(max(min(groups, 8), 0), npg, kwc, 8),
+            np.zeros((max(min(cout, 64), 0), taps), np.int32),
+            cout,
+            groups,
+            kh,
+            kwd,
+            *geo,
+        )
         return "bconv", lambda: C.bconv(*args, residual=rng.choice([None, f32(1, 4)]))
     if which == 4:
         g, r, s, d = tiny(), tiny(), size(), size()
         ss = max(min(s, 70), 0)
-        args = (u64(g, r, ss, (ss + 63) // 64), u64(g, rng.choice([1, (max(min(d, 64), 0) + 7) // 8]),
-                                                      (ss + 63) // 64, 8), f32(g, r), s, d)
+        args = (
+            u64(g, r, ss, (ss + 63) // 64),
+            u64(g, rng.choice([1, (max(min(d, 64), 0) + 7) // 8]), (ss + 63) // 64, 8),
+            f32(g, r),
+            s,
+            d,
+        )
         return "masked_av", lambda: C.masked_av(*args)
     if which == 5:
         g, ll = tiny(), small()
@@ -464,13 +543,18 @@ def native_call(rng: random.Random) -> tuple[str, object]:
         return "to_panels", lambda: C.to_panels(arr)
     if which == 10:
         x = f32(*[small() for _ in range(rng.choice([1, 2, 3]))])
-        fn = rng.choice([lambda: C.pack_rows(x, rng.choice([None, f32(x.shape[-1]), f32(3)])),
-                         lambda: C.pack_cols_panels(f32(small(), small(), small())),
-                         lambda: C.pack_nonzero((x > 0).astype(np.uint8))])
+        fn = rng.choice(
+            [
+                lambda: C.pack_rows(x, rng.choice([None, f32(x.shape[-1]), f32(3)])),
+                lambda: C.pack_cols_panels(f32(small(), small(), small())),
+                lambda: C.pack_nonzero((x > 0).astype(np.uint8)),
+            ]
+        )
         return "pack", fn
     value = size()
-    return "config", rng.choice([lambda: C.set_num_threads(value), lambda: C.set_buffer_cache_mb(value),
-                                 lambda: C.nibbles_pay(value, value)])
+    return "config", rng.choice(
+        [lambda: C.set_num_threads(value), lambda: C.set_buffer_cache_mb(value), lambda: C.nibbles_pay(value, value)]
+    )
 
 
 def consistent_call(rng: random.Random, C, gen, size, conv: bool) -> tuple[str, object]:  # noqa: ANN001
@@ -486,13 +570,18 @@ def consistent_call(rng: random.Random, C, gen, size, conv: bool) -> tuple[str, 
         xp = gen.integers(0, 2**64, size=(b, h, w, (c + 63) // 64), dtype=np.uint64)
         wp = gen.integers(0, 2**64, size=(groups, (cout // groups + 7) // 8, kwc, 8), dtype=np.uint64)
         wpop = gen.integers(0, kh * kw, size=(cout, kh * kw), dtype=np.int32)
-        geo = [rng.choice([1, 2, 3, 7, size()]), rng.choice([0, 1, 2, 5, 40, size()]),
-               rng.choice([1, 2, 3, 5, 9, size()])]
+        geo = [
+            rng.choice([1, 2, 3, 7, size()]),
+            rng.choice([0, 1, 2, 5, 40, size()]),
+            rng.choice([1, 2, 3, 5, 9, size()]),
+        ]
         out = rng.choice([None, "right", "wrong"])
         kwargs: dict = {}
         if out is not None:
-            oh = [(side + 2 * geo[1] - geo[2] * (k - 1) - 1) // geo[0] + 1 if geo[0] > 0 else 1
-                  for side, k in ((h, kh), (w, kw))]
+            oh = [
+                (side + 2 * geo[1] - geo[2] * (k - 1) - 1) // geo[0] + 1 if geo[0] > 0 else 1
+                for side, k in ((h, kh), (w, kw))
+            ]
             rows = oh[0] * oh[1] if 0 < oh[0] * oh[1] < 10**6 else 1
             kwargs = {"out": np.zeros((b, rows + (out == "wrong"), cout), np.float32), "accumulate": True}
         return "bconv consistent", lambda: C.bconv(xp, c, wp, wpop, cout, groups, kh, kw, *geo, **kwargs)
@@ -503,8 +592,14 @@ def consistent_call(rng: random.Random, C, gen, size, conv: bool) -> tuple[str, 
     bp = gen.integers(0, 2**64, size=((n + 7) // 8, kw, 8), dtype=np.uint64)
     nib = C.to_nibbles(bp) if rng.random() < 0.5 else None
     n_arg, k_arg = rng.choice([(n, k), (n, size()), (size(), k), (n + 1, k), (n, k + 64)])
-    return "bgemm consistent", lambda: C.bgemm(a, bp, n_arg, k_arg, nibbles=nib if g is None else None,
-                                               residual=rng.choice([None, gen.standard_normal((m, 1), np.float32)]))
+    return "bgemm consistent", lambda: C.bgemm(
+        a,
+        bp,
+        n_arg,
+        k_arg,
+        nibbles=nib if g is None else None,
+        residual=rng.choice([None, gen.standard_normal((m, 1), np.float32)]),
+    )
 
 
 def native_worker(seed: int, start: int, count: int) -> None:
@@ -539,10 +634,34 @@ V2_SEED_VARIANTS = [
     ({"precision": "binary", "attn_quant": "gsb", "shift5": False, "layerscale": False}, False),
     ({"precision": "some_fp", "attn_quant": "lsq", "num_classes": 0}, False),
 ]
-OPS = ("patch_conv", "affine", "sign_pack", "avg_pool", "bconv", "blinear", "shift_add", "window_attention",
-       "mean_tokens", "linear")
-INT_KEYS = {"kernel", "stride", "padding", "dilation", "groups", "in_channels", "out_channels", "in_features",
-            "out_features", "window", "heads", "pool_padding", "mean_r", "kernels"}
+OPS = (
+    "patch_conv",
+    "affine",
+    "sign_pack",
+    "avg_pool",
+    "bconv",
+    "blinear",
+    "shift_add",
+    "window_attention",
+    "mean_tokens",
+    "linear",
+)
+INT_KEYS = {
+    "kernel",
+    "stride",
+    "padding",
+    "dilation",
+    "groups",
+    "in_channels",
+    "out_channels",
+    "in_features",
+    "out_features",
+    "window",
+    "heads",
+    "pool_padding",
+    "mean_r",
+    "kernels",
+}
 BAD_NAMES = ["", "X", "1a", "a" * 33, "in put", "é", "_x", "x-y"]  # not [a-z][a-z0-9_]{0,31}
 BAD_UTF8 = [b"\xff", b"\xc0\xaf", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xe2\x82", b"\x80"]
 MAX_OPS = 100_000
@@ -730,13 +849,15 @@ def _hostile_bool(rng: random.Random, op: dict, path: tuple, old: object) -> tup
 def _hostile_list(rng: random.Random, old: list) -> tuple[object, str]:
     """A hostile list for ``kernel [kh, kw]`` or ``kernels``: one of the same length with small ints may be valid."""
     value = rng.choice([[], [3], [3, 3, 3], [0, 0], [5, 3], [3, 5], [-1, 3], "x", 3, None, [2**63, 2**63], [[3], [3]]])
-    plausible = isinstance(value, list) and len(value) == len(old) and all(type(v) is int and 0 <= v <= 16
-                                                                             for v in value)
+    plausible = (
+        isinstance(value, list) and len(value) == len(old) and all(type(v) is int and 0 <= v <= 16 for v in value)
+    )
     return value, "either" if plausible else "reject"
 
 
-def _field_value(rng: random.Random, op: dict, path: tuple, old: object, header: dict, ops: list,
-                 index: int) -> tuple[object, str]:
+def _field_value(
+    rng: random.Random, op: dict, path: tuple, old: object, header: dict, ops: list, index: int
+) -> tuple[object, str]:
     """A hostile value for one op field and what the reader must do with it."""
     key = path[-1] if isinstance(path[-1], str) else path[-2]
     if isinstance(old, list):
@@ -806,8 +927,9 @@ def _read_before_write(header: dict, body: bytes, program: dict, rng: random.Ran
         later = {reg for op in ops[i:] for reg, _ in _writes(op)} - set(_registers(ops, i))
         if later:
             ops[i]["in"] = rng.choice(sorted(later))
-            return ProgramCase(f"op {i} reads {ops[i]['in']!r} before it is written",
-                               with_program(header, body, program), "reject")
+            return ProgramCase(
+                f"op {i} reads {ops[i]['in']!r} before it is written", with_program(header, body, program), "reject"
+            )
     return ProgramCase("no-op rebuild", with_program(header, body, program), "same")
 
 
@@ -818,8 +940,11 @@ def _kind_mismatch(header: dict, body: bytes, program: dict, rng: random.Random)
         wrong = [r for r, k in _registers(ops, i).items() if k != _in_kind(ops[i]) and r != "input"]
         if wrong:
             ops[i]["in"] = rng.choice(sorted(wrong))
-            return ProgramCase(f"op {i} ({ops[i]['op']}) reads the wrong kind {ops[i]['in']!r}",
-                               with_program(header, body, program), "reject")
+            return ProgramCase(
+                f"op {i} ({ops[i]['op']}) reads the wrong kind {ops[i]['in']!r}",
+                with_program(header, body, program),
+                "reject",
+            )
     return ProgramCase("no-op rebuild", with_program(header, body, program), "same")
 
 
@@ -834,8 +959,9 @@ def mutate_v2_program(rng: random.Random, data: bytes) -> ProgramCase:
         return ProgramCase(f"input {new!r}", with_program(header, body, {**program, "input": new}), "reject")
     if kind == 1:
         new = rng.choice([0, -1, 1, program["num_classes"] + 1, 2**31, 2**63, "10", None, 10.5])
-        return ProgramCase(f"num_classes {new!r}", with_program(header, body, {**program, "num_classes": new}),
-                           "reject")
+        return ProgramCase(
+            f"num_classes {new!r}", with_program(header, body, {**program, "num_classes": new}), "reject"
+        )
     if kind == 2:
         new = rng.choice([*BAD_NAMES, "nowhere", "input", None, 3, *_registers(program["ops"], len(program["ops"]))])
         expect = "reject" if flow_broken({**program, "output": new}) or new == "input" else "either"
@@ -850,17 +976,33 @@ def mutate_v2_program(rng: random.Random, data: bytes) -> ProgramCase:
     if kind == 5:
         depth = rng.choice([30, 65, 100_000, 1_000_000])
         raw = json.dumps(program)[:-1] + ', "deep": ' + "[" * depth + "]" * depth + "}"
-        return ProgramCase(f"program nested {depth} deep", with_program(header, body, None, raw=raw),
-                           "either" if depth < 60 else "reject")
+        return ProgramCase(
+            f"program nested {depth} deep",
+            with_program(header, body, None, raw=raw),
+            "either" if depth < 60 else "reject",
+        )
     if kind == 6:
         text = json.dumps(program)
-        raw = rng.choice(["", "{", "[]", "null", "3", '"x"', text[:-3], text + "x", text.replace(":", ": 0", 1),
-                          text.replace('"eps": ', '"eps": NaN, "e": ', 1),
-                          text.replace('"eps": ', '"eps": 1e999, "e": ', 1)])
+        raw = rng.choice(
+            [
+                "",
+                "{",
+                "[]",
+                "null",
+                "3",
+                '"x"',
+                text[:-3],
+                text + "x",
+                text.replace(":", ": 0", 1),
+                text.replace('"eps": ', '"eps": NaN, "e": ', 1),
+                text.replace('"eps": ', '"eps": 1e999, "e": ', 1),
+            ]
+        )
         return ProgramCase(f"program text {raw[:40]!r}", with_program(header, body, None, raw=raw), "reject")
     key = rng.choice(["input", "output", "num_classes", "ops"])
-    return ProgramCase(f"program {key} missing",
-                       with_program(header, body, {k: v for k, v in program.items() if k != key}), "reject")
+    return ProgramCase(
+        f"program {key} missing", with_program(header, body, {k: v for k, v in program.items() if k != key}), "reject"
+    )
 
 
 def _op_of_tensor(program: dict, name: str) -> dict | None:
@@ -888,14 +1030,31 @@ def mutate_v2_tensors(rng: random.Random, data: bytes) -> ProgramCase:
     name = rng.choice(sorted(tensors))
     arr, kind = tensors[name], rng.randrange(7)
     if kind == 0:
-        dtype = rng.choice([np.float64, np.float16, np.int32, np.int64, np.uint8, np.bool_,
-                            np.uint64 if arr.dtype == np.float32 else np.float32])
+        dtype = rng.choice(
+            [
+                np.float64,
+                np.float16,
+                np.int32,
+                np.int64,
+                np.uint8,
+                np.bool_,
+                np.uint64 if arr.dtype == np.float32 else np.float32,
+            ]
+        )
         with np.errstate(over="ignore", invalid="ignore"):
             tensors[name] = arr.astype(dtype)
         return ProgramCase(f"{name} as {np.dtype(dtype).name}", rebuild(tensors, meta), "reject")
     if kind == 1:
-        shape = rng.choice([(arr.size,), (1, *arr.shape), arr.shape[:-1] or (0,), (*arr.shape[:-1], arr.shape[-1] + 1),
-                            (1, 1, 1, 1, arr.size), (0,)])
+        shape = rng.choice(
+            [
+                (arr.size,),
+                (1, *arr.shape),
+                arr.shape[:-1] or (0,),
+                (*arr.shape[:-1], arr.shape[-1] + 1),
+                (1, 1, 1, 1, arr.size),
+                (0,),
+            ]
+        )
         if tuple(shape) == arr.shape:
             shape = (arr.size + 1,)
         tensors[name] = np.resize(arr, shape)
@@ -937,22 +1096,48 @@ def mutate_v2_header(rng: random.Random, data: bytes) -> ProgramCase:
         if end + 1 <= size and rng.random() < 0.2:  # unaligned, overlapping the next tensor: allowed
             entry["data_offsets"] = [begin + 1, end + 1]
             return ProgramCase(f"{name} data_offsets +1", join(header, body), "either", nonfinite_ok=True)
-        new = rng.choice([[begin, size + 8], [end, begin] if end > begin else [1, 0],
-                          [-8, end - begin - 8], [2**64 - 1, 2**64 - 1], [2**63, 2**63 + end - begin], ["0", end],
-                          [begin], [begin, end, end], None, [1.5, end], [size + 8, size + 8 + end - begin]])
+        new = rng.choice(
+            [
+                [begin, size + 8],
+                [end, begin] if end > begin else [1, 0],
+                [-8, end - begin - 8],
+                [2**64 - 1, 2**64 - 1],
+                [2**63, 2**63 + end - begin],
+                ["0", end],
+                [begin],
+                [begin, end, end],
+                None,
+                [1.5, end],
+                [size + 8, size + 8 + end - begin],
+            ]
+        )
         entry["data_offsets"] = new
         return ProgramCase(f"{name} data_offsets {new}", join(header, body), "reject")
     if kind == 1:
-        same = [n for n in names if n != name and
-                header[n]["data_offsets"][1] - header[n]["data_offsets"][0] == end - begin]
+        same = [
+            n for n in names if n != name and header[n]["data_offsets"][1] - header[n]["data_offsets"][0] == end - begin
+        ]
         if not same:
             return ProgramCase("no-op rejoin", join(header, body), "same")
         entry["data_offsets"] = list(header[rng.choice(same)]["data_offsets"])  # overlaps another tensor
         return ProgramCase(f"{name} overlaps another tensor", join(header, body), "either", nonfinite_ok=True)
     if kind == 2:
         n = (end - begin) // (8 if entry["dtype"] == "U64" else 4)
-        new = rng.choice([[1, 1, 1, 1, n], [-1, -n], [2**62, 4], [2**32, 2**32, 2**32, 2**32], [2**63], [n, 0],
-                          ["3"], [1.5], None, 5, [2**64 + n]])
+        new = rng.choice(
+            [
+                [1, 1, 1, 1, n],
+                [-1, -n],
+                [2**62, 4],
+                [2**32, 2**32, 2**32, 2**32],
+                [2**63],
+                [n, 0],
+                ["3"],
+                [1.5],
+                None,
+                5,
+                [2**64 + n],
+            ]
+        )
         entry["shape"] = new
         return ProgramCase(f"{name} shape {new}", join(header, body), "reject")
     if kind == 3:
@@ -977,23 +1162,54 @@ def mutate_v2_metadata(rng: random.Random, data: bytes) -> ProgramCase:
         del meta[key]
         return ProgramCase(f"metadata {key} missing", join(header, body), "reject")
     if kind == 1:
-        key, value = rng.choice([("format", "bhvit-packed2"), ("format", ""), ("format_version", "1"),
-                                 ("format_version", "3"), ("format_version", "02"), ("format_version", " 2"),
-                                 ("format_version", 2), ("program", {"ops": []}), ("preprocess", 3)])
+        key, value = rng.choice(
+            [
+                ("format", "bhvit-packed2"),
+                ("format", ""),
+                ("format_version", "1"),
+                ("format_version", "3"),
+                ("format_version", "02"),
+                ("format_version", " 2"),
+                ("format_version", 2),
+                ("program", {"ops": []}),
+                ("preprocess", 3),
+            ]
+        )
         meta[key] = value
         return ProgramCase(f"metadata {key}={value!r}", join(header, body), "reject")
     if kind == 2:
-        meta["preprocess"] = json.dumps(rng.choice([
-            {"mean": [0.5] * 2, "std": [1] * 3, "resize": 36}, {"mean": [0] * 3, "std": [0.0] * 3, "resize": 36},
-            {"mean": [0] * 3, "std": [-1, 1, 1], "resize": 36}, {"mean": [0] * 3, "std": [1] * 3, "resize": 16385},
-            {"mean": [0] * 3, "std": [1] * 3, "resize": 0}, {"mean": [0] * 3, "std": [1] * 3, "resize": 1.5},
-            {"mean": "0.5"}, {"mean": [None] * 3}, [1, 2], "x", {"mean": [1e999] * 3, "std": [1] * 3, "resize": 3}]))
+        meta["preprocess"] = json.dumps(
+            rng.choice(
+                [
+                    {"mean": [0.5] * 2, "std": [1] * 3, "resize": 36},
+                    {"mean": [0] * 3, "std": [0.0] * 3, "resize": 36},
+                    {"mean": [0] * 3, "std": [-1, 1, 1], "resize": 36},
+                    {"mean": [0] * 3, "std": [1] * 3, "resize": 16385},
+                    {"mean": [0] * 3, "std": [1] * 3, "resize": 0},
+                    {"mean": [0] * 3, "std": [1] * 3, "resize": 1.5},
+                    {"mean": "0.5"},
+                    {"mean": [None] * 3},
+                    [1, 2],
+                    "x",
+                    {"mean": [1e999] * 3, "std": [1] * 3, "resize": 3},
+                ]
+            )
+        )
         return ProgramCase(f"preprocess {meta['preprocess'][:60]}", join(header, body), "reject")
     if kind == 3:
         width = json.loads(meta["program"])["num_classes"]
-        meta["labels"] = rng.choice([json.dumps(["a"] * (width + 1)), json.dumps(["a"] * (width - 1)),
-                                     json.dumps([1] * width), json.dumps({"0": "a"}), "[", json.dumps("abc"),
-                                     json.dumps([None] * width), json.dumps([["a"]] * width)])
+        meta["labels"] = rng.choice(
+            [
+                json.dumps(["a"] * (width + 1)),
+                json.dumps(["a"] * (width - 1)),
+                json.dumps([1] * width),
+                json.dumps({"0": "a"}),
+                "[",
+                json.dumps("abc"),
+                json.dumps([None] * width),
+                json.dumps([["a"]] * width),
+            ]
+        )
         return ProgramCase(f"labels {meta['labels'][:40]}", join(header, body), "reject")
     if kind == 4:
         header["__metadata__"] = rng.choice([None, [], "x", {"format": "bhvit-packed"}, {**meta, "extra": 3}])
@@ -1042,8 +1258,11 @@ def mutate_v2_text(rng: random.Random, data: bytes) -> ProgramCase:
     raw = json.dumps(header) + suffix
     padded = raw + " " * (-len(raw) % 8)
     valid = suffix.isspace()
-    return ProgramCase(f"header ends {raw[-3:]!r}", struct.pack("<Q", len(padded)) + padded.encode() + body,
-                       "same" if valid else "reject")
+    return ProgramCase(
+        f"header ends {raw[-3:]!r}",
+        struct.pack("<Q", len(padded)) + padded.encode() + body,
+        "same" if valid else "reject",
+    )
 
 
 def mutate_v2_equivalent(rng: random.Random, data: bytes) -> ProgramCase:
@@ -1052,8 +1271,13 @@ def mutate_v2_equivalent(rng: random.Random, data: bytes) -> ProgramCase:
     header, body, program = v2_parts(data)
     kind = rng.randrange(4)
     if kind == 0:
-        raw = rng.choice([json.dumps(program, indent=2), json.dumps(program, sort_keys=True),
-                          json.dumps({k: program[k] for k in reversed(list(program))})])
+        raw = rng.choice(
+            [
+                json.dumps(program, indent=2),
+                json.dumps(program, sort_keys=True),
+                json.dumps({k: program[k] for k in reversed(list(program))}),
+            ]
+        )
         return ProgramCase("program reformatted", with_program(header, body, None, raw=raw), "same")
     if kind == 1:
         names = list(tensors)
@@ -1087,9 +1311,21 @@ def mutate_v2_bytes(rng: random.Random, data: bytes) -> ProgramCase:
     return ProgramCase(f"bit flips {flips[:3]}", bytes(buf), "either", nonfinite_ok=True)
 
 
-V2_MUTATORS = [mutate_v2_field, mutate_v2_field, mutate_v2_field, mutate_v2_ops, mutate_v2_ops, mutate_v2_program,
-               mutate_v2_tensors, mutate_v2_header, mutate_v2_metadata, mutate_v2_text, mutate_v2_equivalent,
-               mutate_v2_bytes, mutate_v2_bytes]
+V2_MUTATORS = [
+    mutate_v2_field,
+    mutate_v2_field,
+    mutate_v2_field,
+    mutate_v2_ops,
+    mutate_v2_ops,
+    mutate_v2_program,
+    mutate_v2_tensors,
+    mutate_v2_header,
+    mutate_v2_metadata,
+    mutate_v2_text,
+    mutate_v2_equivalent,
+    mutate_v2_bytes,
+    mutate_v2_bytes,
+]
 
 
 def program_cases(seeds: list[Path], count: int, seed: int) -> list[tuple[int, ProgramCase]]:
@@ -1163,8 +1399,11 @@ def _program_case(path: Path, via_file: bool, same: dict | None) -> tuple[str, s
         return ("REJECTED" if _message_ok(err) else "BADMESSAGE"), f"{type(err).__name__}: {err}"
     declared = _declared(data)
     if declared is None or declared != (list(model.input_shape), model.num_classes):
-        return "WRONG", f"loaded, but the program declares {declared} and the runtime says " \
-                        f"{model.input_shape} -> {model.num_classes}"
+        return (
+            "WRONG",
+            f"loaded, but the program declares {declared} and the runtime says "
+            f"{model.input_shape} -> {model.num_classes}",
+        )
     try:
         return _run_twice(model, same)
     except ValueError as err:
@@ -1188,8 +1427,9 @@ def program_worker(case_dir: Path, start: int, memory_limit: int) -> None:
         rt.set_num_threads(1 + (start + k) % 2)
         _emit(f"START {cid}")
         try:
-            outcome, detail = _program_case(case_dir / f"{cid}.bhvp", (start + k) % 3 == 0,
-                                            seeds.get(seed) if expect == "same" else None)
+            outcome, detail = _program_case(
+                case_dir / f"{cid}.bhvp", (start + k) % 3 == 0, seeds.get(seed) if expect == "same" else None
+            )
             _emit(f"END {cid} {outcome} {detail}")
         except Exception as err:  # noqa: BLE001 (any other type is a finding, reported by the driver)
             _emit(f"END {cid} ERROR {type(err).__name__}: {err}")
@@ -1218,7 +1458,7 @@ def _check_err(buf, errlen: int | None, failed: bool) -> None:  # noqa: ANN001
         return
     raw = bytes(buf.raw)
     if any(b != SENTINEL for b in raw[errlen:]):
-        raise CapiError(f"wrote past errlen={errlen}: {raw[errlen:errlen + 8]!r}")
+        raise CapiError(f"wrote past errlen={errlen}: {raw[errlen : errlen + 8]!r}")
     if not failed:  # a success may leave err as it was
         return
     if errlen and b"\0" not in raw[:errlen]:
@@ -1262,8 +1502,17 @@ def _load_seed(lib, path: Path) -> Loaded:  # noqa: ANN001
         raise CapiError(f"the seed {path} does not load")
     shape, classes = tuple(program["input"]), program["num_classes"]
     images = np.random.default_rng(3).standard_normal((2, *shape), dtype=np.float32)
-    loaded = Loaded(handle, path, shape, classes, json.loads(meta["labels"]) if "labels" in meta else None,
-                    json.loads(meta["preprocess"]), '"gsb"' in meta["program"], images, None)
+    loaded = Loaded(
+        handle,
+        path,
+        shape,
+        classes,
+        json.loads(meta["labels"]) if "labels" in meta else None,
+        json.loads(meta["preprocess"]),
+        '"gsb"' in meta["program"],
+        images,
+        None,
+    )
     loaded.logits = _run(lib, loaded, images)
     return loaded
 
@@ -1279,8 +1528,7 @@ def _run(lib, m: Loaded, images, batch: int | None = None, errlen: int | None = 
     out = np.full((rows, max(m.classes, 1)), np.float32(-1234.5), np.float32)
     err = _err_buffer(errlen)
     f32p = ctypes.POINTER(ctypes.c_float)
-    status = lib.bhvit_run(m.handle, images.ctypes.data_as(f32p), batch, out.ctypes.data_as(f32p), err,
-                           errlen or 0)
+    status = lib.bhvit_run(m.handle, images.ctypes.data_as(f32p), batch, out.ctypes.data_as(f32p), err, errlen or 0)
     _check_err(err, errlen, status != 0)
     used = batch if status == 0 else 0
     _expect(status in (0, -1), f"bhvit_run returned {status}")
@@ -1295,8 +1543,21 @@ def capi_load_path(lib, rng: random.Random, models: list[Loaded], tmp: Path) -> 
     cut = tmp / "cut.bhvp"
     data = models[0].path.read_bytes()
     cut.write_bytes(data[: rng.randrange(len(data))])
-    path = rng.choice([None, b"", b"/nonexistent/x.bhvp", str(tmp).encode(), b"/dev/null", b"/dev/zero",
-                       str(garbage).encode(), str(cut).encode(), b"x" * 5000, b"/tmp/\xff\xfe.bhvp", b"/proc/self/mem"])
+    path = rng.choice(
+        [
+            None,
+            b"",
+            b"/nonexistent/x.bhvp",
+            str(tmp).encode(),
+            b"/dev/null",
+            b"/dev/zero",
+            str(garbage).encode(),
+            str(cut).encode(),
+            b"x" * 5000,
+            b"/tmp/\xff\xfe.bhvp",
+            b"/proc/self/mem",
+        ]
+    )
     err, errlen = _errlen(rng)
     handle = lib.bhvit_load(path, err, errlen)
     if handle:
@@ -1360,8 +1621,10 @@ def capi_run_bad(lib, rng: random.Random, models: list[Loaded], tmp: Path) -> st
     kind = rng.randrange(4)
     if kind == 0:
         batch = rng.choice(BAD_BATCHES)
-        _expect(_run(lib, m, m.images[:1], batch=batch, errlen=rng.choice([None, 0, 1, 256])) is None,
-                f"bhvit_run accepted batch {batch}")
+        _expect(
+            _run(lib, m, m.images[:1], batch=batch, errlen=rng.choice([None, 0, 1, 256])) is None,
+            f"bhvit_run accepted batch {batch}",
+        )
         return "REFUSED"
     err, errlen = _errlen(rng)
     f32p = ctypes.POINTER(ctypes.c_float)
@@ -1416,8 +1679,20 @@ def capi_isa(lib, rng: random.Random, models: list[Loaded], tmp: Path) -> str:  
     import numpy as np
 
     before = lib.bhvit_isa()
-    name = rng.choice([None, b"", b"AVX2", b"avx2 ", b" avx2", b"x" * 5000, b"\xff\xfe", b"sse", b"avx512",
-                       *[n.encode() for n in KNOWN_ISAS]])
+    name = rng.choice(
+        [
+            None,
+            b"",
+            b"AVX2",
+            b"avx2 ",
+            b" avx2",
+            b"x" * 5000,
+            b"\xff\xfe",
+            b"sse",
+            b"avx512",
+            *[n.encode() for n in KNOWN_ISAS],
+        ]
+    )
     err, errlen = _errlen(rng)
     status = lib.bhvit_set_isa(name, err, errlen)
     try:
@@ -1425,8 +1700,10 @@ def capi_isa(lib, rng: random.Random, models: list[Loaded], tmp: Path) -> str:  
             _expect(status == -1 and lib.bhvit_isa() == before, f"refused ISA {name!r:.30} changed the ISA")
             _check_err(err, errlen, True)
             return "REFUSED"
-        _expect(name is not None and name.decode() in KNOWN_ISAS and lib.bhvit_isa() == name,
-                f"bhvit_set_isa({name!r:.30}) accepted, isa now {lib.bhvit_isa()!r}")
+        _expect(
+            name is not None and name.decode() in KNOWN_ISAS and lib.bhvit_isa() == name,
+            f"bhvit_set_isa({name!r:.30}) accepted, isa now {lib.bhvit_isa()!r}",
+        )
         m = rng.choice(models)
         _expect(np.array_equal(_run(lib, m, m.images), m.logits), f"ISA {name!r} gives other logits")
         return "RETURNED"
@@ -1447,8 +1724,10 @@ def capi_labels(lib, rng: random.Random, models: list[Loaded], tmp: Path) -> str
     _expect(lib.bhvit_num_classes(None) == -1 and lib.bhvit_num_classes(m.handle) == m.classes, "num_classes")
     dims = [ctypes.c_int(-7) for _ in range(3)]
     _expect(lib.bhvit_input_dims(None, *map(ctypes.byref, dims)) == -1, "bhvit_input_dims(NULL) did not fail")
-    _expect(lib.bhvit_input_dims(m.handle, *map(ctypes.byref, dims)) == 0 and
-            tuple(d.value for d in dims) == m.shape, f"input dims {[d.value for d in dims]}")
+    _expect(
+        lib.bhvit_input_dims(m.handle, *map(ctypes.byref, dims)) == 0 and tuple(d.value for d in dims) == m.shape,
+        f"input dims {[d.value for d in dims]}",
+    )
     want = None if m.labels is None else m.labels[i].encode()
     _expect(label in (None, want), f"bhvit_label({i}) = {label!r}, the file says {want!r}")
     return "RETURNED"
@@ -1488,8 +1767,9 @@ def capi_preprocess(lib, rng: random.Random, models: list[Loaded], tmp: Path) ->
     value = lib.bhvit_metadata(rng.choice([None, m.handle]) if key in (b"config",) else m.handle, key)
     if key in (b"config", b"preprocess") and value is not None:
         json.loads(value)
-    _expect(key not in (None, b"", b"nope", b"x" * 1000) or value is None,
-            f"bhvit_metadata({key!r:.20}) = {value!r:.40}")
+    _expect(
+        key not in (None, b"", b"nope", b"x" * 1000) or value is None, f"bhvit_metadata({key!r:.20}) = {value!r:.40}"
+    )
     _expect(lib.bhvit_metadata(None, b"config") is None, "bhvit_metadata(NULL, ...) gave a value")
     return "RETURNED" if value is not None else "REFUSED"
 
@@ -1516,18 +1796,35 @@ def capi_profile(lib, rng: random.Random, models: list[Loaded], tmp: Path) -> st
         kinds, secs = (ctypes.c_char_p * size)(*([b"-"] * size)), (ctypes.c_double * size)(*([-7.0] * size))
         _expect(lib.bhvit_profile(m.handle, kinds, secs, n) == count, "bhvit_profile count changed")
         written = min(max(n, 0), count)
-        _expect(all(k == b"-" and s == -7.0 for k, s in zip(kinds[written:], secs[written:])),
-                f"bhvit_profile(n={n}) wrote past n (count {count})")
-        _expect(all(k not in (None, b"-") and s >= 0 for k, s in zip(kinds[:written], secs[:written])),
-                f"bhvit_profile entries {list(zip(kinds[:written], secs[:written]))}")
+        _expect(
+            all(k == b"-" and s == -7.0 for k, s in zip(kinds[written:], secs[written:])),
+            f"bhvit_profile(n={n}) wrote past n (count {count})",
+        )
+        _expect(
+            all(k not in (None, b"-") and s >= 0 for k, s in zip(kinds[:written], secs[:written])),
+            f"bhvit_profile entries {list(zip(kinds[:written], secs[:written]))}",
+        )
     finally:
         lib.bhvit_set_profiling(m.handle, 0)
     lib.bhvit_free(None)
     return "RETURNED"
 
 
-CAPI_CASES = [capi_load_path, capi_load_memory, capi_load_valid, capi_run_bad, capi_run_bad, capi_run_batches,
-              capi_threads, capi_isa, capi_isa, capi_labels, capi_null_outputs, capi_preprocess, capi_profile]
+CAPI_CASES = [
+    capi_load_path,
+    capi_load_memory,
+    capi_load_valid,
+    capi_run_bad,
+    capi_run_bad,
+    capi_run_batches,
+    capi_threads,
+    capi_isa,
+    capi_isa,
+    capi_labels,
+    capi_null_outputs,
+    capi_preprocess,
+    capi_profile,
+]
 
 
 def capi_worker(seed_dir: Path, seed: int, start: int, count: int, memory_limit: int) -> None:
@@ -1560,16 +1857,23 @@ class Report:
     seconds: float
 
 
-def _run_workers(argv: list[str], count: int, timeout: float, env: dict | None, judge,  # noqa: ANN001
-                 describe=lambda cid: "") -> tuple[dict[str, int], dict[str, str]]:  # noqa: ANN001
+def _run_workers(
+    argv: list[str],
+    count: int,
+    timeout: float,
+    env: dict | None,
+    judge,  # noqa: ANN001
+    describe=lambda cid: "",
+) -> tuple[dict[str, int], dict[str, str]]:  # noqa: ANN001
     """Runs ``argv + [start]`` until every case of 0..count-1 has ended or has been blamed for a crash."""
     outcomes: dict[str, int] = {}
     findings: dict[str, str] = {}
     start = 0
     while start < count:
         try:
-            proc = subprocess.run([*argv, str(start)], capture_output=True, text=True, timeout=timeout, env=env,
-                                  cwd=ROOT, check=False)
+            proc = subprocess.run(
+                [*argv, str(start)], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT, check=False
+            )
             out, err, died = proc.stdout, proc.stderr, proc.returncode != 0
             why = f"exit status {proc.returncode}"
         except subprocess.TimeoutExpired as exc:
@@ -1594,16 +1898,18 @@ def _run_workers(argv: list[str], count: int, timeout: float, env: dict | None, 
                 findings[f"worker@{start}"] = f"{why}: {err[-2000:]}"
                 break
             cid = running.split(" ")[0]
-            headline = next((line for line in err.splitlines()
-                             if "runtime error:" in line or "ERROR: AddressSanitizer" in line), "")
+            headline = next(
+                (line for line in err.splitlines() if "runtime error:" in line or "ERROR: AddressSanitizer" in line), ""
+            )
             findings[cid] = f"CRASH {describe(cid)} {running}: {why}: {headline}\n{err[-1500:]}"
             outcomes["CRASH"] = outcomes.get("CRASH", 0) + 1
             start += 1
     return outcomes, findings
 
 
-def run_format(seeds: list[Path], count: int, seed: int = 0, timeout: float = 120.0,
-               env: dict | None = None, batch: int = 1000) -> Report:
+def run_format(
+    seeds: list[Path], count: int, seed: int = 0, timeout: float = 120.0, env: dict | None = None, batch: int = 1000
+) -> Report:
     """Generates ``count`` format cases from ``seeds`` and runs them in workers (``batch`` per worker)."""
     t0 = time.perf_counter()
     cases = format_cases(seeds, count, seed)
@@ -1623,8 +1929,14 @@ def run_format(seeds: list[Path], count: int, seed: int = 0, timeout: float = 12
             sub.mkdir()
             for cid in list(names)[b0 : b0 + batch]:
                 (sub / f"{cid}.bhvp").write_bytes(names[cid].data)
-            o, f = _run_workers([sys.executable, str(Path(__file__).resolve()), "--format-worker", str(sub)],
-                                len(list(sub.glob("*.bhvp"))), timeout, env, judge, lambda cid: names[cid].name)
+            o, f = _run_workers(
+                [sys.executable, str(Path(__file__).resolve()), "--format-worker", str(sub)],
+                len(list(sub.glob("*.bhvp"))),
+                timeout,
+                env,
+                judge,
+                lambda cid: names[cid].name,
+            )
             for k, v in o.items():
                 outcomes[k] = outcomes.get(k, 0) + v
             findings.update(f)
@@ -1661,8 +1973,16 @@ def _judge_program(case: ProgramCase, outcome: str) -> bool:
     return case.expect == "either" and (outcome == "LOADED" or (outcome == "NONFINITE" and case.nonfinite_ok))
 
 
-def run_program(seeds: list[Path], count: int, seed: int = 0, timeout: float = 120.0, env: dict | None = None,
-                memory_limit: int = MEMORY_LIMIT, jobs: int = 2, batch: int = 250) -> Report:
+def run_program(
+    seeds: list[Path],
+    count: int,
+    seed: int = 0,
+    timeout: float = 120.0,
+    env: dict | None = None,
+    memory_limit: int = MEMORY_LIMIT,
+    jobs: int = 2,
+    batch: int = 250,
+) -> Report:
     """Generates ``count`` version-2 cases from ``seeds`` and runs them in ``jobs`` parallel chains of workers
     (``batch`` cases per chain); the runtime's library is ``bhvit.runtime``'s (BHVIT_RUNTIME_LIB in env)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -1677,13 +1997,21 @@ def run_program(seeds: list[Path], count: int, seed: int = 0, timeout: float = 1
 
     def chain(sub: Path) -> tuple[dict, dict]:
         argv = [sys.executable, str(Path(__file__).resolve()), "--program-worker", str(sub), str(memory_limit)]
-        return _run_workers(argv, len(json.loads((sub / "manifest.json").read_text())), timeout, env, judge,
-                            lambda cid: names[cid][1].name)
+        return _run_workers(
+            argv,
+            len(json.loads((sub / "manifest.json").read_text())),
+            timeout,
+            env,
+            judge,
+            lambda cid: names[cid][1].name,
+        )
 
     total: tuple[dict, dict] = ({}, {})
     with tempfile.TemporaryDirectory() as tmp:
-        subs = [_write_batch(Path(tmp) / f"batch{b0}", list(names.items())[b0 : b0 + batch], seeds)
-                for b0 in range(0, count, batch)]
+        subs = [
+            _write_batch(Path(tmp) / f"batch{b0}", list(names.items())[b0 : b0 + batch], seeds)
+            for b0 in range(0, count, batch)
+        ]
         with ThreadPoolExecutor(max(jobs, 1)) as pool:
             for part in pool.map(chain, subs):
                 _merge(total, part)
@@ -1700,16 +2028,29 @@ def _write_batch(sub: Path, items: list, seeds: list[Path]) -> Path:
     return sub
 
 
-def run_capi(seed_dir: Path, count: int, seed: int = 0, timeout: float = 120.0, env: dict | None = None,
-             memory_limit: int = MEMORY_LIMIT) -> Report:
+def run_capi(
+    seed_dir: Path,
+    count: int,
+    seed: int = 0,
+    timeout: float = 120.0,
+    env: dict | None = None,
+    memory_limit: int = MEMORY_LIMIT,
+) -> Report:
     """Runs ``count`` C API cases on the version-2 seeds in seed_dir (``v2seed*.bhvp``)."""
     t0 = time.perf_counter()
 
     def judge(cid: str, outcome: str, line: str) -> str | None:
         return None if outcome in ("RETURNED", "REFUSED") else line
 
-    argv = [sys.executable, str(Path(__file__).resolve()), "--capi-worker", str(seed_dir), str(seed), str(count),
-            str(memory_limit)]
+    argv = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--capi-worker",
+        str(seed_dir),
+        str(seed),
+        str(count),
+        str(memory_limit),
+    ]
     outcomes, findings = _run_workers(argv, count, timeout, env, judge)
     return Report(outcomes, findings, time.perf_counter() - t0)
 

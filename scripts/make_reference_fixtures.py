@@ -70,8 +70,11 @@ def build(src: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         if not torch.equal(t["input"], x):
             raise SystemExit(f"{p}: its input differs from the fp pack's; the tests store one input")
     state_keys = set.intersection(*({k for k in t if k.startswith("state.")} for t in packs.values()))
-    common = {k for k in state_keys if all(torch.equal(packs["fp"][k], t[k]) and packs["fp"][k].dtype == t[k].dtype
-                                           for t in packs.values())}
+    common = {
+        k
+        for k in state_keys
+        if all(torch.equal(packs["fp"][k], t[k]) and packs["fp"][k].dtype == t[k].dtype for t in packs.values())
+    }
     tensors = {"input": x, **{f"common.{k}": packs["fp"][k] for k in sorted(common)}}
     meta: dict[str, Any] = {"packs": {}}
     for p, t in packs.items():
@@ -123,8 +126,11 @@ def check(packs: dict[str, dict[str, torch.Tensor]], tensors: dict[str, torch.Te
 
 def layouts(src: Path) -> dict[str, list]:
     """The state-dict layouts ``[name, shape, dtype]`` of the released models, by ``<arch>-<pack>``."""
-    return {f"{a}-{p}": json.loads((src / f"upstream-keys-{a}-{p}.json").read_text())
-            for a in ("tiny", "small") for p in PACKS}
+    return {
+        f"{a}-{p}": json.loads((src / f"upstream-keys-{a}-{p}.json").read_text())
+        for a in ("tiny", "small")
+        for p in PACKS
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,18 +45,28 @@ def sanitized_build(out: Path, build_args: list[str], variable: str) -> tuple[st
     asan, stdcxx = gcc_runtime_library("libasan.so"), gcc_runtime_library("libstdc++.so")
     if asan is None or stdcxx is None:
         pytest.skip("needs g++ with libasan (AddressSanitizer runtime) and libstdc++")
-    build = subprocess.run(["bash", str(ROOT / "scripts" / "build_sanitized.sh"), *build_args, str(out)], cwd=ROOT,
-                           capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable})
+    build = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "build_sanitized.sh"), *build_args, str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     assert build.returncode == 0, build.stderr[-3000:]
     built = build.stdout.strip().splitlines()[-1]
-    env = {**os.environ, variable: built, "LD_PRELOAD": f"{asan} {stdcxx}",
-           "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
-           "UBSAN_OPTIONS": "halt_on_error=1:abort_on_error=1:print_stacktrace=1"}
+    env = {
+        **os.environ,
+        variable: built,
+        "LD_PRELOAD": f"{asan} {stdcxx}",
+        "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
+        "UBSAN_OPTIONS": "halt_on_error=1:abort_on_error=1:print_stacktrace=1",
+    }
     return built, env
 
 
-def randomized(precision: str = "binary", attn_quant: str = "lsq", norm: str = "bn", seed: int = 0,
-               **kw: object) -> torch.nn.Module:
+def randomized(
+    precision: str = "binary", attn_quant: str = "lsq", norm: str = "bn", seed: int = 0, **kw: object
+) -> torch.nn.Module:
     """bhvit_test in eval mode with every constant-initialised tensor perturbed (BN statistics, RPReLU,
     LayerScales, LSQ, position embeddings), so that every part of a packed program matters."""
     torch.manual_seed(seed)

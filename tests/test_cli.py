@@ -61,8 +61,12 @@ def checkpoint(tmp_path):
     torch.manual_seed(0)
     model = bhvit.create_model("bhvit_test", precision="binary").eval()
     labels = [f"class_{i}" for i in range(10)]
-    path = save_model(model, tmp_path / "m.safetensors", labels=labels,
-                      preprocess={"mean": [0.5] * 3, "std": [0.25] * 3, "resize": 36})
+    path = save_model(
+        model,
+        tmp_path / "m.safetensors",
+        labels=labels,
+        preprocess={"mean": [0.5] * 3, "std": [0.25] * 3, "resize": 36},
+    )
     return path
 
 
@@ -81,8 +85,19 @@ def _images(tmp_path):
 
 def test_predict_top5_and_bad_files_do_not_stop_the_rest(tmp_path, checkpoint, capsys):
     png, jpg, corrupt, text, missing = _images(tmp_path)
-    code = main(["predict", str(png), str(corrupt), str(jpg), str(text), str(missing),
-                 "--checkpoint", str(checkpoint), "--json"])
+    code = main(
+        [
+            "predict",
+            str(png),
+            str(corrupt),
+            str(jpg),
+            str(text),
+            str(missing),
+            "--checkpoint",
+            str(checkpoint),
+            "--json",
+        ]
+    )
     assert code == 1  # some inputs failed
     results = json.loads(capsys.readouterr().out)
     good = [r for r in results if "top" in r]
@@ -133,8 +148,16 @@ def test_predict_from_a_training_checkpoint(tmp_path, capsys):
     torch.manual_seed(1)
     model = bhvit.create_model("bhvit_test", precision="some_fp", in_chans=1).eval()
     path = tmp_path / "checkpoint.pt"
-    torch.save({"format": "bhvit-train-v1", "model_config": model.config.to_dict(), "model": model.state_dict(),
-                "step": 3, "preprocess": {"mean": [0.286], "std": [0.353], "resize": 32}}, path)
+    torch.save(
+        {
+            "format": "bhvit-train-v1",
+            "model_config": model.config.to_dict(),
+            "model": model.state_dict(),
+            "step": 3,
+            "preprocess": {"mean": [0.286], "std": [0.353], "resize": 32},
+        },
+        path,
+    )
     loaded, meta = load_model(path)
     x = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
@@ -160,8 +183,9 @@ def test_pack_then_predict_packed_agrees_with_the_float_model(tmp_path, checkpoi
         assert g["top"][0]["prob"] == pytest.approx(w["top"][0]["prob"], abs=1e-4)
 
 
-@pytest.mark.parametrize(("precision", "attn_quant"), [("fp", "lsq"), ("some_fp", "lsq"), ("binary", "lsq"),
-                                                       ("binary", "gsb")])
+@pytest.mark.parametrize(
+    ("precision", "attn_quant"), [("fp", "lsq"), ("some_fp", "lsq"), ("binary", "lsq"), ("binary", "gsb")]
+)
 def test_export_onnx_matches_pytorch(tmp_path, precision, attn_quant, capsys):
     """Exported with a batch of 2, checked by onnxruntime on a batch of 3 (the batch axis is dynamic)."""
     pytest.importorskip("onnx")
@@ -193,4 +217,7 @@ def test_pack_stores_the_models_preprocessing(tmp_path, capsys):
     assert Preprocess.for_model((64, 64), 3, None, cfg).to_meta() == stored
     custom = {**cfg, "mean": (0.1, 0.2, 0.3), "crop_pct": 0.5}
     assert Preprocess.for_model((64, 64), 3, {"std": [0.5]}, custom).to_meta() == {
-        "mean": [0.1, 0.2, 0.3], "std": [0.5], "resize": 128}
+        "mean": [0.1, 0.2, 0.3],
+        "std": [0.5],
+        "resize": 128,
+    }

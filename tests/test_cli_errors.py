@@ -34,15 +34,39 @@ def trap(tmp_path):
     model = bhvit.create_model("bhvit_test", precision="binary")
     marker = tmp_path / "PWNED"
     path = tmp_path / "trap.pt"
-    torch.save({"format": "bhvit-train-v1", "model_config": model.config.to_dict(), "model": model.state_dict(),
-                "payload": Payload(marker)}, path)
+    torch.save(
+        {
+            "format": "bhvit-train-v1",
+            "model_config": model.config.to_dict(),
+            "model": model.state_dict(),
+            "payload": Payload(marker),
+        },
+        path,
+    )
     return path, marker
 
 
 def _train(tmp_path: Path, *extra: str) -> list[str]:
-    return ["train", "--data", "synthetic", "--arch", "bhvit_test", "--epochs", "1", "--max-steps", "1",
-            "--batch-size", "8", "--out", str(tmp_path / "run"), "--threads", "1", "--no-progress", "--no-plots",
-            *extra]
+    return [
+        "train",
+        "--data",
+        "synthetic",
+        "--arch",
+        "bhvit_test",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "8",
+        "--out",
+        str(tmp_path / "run"),
+        "--threads",
+        "1",
+        "--no-progress",
+        "--no-plots",
+        *extra,
+    ]
 
 
 def _commands(tmp_path: Path, ckpt: str) -> dict[str, list[str]]:
@@ -60,8 +84,20 @@ def _commands(tmp_path: Path, ckpt: str) -> dict[str, list[str]]:
     }
 
 
-@pytest.mark.parametrize("command", ["predict", "convert", "export", "pack", "eval", "eval --checkpoint",
-                                     "train --resume", "train --init-from", "train --teacher"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "predict",
+        "convert",
+        "export",
+        "pack",
+        "eval",
+        "eval --checkpoint",
+        "train --resume",
+        "train --init-from",
+        "train --teacher",
+    ],
+)
 def test_booby_trapped_checkpoint_is_one_line_in_every_command(tmp_path, trap, capsys, command):
     if command == "pack":
         pytest.importorskip("bhvit.engine._C", reason="native engine not built")
@@ -154,8 +190,7 @@ def test_eval_accepts_the_readme_form(tmp_path, capsys, monkeypatch):
     torch.manual_seed(0)
     model = bhvit.create_model("bhvit_test", precision="binary", num_classes=10)
     path = tmp_path / "checkpoint.pt"
-    atomic_save({"format": "bhvit-train-v1", "model_config": model.config.to_dict(), "model": model.state_dict()},
-                path)
+    atomic_save({"format": "bhvit-train-v1", "model_config": model.config.to_dict(), "model": model.state_dict()}, path)
     assert main(["eval", "--checkpoint", str(path), "--data", "Synthetic", "--threads", "1"]) == 0
     flag = capsys.readouterr().out
     assert main(["eval", str(path), "--data", "synthetic", "--threads", "1"]) == 0
@@ -174,8 +209,11 @@ def test_written_files_get_the_umask_mode(tmp_path, umask):
     old = os.umask(umask)
     try:
         model = bhvit.create_model("bhvit_test", precision="binary").eval()
-        files = [save_model(model, tmp_path / "m.safetensors"), atomic_save({"x": torch.ones(2)}, tmp_path / "c.pt"),
-                 atomic_write(tmp_path / "t.txt", lambda tmp: Path(tmp).write_text("hi"))]
+        files = [
+            save_model(model, tmp_path / "m.safetensors"),
+            atomic_save({"x": torch.ones(2)}, tmp_path / "c.pt"),
+            atomic_write(tmp_path / "t.txt", lambda tmp: Path(tmp).write_text("hi")),
+        ]
         try:
             from bhvit.engine.api import pack, save_packed
 
@@ -192,8 +230,9 @@ def test_written_files_get_the_umask_mode(tmp_path, umask):
         os.umask(old)
 
 
-@pytest.mark.parametrize("command", ["profile", "predict", "convert", "export", "train", "eval", "demo", "pack",
-                                     "bench"])
+@pytest.mark.parametrize(
+    "command", ["profile", "predict", "convert", "export", "train", "eval", "demo", "pack", "bench"]
+)
 def test_usage_errors_are_one_line(command, capsys):
     """argparse's own errors (an unknown flag) are one line naming the command and where help is."""
     with pytest.raises(SystemExit) as exit_:

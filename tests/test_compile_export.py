@@ -19,8 +19,9 @@ from bhvit.models.bhvit import PRECISIONS
 
 def small(precision: str, attn_quant: str = "lsq") -> torch.nn.Module:
     torch.manual_seed(0)
-    return bhvit.create_model("bhvit_test", precision=precision, attn_quant=attn_quant, img_size=32, window_size=1,
-                              num_classes=10)
+    return bhvit.create_model(
+        "bhvit_test", precision=precision, attn_quant=attn_quant, img_size=32, window_size=1, num_classes=10
+    )
 
 
 def batch(n: int = 4, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

@@ -166,8 +166,18 @@ def test_nearest_upsampling_equals_interpolate():
         torch.testing.assert_close(upsample_nearest(g, w), ref)
 
 
-@pytest.mark.parametrize("value, expected", [(64, (64, 64)), ("64", (64, 64)), (" 96 ", (96, 96)), ([64, 32], (64, 32)),
-                                             ((32, 64), (32, 64)), (64.0, (64, 64)), (["64", "32"], (64, 32))])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (64, (64, 64)),
+        ("64", (64, 64)),
+        (" 96 ", (96, 96)),
+        ([64, 32], (64, 32)),
+        ((32, 64), (32, 64)),
+        (64.0, (64, 64)),
+        (["64", "32"], (64, 32)),
+    ],
+)
 def test_img_size_forms_are_normalised(value, expected):
     assert to_img_size(value) == expected
     assert bhvit.BHViTConfig(img_size=value, window_size=1).img_size == expected

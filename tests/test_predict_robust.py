@@ -28,8 +28,9 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def png_header_only(path: Path, w: int, h: int) -> Path:
     """A PNG that claims w x h grey pixels but holds one row of data: decoding it would need w·h bytes."""
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + _chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -37,8 +38,12 @@ def png_header_only(path: Path, w: int, h: int) -> Path:
 def checkpoint(tmp_path):
     torch.manual_seed(0)
     model = bhvit.create_model("bhvit_test", precision="binary").eval()
-    return save_model(model, tmp_path / "m.safetensors", labels=[f"class_{i}" for i in range(10)],
-                      preprocess={"mean": [0.5] * 3, "std": [0.25] * 3, "resize": 36})
+    return save_model(
+        model,
+        tmp_path / "m.safetensors",
+        labels=[f"class_{i}" for i in range(10)],
+        preprocess={"mean": [0.5] * 3, "std": [0.25] * 3, "resize": 36},
+    )
 
 
 def _good(tmp_path: Path) -> tuple[Path, Path]:
@@ -174,24 +179,28 @@ def test_alpha_palette_cmyk_and_bilevel_modes(tmp_path):
     assert float(prepare(tmp_path / "b.png", gray).min()) == 1.0
 
 
-@pytest.mark.parametrize(("meta", "field"), [
-    ({"std": [0.0, 0.2, 0.2]}, "std"),
-    ({"std": 0}, "std"),
-    ({"mean": [float("nan")] * 3}, "mean"),
-    ({"mean": [0.5, 0.5]}, "mean"),
-    ({"std": "0.2"}, "std"),
-    ({"resize": 100_000}, "resize"),
-    ({"resize": 36.5}, "resize"),
-    ({"resize": True}, "resize"),
-    ([1, 2], "metadata"),
-])
+@pytest.mark.parametrize(
+    ("meta", "field"),
+    [
+        ({"std": [0.0, 0.2, 0.2]}, "std"),
+        ({"std": 0}, "std"),
+        ({"mean": [float("nan")] * 3}, "mean"),
+        ({"mean": [0.5, 0.5]}, "mean"),
+        ({"std": "0.2"}, "std"),
+        ({"resize": 100_000}, "resize"),
+        ({"resize": 36.5}, "resize"),
+        ({"resize": True}, "resize"),
+        ([1, 2], "metadata"),
+    ],
+)
 def test_bad_preprocess_metadata_is_one_clear_error(meta, field):
     with pytest.raises(ValueError, match=field):
         Preprocess.for_model((32, 32), 3, meta)
 
 
-@pytest.mark.parametrize(("img_size", "in_chans"), [(100_000, 3), ((32, 0), 3), ("64", 3), ((32, 32), 2),
-                                                    ((32, 32), 4), ((32, 32, 3), 3)])
+@pytest.mark.parametrize(
+    ("img_size", "in_chans"), [(100_000, 3), ((32, 0), 3), ("64", 3), ((32, 32), 2), ((32, 32), 4), ((32, 32, 3), 3)]
+)
 def test_absurd_model_input_is_refused(img_size, in_chans):
     with pytest.raises(ValueError, match="img_size|in_chans"):
         Preprocess.for_model(img_size, in_chans, {})
@@ -217,6 +226,7 @@ def test_labels_short_hostile_and_wrong_types(tmp_path, capsys):
     assert "\x1b" not in out and "\x07" not in out and "\r" not in out and "\u202e" not in out
     assert "\\x1b[2J" in out and "\\u202eevil" in out
     assert all(f" {i} " in out for i in range(2, 10))  # classes beyond the list: their index
+
     def run(images: np.ndarray) -> np.ndarray:  # predict_images takes numpy callables
         with torch.no_grad():
             return model(torch.from_numpy(images)).numpy()
@@ -242,14 +252,17 @@ def test_topk_must_be_positive(tmp_path, checkpoint, capsys):
     assert "≥ 1" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("shape", "meta", "message"), [
-    ((3, 100_000, 100_000), {}, "img_size=100000"),
-    ((3, 32, 32), {"preprocess": {"std": [0, 1, 1]}}, "std="),
-    ((3, 32, 32), {"preprocess": {"resize": 100_000}}, "resize=100000"),
-    ((3, 32, 32), {"labels": ["ok", 7]}, "entry 1 is int"),
-    ((3, 32, 32), {"labels": "abc"}, "list of strings"),
-    ((9, 32, 32), {}, "in_chans"),
-])
+@pytest.mark.parametrize(
+    ("shape", "meta", "message"),
+    [
+        ((3, 100_000, 100_000), {}, "img_size=100000"),
+        ((3, 32, 32), {"preprocess": {"std": [0, 1, 1]}}, "std="),
+        ((3, 32, 32), {"preprocess": {"resize": 100_000}}, "resize=100000"),
+        ((3, 32, 32), {"labels": ["ok", 7]}, "entry 1 is int"),
+        ((3, 32, 32), {"labels": "abc"}, "list of strings"),
+        ((9, 32, 32), {}, "in_chans"),
+    ],
+)
 def test_packed_path_uses_the_same_checks(tmp_path, monkeypatch, capsys, shape, meta, message):
     """Whatever a packed file's reader lets through, --packed goes through Preprocess.for_model and
     class_labels like --checkpoint (the runtime's reader itself refuses these fields too)."""

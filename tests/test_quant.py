@@ -85,8 +85,9 @@ def test_weight_binarizer_plain(shape):
     out, (gw,), g = _grad(binarize_weight, w)
     ref, _, _ = np_binarize(w.double().numpy(), recu=False)
     np.testing.assert_allclose(out.double().numpy(), ref, rtol=1e-6)
-    np.testing.assert_allclose(gw.double().numpy(), np_binarize_grad(w.double().numpy(), g.double().numpy()),
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        gw.double().numpy(), np_binarize_grad(w.double().numpy(), g.double().numpy()), rtol=1e-5, atol=1e-7
+    )
 
 
 @pytest.mark.parametrize("shape", [(5, 7), (6, 4, 3, 3)])
@@ -109,8 +110,9 @@ def test_weight_binarizer_recu_forward_and_clip(shape):
 
 
 def test_recu_applies_to_convolutions_too():
-    conv = QuantConv2d(8, 8, 3, padding=1, groups=4, weight_quantizer=WeightBinarizer(recu=True),
-                       input_quantizer=SignQuantizer())
+    conv = QuantConv2d(
+        8, 8, 3, padding=1, groups=4, weight_quantizer=WeightBinarizer(recu=True), input_quantizer=SignQuantizer()
+    )
     assert conv.weight_quantizer.recu
     x = torch.randn(2, 8, 5, 5)
     conv(x).sum().backward()
@@ -234,8 +236,9 @@ def test_quant_layers_without_quantizers_are_plain_layers():
 
 def test_binary_conv_zero_padding_contributes_zero():
     """sign before padding: a border output sees only the valid taps."""
-    conv = QuantConv2d(1, 1, 3, padding=1, bias=False, input_quantizer=SignQuantizer(),
-                       weight_quantizer=WeightBinarizer())
+    conv = QuantConv2d(
+        1, 1, 3, padding=1, bias=False, input_quantizer=SignQuantizer(), weight_quantizer=WeightBinarizer()
+    )
     with torch.no_grad():
         conv.weight.fill_(1.0)
         conv.weight[0, 0, 1, 1] = 3.0  # centred weights: 8 taps −1/3·…, the centre positive
@@ -267,8 +270,18 @@ def test_fused_sign_layers_equal_the_composed_form(kind):
     else:
         stride, pad, dil = (2, 0, 1) if kind == "conv_stride2" else (1, 3, 3)
         k = 2 if kind == "conv_stride2" else 3
-        layer = QuantConv2d(8, 8, k, stride=stride, padding=pad, dilation=dil, groups=4 if k == 3 else 1,
-                            bias=True, input_quantizer=SignQuantizer(), weight_quantizer=WeightBinarizer())
+        layer = QuantConv2d(
+            8,
+            8,
+            k,
+            stride=stride,
+            padding=pad,
+            dilation=dil,
+            groups=4 if k == 3 else 1,
+            bias=True,
+            input_quantizer=SignQuantizer(),
+            weight_quantizer=WeightBinarizer(),
+        )
         x = torch.randn(2, 8, 6, 6)
         x[0, 0, 0, :3] = torch.tensor([0.0, 1.0, -1.0])
         composed = lambda t: layer._conv_forward(sign_ste(t), binarize_weight(layer.weight), layer.bias)  # noqa: E731

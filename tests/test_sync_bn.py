@@ -32,8 +32,17 @@ def _worker(rank: int, world: int, port: int, x: torch.Tensor, g: torch.Tensor, 
         part = x.chunk(world)[rank].clone().requires_grad_(True)
         y = bn.train()(part)
         y.backward(g.chunk(world)[rank])
-        torch.save({"y": y.detach(), "gx": part.grad, "gw": bn.weight.grad, "gb": bn.bias.grad,
-                    "rm": bn.running_mean, "rv": bn.running_var}, os.path.join(out_dir, f"{rank}.pt"))
+        torch.save(
+            {
+                "y": y.detach(),
+                "gx": part.grad,
+                "gw": bn.weight.grad,
+                "gb": bn.bias.grad,
+                "rm": bn.running_mean,
+                "rv": bn.running_var,
+            },
+            os.path.join(out_dir, f"{rank}.pt"),
+        )
         # Both ranks past their last collective before either tears gloo down: without it a rank that
         # destroys the group while its peer still talks to it aborted once in a CI-like run under load
         # ("terminate called without an active exception").

@@ -23,11 +23,39 @@ from bhvit.models.features import feature_take_indices
 SMALL = {"img_size": 32, "window_size": 1}
 # the fields of timm's PretrainedCfg dataclass (timm/models/_pretrained.py): timm builds one from our dicts
 TIMM_CFG_FIELDS = {
-    "url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source", "architecture", "tag", "custom_load",
-    "input_size", "test_input_size", "min_input_size", "fixed_input_size", "interpolation", "crop_pct",
-    "test_crop_pct", "crop_mode", "mean", "std", "num_classes", "label_offset", "label_names",
-    "label_descriptions", "pool_size", "test_pool_size", "first_conv", "classifier", "license", "description",
-    "origin_url", "paper_name", "paper_ids", "notes",
+    "url",
+    "file",
+    "state_dict",
+    "hf_hub_id",
+    "hf_hub_filename",
+    "source",
+    "architecture",
+    "tag",
+    "custom_load",
+    "input_size",
+    "test_input_size",
+    "min_input_size",
+    "fixed_input_size",
+    "interpolation",
+    "crop_pct",
+    "test_crop_pct",
+    "crop_mode",
+    "mean",
+    "std",
+    "num_classes",
+    "label_offset",
+    "label_names",
+    "label_descriptions",
+    "pool_size",
+    "test_pool_size",
+    "first_conv",
+    "classifier",
+    "license",
+    "description",
+    "origin_url",
+    "paper_name",
+    "paper_ids",
+    "notes",
 }
 
 
@@ -36,8 +64,10 @@ def _forward_with_maps(model: bhvit.BHViT, x: torch.Tensor) -> tuple[torch.Tenso
     output (NCHW), caught by hooks on the final norm and on each stage's last block."""
     maps: list[torch.Tensor] = []
     tokens: list[torch.Tensor] = []
-    hooks = [stage.blocks[-1].register_forward_hook(lambda _m, _i, out: maps.append(out.permute(0, 3, 1, 2)))
-             for stage in model.stages]
+    hooks = [
+        stage.blocks[-1].register_forward_hook(lambda _m, _i, out: maps.append(out.permute(0, 3, 1, 2)))
+        for stage in model.stages
+    ]
     hooks.append(model.norm.register_forward_hook(lambda _m, _i, out: tokens.append(out)))
     try:
         logits = model(x)
@@ -186,8 +216,12 @@ def _stand_in_timm(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         if model_name not in entrypoints:
             raise RuntimeError(f"Unknown model ({model_name})")
-        return entrypoints[model_name](pretrained=pretrained, pretrained_cfg=pretrained_cfg,
-                                       pretrained_cfg_overlay=pretrained_cfg_overlay, **kwargs)
+        return entrypoints[model_name](
+            pretrained=pretrained,
+            pretrained_cfg=pretrained_cfg,
+            pretrained_cfg_overlay=pretrained_cfg_overlay,
+            **kwargs,
+        )
 
     models.register_model = register_model
     models.is_model = entrypoints.__contains__
@@ -220,8 +254,13 @@ def test_a_broken_timm_leaves_bhvit_working(monkeypatch, tmp_path):
     (tmp_path / "timm").mkdir()
     (tmp_path / "timm" / "__init__.py").write_text("raise RuntimeError('operator torchvision::nms does not exist')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parents[1])])}
-    run = subprocess.run([sys.executable, "-c", "import bhvit; print(bhvit.list_models())"], env=env,
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", "import bhvit; print(bhvit.list_models())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert "bhvit_tiny" in run.stdout
 

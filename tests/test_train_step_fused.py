@@ -118,8 +118,9 @@ def test_model_step_fused_equals_plain(attn_quant: str, checkpointing: bool) -> 
     """A whole binary model: the fused training path gives the same loss bit for bit, the same running
     statistics, and every parameter's gradient within float rounding of the op-by-op path."""
     torch.manual_seed(3)
-    model = bhvit.create_model("bhvit_test", precision="binary", attn_quant=attn_quant, img_size=64,
-                               window_size=2).train()
+    model = bhvit.create_model(
+        "bhvit_test", precision="binary", attn_quant=attn_quant, img_size=64, window_size=2
+    ).train()
     model.set_grad_checkpointing(checkpointing)
     with torch.no_grad():  # move every zero / constant initialisation (biases, shift LayerScales, slopes) off
         for name, p in model.named_parameters():

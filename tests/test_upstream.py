@@ -87,7 +87,6 @@ def test_eval_logits_and_hidden_states_match(pack):
     assert logits.argmax(1).tolist() == t["logits.eval"].argmax(1).tolist()
 
 
-
 def test_train_mode_logits_loss_and_gradients(pack):
     """Train mode (batch statistics): logits, loss and every stored gradient.
 
@@ -172,12 +171,17 @@ def test_reference_layouts_load_for_tiny_and_small():
     for arch in ("tiny", "small"):
         for mode in PACKS:
             entries = layouts[f"{arch}-{mode}"]
-            state = {name: torch.zeros(shape, dtype=getattr(torch, dtype.removeprefix("torch.")))
-                     for name, shape, dtype in entries}
+            state = {
+                name: torch.zeros(shape, dtype=getattr(torch, dtype.removeprefix("torch.")))
+                for name, shape, dtype in entries
+            }
             model = load_upstream(state)
             n_params = sum(p.numel() for p in model.parameters())
-            expected = sum(torch.Size(s).numel() for n, s, d in entries
-                           if "running" not in n and "num_batches" not in n and "init_state" not in n)
+            expected = sum(
+                torch.Size(s).numel()
+                for n, s, d in entries
+                if "running" not in n and "num_batches" not in n and "init_state" not in n
+            )
             assert n_params == expected, (arch, mode)
             want_depths = (2, 2, 6, 2) if arch == "tiny" else (3, 4, 8, 4)
             assert model.config.depths == want_depths

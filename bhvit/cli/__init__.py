@@ -58,8 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         width = max(map(len, COMMANDS))
         lines = [f"  {name:<{width}}  {text}" for name, (text, _, _) in sorted(COMMANDS.items())]
-        print("usage: bhvit [--debug] COMMAND [options]\n\ncommands:\n" + "\n".join(lines)
-              + f"\n\n--debug (or {DEBUG_ENV}=1): print the traceback of a failure")
+        print(
+            "usage: bhvit [--debug] COMMAND [options]\n\ncommands:\n"
+            + "\n".join(lines)
+            + f"\n\n--debug (or {DEBUG_ENV}=1): print the traceback of a failure"
+        )
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

@@ -22,11 +22,14 @@ def cmd_pack(argv: list[str] | None = None) -> int:
     """Pack a checkpoint, write the file, print its size next to the fp32 checkpoint and a check of the
     packed logits against the float model's on random images."""
     p = CommandParser(prog="bhvit pack", description="write a packed 1-bit model file (format version 2)")
-    p.add_argument("checkpoint", help="a bhvit checkpoint or one of the authors' (.pth / .safetensors), or a "
-                                      "version-1 packed file to convert")
+    p.add_argument(
+        "checkpoint",
+        help="a bhvit checkpoint or one of the authors' (.pth / .safetensors), or a version-1 packed file to convert",
+    )
     p.add_argument("-o", "--output", required=True, help="packed file to write (docs/packed-format.md)")
-    p.add_argument("--check", type=int, default=4, metavar="N",
-                   help="compare packed and float logits on N random images (0: skip)")
+    p.add_argument(
+        "--check", type=int, default=4, metavar="N", help="compare packed and float logits on N random images (0: skip)"
+    )
     args = p.parse_args(argv)
     if _is_packed_v1(args.checkpoint):
         path = save_packed(load_packed(args.checkpoint), args.output)
@@ -34,8 +37,9 @@ def cmd_pack(argv: list[str] | None = None) -> int:
         return 0
     model, meta = load_model(args.checkpoint)
     packed = pack(model)
-    path = save_packed(packed, args.output, preprocess=_preprocess(model, meta.get("preprocess")),
-                       labels=meta.get("labels"))
+    path = save_packed(
+        packed, args.output, preprocess=_preprocess(model, meta.get("preprocess")), labels=meta.get("labels")
+    )
     info = size_report(model, path)
     if args.check:
         x = torch.randn(args.check, model.config.in_chans, *model.config.img_size)
@@ -79,8 +83,11 @@ def cmd_bench(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--no-onnx", action="store_true", help="skip onnxruntime even when installed")
     p.add_argument("--isa", default=None, help="kernel path to force, e.g. avx2 (default: the best this CPU has)")
-    p.add_argument("--profile", action="store_true",
-                   help="also print the runtime's time per op kind and its share of the ideal binary time")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print the runtime's time per op kind and its share of the ideal binary time",
+    )
     p.add_argument("--no-legacy", action="store_true", help="skip the version-1 (torch-mixed) packed path")
     p.add_argument("--json", default="out/bench_e2e.json")
     args = p.parse_args(argv)
@@ -88,9 +95,17 @@ def cmd_bench(argv: list[str] | None = None) -> int:
         kernels.set_isa(args.isa)
         runtime.set_isa(args.isa)
     path = Path(args.json)
-    rows = bench.bench_grid(args.models, args.precision, args.batch, args.threads, args.rounds,
-                            checkpoint=args.checkpoint, onnx=not args.no_onnx, workdir=path.parent,
-                            legacy=not args.no_legacy)
+    rows = bench.bench_grid(
+        args.models,
+        args.precision,
+        args.batch,
+        args.threads,
+        args.rounds,
+        checkpoint=args.checkpoint,
+        onnx=not args.no_onnx,
+        workdir=path.parent,
+        legacy=not args.no_legacy,
+    )
     print(f"isa={runtime.isa()} load={os.getloadavg()[0]:.2f}")
     print(bench.report(rows, profile=args.profile))
     text = json.dumps({"machine": bench.machine_info(), "rows": rows}, indent=2) + "\n"

@@ -19,8 +19,10 @@ def error_line(name: str, exc: BaseException, limit: int = 600) -> str:
     own = type(exc).__module__.split(".")[0] == "bhvit" or isinstance(exc, ValueError | OSError)
     if own:
         return f"bhvit {name}: error: {text}"
-    return (f"bhvit {name}: unexpected error: {type(exc).__name__}: {text} (rerun as 'bhvit --debug {name} ...' "
-            f"or with {DEBUG_ENV}=1 for the traceback)")
+    return (
+        f"bhvit {name}: unexpected error: {type(exc).__name__}: {text} (rerun as 'bhvit --debug {name} ...' "
+        f"or with {DEBUG_ENV}=1 for the traceback)"
+    )
 
 
 class CommandParser(argparse.ArgumentParser):

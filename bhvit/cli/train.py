@@ -34,8 +34,13 @@ from bhvit.upstream import CheckpointError
 # Flags spelled other than their field (``--FIELD-NAME``): the short names bhvit train has always
 # had, which the README, docs/training.md, the recipes' comments and scripts use.
 FLAG_ALIASES = {
-    "data.name": "data", "data.root": "data-root", "data.num_workers": "workers",
-    "model.drop_path_rate": "drop-path", "loss.mode": "loss", "run.out_dir": "out", "run.ema_decay": "ema",
+    "data.name": "data",
+    "data.root": "data-root",
+    "data.num_workers": "workers",
+    "model.drop_path_rate": "drop-path",
+    "loss.mode": "loss",
+    "run.out_dir": "out",
+    "run.ema_decay": "ema",
 }
 # ``model.overrides`` (a dict) is filled by the repeatable ``--override KEY=JSON`` instead.
 NO_FLAG = {"model.overrides"}
@@ -76,12 +81,13 @@ def _flag_type(hint: Any, default: Any) -> dict[str, Any]:
 
 
 # How help shows a default that depends on other flags (no_recipe_defaults' rules).
-RULE_HELP = {"data.hflip": "False for a directory (your own data)",
-             "data.augment": "'none' under 20 epochs, 'auto' from 20",
-             "optim.lr": ("0.002; 0.004 for binary and some-fp under 10 epochs; 0.0005 with --init-from and no "
-                          "--teacher"),
-             "optim.warmup_epochs": "5%% of --epochs within [0.2, 5]",
-             "optim.weight_decay": "0.05 for fp, 0 for binary and some-fp"}
+RULE_HELP = {
+    "data.hflip": "False for a directory (your own data)",
+    "data.augment": "'none' under 20 epochs, 'auto' from 20",
+    "optim.lr": ("0.002; 0.004 for binary and some-fp under 10 epochs; 0.0005 with --init-from and no --teacher"),
+    "optim.warmup_epochs": "5%% of --epochs within [0.2, 5]",
+    "optim.weight_decay": "0.05 for fp, 0 for binary and some-fp",
+}
 
 
 def _default_text(dest: str, default: Any, no_recipe: dict[str, Any]) -> str:
@@ -113,16 +119,25 @@ def _add_table_flags(p: argparse.ArgumentParser, table: str, defaults: Any, no_r
         if "type" in kw:
             kw["metavar"] = f.name.upper()
         text = _field_help(doc, f.name)
-        group.add_argument(f"--{name}", dest=dest, default=argparse.SUPPRESS,
-                           help=f"{text + ' ' if text else ''}({dest}, {_default_text(dest, default, no_recipe)})",
-                           **kw)
+        group.add_argument(
+            f"--{name}",
+            dest=dest,
+            default=argparse.SUPPRESS,
+            help=f"{text + ' ' if text else ''}({dest}, {_default_text(dest, default, no_recipe)})",
+            **kw,
+        )
 
 
 def train_parser() -> argparse.ArgumentParser:
     p = CommandParser(prog="bhvit train", description="Train a BHViT model (SPEC §4).")
     p.add_argument("--recipe", help="TOML recipe; flags override its values (see recipes/)")
-    p.add_argument("--override", action="append", default=[], metavar="KEY=JSON",
-                   help="a BHViTConfig field, e.g. --override depths=[1,1,2,1] (repeatable)")
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="a BHViTConfig field, e.g. --override depths=[1,1,2,1] (repeatable)",
+    )
     defaults = TrainConfig()
     no_recipe = no_recipe_defaults({"data.name": ""})  # the rules' values for a folder, shown in help
     for f in dataclasses.fields(defaults):
@@ -212,8 +227,9 @@ def _checkpoint_img_size(ck: dict[str, Any], path: str) -> int:
 
 
 def demo_parser() -> argparse.ArgumentParser:
-    p = CommandParser(prog="bhvit demo", description=demo_lib.__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CommandParser(
+        prog="bhvit demo", description=demo_lib.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--preset", choices=sorted(demo_lib.PRESETS), default="quick")
     p.add_argument("--out", help="output directory (default runs/demo)")
     p.add_argument("--data", help="dataset name or directory (default fashion_mnist)")
@@ -230,9 +246,17 @@ def demo_parser() -> argparse.ArgumentParser:
 
 def cmd_demo(argv: list[str] | None = None) -> int:
     args = demo_parser().parse_args(argv)
-    flags = {"out_dir": args.out, "data": args.data, "data_root": args.data_root, "threads": args.threads,
-             "init_epochs": args.init_epochs, "teacher_epochs": args.teacher_epochs,
-             "student_epochs": args.student_epochs, "batch_size": args.batch_size, "seed": args.seed}
+    flags = {
+        "out_dir": args.out,
+        "data": args.data,
+        "data_root": args.data_root,
+        "threads": args.threads,
+        "init_epochs": args.init_epochs,
+        "teacher_epochs": args.teacher_epochs,
+        "student_epochs": args.student_epochs,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+    }
     cfg = dataclasses.replace(demo_lib.PRESETS[args.preset], **{k: v for k, v in flags.items() if v is not None})
     if args.only_binary:
         cfg = dataclasses.replace(cfg, precisions=("binary",))
@@ -242,7 +266,6 @@ def cmd_demo(argv: list[str] | None = None) -> int:
         print(error_line("demo", e), file=sys.stderr)
         return 2
     for prec, s in result["summaries"].items():
-        print(f"{prec:>8}: top-1 {s['test_acc1']:.2f}%  top-5 {s['test_acc5']:.2f}%  "
-              f"train {s['train_time_s']:.0f} s")
+        print(f"{prec:>8}: top-1 {s['test_acc1']:.2f}%  top-5 {s['test_acc5']:.2f}%  train {s['train_time_s']:.0f} s")
     print(f"total {result['wall_time_s']:.0f} s; report: {result['report']}")
     return 0

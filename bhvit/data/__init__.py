@@ -9,8 +9,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_EXPORTS = {"DATASET_NAMES": "datasets", "DataBundle": "datasets", "DataConfig": "datasets",
-            "build_datasets": "datasets", "DatasetNotFoundError": "download", "DatasetError": "images"}
+_EXPORTS = {
+    "DATASET_NAMES": "datasets",
+    "DataBundle": "datasets",
+    "DataConfig": "datasets",
+    "build_datasets": "datasets",
+    "DatasetNotFoundError": "download",
+    "DatasetError": "images",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -28,6 +28,7 @@ AUGMENTATIONS: tuple[str, ...] = get_args(Augment)
 def dataset_name(name: str) -> str:
     """A registered name as people type it (``fashion-mnist``, ``Fashion_MNIST``, ``cifar-10``) -> its
     spelling in :data:`DATASET_NAMES`; an existing directory or any other name is returned unchanged."""
+
     def key(text: str) -> str:
         return text.strip().lower().replace("-", "").replace("_", "")
 
@@ -152,8 +153,11 @@ def _load_arrays(cfg: DataConfig) -> tuple[str, dict[str, torch.Tensor], tuple, 
     name, root = cfg.name, cfg.root
     if Path(name).is_dir():
         root = name
-        name = "cifar10" if any((Path(name) / s / "data_batch_1").is_file() for s in ("", cifar10.SUBDIR)) \
+        name = (
+            "cifar10"
+            if any((Path(name) / s / "data_batch_1").is_file() for s in ("", cifar10.SUBDIR))
             else "fashion_mnist"
+        )
     if name == "fashion_mnist":
         arrays = fashion_mnist.load(root, cfg.download)
         return name, arrays, fashion_mnist.CLASSES, fashion_mnist.MEAN, fashion_mnist.STD
@@ -181,9 +185,14 @@ def build_datasets(cfg: DataConfig, seed: int = 0) -> DataBundle:
         kind = _augment_kind(cfg, disk_size=folder.typical_side(train) if cfg.augment == "auto" else 0)
         mean, std = IMAGENET_MEAN, IMAGENET_STD
         return DataBundle(
-            str(cfg.name), _subset(Augmented(train, train_transform(kind, cfg.img_size, cfg.hflip), seed), cfg),
+            str(cfg.name),
+            _subset(Augmented(train, train_transform(kind, cfg.img_size, cfg.hflip), seed), cfg),
             Augmented(val, eval_transform(kind, cfg.img_size), None),
-            len(train.classes), 3, tuple(train.classes), mean, std,
+            len(train.classes),
+            3,
+            tuple(train.classes),
+            mean,
+            std,
         )
     name, arrays, classes, mean, std = _load_arrays(cfg)
     kind = _augment_kind(cfg, arrays["train_images"].shape[-1])
@@ -196,9 +205,14 @@ def build_datasets(cfg: DataConfig, seed: int = 0) -> DataBundle:
     train = TensorImages(train_imgs, arrays["train_labels"])
     test = TensorImages(test_imgs, arrays["test_labels"])
     return DataBundle(
-        name, Augmented(train, train_transform(kind, cfg.img_size, cfg.hflip), seed),
+        name,
+        Augmented(train, train_transform(kind, cfg.img_size, cfg.hflip), seed),
         Augmented(test, eval_transform(kind, cfg.img_size), None),
-        len(classes), train_imgs.shape[1], tuple(classes), mean, std,
+        len(classes),
+        train_imgs.shape[1],
+        tuple(classes),
+        mean,
+        std,
     )
 
 

@@ -29,7 +29,16 @@ import torch
 from bhvit.data.download import DatasetNotFoundError, cache_dir, download_file
 
 CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 MEAN, STD = (0.2860,), (0.3530,)
 FILES = {
@@ -99,7 +108,8 @@ def locate(root: str | os.PathLike | None = None, download: bool = False) -> Pat
             except OSError as e:
                 errors.append(f"{base}: {e}")
     raise DatasetNotFoundError(
-        "Fashion-MNIST not found. Looked in: " + ", ".join(str(d) for d in tried)
+        "Fashion-MNIST not found. Looked in: "
+        + ", ".join(str(d) for d in tried)
         + (". Download failed: " + "; ".join(errors) if errors else " (download disabled)")
         + ".\nTo get it: (a) `python -m bhvit.data.fashion_mnist --download-debian "
         + f"{target}` (uses `apt-get download dataset-fashion-mnist`; run `apt-get update` first if apt "
@@ -134,11 +144,19 @@ def download_debian(dest: str | os.PathLike) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bhvit.data.fashion_mnist", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bhvit.data.fashion_mnist",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--download-debian", nargs="?", const=str(cache_dir("fashion-mnist")), metavar="DIR",
-                   help="fetch the Debian package with apt-get download and unpack the files into DIR")
+    g.add_argument(
+        "--download-debian",
+        nargs="?",
+        const=str(cache_dir("fashion-mnist")),
+        metavar="DIR",
+        help="fetch the Debian package with apt-get download and unpack the files into DIR",
+    )
     g.add_argument("--locate", nargs="?", const="", metavar="DIR", help="print where the files are found")
     args = p.parse_args(argv)
     if args.download_debian is not None:

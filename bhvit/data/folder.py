@@ -41,24 +41,32 @@ def scan(split_dir: Path, class_to_idx: dict[str, int]) -> list[tuple[Path, int]
     samples = []
     for cls in class_dirs(split_dir):
         if cls not in class_to_idx:
-            raise DatasetError(f"{printable(split_dir / cls)}: class not present in train/ (a validation class "
-                               "must also be a training class)")
+            raise DatasetError(
+                f"{printable(split_dir / cls)}: class not present in train/ (a validation class "
+                "must also be a training class)"
+            )
         samples += [(f, class_to_idx[cls]) for f in _images(split_dir / cls)]
     return samples
 
 
 def _images(class_dir: Path) -> list[Path]:
-    return sorted(f for f in class_dir.rglob("*")
-                  if f.suffix.lower() in EXTENSIONS and f.is_file() and not is_hidden(f, class_dir))
+    return sorted(
+        f
+        for f in class_dir.rglob("*")
+        if f.suffix.lower() in EXTENSIONS and f.is_file() and not is_hidden(f, class_dir)
+    )
 
 
 def _no_images(split_dir: Path) -> str:
     """Why ``split_dir`` yields no samples: what it holds instead and what is expected."""
     others = [f for f in split_dir.rglob("*") if f.is_file() and not is_hidden(f, split_dir)]
-    found = (f" (found {len(others)} other file(s), e.g. {printable(others[0].relative_to(split_dir))})"
-             if others else "")
-    return (f"{printable(split_dir)} holds no images in class folders{found}; expected "
-            f"{split_dir.name}/<class>/<image> with an extension among {' '.join(EXTENSIONS)}")
+    found = (
+        f" (found {len(others)} other file(s), e.g. {printable(others[0].relative_to(split_dir))})" if others else ""
+    )
+    return (
+        f"{printable(split_dir)} holds no images in class folders{found}; expected "
+        f"{split_dir.name}/<class>/<image> with an extension among {' '.join(EXTENSIONS)}"
+    )
 
 
 def load_image(path: Path) -> torch.Tensor:
@@ -110,8 +118,10 @@ def load(root: str | os.PathLike) -> tuple[ImageFolder, ImageFolder]:
         )
     val_dir = next((r / v for v in VAL_NAMES if (r / v).is_dir()), None)
     if val_dir is None:
-        raise DatasetError(f"{printable(r)}: has train/ but no validation split; add one of "
-                           f"{'/, '.join(VAL_NAMES)}/ with the same class folders")
+        raise DatasetError(
+            f"{printable(r)}: has train/ but no validation split; add one of "
+            f"{'/, '.join(VAL_NAMES)}/ with the same class folders"
+        )
     classes = class_dirs(r / "train")
     if not classes:
         raise DatasetError(_no_images(r / "train"))
@@ -119,9 +129,11 @@ def load(root: str | os.PathLike) -> tuple[ImageFolder, ImageFolder]:
     train = scan(r / "train", class_to_idx)
     empty = sorted(set(classes) - {classes[label] for _, label in train})
     if empty:
-        raise DatasetError(f"{printable(r / 'train')}: {len(empty)} class folder(s) hold no images "
-                           f"({', '.join(map(printable, empty[:5]))}{', …' if len(empty) > 5 else ''}); every "
-                           "class needs training images: add some or remove the folder")
+        raise DatasetError(
+            f"{printable(r / 'train')}: {len(empty)} class folder(s) hold no images "
+            f"({', '.join(map(printable, empty[:5]))}{', …' if len(empty) > 5 else ''}); every "
+            "class needs training images: add some or remove the folder"
+        )
     val = scan(val_dir, class_to_idx)
     if not val:
         raise DatasetError(_no_images(val_dir))

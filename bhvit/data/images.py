@@ -73,8 +73,9 @@ def _check_shape(size: tuple[int, int]) -> None:
     if min(w, h) < 1:
         raise DatasetError(f"image is {w}×{h} px (empty)")
     if max(w, h) > MAX_ASPECT * min(w, h):
-        raise DatasetError(f"image is {w}×{h} px, an aspect ratio above {MAX_ASPECT}:1 (resizing it would "
-                           "need gigabytes)")
+        raise DatasetError(
+            f"image is {w}×{h} px, an aspect ratio above {MAX_ASPECT}:1 (resizing it would need gigabytes)"
+        )
 
 
 def _describe(exc: Exception) -> str:

@@ -63,8 +63,9 @@ def _start_isa(module: ModuleType, name: str) -> None:
         return
     offered = list(module.available_isas())
     if name not in offered:
-        raise EngineUnavailableError(f"{ISA_ENV_VAR}={name!r} is not a kernel path of this CPU and build; "
-                                     f"choose one of {offered} or unset it")
+        raise EngineUnavailableError(
+            f"{ISA_ENV_VAR}={name!r} is not a kernel path of this CPU and build; choose one of {offered} or unset it"
+        )
     module.set_isa(name)
 
 

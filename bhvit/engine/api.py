@@ -62,11 +62,14 @@ class PackedModel:
         input shape with B >= 1 (the float model's own check, worded the same)."""
         c, h, w = self.runtime.input_shape
         if not isinstance(images, torch.Tensor):
-            raise ValueError(f"expected images as a torch.Tensor of shape (B, {c}, {h}, {w}), "
-                             f"got {type(images).__name__}")
+            raise ValueError(
+                f"expected images as a torch.Tensor of shape (B, {c}, {h}, {w}), got {type(images).__name__}"
+            )
         if images.dim() != 4 or tuple(images.shape[1:]) != (c, h, w) or images.shape[0] < 1:
-            raise ValueError(f"expected images of shape (B, {c}, {h}, {w}) with B >= 1, got {tuple(images.shape)}; "
-                             f"resize the input to {h}×{w} (this packed model's img_size)")
+            raise ValueError(
+                f"expected images of shape (B, {c}, {h}, {w}) with B >= 1, got {tuple(images.shape)}; "
+                f"resize the input to {h}×{w} (this packed model's img_size)"
+            )
         if not images.dtype.is_floating_point or images.is_complex():
             raise ValueError(f"expected floating-point images, got dtype {images.dtype}; convert with .float()")
         if images.device.type != "cpu":
@@ -103,8 +106,9 @@ def pack(model: nn.Module) -> PackedModel:
     return PackedModel(build_program(extract(model), model_preprocess(model)))
 
 
-def save_packed(packed: PackedModel, path: str | Path, *, preprocess: dict | None = None,
-                labels: list[str] | None = None) -> Path:
+def save_packed(
+    packed: PackedModel, path: str | Path, *, preprocess: dict | None = None, labels: list[str] | None = None
+) -> Path:
     """Writes a version-2 packed file (docs/packed-format.md), atomically; ``preprocess`` (``{mean, std,
     resize}``, completed from the model's) and ``labels`` are stored for ``bhvit predict --packed``."""
     from bhvit.engine.program import full_preprocess
@@ -166,8 +170,14 @@ def size_report(model: nn.Module, packed_path: str | Path) -> dict[str, Any]:
     bits = sum(v.nbytes for v in tensors.values() if v.dtype.kind == "u")
     floats = sum(v.nbytes for v in tensors.values() if v.dtype.kind == "f")
     fp32, packed = fp32_checkpoint_bytes(model), Path(packed_path).stat().st_size
-    return {"fp32_checkpoint_bytes": fp32, "packed_bytes": packed, "ratio": fp32 / packed,
-            "binary_weight_bytes": bits, "float_bytes": floats, "header_bytes": packed - bits - floats}
+    return {
+        "fp32_checkpoint_bytes": fp32,
+        "packed_bytes": packed,
+        "ratio": fp32 / packed,
+        "binary_weight_bytes": bits,
+        "float_bytes": floats,
+        "header_bytes": packed - bits - floats,
+    }
 
 
 @torch.no_grad()
@@ -191,8 +201,9 @@ def zero_audit(model: nn.Module, images: torch.Tensor) -> dict[str, int]:
         for branch in ("q", "k", "v"):
             act, move = getattr(module, f"act_{branch}", None), getattr(module, f"move_{branch}2", None)
             if act is not None and move is not None:
-                handles.append(act.register_forward_hook(
-                    lambda m, a, out, n=f"{name}.sign_{branch}", mv=move: count(n, out + mv)))
+                handles.append(
+                    act.register_forward_hook(lambda m, a, out, n=f"{name}.sign_{branch}", mv=move: count(n, out + mv))
+                )
     try:
         was_training = model.training
         model.eval()
@@ -218,5 +229,10 @@ def agreement(model: nn.Module, packed: PackedModel, images: torch.Tensor, batch
         diff = (want - got).abs().amax(1)
         max_diff = max(max_diff, float(diff.max()))
         max_rel = max(max_rel, float((diff / want.abs().amax(1).clamp(min=1e-30)).max()))
-    return {"images": n, "top1_identical": same / max(n, 1), "top1_differs": n - same, "max_abs_logit_diff": max_diff,
-            "max_rel_logit_diff": max_rel}
+    return {
+        "images": n,
+        "top1_identical": same / max(n, 1),
+        "top1_differs": n - same,
+        "max_abs_logit_diff": max_diff,
+        "max_rel_logit_diff": max_rel,
+    }

@@ -61,11 +61,19 @@ def machine_info() -> dict[str, Any]:
     model = ""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
-                      if ln.startswith("model name")), "")
-    return {"cpu": model or platform.processor(), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__, "engine_isa": kernels.current_isa(),
-            "engine_isas": kernels.available_isas(), "load_avg": os.getloadavg()}
+        model = next(
+            (ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")), ""
+        )
+    return {
+        "cpu": model or platform.processor(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "engine_isa": kernels.current_isa(),
+        "engine_isas": kernels.available_isas(),
+        "load_avg": os.getloadavg(),
+    }
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
@@ -99,7 +107,7 @@ def onnx_runner(model: nn.Module, x: torch.Tensor, workdir: Path) -> Callable[[]
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(dir=workdir if workdir.is_dir() else None) as tmp:  # the session keeps
-        path = Path(tmp) / "model.onnx"                                               # the graph in memory
+        path = Path(tmp) / "model.onnx"  # the graph in memory
         torch.onnx.export(model, (x,), str(path), input_names=["x"], output_names=["y"], dynamo=False)
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     feed = {"x": x.numpy()}
@@ -114,8 +122,7 @@ def build(name: str, precision: str, checkpoint: str | None) -> tuple[nn.Module,
         model, _ = bhvit.load_model(checkpoint)
         config = {**model.config.to_dict(), "precision": "fp"}
         return model.eval(), bhvit.build_model(config).eval()
-    return (bhvit.create_model(name, precision=precision).eval(),
-            bhvit.create_model(name, precision="fp").eval())
+    return (bhvit.create_model(name, precision=precision).eval(), bhvit.create_model(name, precision="fp").eval())
 
 
 def kernel_peak(threads: int, m: int = 3136, k: int = 512, n: int = 512, seconds: float = 0.3) -> float:
@@ -131,8 +138,17 @@ def kernel_peak(threads: int, m: int = 3136, k: int = 512, n: int = 512, seconds
     return m * k * n / best
 
 
-def bench_one(name: str, precision: str, batch: int, threads: int, rounds: int, checkpoint: str | None = None,
-              onnx: bool = True, workdir: Path = Path("out"), legacy: bool = True) -> dict[str, Any]:
+def bench_one(
+    name: str,
+    precision: str,
+    batch: int,
+    threads: int,
+    rounds: int,
+    checkpoint: str | None = None,
+    onnx: bool = True,
+    workdir: Path = Path("out"),
+    legacy: bool = True,
+) -> dict[str, Any]:
     """One row: latencies of the compared methods, speedups, top-1 agreement, the runtime's per-op-kind
     profile and its share of the ideal binary time."""
     from bhvit.profile import profile_model
@@ -144,8 +160,11 @@ def bench_one(name: str, precision: str, batch: int, threads: int, rounds: int, 
     with torch.inference_mode():
         agree = bool(torch.equal(model(x).argmax(1), packed(x).argmax(1)))
         q8 = int8_dynamic(model_fp)
-        fns: dict[str, Callable[[], Any]] = {"fp32_sim": lambda: model(x), "packed": lambda: packed(x),
-                                             "int8_dynamic": lambda: q8(x)}
+        fns: dict[str, Callable[[], Any]] = {
+            "fp32_sim": lambda: model(x),
+            "packed": lambda: packed(x),
+            "int8_dynamic": lambda: q8(x),
+        }
         if legacy:
             old = LegacyPackedModel(extract(model))
             fns["packed_v1"] = lambda: old(x)
@@ -158,10 +177,17 @@ def bench_one(name: str, precision: str, batch: int, threads: int, rounds: int, 
     peak = kernel_peak(threads)
     ideal = profile_model(model).bops * batch / peak
     per_op = {k: v * 1e3 for k, v in sorted(layer_times.items(), key=lambda kv: -kv[1])}
-    row: dict[str, Any] = {"model": checkpoint or name, "precision": cfg.precision, "batch": batch,
-                           "threads": threads, "top1_agree": agree, "packed_layers_ms": per_op,
-                           "kernel_peak_gbops": peak / 1e9, "ideal_binary_ms": ideal * 1e3,
-                           "ideal_share": ideal / times["packed"]}
+    row: dict[str, Any] = {
+        "model": checkpoint or name,
+        "precision": cfg.precision,
+        "batch": batch,
+        "threads": threads,
+        "top1_agree": agree,
+        "packed_layers_ms": per_op,
+        "kernel_peak_gbops": peak / 1e9,
+        "ideal_binary_ms": ideal * 1e3,
+        "ideal_share": ideal / times["packed"],
+    }
     row.update({f"{k}_ms": v * 1e3 for k, v in times.items()})
     row["speedup_vs_fp32"] = times["fp32_sim"] / times["packed"]
     row["speedup_vs_int8"] = times["int8_dynamic"] / times["packed"]
@@ -171,12 +197,22 @@ def bench_one(name: str, precision: str, batch: int, threads: int, rounds: int, 
     return row
 
 
-COLUMNS = [("model", "model", ""), ("precision", "precision", ""), ("batch", "B", ""), ("threads", "thr", ""),
-           ("fp32_sim_ms", "fp32 sim ms", ".1f"), ("int8_dynamic_ms", "int8 dyn ms", ".1f"),
-           ("packed_ms", "packed ms", ".1f"), ("speedup_vs_fp32", "x fp32", ".2f"),
-           ("speedup_vs_int8", "x int8", ".2f"), ("fp32_sim_cpu_ms", "fp32 cpu ms", ".1f"),
-           ("packed_cpu_ms", "packed cpu ms", ".1f"), ("cpu_speedup_vs_fp32", "x fp32 cpu", ".2f"),
-           ("ideal_share", "ideal %", ".0%"), ("top1_agree", "top-1 =", "")]
+COLUMNS = [
+    ("model", "model", ""),
+    ("precision", "precision", ""),
+    ("batch", "B", ""),
+    ("threads", "thr", ""),
+    ("fp32_sim_ms", "fp32 sim ms", ".1f"),
+    ("int8_dynamic_ms", "int8 dyn ms", ".1f"),
+    ("packed_ms", "packed ms", ".1f"),
+    ("speedup_vs_fp32", "x fp32", ".2f"),
+    ("speedup_vs_int8", "x int8", ".2f"),
+    ("fp32_sim_cpu_ms", "fp32 cpu ms", ".1f"),
+    ("packed_cpu_ms", "packed cpu ms", ".1f"),
+    ("cpu_speedup_vs_fp32", "x fp32 cpu", ".2f"),
+    ("ideal_share", "ideal %", ".0%"),
+    ("top1_agree", "top-1 =", ""),
+]
 
 
 def report(rows: list[dict[str, Any]], profile: bool = True) -> str:
@@ -189,19 +225,32 @@ def report(rows: list[dict[str, Any]], profile: bool = True) -> str:
         cols.insert(6, ("onnxruntime_fp32_ms", "ort ms", ".1f"))
     if not profile:
         return format_table(rows, cols)
-    lines = [format_table(rows, cols), "",
-             "packed runtime, time per op kind (ms, one forward); ideal = BOPs at the measured kernel peak:"]
+    lines = [
+        format_table(rows, cols),
+        "",
+        "packed runtime, time per op kind (ms, one forward); ideal = BOPs at the measured kernel peak:",
+    ]
     for r in rows:
         parts = ", ".join(f"{k} {v:.1f}" for k, v in r["packed_layers_ms"].items())
-        lines.append(f"  {r['model']} {r['precision']} B={r['batch']} threads={r['threads']}: {parts}; ideal "
-                     f"{r['ideal_binary_ms']:.1f} ms at {r['kernel_peak_gbops']:.0f} G bit-MAC/s "
-                     f"= {r['ideal_share']:.0%} of the forward")
+        lines.append(
+            f"  {r['model']} {r['precision']} B={r['batch']} threads={r['threads']}: {parts}; ideal "
+            f"{r['ideal_binary_ms']:.1f} ms at {r['kernel_peak_gbops']:.0f} G bit-MAC/s "
+            f"= {r['ideal_share']:.0%} of the forward"
+        )
     return "\n".join(lines)
 
 
-def bench_grid(names: Sequence[str], precisions: Sequence[str], batches: Sequence[int], threads: Sequence[int],
-               rounds: int = 3, checkpoint: str | None = None, onnx: bool = True,
-               workdir: Path = Path("out"), legacy: bool = True) -> list[dict[str, Any]]:
+def bench_grid(
+    names: Sequence[str],
+    precisions: Sequence[str],
+    batches: Sequence[int],
+    threads: Sequence[int],
+    rounds: int = 3,
+    checkpoint: str | None = None,
+    onnx: bool = True,
+    workdir: Path = Path("out"),
+    legacy: bool = True,
+) -> list[dict[str, Any]]:
     """:func:`bench_one` over threads x models x precisions x batches; with ``checkpoint`` the one model is
     that checkpoint at its own precision (``names`` and ``precisions`` are ignored)."""
     rows = []
@@ -211,7 +260,10 @@ def bench_grid(names: Sequence[str], precisions: Sequence[str], batches: Sequenc
         runtime.set_num_threads(t)
         for name in [checkpoint] if checkpoint else names:
             for precision in ["binary"] if checkpoint else precisions:
-                rows += [bench_one(name, precision, b, t, rounds, checkpoint=checkpoint, onnx=onnx, workdir=workdir,
-                                   legacy=legacy)
-                         for b in batches]
+                rows += [
+                    bench_one(
+                        name, precision, b, t, rounds, checkpoint=checkpoint, onnx=onnx, workdir=workdir, legacy=legacy
+                    )
+                    for b in batches
+                ]
     return rows

@@ -84,8 +84,10 @@ def read_parts(path: str | Path) -> PackedParts:
     check_tensors({name: _header_entry(name, entry) for name, entry in header.items()}, expected)
     extra = {k: _json(meta, k) for k in OPTIONAL_KEYS if k in meta}
     tensors = _load_tensors(path)
-    binary = {name: BinaryLayer(tensors.pop(name + BITS_SUFFIX), tensors.pop(name + ALPHA_SUFFIX), record)
-              for name, record in expected.binary.items()}
+    binary = {
+        name: BinaryLayer(tensors.pop(name + BITS_SUFFIX), tensors.pop(name + ALPHA_SUFFIX), record)
+        for name, record in expected.binary.items()
+    }
     parts = PackedParts(config, tensors, binary, meta=extra)
     check_parts(parts, expected)
     return parts
@@ -101,12 +103,15 @@ def _read_header(path: Path) -> dict[str, Any]:
     with path.open("rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise PackedFormatError(f"{path}: truncated ({size} bytes); a packed file starts with an 8-byte "
-                                    "header length")
+            raise PackedFormatError(
+                f"{path}: truncated ({size} bytes); a packed file starts with an 8-byte header length"
+            )
         (n,) = struct.unpack("<Q", head)
         if n > min(size - 8, MAX_HEADER_BYTES):
-            raise PackedFormatError(f"{path}: header length {n} exceeds the file ({size} bytes) or "
-                                    f"{MAX_HEADER_BYTES} bytes: truncated or not a packed file")
+            raise PackedFormatError(
+                f"{path}: header length {n} exceeds the file ({size} bytes) or "
+                f"{MAX_HEADER_BYTES} bytes: truncated or not a packed file"
+            )
         raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))

@@ -142,8 +142,11 @@ def pack_cols_panels(x: np.ndarray, bias: np.ndarray | None = None) -> np.ndarra
 
 def pack_nonzero(mask: np.ndarray) -> np.ndarray:
     """Packs a {0,1} mask along its last axis: (..., K) -> (..., ceil(K/64)), bit = (mask != 0)."""
-    return native().pack_nonzero(np.ascontiguousarray(mask).view(np.uint8) if mask.dtype == np.bool_
-                                 else np.ascontiguousarray(mask, dtype=np.uint8))
+    return native().pack_nonzero(
+        np.ascontiguousarray(mask).view(np.uint8)
+        if mask.dtype == np.bool_
+        else np.ascontiguousarray(mask, dtype=np.uint8)
+    )
 
 
 # ---- binary products ------------------------------------------------------------------------------
@@ -289,8 +292,20 @@ def bconv(
     """
     kw = _epilogue_kwargs(scale, bias, residual, rprelu, out, accumulate, post)
     kw.pop("scale_all", None)
-    return native().bconv(_u64(xp), int(c), _u64(wp), np.ascontiguousarray(wpop, dtype=np.int32), int(cout),
-                          int(groups), int(kernel[0]), int(kernel[1]), int(stride), int(pad), int(dil), **kw)
+    return native().bconv(
+        _u64(xp),
+        int(c),
+        _u64(wp),
+        np.ascontiguousarray(wpop, dtype=np.int32),
+        int(cout),
+        int(groups),
+        int(kernel[0]),
+        int(kernel[1]),
+        int(stride),
+        int(pad),
+        int(dil),
+        **kw,
+    )
 
 
 def masked_av(masks: np.ndarray, vp: np.ndarray, w: np.ndarray, s: int, d: int) -> np.ndarray:

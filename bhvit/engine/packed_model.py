@@ -68,8 +68,9 @@ class _Norm:
         c = x.shape[-1]
         if self.kind == "ln":
             return F.layer_norm(x, (c,), self.weight, self.bias, self.eps)
-        return F.batch_norm(x.reshape(-1, c), self.mean, self.var, self.weight, self.bias, False, 0.0,
-                            self.eps).reshape(x.shape)
+        return F.batch_norm(
+            x.reshape(-1, c), self.mean, self.var, self.weight, self.bias, False, 0.0, self.eps
+        ).reshape(x.shape)
 
     def fold(self) -> tuple[np.ndarray, np.ndarray]:
         """BN as ``y = a·x + b``: ``a = w/sqrt(var + eps)``, ``b = bias − mean·a``."""
@@ -161,8 +162,14 @@ class LegacyPackedModel:
     def norm(self, name: str) -> _Norm:
         p = self.p
         if f"{name}.running_mean" in p:
-            return _Norm("bn", p[f"{name}.weight"], p[f"{name}.bias"], p[f"{name}.running_mean"],
-                         p[f"{name}.running_var"], float(self.config["norm_eps"]))
+            return _Norm(
+                "bn",
+                p[f"{name}.weight"],
+                p[f"{name}.bias"],
+                p[f"{name}.running_mean"],
+                p[f"{name}.running_var"],
+                float(self.config["norm_eps"]),
+            )
         eps = TOKEN_NORM_EPS if name.endswith("token_norm") else float(self.config["norm_eps"])
         return _Norm("ln", p[f"{name}.weight"], p[f"{name}.bias"], None, None, eps)
 
@@ -170,8 +177,15 @@ class LegacyPackedModel:
         return _RPReLU(self.p[f"{name}.prelu.weight"], self.p[f"{name}.move1"], self.p[f"{name}.move2"])
 
     def _fold_all(self) -> None:
-        norm_of = {"fc1": "norm1", "fc2": "norm2", "q": "norm_q", "k": "norm_k", "v": "norm_v", "proj": "norm_o",
-                   "conv": "norm"}
+        norm_of = {
+            "fc1": "norm1",
+            "fc2": "norm2",
+            "q": "norm_q",
+            "k": "norm_k",
+            "v": "norm_v",
+            "proj": "norm_o",
+            "conv": "norm",
+        }
         for name, op in self.ops.items():
             parent, leaf = name.rsplit(".", 1)
             bias = self.parts.floats.get(f"{name}.bias")
@@ -202,18 +216,34 @@ class LegacyPackedModel:
         self._times[key] = self._times.get(key, 0.0) + time.perf_counter() - start
 
     # ---- binary layers ------------------------------------------------------------------------
-    def linear(self, name: str, x: Tensor, move: Tensor | None, residual: Tensor | np.ndarray | None,
-               act: _RPReLU | None, post: tuple[np.ndarray, np.ndarray] | None = None, out: np.ndarray | None = None,
-               xb: np.ndarray | None = None) -> Tensor:
+    def linear(
+        self,
+        name: str,
+        x: Tensor,
+        move: Tensor | None,
+        residual: Tensor | np.ndarray | None,
+        act: _RPReLU | None,
+        post: tuple[np.ndarray, np.ndarray] | None = None,
+        out: np.ndarray | None = None,
+        xb: np.ndarray | None = None,
+    ) -> Tensor:
         """``post(act(norm(α·sign(x + move)·W_bᵀ) + residual))`` over the last dim of x; added into
         ``out`` (a float32 buffer of the output's size) when given. ``xb``: ``sign(x + move)`` already
         packed (M, KW), then x only gives the leading shape."""
         with self._timed("linear." + name.rsplit(".", 1)[1]):
             return self._linear(name, x, move, residual, act, post, out, xb)
 
-    def _linear(self, name: str, x: Tensor, move: Tensor | None, residual: Tensor | np.ndarray | None,
-                act: _RPReLU | None, post: tuple[np.ndarray, np.ndarray] | None, out: np.ndarray | None,
-                xb: np.ndarray | None = None) -> Tensor:
+    def _linear(
+        self,
+        name: str,
+        x: Tensor,
+        move: Tensor | None,
+        residual: Tensor | np.ndarray | None,
+        act: _RPReLU | None,
+        post: tuple[np.ndarray, np.ndarray] | None,
+        out: np.ndarray | None,
+        xb: np.ndarray | None = None,
+    ) -> Tensor:
         op = self.ops[name]
         k, n = op.meta["in"], op.meta["out"]
         if xb is None:
@@ -221,11 +251,20 @@ class LegacyPackedModel:
         res = None if residual is None else (residual if isinstance(residual, np.ndarray) else _np(residual))
         shape = (*x.shape[:-1], n)
         if op.fused:
-            y = K.bgemm(xb, op.panels, n, k, scale=op.scale, bias=op.bias,
-                        residual=None if res is None else res.reshape(xb.shape[0], -1),
-                        rprelu=None if act is None else act.arrays(), post=post,
-                        out=None if out is None else out.reshape(xb.shape[0], n), accumulate=out is not None,
-                        nibbles=op.nibbles)
+            y = K.bgemm(
+                xb,
+                op.panels,
+                n,
+                k,
+                scale=op.scale,
+                bias=op.bias,
+                residual=None if res is None else res.reshape(xb.shape[0], -1),
+                rprelu=None if act is None else act.arrays(),
+                post=post,
+                out=None if out is None else out.reshape(xb.shape[0], n),
+                accumulate=out is not None,
+                nibbles=op.nibbles,
+            )
             return torch.from_numpy(y).view(shape)
         y = op.norm(torch.from_numpy(K.bgemm(xb, op.panels, n, k, scale=op.scale, nibbles=op.nibbles)).view(shape))
         if res is not None:
@@ -261,9 +300,19 @@ class LegacyPackedModel:
         if op1.fused and n1 % r == 0 and 128 % r == 0:
             with self._timed("linear.fc1"):
                 xb = K.pack_rows(_np(x).reshape(-1, c), _np(self.p[f"{pre}.move1"]))
-                hb, pooled = K.bgemm_pack(xb, op1.panels, n1, c, pack_bias=_np(fc2[1]), mean_r=r, scale=op1.scale,
-                                          bias=op1.bias, residual=_np(x).reshape(xb.shape[0], c),
-                                          rprelu=self.act(f"{pre}.act1").arrays(), nibbles=op1.nibbles)
+                hb, pooled = K.bgemm_pack(
+                    xb,
+                    op1.panels,
+                    n1,
+                    c,
+                    pack_bias=_np(fc2[1]),
+                    mean_r=r,
+                    scale=op1.scale,
+                    bias=op1.bias,
+                    residual=_np(x).reshape(xb.shape[0], c),
+                    rprelu=self.act(f"{pre}.act1").arrays(),
+                    nibbles=op1.nibbles,
+                )
             self.linear(fc2[0], x, None, pooled, fc2[2], post=post, out=out, xb=hb)
             return
         h = self.linear(f"{pre}.fc1", x, self.p[f"{pre}.move1"], x, self.act(f"{pre}.act1"))
@@ -312,9 +361,24 @@ class LegacyPackedModel:
             m = op.meta
             post = (a, beta if i == 0 else np.zeros_like(beta)) if folded else None
             with self._timed("conv.msgdc"):
-                K.bconv(xb, c, op.panels, op.wpop, c, groups=m["groups"], kernel=tuple(m["kernel"]),
-                        stride=m["stride"], pad=m["padding"], dil=m["dilation"], scale=op.scale, bias=op.bias,
-                        rprelu=act, post=post, out=out, accumulate=True)
+                K.bconv(
+                    xb,
+                    c,
+                    op.panels,
+                    op.wpop,
+                    c,
+                    groups=m["groups"],
+                    kernel=tuple(m["kernel"]),
+                    stride=m["stride"],
+                    pad=m["padding"],
+                    dil=m["dilation"],
+                    scale=op.scale,
+                    bias=op.bias,
+                    rprelu=act,
+                    post=post,
+                    out=out,
+                    accumulate=True,
+                )
             i += 1
         x1 = torch.from_numpy(out).view(b, h, w, c)
         if not folded:
@@ -340,8 +404,15 @@ class LegacyPackedModel:
         g = g[:, :, None, :, None, :].expand(b, h // w, w, wd // w, w, c).reshape(b, h, wd, c)
         mix = self.p[f"{pre}.mix"]
         o = local * mix + g * (1.0 - mix)
-        self.linear(f"{pre}.proj", o, self.p[f"{pre}.move_o"], o, self.act(f"{pre}.act_o"),
-                    post=self._layerscale_arrays(f"{pre}.ls"), out=out)
+        self.linear(
+            f"{pre}.proj",
+            o,
+            self.p[f"{pre}.move_o"],
+            o,
+            self.act(f"{pre}.act_o"),
+            post=self._layerscale_arrays(f"{pre}.ls"),
+            out=out,
+        )
 
     def global_tokens(self, pre: str, x: Tensor) -> Tensor:
         w = int(self.config["window_size"])
@@ -354,8 +425,10 @@ class LegacyPackedModel:
 
     def attention_context(self, pre: str, hs: Tensor) -> Tensor:
         """Binary attention core on (B', L, C) -> (B', L, C)."""
-        mixed = {n: self.linear(f"{pre}.{n}", hs, self.p[f"{pre}.move_{n}"], hs, self.act(f"{pre}.act_{n}"))
-                 for n in ("q", "k", "v")}
+        mixed = {
+            n: self.linear(f"{pre}.{n}", hs, self.p[f"{pre}.move_{n}"], hs, self.act(f"{pre}.act_{n}"))
+            for n in ("q", "k", "v")
+        }
         with self._timed("attention.core"):
             return self._attention_core(pre, hs, mixed)
 
@@ -365,8 +438,13 @@ class LegacyPackedModel:
         heads = self.p[self._attn_param(pre, "alpha")].numel() if self.config["attn_quant"] == "lsq" else None
         heads = heads or self._heads(pre)
         d = c // heads
-        per_head = {n: (mixed[n] + self.p[f"{pre}.move_{n}2"]).view(bq, length, heads, d).transpose(1, 2)
-                    .reshape(bq * heads, length, d) for n in ("q", "k", "v")}  # (G, L, d)
+        per_head = {
+            n: (mixed[n] + self.p[f"{pre}.move_{n}2"])
+            .view(bq, length, heads, d)
+            .transpose(1, 2)
+            .reshape(bq * heads, length, d)
+            for n in ("q", "k", "v")
+        }  # (G, L, d)
         qb, kb = K.pack_rows(_np(per_head["q"])), K.pack_rows(_np(per_head["k"]))
         root = math.sqrt(d)
         exact = root == 2.0 ** round(math.log2(root))  # 1/sqrt(d) exact: fold into the kernel
@@ -445,8 +523,18 @@ class LegacyPackedModel:
         geo = {"groups": op.meta["groups"], "kernel": (2, 2), "stride": 2, "pad": 0, "dil": 1}
         if op.fused:
             with self._timed("conv.downsample"):
-                y = K.bconv(xb, c, op.panels, op.wpop, cout, scale=op.scale, bias=op.bias,
-                            residual=_np(r).reshape(-1, c), rprelu=act.arrays(), **geo)
+                y = K.bconv(
+                    xb,
+                    c,
+                    op.panels,
+                    op.wpop,
+                    cout,
+                    scale=op.scale,
+                    bias=op.bias,
+                    residual=_np(r).reshape(-1, c),
+                    rprelu=act.arrays(),
+                    **geo,
+                )
             y = torch.from_numpy(y).view(b, h // 2, w // 2, cout)
         else:
             y = torch.from_numpy(K.bconv(xb, c, op.panels, op.wpop, cout, scale=op.scale, **geo))
@@ -475,12 +563,15 @@ class LegacyPackedModel:
         the model's image size with B >= 1 (the float model's own check, worded the same)."""
         want = (int(self.config["in_chans"]), *(int(s) for s in self.config["img_size"]))
         if not isinstance(images, Tensor):
-            raise ValueError(f"expected images as a torch.Tensor of shape (B, {want[0]}, {want[1]}, {want[2]}), "
-                             f"got {type(images).__name__}")
+            raise ValueError(
+                f"expected images as a torch.Tensor of shape (B, {want[0]}, {want[1]}, {want[2]}), "
+                f"got {type(images).__name__}"
+            )
         if images.dim() != 4 or tuple(images.shape[1:]) != want or images.shape[0] < 1:
             raise ValueError(
                 f"expected images of shape (B, {want[0]}, {want[1]}, {want[2]}) with B >= 1, got "
-                f"{tuple(images.shape)}; resize the input to {want[1]}×{want[2]} (this packed model's img_size)")
+                f"{tuple(images.shape)}; resize the input to {want[1]}×{want[2]} (this packed model's img_size)"
+            )
         if not images.dtype.is_floating_point or images.is_complex():
             raise ValueError(f"expected floating-point images, got dtype {images.dtype}; convert with .float()")
         if images.device.type != "cpu":

@@ -52,9 +52,17 @@ def _is_binary(module: nn.Module) -> bool:
 
 def _layer_meta(module: nn.Module) -> dict[str, Any]:
     if isinstance(module, nn.Conv2d):
-        return {"kind": "conv", "in": module.in_channels, "out": module.out_channels,
-                "kernel": list(module.kernel_size), "stride": module.stride[0], "padding": module.padding[0],
-                "dilation": module.dilation[0], "groups": module.groups, "bias": module.bias is not None}
+        return {
+            "kind": "conv",
+            "in": module.in_channels,
+            "out": module.out_channels,
+            "kernel": list(module.kernel_size),
+            "stride": module.stride[0],
+            "padding": module.padding[0],
+            "dilation": module.dilation[0],
+            "groups": module.groups,
+            "bias": module.bias is not None,
+        }
     return {"kind": "linear", "in": module.in_features, "out": module.out_features, "bias": module.bias is not None}
 
 
@@ -83,10 +91,12 @@ def extract(model: nn.Module) -> PackedParts:
             binary[name], z = binarize_layer(module)
             zeros += z
     if zeros:
-        warnings.warn(f"{zeros} binary weights are exactly 0 (sign(0) = 0); the engine packs them as +1",
-                      stacklevel=2)
+        warnings.warn(f"{zeros} binary weights are exactly 0 (sign(0) = 0); the engine packs them as +1", stacklevel=2)
     skip = {f"{name}.weight" for name in binary}
     # 0-d parameters (the GSB quantizer's scalars) are stored with shape (1,), as in every version-1 file
-    floats = {k: v.detach().float().reshape(v.shape or (1,)).contiguous().numpy().copy()
-              for k, v in model.state_dict().items() if k not in skip and v.is_floating_point()}
+    floats = {
+        k: v.detach().float().reshape(v.shape or (1,)).contiguous().numpy().copy()
+        for k, v in model.state_dict().items()
+        if k not in skip and v.is_floating_point()
+    }
     return PackedParts(config, floats, binary, {"zero_weights": zeros})

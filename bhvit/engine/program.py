@@ -39,8 +39,13 @@ class Program:
     metadata: dict[str, str] = field(default_factory=dict)
 
     def file_metadata(self) -> dict[str, str]:
-        return {"format": FORMAT, "format_version": str(FORMAT_VERSION), "bit_convention": BIT_CONVENTION,
-                "program": json.dumps(self.program, separators=(",", ":")), **self.metadata}
+        return {
+            "format": FORMAT,
+            "format_version": str(FORMAT_VERSION),
+            "bit_convention": BIT_CONVENTION,
+            "program": json.dumps(self.program, separators=(",", ":")),
+            **self.metadata,
+        }
 
 
 class _Builder:
@@ -69,7 +74,8 @@ class _Builder:
         """Eval-mode BatchNorm ``norm`` as ``y = a·x + b``: ``a = w/√(var + eps)``, ``b = bias − mean·a`` (float32)."""
         if f"{norm}.running_mean" not in self.f:
             raise PackedFormatError(
-                f"{norm} is a LayerNorm: the packed runtime folds BatchNorm only; train with norm='bn' to pack")
+                f"{norm} is a LayerNorm: the packed runtime folds BatchNorm only; train with norm='bn' to pack"
+            )
         a = self.f[f"{norm}.weight"] / np.sqrt(self.f[f"{norm}.running_var"] + self.eps)
         return a.astype(np.float32), (self.f[f"{norm}.bias"] - self.f[f"{norm}.running_mean"] * a).astype(np.float32)
 
@@ -109,25 +115,60 @@ class _Builder:
 
     def blinear(self, layer: str, norm: str, src: str, **fields: Any) -> None:
         meta = self.binary[layer].meta
-        self.op("blinear", **{"in": src, "in_features": meta["in"], "out_features": meta["out"],
-                              **self.binary_fields(layer, norm), **fields})
+        self.op(
+            "blinear",
+            **{
+                "in": src,
+                "in_features": meta["in"],
+                "out_features": meta["out"],
+                **self.binary_fields(layer, norm),
+                **fields,
+            },
+        )
 
     def bconv(self, layer: str, norm: str | None, src: str, dst: str, **fields: Any) -> None:
         m = self.binary[layer].meta
-        self.op("bconv", **{"in": src, "out": dst, "in_channels": m["in"], "out_channels": m["out"],
-                            "kernel": list(m["kernel"]), "stride": m["stride"], "padding": m["padding"],
-                            "dilation": m["dilation"], "groups": m["groups"], **self.binary_fields(layer, norm),
-                            **fields})
+        self.op(
+            "bconv",
+            **{
+                "in": src,
+                "out": dst,
+                "in_channels": m["in"],
+                "out_channels": m["out"],
+                "kernel": list(m["kernel"]),
+                "stride": m["stride"],
+                "padding": m["padding"],
+                "dilation": m["dilation"],
+                "groups": m["groups"],
+                **self.binary_fields(layer, norm),
+                **fields,
+            },
+        )
 
     # ---- model parts --------------------------------------------------------------------------
     def stem(self) -> None:
         w = self.f["stem.proj.weight"]  # (C, in, k, k), kernel = stride
-        self.op("patch_conv", **{"in": "input", "out": "x", "kernel": int(w.shape[-1]),
-                                 "weight": self.t("stem.proj.weight"),
-                                 "bias": self.t("stem.proj.bias") if "stem.proj.bias" in self.f else None})
+        self.op(
+            "patch_conv",
+            **{
+                "in": "input",
+                "out": "x",
+                "kernel": int(w.shape[-1]),
+                "weight": self.t("stem.proj.weight"),
+                "bias": self.t("stem.proj.bias") if "stem.proj.bias" in self.f else None,
+            },
+        )
         pos = self.f["stem.pos_embed"][0].transpose(1, 2, 0)  # (1, C, H, W) -> (H, W, C)
-        self.op("affine", **{"in": "x", "out": "x", **self.affine_fields("stem.norm"), "act": "gelu",
-                             "add": self.t("stem.pos_embed.hwc", pos)})
+        self.op(
+            "affine",
+            **{
+                "in": "x",
+                "out": "x",
+                **self.affine_fields("stem.norm"),
+                "act": "gelu",
+                "add": self.t("stem.pos_embed.hwc", pos),
+            },
+        )
 
     def downsample(self, pre: str, hw: tuple[int, int]) -> None:
         """fp: ``norm(Conv2x2(norm_in(x))) + pos``;
@@ -136,16 +177,32 @@ class _Builder:
         pos_name = f"{pre}.pos_embed"
         pos = self.f[pos_name].reshape(hw[0], hw[1], -1)  # (1, H·W, C2) -> (H, W, C2)
         if f"{pre}.conv" not in self.binary:
-            self.op("patch_conv", **{"in": "t", "out": "y", "kernel": int(self.f[f"{pre}.conv.weight"].shape[-1]),
-                                     "weight": self.t(f"{pre}.conv.weight"),
-                                     "bias": self.t(f"{pre}.conv.bias") if f"{pre}.conv.bias" in self.f else None})
-            self.op("affine", **{"in": "y", "out": "x", **self.affine_fields(f"{pre}.norm"), "act": "none",
-                                 "add": self.t(f"{pos_name}.hwc", pos)})
+            self.op(
+                "patch_conv",
+                **{
+                    "in": "t",
+                    "out": "y",
+                    "kernel": int(self.f[f"{pre}.conv.weight"].shape[-1]),
+                    "weight": self.t(f"{pre}.conv.weight"),
+                    "bias": self.t(f"{pre}.conv.bias") if f"{pre}.conv.bias" in self.f else None,
+                },
+            )
+            self.op(
+                "affine",
+                **{
+                    "in": "y",
+                    "out": "x",
+                    **self.affine_fields(f"{pre}.norm"),
+                    "act": "none",
+                    "add": self.t(f"{pos_name}.hwc", pos),
+                },
+            )
             return
         self.op("avg_pool", **{"in": "t", "out": "r", "kernel": 2})
         self.sign_pack("t", "tb", f"{pre}.move")
-        self.bconv(f"{pre}.conv", f"{pre}.norm", "tb", "y", residual="r", rprelu=self.rprelu(f"{pre}.act"),
-                   accumulate=False)
+        self.bconv(
+            f"{pre}.conv", f"{pre}.norm", "tb", "y", residual="r", rprelu=self.rprelu(f"{pre}.act"), accumulate=False
+        )
         self.op("affine", **{"in": "y", "out": "x", "act": "none", "add": self.t(f"{pos_name}.hwc", pos)})
 
     def conv_mixer(self, pre: str) -> None:
@@ -158,8 +215,15 @@ class _Builder:
         i = 0
         while f"{mix}.convs.{i}" in self.binary:
             shift = self.t(f"{mix}.norm.fold_bias" if i == 0 else f"{mix}.norm.zero", b if i == 0 else np.zeros_like(b))
-            self.bconv(f"{mix}.convs.{i}", None, "xb", "x", rprelu=self.rprelu(f"{mix}.acts.{i}"),
-                       post={"scale": scale, "bias": shift}, accumulate=True)
+            self.bconv(
+                f"{mix}.convs.{i}",
+                None,
+                "xb",
+                "x",
+                rprelu=self.rprelu(f"{mix}.acts.{i}"),
+                post={"scale": scale, "bias": shift},
+                accumulate=True,
+            )
             i += 1
 
     def mlp_and_shift(self, pre: str) -> None:
@@ -168,17 +232,36 @@ class _Builder:
         self.op("affine", **{"in": "x", "out": "xn", **self.affine_fields(f"{pre}.norm2"), "act": "none"})
         self.sign_pack("xn", "xb", f"{mlp}.move1")
         c, n1 = self.binary[f"{mlp}.fc1"].meta["in"], self.binary[f"{mlp}.fc1"].meta["out"]
-        self.blinear(f"{mlp}.fc1", f"{mlp}.norm1", "xb", residual="xn", rprelu=self.rprelu(f"{mlp}.act1"),
-                     accumulate=False, pack={"out": "hb", "move": self.t(f"{mlp}.move2"), "mean_r": n1 // c,
-                                             "means": "h"})
-        self.blinear(f"{mlp}.fc2", f"{mlp}.norm2", "hb", out="x", residual="h", rprelu=self.rprelu(f"{mlp}.act2"),
-                     post=self.layerscale(f"{mlp}.ls"), accumulate=True)
+        self.blinear(
+            f"{mlp}.fc1",
+            f"{mlp}.norm1",
+            "xb",
+            residual="xn",
+            rprelu=self.rprelu(f"{mlp}.act1"),
+            accumulate=False,
+            pack={"out": "hb", "move": self.t(f"{mlp}.move2"), "mean_r": n1 // c, "means": "h"},
+        )
+        self.blinear(
+            f"{mlp}.fc2",
+            f"{mlp}.norm2",
+            "hb",
+            out="x",
+            residual="h",
+            rprelu=self.rprelu(f"{mlp}.act2"),
+            post=self.layerscale(f"{mlp}.ls"),
+            accumulate=True,
+        )
         kernels = [k for k in (3, 5) if f"{pre}.shift.ls_h{k}.alpha" in self.f]
         if kernels:
-            ls = [np.stack([self.f[f"{pre}.shift.ls_{a}{k}.alpha"], self.f[f"{pre}.shift.ls_{a}{k}.move"]])
-                  for k in kernels for a in "hwc"]
-            self.op("shift_add", **{"in": "xn", "out": "x", "kernels": kernels,
-                                    "scales": self.t(f"{pre}.shift.scales", np.stack(ls))})
+            ls = [
+                np.stack([self.f[f"{pre}.shift.ls_{a}{k}.alpha"], self.f[f"{pre}.shift.ls_{a}{k}.move"]])
+                for k in kernels
+                for a in "hwc"
+            ]
+            self.op(
+                "shift_add",
+                **{"in": "xn", "out": "x", "kernels": kernels, "scales": self.t(f"{pre}.shift.scales", np.stack(ls))},
+            )
 
     def attention(self, pre: str, stage: int, side: tuple[int, int]) -> None:
         """MSMHA (one ``window_attention`` op) then ``x += LS(RPReLU(norm_o(BLinear_o(o + mo)) + o))``."""
@@ -187,28 +270,53 @@ class _Builder:
         window = int(cfg["window_size"])
         pad = pool_padding(window, bool(cfg.get("aligned_pool")))
         if any(pooled_side(s, window, pad) != s // window for s in side):
-            raise PackedFormatError(f"{attn}: the global-token pooling of a {side[0]}x{side[1]} map with window "
-                                    f"{window} and padding {pad} does not give one token per window")
+            raise PackedFormatError(
+                f"{attn}: the global-token pooling of a {side[0]}x{side[1]} map with window "
+                f"{window} and padding {pad} does not give one token per window"
+            )
         dim = self.binary[f"{attn}.q"].meta["in"]
         heads = self.heads(attn, stage)
         branches = {}
         for n in "qkv":
-            branches[n] = {"move": self.t(f"{attn}.move_{n}"),
-                           **self.binary_fields(f"{attn}.{n}", f"{attn}.norm_{n}"),
-                           "rprelu": self.rprelu(f"{attn}.act_{n}"), "move2": self.t(f"{attn}.move_{n}2")}
+            branches[n] = {
+                "move": self.t(f"{attn}.move_{n}"),
+                **self.binary_fields(f"{attn}.{n}", f"{attn}.norm_{n}"),
+                "rprelu": self.rprelu(f"{attn}.act_{n}"),
+                "move2": self.t(f"{attn}.move_{n}2"),
+            }
         self.op("affine", **{"in": "x", "out": "xn", **self.affine_fields(f"{pre}.norm1"), "act": "none"})
-        self.op("window_attention", **{
-            "in": "xn", "out": "o", "window": window, "heads": heads, "pool_padding": pad,
-            "pool_alpha": self.t(f"{attn}.pool.alpha"),
-            "token_norm": {"weight": self.t(f"{attn}.token_norm.weight"), "bias": self.t(f"{attn}.token_norm.bias"),
-                           "eps": TOKEN_NORM_EPS},
-            **branches, "score_divisor": float(np.float32(math.sqrt(dim // heads))),
-            "quant": self.attn_quant(attn, heads),
-            "ctx": {**self.affine_fields(f"{attn}.norm_ctx"), "rprelu": self.rprelu(f"{attn}.act_ctx")},
-            "mix": self.t(f"{attn}.mix")})
+        self.op(
+            "window_attention",
+            **{
+                "in": "xn",
+                "out": "o",
+                "window": window,
+                "heads": heads,
+                "pool_padding": pad,
+                "pool_alpha": self.t(f"{attn}.pool.alpha"),
+                "token_norm": {
+                    "weight": self.t(f"{attn}.token_norm.weight"),
+                    "bias": self.t(f"{attn}.token_norm.bias"),
+                    "eps": TOKEN_NORM_EPS,
+                },
+                **branches,
+                "score_divisor": float(np.float32(math.sqrt(dim // heads))),
+                "quant": self.attn_quant(attn, heads),
+                "ctx": {**self.affine_fields(f"{attn}.norm_ctx"), "rprelu": self.rprelu(f"{attn}.act_ctx")},
+                "mix": self.t(f"{attn}.mix"),
+            },
+        )
         self.sign_pack("o", "ob", f"{attn}.move_o")
-        self.blinear(f"{attn}.proj", f"{attn}.norm_o", "ob", out="x", residual="o", rprelu=self.rprelu(f"{attn}.act_o"),
-                     post=self.layerscale(f"{attn}.ls"), accumulate=True)
+        self.blinear(
+            f"{attn}.proj",
+            f"{attn}.norm_o",
+            "ob",
+            out="x",
+            residual="o",
+            rprelu=self.rprelu(f"{attn}.act_o"),
+            post=self.layerscale(f"{attn}.ls"),
+            accumulate=True,
+        )
 
     def heads(self, attn: str, stage: int) -> int:
         if self.config["attn_quant"] == "lsq":
@@ -219,19 +327,31 @@ class _Builder:
         q = f"{attn}.attn_quant"
         if self.config["attn_quant"] == "lsq":
             return {"kind": "lsq", "step": self.t(f"{q}.alpha"), "zero": self.t(f"{q}.zero_point"), "grad_scale": True}
-        alpha, a2, a3 = (np.maximum(self.f[f"{q}.{n}"].reshape(1), np.float32(GSB_EPS))
-                         for n in ("alpha", "alpha2", "alpha3"))
+        alpha, a2, a3 = (
+            np.maximum(self.f[f"{q}.{n}"].reshape(1), np.float32(GSB_EPS)) for n in ("alpha", "alpha2", "alpha3")
+        )
         weights = np.concatenate([alpha, alpha * (a2 - np.float32(1)), alpha * (a3 - a2)]).astype(np.float32)
-        return {"kind": "gsb", "alpha": self.t(f"{q}.alpha_clamped", alpha.astype(np.float32)),
-                "weights": self.t(f"{q}.weights", weights), "thresholds": [GSB_BASE, GSB_U, GSB_T2]}
+        return {
+            "kind": "gsb",
+            "alpha": self.t(f"{q}.alpha_clamped", alpha.astype(np.float32)),
+            "weights": self.t(f"{q}.weights", weights),
+            "thresholds": [GSB_BASE, GSB_U, GSB_T2],
+        }
 
     def head(self) -> str:
         self.op("affine", **{"in": "x", "out": "x", **self.affine_fields("norm"), "act": "none"})
         self.op("mean_tokens", **{"in": "x", "out": "pooled"})
         if "head.weight" not in self.f:
             return "pooled"
-        self.op("linear", **{"in": "pooled", "out": "logits", "weight": self.t("head.weight"),
-                             "bias": self.t("head.bias") if "head.bias" in self.f else None})
+        self.op(
+            "linear",
+            **{
+                "in": "pooled",
+                "out": "logits",
+                "weight": self.t("head.weight"),
+                "bias": self.t("head.bias") if "head.bias" in self.f else None,
+            },
+        )
         return "logits"
 
 
@@ -279,8 +399,11 @@ def full_preprocess(pre: dict[str, Any] | None, config: dict[str, Any]) -> dict[
             values = list(default) if c == len(default) else [sum(default) / len(default)]
         return [float(v) for v in (values * c if len(values) == 1 else values)]
 
-    return {"mean": per_channel(pre.get("mean"), IMAGENET_MEAN), "std": per_channel(pre.get("std"), IMAGENET_STD),
-            "resize": int(pre.get("resize") or math.floor(side / CROP_PCT))}
+    return {
+        "mean": per_channel(pre.get("mean"), IMAGENET_MEAN),
+        "std": per_channel(pre.get("std"), IMAGENET_STD),
+        "resize": int(pre.get("resize") or math.floor(side / CROP_PCT)),
+    }
 
 
 def write_program(program: Program, path: str | Path) -> Path:
@@ -292,8 +415,9 @@ def write_program(program: Program, path: str | Path) -> Path:
     return atomic_write(Path(path), lambda tmp: save_file(program.tensors, str(tmp), metadata=program.file_metadata()))
 
 
-def write_program_file(model: Any, path: str | Path, *, preprocess: dict[str, Any] | None = None,
-                       labels: list[str] | None = None) -> Path:
+def write_program_file(
+    model: Any, path: str | Path, *, preprocess: dict[str, Any] | None = None, labels: list[str] | None = None
+) -> Path:
     """Packs an eval-mode some-fp or binary BHViT (BatchNorm) and writes its version-2 file."""
     from bhvit.engine.packer import extract
 

@@ -94,9 +94,7 @@ def bgemm_dot_ref(a: np.ndarray, b_rows: np.ndarray, k: int) -> np.ndarray:
     return sa @ np.swapaxes(sb, -1, -2)
 
 
-def conv_dot_ref(
-    x_signs: np.ndarray, w_signs: np.ndarray, groups: int, stride: int, pad: int, dil: int
-) -> np.ndarray:
+def conv_dot_ref(x_signs: np.ndarray, w_signs: np.ndarray, groups: int, stride: int, pad: int, dil: int) -> np.ndarray:
     """Grouped conv of +-1 inputs with zero padding (the padded taps contribute 0), integer result.
 
     x_signs: (B, H, W, C) in {-1, +1}; w_signs: (Cout, C/groups, KH, KW) in {-1, +1}.
@@ -154,7 +152,14 @@ def shift_add_ref(out: np.ndarray, x: np.ndarray, kernels: list[int], ls: np.nda
                 s = s + np.roll(x, d, axis) + np.roll(x, -d, axis)
             out = out + ((s / np.float32(k)) * a + b)
         d = k // 2
-        mixed = np.concatenate([np.roll(x[..., :q], d, 1), np.roll(x[..., q : 2 * q], -d, 1),
-                                np.roll(x[..., 2 * q : 3 * q], d, 2), np.roll(x[..., 3 * q :], -d, 2)], axis=-1)
+        mixed = np.concatenate(
+            [
+                np.roll(x[..., :q], d, 1),
+                np.roll(x[..., q : 2 * q], -d, 1),
+                np.roll(x[..., 2 * q : 3 * q], d, 2),
+                np.roll(x[..., 3 * q :], -d, 2),
+            ],
+            axis=-1,
+        )
         out = out + (mixed * ac + bc)
     return out

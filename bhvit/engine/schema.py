@@ -47,10 +47,22 @@ MAX_ATTENTION = 1 << 27  # attention-matrix elements per image and stage, window
 
 # config key -> kind; "optional" keys only matter for training and may be absent
 CONFIG_FIELDS = {
-    "depths": "ints4", "widths": "ints4", "mlp_ratios": "ints4", "num_heads": "ints2",
-    "precision": "str", "attn_quant": "str", "norm": "str",
-    "shift3": "bool", "shift5": "bool", "layerscale": "bool", "aligned_pool": "bool",
-    "num_classes": "int", "in_chans": "int", "img_size": "ints2", "window_size": "int", "norm_eps": "float",
+    "depths": "ints4",
+    "widths": "ints4",
+    "mlp_ratios": "ints4",
+    "num_heads": "ints2",
+    "precision": "str",
+    "attn_quant": "str",
+    "norm": "str",
+    "shift3": "bool",
+    "shift5": "bool",
+    "layerscale": "bool",
+    "aligned_pool": "bool",
+    "num_classes": "int",
+    "in_chans": "int",
+    "img_size": "ints2",
+    "window_size": "int",
+    "norm_eps": "float",
 }
 OPTIONAL_CONFIG_FIELDS = {"drop_path_rate": "float", "recu": "bool"}
 CHOICES = {"precision": BINARY_PRECISIONS, "attn_quant": ATTN_QUANTS, "norm": NORMS}
@@ -96,8 +108,14 @@ def _field(config: Mapping[str, Any], key: str, kind: str) -> None:
         "float": lambda: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
     }[kind]()
     if not ok:
-        want = {"ints4": "a list of 4 integers", "ints2": "a list of 2 integers", "str": "a string",
-                "bool": "true or false", "int": "an integer", "float": "a finite number"}[kind]
+        want = {
+            "ints4": "a list of 4 integers",
+            "ints2": "a list of 2 integers",
+            "str": "a string",
+            "bool": "true or false",
+            "int": "an integer",
+            "float": "a finite number",
+        }[kind]
         raise PackedFormatError(f"config.{key} = {v!r}: expected {want}")
     if key in CHOICES and v not in CHOICES[key]:
         raise PackedFormatError(f"config.{key} = {v!r}: expected one of {list(CHOICES[key])}")
@@ -149,8 +167,9 @@ def _check_structure(config: Mapping[str, Any]) -> None:
     unit = TOTAL_STRIDE * w
     for side in config["img_size"]:
         if side % unit:
-            raise PackedFormatError(f"config.img_size = {config['img_size']}: each side must be a multiple of "
-                                    f"32 * window_size = {unit}")
+            raise PackedFormatError(
+                f"config.img_size = {config['img_size']}: each side must be a multiple of 32 * window_size = {unit}"
+            )
     for stage, h in ((2, heads[0]), (3, heads[1])):
         rows, cols = (side // (STEM_STRIDE * 2**stage) for side in config["img_size"])
         windows = (rows // w) * (cols // w)
@@ -158,7 +177,8 @@ def _check_structure(config: Mapping[str, Any]) -> None:
         if windows * h * length * length > MAX_ATTENTION:
             raise PackedFormatError(
                 f"config.img_size = {config['img_size']} with window_size {w}: stage {stage + 1} attention would "
-                f"need {windows * h * length * length} elements per image (at most {MAX_ATTENTION})")
+                f"need {windows * h * length * length} elements per image (at most {MAX_ATTENTION})"
+            )
 
 
 # ---- the tensor table ----------------------------------------------------------------------------------
@@ -167,9 +187,13 @@ def layout(config: Mapping[str, Any]) -> Layout:
     t = _Table({}, {})
     widths, h, w = config["widths"], *config["img_size"]
     t.norm("stem.norm", widths[0], config)
-    t.floats.update({"stem.proj.weight": (widths[0], config["in_chans"], STEM_STRIDE, STEM_STRIDE),
-                     "stem.proj.bias": (widths[0],),
-                     "stem.pos_embed": (1, widths[0], h // STEM_STRIDE, w // STEM_STRIDE)})
+    t.floats.update(
+        {
+            "stem.proj.weight": (widths[0], config["in_chans"], STEM_STRIDE, STEM_STRIDE),
+            "stem.proj.bias": (widths[0],),
+            "stem.pos_embed": (1, widths[0], h // STEM_STRIDE, w // STEM_STRIDE),
+        }
+    )
     for i, depth in enumerate(config["depths"]):
         size = (h // (STEM_STRIDE * 2**i), w // (STEM_STRIDE * 2**i))
         if i:
@@ -186,10 +210,20 @@ def linear_record(cin: int, cout: int) -> dict[str, Any]:
     return {"kind": "linear", "in": cin, "out": cout, "bias": False}
 
 
-def conv_record(cin: int, cout: int, kernel: int, stride: int, padding: int, dilation: int, groups: int,
-                bias: bool) -> dict[str, Any]:
-    return {"kind": "conv", "in": cin, "out": cout, "kernel": [kernel, kernel], "stride": stride,
-            "padding": padding, "dilation": dilation, "groups": groups, "bias": bias}
+def conv_record(
+    cin: int, cout: int, kernel: int, stride: int, padding: int, dilation: int, groups: int, bias: bool
+) -> dict[str, Any]:
+    return {
+        "kind": "conv",
+        "in": cin,
+        "out": cout,
+        "kernel": [kernel, kernel],
+        "stride": stride,
+        "padding": padding,
+        "dilation": dilation,
+        "groups": groups,
+        "bias": bias,
+    }
 
 
 @dataclass
@@ -319,15 +353,31 @@ def check_layers(layers: Any, expected: Layout) -> None:
             keys = sorted(got) if isinstance(got, dict) else type(got).__name__
             raise PackedFormatError(f"layers[{name!r}]: keys {keys}, expected {sorted(want)}")
         for key, value in want.items():
-            if got[key] != value or type(got[key]) is not type(value) or (
-                    isinstance(value, list) and any(type(x) is not type(y) for x, y in zip(got[key], value))):
+            if (
+                got[key] != value
+                or type(got[key]) is not type(value)
+                or (isinstance(value, list) and any(type(x) is not type(y) for x, y in zip(got[key], value)))
+            ):
                 raise PackedFormatError(f"layers[{name!r}].{key} = {got[key]!r}, expected {value!r}")
 
 
-_DTYPE_NAMES = {np.dtype(t): name for t, name in (
-    (np.float32, "F32"), (np.float64, "F64"), (np.float16, "F16"), (np.uint64, "U64"), (np.int64, "I64"),
-    (np.int32, "I32"), (np.uint32, "U32"), (np.int16, "I16"), (np.uint16, "U16"), (np.int8, "I8"),
-    (np.uint8, "U8"), (np.bool_, "BOOL"))}
+_DTYPE_NAMES = {
+    np.dtype(t): name
+    for t, name in (
+        (np.float32, "F32"),
+        (np.float64, "F64"),
+        (np.float16, "F16"),
+        (np.uint64, "U64"),
+        (np.int64, "I64"),
+        (np.int32, "I32"),
+        (np.uint32, "U32"),
+        (np.int16, "I16"),
+        (np.uint16, "U16"),
+        (np.int8, "I8"),
+        (np.uint8, "U8"),
+        (np.bool_, "BOOL"),
+    )
+}
 
 
 def dtype_name(dtype: np.dtype) -> str:
@@ -350,10 +400,12 @@ def check_preprocess(pre: Any, in_chans: int) -> None:
             continue
         values = pre[key] if isinstance(pre[key], list) else [pre[key]]
         ok = len(values) in (1, in_chans) and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+        )
         if not ok:
-            raise PackedFormatError(f"preprocess.{key} = {pre[key]!r}: expected 1 or in_chans = {in_chans} "
-                                    "finite numbers")
+            raise PackedFormatError(
+                f"preprocess.{key} = {pre[key]!r}: expected 1 or in_chans = {in_chans} finite numbers"
+            )
         if key == "std" and min(values) <= 0:
             raise PackedFormatError(f"preprocess.std = {pre[key]!r}: every value must be > 0")
     if "resize" in pre and not (_is_int(pre["resize"]) and 1 <= pre["resize"] <= MAX_RESIZE):

@@ -3,5 +3,12 @@
 from .bhvit import BHViT, BHViTConfig, build_model, choose_window_size, valid_img_sizes
 from .features import FeatureGetter, FeatureInfo
 
-__all__ = ["BHViT", "BHViTConfig", "FeatureGetter", "FeatureInfo", "build_model", "choose_window_size",
-           "valid_img_sizes"]
+__all__ = [
+    "BHViT",
+    "BHViTConfig",
+    "FeatureGetter",
+    "FeatureInfo",
+    "build_model",
+    "choose_window_size",
+    "valid_img_sizes",
+]

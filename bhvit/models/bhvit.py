@@ -57,8 +57,21 @@ from ..rules import CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, TOKEN_NORM_EPS, pool_
 from .features import FeatureGetter, feature_take_indices
 
 __all__ = [
-    "ATTN_QUANTS", "BINARY_PRECISIONS", "NORMS", "PRECISIONS", "AttnQuant", "BHViT", "BHViTConfig", "Norm", "Precision",
-    "build_model", "choose_window_size", "default_cfgs", "downsample_convs", "pretrained_cfg", "to_img_size",
+    "ATTN_QUANTS",
+    "BINARY_PRECISIONS",
+    "NORMS",
+    "PRECISIONS",
+    "AttnQuant",
+    "BHViT",
+    "BHViTConfig",
+    "Norm",
+    "Precision",
+    "build_model",
+    "choose_window_size",
+    "default_cfgs",
+    "downsample_convs",
+    "pretrained_cfg",
+    "to_img_size",
     "valid_img_sizes",
 ]
 
@@ -306,8 +319,17 @@ class BinaryMLP(nn.Module):
     ``H2 = LS(RPReLU(norm(BLinear_2(H1 + m2)) + AvgPool1d_r(H1)))``, drop-path on ``H2``.
     """
 
-    def __init__(self, dim: int, hidden: int, *, binary: bool, recu: bool, norm_layer: NormLayer,
-                 layerscale: bool, drop_path: float) -> None:
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        *,
+        binary: bool,
+        recu: bool,
+        norm_layer: NormLayer,
+        layerscale: bool,
+        drop_path: float,
+    ) -> None:
         super().__init__()
         if hidden % dim:
             raise ValueError(f"MLP hidden width {hidden} must be a multiple of {dim}")
@@ -328,8 +350,9 @@ class BinaryMLP(nn.Module):
         z = self.fc1(x + self.move1)  # (B, N, rC)
         if self._fused(z):
             w2 = self.fc2.weight_quantizer(self.fc2.weight)
-            y, pooled = norm_residual_rprelu_sign_linear(z.view(b * n, -1), x.reshape(b * n, c), self.norm1,
-                                                         self.act1, self.move2, w2)
+            y, pooled = norm_residual_rprelu_sign_linear(
+                z.view(b * n, -1), x.reshape(b * n, c), self.norm1, self.act1, self.move2, w2
+            )
             out = self.norm2(y.view(b, n, c)) + pooled.view(b, n, c)
             return self.drop_path(self.ls(self.act2(out)))
         h = self.norm1(z)
@@ -342,10 +365,18 @@ class BinaryMLP(nn.Module):
     def _fused(self, z: Tensor) -> bool:
         """The wide middle runs as one Function (training with autograd, batch norm, binary fc2, one dtype):
         the same values, a third less saved memory and fewer passes over the rC-wide maps."""
-        return (fused() and torch.is_grad_enabled() and self.training and isinstance(self.norm1, TokenBatchNorm)
-                and self.norm1.fusable() and isinstance(self.fc2.input_quantizer, SignQuantizer)
-                and self.fc2.weight_quantizer is not None and self.fc2.bias is None and z.is_contiguous()
-                and all(p.dtype == z.dtype for p in (self.norm1.weight, self.act1.move1, self.move2)))
+        return (
+            fused()
+            and torch.is_grad_enabled()
+            and self.training
+            and isinstance(self.norm1, TokenBatchNorm)
+            and self.norm1.fusable()
+            and isinstance(self.fc2.input_quantizer, SignQuantizer)
+            and self.fc2.weight_quantizer is not None
+            and self.fc2.bias is None
+            and z.is_contiguous()
+            and all(p.dtype == z.dtype for p in (self.norm1.weight, self.act1.move1, self.move2))
+        )
 
 
 class MultiScaleConvMixer(nn.Module):
@@ -355,8 +386,16 @@ class MultiScaleConvMixer(nn.Module):
     convolutions, 'same' zero padding after ``sign`` (padded taps contribute 0) and fp biases.
     """
 
-    def __init__(self, dim: int, *, binary: bool, recu: bool, norm_layer: NormLayer,
-                 dilations: tuple[int, ...] = (1, 3, 5), groups: int = 4) -> None:
+    def __init__(
+        self,
+        dim: int,
+        *,
+        binary: bool,
+        recu: bool,
+        norm_layer: NormLayer,
+        dilations: tuple[int, ...] = (1, 3, 5),
+        groups: int = 4,
+    ) -> None:
         super().__init__()
         self.move = nn.Parameter(torch.zeros(dim))
         self.convs = nn.ModuleList(
@@ -431,8 +470,19 @@ class BinaryAttention(nn.Module):
     ``O = p ⊙ windows + (1 − p) ⊙ global``; ``out = LS(RPReLU(norm(BLinear_o(O + mo)) + O))``.
     """
 
-    def __init__(self, dim: int, num_heads: int, *, window: int, aligned_pool: bool, binary: bool, recu: bool,
-                 norm_layer: NormLayer, attn_quantizer: nn.Module | None, layerscale: bool) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        window: int,
+        aligned_pool: bool,
+        binary: bool,
+        recu: bool,
+        norm_layer: NormLayer,
+        attn_quantizer: nn.Module | None,
+        layerscale: bool,
+    ) -> None:
         """``attn_quantizer`` quantizes the attention matrix (None: full precision, as in fp models)."""
         super().__init__()
         self.num_heads = num_heads
@@ -506,13 +556,31 @@ class HybridBlock(nn.Module):
     ``binary``: binarized linears and convolutions (sign of the input, scaled sign of the weights).
     """
 
-    def __init__(self, dim: int, mlp_ratio: int, *, binary: bool, recu: bool, norm_layer: NormLayer,
-                 layerscale: bool, shift3: bool, shift5: bool, drop_path: float) -> None:
+    def __init__(
+        self,
+        dim: int,
+        mlp_ratio: int,
+        *,
+        binary: bool,
+        recu: bool,
+        norm_layer: NormLayer,
+        layerscale: bool,
+        shift3: bool,
+        shift5: bool,
+        drop_path: float,
+    ) -> None:
         super().__init__()
         self.norm1 = norm_layer(dim)
         self.norm2 = norm_layer(dim)
-        self.mlp = BinaryMLP(dim, dim * mlp_ratio, binary=binary, recu=recu, norm_layer=norm_layer,
-                             layerscale=layerscale, drop_path=drop_path)
+        self.mlp = BinaryMLP(
+            dim,
+            dim * mlp_ratio,
+            binary=binary,
+            recu=recu,
+            norm_layer=norm_layer,
+            layerscale=layerscale,
+            drop_path=drop_path,
+        )
         self.shift = ShiftBranches(dim, shift3, shift5)
 
     def token_mixer(self, x: Tensor) -> Tensor:
@@ -529,10 +597,30 @@ class HybridBlock(nn.Module):
 class ConvBlock(HybridBlock):
     """Stage 1–2 block: the token mixer is MSGDC."""
 
-    def __init__(self, dim: int, mlp_ratio: int, *, binary: bool, recu: bool, norm_layer: NormLayer,
-                 layerscale: bool, shift3: bool, shift5: bool, drop_path: float) -> None:
-        super().__init__(dim, mlp_ratio, binary=binary, recu=recu, norm_layer=norm_layer, layerscale=layerscale,
-                         shift3=shift3, shift5=shift5, drop_path=drop_path)
+    def __init__(
+        self,
+        dim: int,
+        mlp_ratio: int,
+        *,
+        binary: bool,
+        recu: bool,
+        norm_layer: NormLayer,
+        layerscale: bool,
+        shift3: bool,
+        shift5: bool,
+        drop_path: float,
+    ) -> None:
+        super().__init__(
+            dim,
+            mlp_ratio,
+            binary=binary,
+            recu=recu,
+            norm_layer=norm_layer,
+            layerscale=layerscale,
+            shift3=shift3,
+            shift5=shift5,
+            drop_path=drop_path,
+        )
         self.mixer = MultiScaleConvMixer(dim, binary=binary, recu=recu, norm_layer=norm_layer)
 
     def token_mixer(self, x: Tensor) -> Tensor:
@@ -545,14 +633,45 @@ class AttentionBlock(HybridBlock):
     ``attn_quantizer`` quantizes the attention matrix (None: full precision).
     """
 
-    def __init__(self, dim: int, mlp_ratio: int, num_heads: int, *, window: int, aligned_pool: bool,
-                 attn_quantizer: nn.Module | None, binary: bool, recu: bool, norm_layer: NormLayer,
-                 layerscale: bool, shift3: bool, shift5: bool, drop_path: float) -> None:
-        super().__init__(dim, mlp_ratio, binary=binary, recu=recu, norm_layer=norm_layer, layerscale=layerscale,
-                         shift3=shift3, shift5=shift5, drop_path=drop_path)
-        self.attn = BinaryAttention(dim, num_heads, window=window, aligned_pool=aligned_pool, binary=binary,
-                                    recu=recu, norm_layer=norm_layer, attn_quantizer=attn_quantizer,
-                                    layerscale=layerscale)
+    def __init__(
+        self,
+        dim: int,
+        mlp_ratio: int,
+        num_heads: int,
+        *,
+        window: int,
+        aligned_pool: bool,
+        attn_quantizer: nn.Module | None,
+        binary: bool,
+        recu: bool,
+        norm_layer: NormLayer,
+        layerscale: bool,
+        shift3: bool,
+        shift5: bool,
+        drop_path: float,
+    ) -> None:
+        super().__init__(
+            dim,
+            mlp_ratio,
+            binary=binary,
+            recu=recu,
+            norm_layer=norm_layer,
+            layerscale=layerscale,
+            shift3=shift3,
+            shift5=shift5,
+            drop_path=drop_path,
+        )
+        self.attn = BinaryAttention(
+            dim,
+            num_heads,
+            window=window,
+            aligned_pool=aligned_pool,
+            binary=binary,
+            recu=recu,
+            norm_layer=norm_layer,
+            attn_quantizer=attn_quantizer,
+            layerscale=layerscale,
+        )
 
     def token_mixer(self, x: Tensor) -> Tensor:
         return self.attn(x)
@@ -567,8 +686,9 @@ class Downsample(nn.Module):
     through :func:`downsample_convs` (the authors' ``L_re`` skips them).
     """
 
-    def __init__(self, cin: int, cout: int, out_hw: tuple[int, int], *, binary: bool, recu: bool,
-                 norm_layer: NormLayer) -> None:
+    def __init__(
+        self, cin: int, cout: int, out_hw: tuple[int, int], *, binary: bool, recu: bool, norm_layer: NormLayer
+    ) -> None:
         super().__init__()
         self.binary = binary
         self.norm_in = norm_layer(cin)
@@ -665,22 +785,36 @@ class BHViT(nn.Module):
     @staticmethod
     def _downsample(cfg: BHViTConfig, stage: int, norm_layer: NormLayer) -> Downsample:
         """The downsampling into ``stage`` (1–3): binary only in ``binary`` models (SPEC §1)."""
-        return Downsample(cfg.widths[stage - 1], cfg.widths[stage], cfg.stage_sizes[stage],
-                          binary=cfg.precision == "binary", recu=cfg.recu, norm_layer=norm_layer)
+        return Downsample(
+            cfg.widths[stage - 1],
+            cfg.widths[stage],
+            cfg.stage_sizes[stage],
+            binary=cfg.precision == "binary",
+            recu=cfg.recu,
+            norm_layer=norm_layer,
+        )
 
     @staticmethod
     def _block(cfg: BHViTConfig, stage: int, norm_layer: NormLayer, drop_path: float) -> HybridBlock:
         """A block of ``stage`` (0–3): MSGDC in stages 0–1, MSMHA in 2–3; binary unless ``fp``."""
         binary = cfg.precision != "fp"
-        common = {"binary": binary, "recu": cfg.recu, "norm_layer": norm_layer, "layerscale": cfg.layerscale,
-                  "shift3": cfg.shift3, "shift5": cfg.shift5, "drop_path": drop_path}
+        common = {
+            "binary": binary,
+            "recu": cfg.recu,
+            "norm_layer": norm_layer,
+            "layerscale": cfg.layerscale,
+            "shift3": cfg.shift3,
+            "shift5": cfg.shift5,
+            "drop_path": drop_path,
+        }
         dim, ratio = cfg.widths[stage], cfg.mlp_ratios[stage]
         if stage < 2:
             return ConvBlock(dim, ratio, **common)
         heads = cfg.num_heads[stage - 2]
         quantizer = get_quantizer(cfg.attn_quant, heads) if binary else None
-        return AttentionBlock(dim, ratio, heads, window=cfg.window_size, aligned_pool=cfg.aligned_pool,
-                              attn_quantizer=quantizer, **common)
+        return AttentionBlock(
+            dim, ratio, heads, window=cfg.window_size, aligned_pool=cfg.aligned_pool, attn_quantizer=quantizer, **common
+        )
 
     # -------------------------------------------------------------------- timm's contract
     @property
@@ -704,8 +838,9 @@ class BHViT(nn.Module):
         model. BHViT pools by the mean of the tokens only: ``global_pool`` may be ``None`` or ``"avg"``.
         """
         if global_pool not in (None, "avg"):
-            raise ValueError(f"BHViT pools the mean of its tokens: global_pool must be 'avg' or None, "
-                             f"got {global_pool!r}")
+            raise ValueError(
+                f"BHViT pools the mean of its tokens: global_pool must be 'avg' or None, got {global_pool!r}"
+            )
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"num_classes must be an int >= 0 (0: no classifier), got {num_classes!r}")
         ref = self.stem.proj.weight  # new layers take the model's device and dtype
@@ -812,8 +947,9 @@ class BHViT(nn.Module):
             return intermediates
         return self.norm(x.flatten(1, 2)), intermediates
 
-    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> list[int]:
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
         """Drop the stages after the last of ``indices`` (and the norm, head if asked): a backbone.
 
         Returns the stage indices taken, non-negative. The model then only serves
@@ -859,8 +995,15 @@ def build_model(config: BHViTConfig | dict[str, Any]) -> BHViT:
 # =============================================================================================
 TINY = BHViTConfig(depths=(2, 2, 6, 2))
 SMALL = BHViTConfig(depths=(3, 4, 8, 4))
-TEST = BHViTConfig(depths=(1, 1, 1, 1), widths=(16, 32, 64, 128), mlp_ratios=(2, 2, 2, 2), num_heads=(2, 4),
-                   num_classes=10, img_size=(32, 32), window_size=1)
+TEST = BHViTConfig(
+    depths=(1, 1, 1, 1),
+    widths=(16, 32, 64, 128),
+    mlp_ratios=(2, 2, 2, 2),
+    num_heads=(2, 4),
+    num_classes=10,
+    img_size=(32, 32),
+    window_size=1,
+)
 VARIANTS = {"bhvit_tiny": TINY, "bhvit_small": SMALL, "bhvit_test": TEST}
 
 # timm's name for the per-variant input metadata; timm's registry reads it from this module
@@ -878,8 +1021,10 @@ def _create(name: str, pretrained: bool, options: dict[str, Any]) -> nn.Module:
     ``pretrained_cfg_overlay`` (or a ``pretrained_cfg`` dict) replaces fields of the input metadata.
     """
     if pretrained:
-        raise ValueError(f"{name} has no downloadable weights; load the authors' checkpoint with "
-                         "bhvit.load_upstream(path) or one of ours with bhvit.load_model(path)")
+        raise ValueError(
+            f"{name} has no downloadable weights; load the authors' checkpoint with "
+            "bhvit.load_upstream(path) or one of ours with bhvit.load_model(path)"
+        )
     base = VARIANTS[name]
     fields = set(base.__dataclass_fields__)
     unknown = sorted(set(options) - fields - set(_BUILD_OPTIONS))

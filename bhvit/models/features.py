@@ -77,8 +77,9 @@ class FeatureGetter(nn.Module):
     under the ``model.`` prefix.
     """
 
-    def __init__(self, model: nn.Module, out_indices: int | Sequence[int] = (0, 1, 2, 3),
-                 output_fmt: str = "NCHW") -> None:
+    def __init__(
+        self, model: nn.Module, out_indices: int | Sequence[int] = (0, 1, 2, 3), output_fmt: str = "NCHW"
+    ) -> None:
         super().__init__()
         info = list(model.feature_info)
         take = model.prune_intermediate_layers(out_indices, prune_norm=True, prune_head=True)
@@ -88,5 +89,6 @@ class FeatureGetter(nn.Module):
         self.feature_info = FeatureInfo(info, take)
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        return self.model.forward_intermediates(x, indices=self.out_indices, output_fmt=self.output_fmt,
-                                                intermediates_only=True)
+        return self.model.forward_intermediates(
+            x, indices=self.out_indices, output_fmt=self.output_fmt, intermediates_only=True
+        )

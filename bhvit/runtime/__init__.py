@@ -25,8 +25,17 @@ import numpy as np
 
 from bhvit.runtime.errors import PackedFormatError
 
-__all__ = ["Model", "PackedFormatError", "available", "get_num_threads", "isa", "load", "load_bytes", "set_isa",
-           "set_num_threads"]
+__all__ = [
+    "Model",
+    "PackedFormatError",
+    "available",
+    "get_num_threads",
+    "isa",
+    "load",
+    "load_bytes",
+    "set_isa",
+    "set_num_threads",
+]
 
 ERR_LEN = 1024
 _lib_handle: ctypes.CDLL | None = None
@@ -40,8 +49,10 @@ def _library() -> ctypes.CDLL:
 
         path = library_path()
         if not Path(path).is_file():
-            raise OSError(f"the native runtime library is missing ({path}); build it with `bash scripts/setup.sh` "
-                                "or `pip install -e .` (needs a C++ compiler), or set BHVIT_RUNTIME_LIB")
+            raise OSError(
+                f"the native runtime library is missing ({path}); build it with `bash scripts/setup.sh` "
+                "or `pip install -e .` (needs a C++ compiler), or set BHVIT_RUNTIME_LIB"
+            )
         _lib_handle = _declare(ctypes.CDLL(str(path)))
     return _lib_handle
 
@@ -119,8 +130,10 @@ class Model:
             x = x[None]
         if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape or x.shape[0] < 1:
             c, h, w = self.input_shape
-            raise ValueError(f"expected images of shape (B, {c}, {h}, {w}) with B >= 1, got {tuple(np.shape(images))}; "
-                                f"resize the input to {h}x{w} (this packed model's input size)")
+            raise ValueError(
+                f"expected images of shape (B, {c}, {h}, {w}) with B >= 1, got {tuple(np.shape(images))}; "
+                f"resize the input to {h}x{w} (this packed model's input size)"
+            )
         if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
             raise ValueError(f"expected real-valued images, got dtype {x.dtype}")
         if x.shape[0] > np.iinfo(np.int32).max:
@@ -129,8 +142,12 @@ class Model:
         out = np.empty((x.shape[0], self.num_classes), dtype=np.float32)
         err = ctypes.create_string_buffer(ERR_LEN)
         f32p = ctypes.POINTER(ctypes.c_float)
-        _check(_library().bhvit_run(self._handle, x.ctypes.data_as(f32p), x.shape[0], out.ctypes.data_as(f32p), err,
-                                    ERR_LEN), err)
+        _check(
+            _library().bhvit_run(
+                self._handle, x.ctypes.data_as(f32p), x.shape[0], out.ctypes.data_as(f32p), err, ERR_LEN
+            ),
+            err,
+        )
         return out
 
     __call__ = run

@@ -16,15 +16,24 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["LIBRARY_ENV", "RuntimeLibraryError", "compile_flags", "find_library", "include_dir", "library_path",
-           "link_flags"]
+__all__ = [
+    "LIBRARY_ENV",
+    "RuntimeLibraryError",
+    "compile_flags",
+    "find_library",
+    "include_dir",
+    "library_path",
+    "link_flags",
+]
 
 LIBRARY_ENV = "BHVIT_RUNTIME_LIB"
 HEADER = "bhvit_runtime.h"
 LIBRARY = "libbhvit_runtime.dylib" if sys.platform == "darwin" else "libbhvit_runtime.so"
 _PACKAGE = Path(__file__).resolve().parent
-_BUILD_HINT = ("run `pip install -e .` from the repository root (needs a C++17 compiler), or build it with "
-               f"`cmake -S runtime -B build && cmake --build build` and set {LIBRARY_ENV}=build/{LIBRARY}")
+_BUILD_HINT = (
+    "run `pip install -e .` from the repository root (needs a C++17 compiler), or build it with "
+    f"`cmake -S runtime -B build && cmake --build build` and set {LIBRARY_ENV}=build/{LIBRARY}"
+)
 
 
 class RuntimeLibraryError(FileNotFoundError):
@@ -36,8 +45,10 @@ def include_dir() -> Path:
     for folder in (_PACKAGE / "include", _PACKAGE.parents[1] / "runtime" / "include"):
         if (folder / HEADER).is_file():
             return folder
-    raise RuntimeLibraryError(f"{HEADER} is not installed with bhvit (looked in {_PACKAGE / 'include'}); "
-                              "reinstall bhvit with `pip install .` or use a checkout's runtime/include")
+    raise RuntimeLibraryError(
+        f"{HEADER} is not installed with bhvit (looked in {_PACKAGE / 'include'}); "
+        "reinstall bhvit with `pip install .` or use a checkout's runtime/include"
+    )
 
 
 def library_path() -> Path:
@@ -53,8 +64,9 @@ def find_library() -> Path:
     if path.is_file():
         return path
     if os.environ.get(LIBRARY_ENV):
-        raise RuntimeLibraryError(f"{LIBRARY_ENV}={os.environ[LIBRARY_ENV]!r} is not a file; point it at a built "
-                                  f"{LIBRARY} or unset it")
+        raise RuntimeLibraryError(
+            f"{LIBRARY_ENV}={os.environ[LIBRARY_ENV]!r} is not a file; point it at a built {LIBRARY} or unset it"
+        )
     raise RuntimeLibraryError(f"the native runtime {LIBRARY} is not built (no {path}); {_BUILD_HINT}")
 
 

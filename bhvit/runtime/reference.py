@@ -107,8 +107,12 @@ def shift_add(out: np.ndarray, x: np.ndarray, op: dict[str, Any], t: dict[str, n
             out = out + ((s / F32(k)) * scales[i, 0] + scales[i, 1])
             i += 1
         q, sh = x.shape[-1] // 4, k // 2
-        parts = [np.roll(x[..., :q], sh, 1), np.roll(x[..., q : 2 * q], -sh, 1), np.roll(x[..., 2 * q : 3 * q], sh, 2),
-                 np.roll(x[..., 3 * q :], -sh, 2)]
+        parts = [
+            np.roll(x[..., :q], sh, 1),
+            np.roll(x[..., q : 2 * q], -sh, 1),
+            np.roll(x[..., 2 * q : 3 * q], sh, 2),
+            np.roll(x[..., 3 * q :], -sh, 2),
+        ]
         out = out + (np.concatenate(parts, axis=-1) * scales[i, 0] + scales[i, 1])
         i += 1
     return out.astype(F32)
@@ -204,8 +208,9 @@ def step(op: dict[str, Any], regs: dict[str, np.ndarray], t: dict[str, np.ndarra
     elif kind == "avg_pool":
         k = int(op["kernel"])
         b, h, wd, c = src.shape
-        regs[op["out"]] = (src[:, : h // k * k, : wd // k * k].reshape(b, h // k, k, wd // k, k, c).sum(axis=(2, 4))
-                           / F32(k * k)).astype(F32)
+        regs[op["out"]] = (
+            src[:, : h // k * k, : wd // k * k].reshape(b, h // k, k, wd // k, k, c).sum(axis=(2, 4)) / F32(k * k)
+        ).astype(F32)
     elif kind in ("bconv", "blinear"):
         dot = bconv(src, op, t) if kind == "bconv" else src @ unpack(t[op["weight"]], int(op["in_features"])).T
         z = transform(dot, {**op, "post": None if op.get("pack") else op.get("post")}, t, regs)

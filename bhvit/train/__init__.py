@@ -17,6 +17,14 @@ from bhvit.train.config import (
 from bhvit.train.loop import NonFiniteLossError, evaluate_checkpoint, train
 
 __all__ = [
-    "LossConfig", "ModelSpec", "NonFiniteLossError", "OptimConfig", "RunConfig", "TrainConfig",
-    "choose_window_size", "evaluate_checkpoint", "load_recipe", "train",
+    "LossConfig",
+    "ModelSpec",
+    "NonFiniteLossError",
+    "OptimConfig",
+    "RunConfig",
+    "TrainConfig",
+    "choose_window_size",
+    "evaluate_checkpoint",
+    "load_recipe",
+    "train",
 ]

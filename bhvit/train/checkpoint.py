@@ -40,8 +40,10 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     no code from pickles); :class:`CheckpointError` when it cannot be read or is not one."""
     ckpt = safe_torch_load(path, map_location=map_location)
     if not isinstance(ckpt, dict) or "model" not in ckpt or not isinstance(ckpt.get("model_config"), dict):
-        raise CheckpointError(f"{path}: not a bhvit training checkpoint (needs 'model' and 'model_config'); "
-                              "a model file (.safetensors, the authors' .pth) works with bhvit predict / pack")
+        raise CheckpointError(
+            f"{path}: not a bhvit training checkpoint (needs 'model' and 'model_config'); "
+            "a model file (.safetensors, the authors' .pth) works with bhvit predict / pack"
+        )
     return ckpt
 
 

@@ -175,10 +175,12 @@ class TrainConfig:
 
     def replace(self, **tables: dict[str, Any]) -> TrainConfig:
         """A copy with some fields of some tables replaced: ``cfg.replace(run={"epochs": 2})``."""
-        return TrainConfig(**{
-            f.name: dataclasses.replace(getattr(self, f.name), **tables.get(f.name, {}))
-            for f in dataclasses.fields(self)
-        })
+        return TrainConfig(
+            **{
+                f.name: dataclasses.replace(getattr(self, f.name), **tables.get(f.name, {}))
+                for f in dataclasses.fields(self)
+            }
+        )
 
 
 def _build(cls: type, values: dict[str, Any]) -> Any:
@@ -243,7 +245,8 @@ def no_recipe_defaults(given: dict[str, Any]) -> dict[str, Any]:
     name = given.get("data.name", DataConfig.name)
     fine_tuning = bool(given.get("model.init_from") and not given.get("loss.teacher"))
     rules = {
-        "data.batch_size": 32, "data.augment": "none" if epochs < LONG_RUN_EPOCHS else "auto",
+        "data.batch_size": 32,
+        "data.augment": "none" if epochs < LONG_RUN_EPOCHS else "auto",
         "optim.lr": _no_recipe_lr(epochs, precision, fine_tuning),
         "optim.scale_lr": False,
         "optim.warmup_epochs": min(5.0, max(0.2, 0.05 * epochs)),
@@ -272,6 +275,14 @@ def scaled_lr(optim: OptimConfig, global_batch: int) -> float:
 
 
 __all__ = [
-    "LossConfig", "ModelSpec", "OptimConfig", "RunConfig", "TrainConfig", "choose_window_size",
-    "load_recipe", "no_recipe_defaults", "scaled_lr", "steps_per_epoch",
+    "LossConfig",
+    "ModelSpec",
+    "OptimConfig",
+    "RunConfig",
+    "TrainConfig",
+    "choose_window_size",
+    "load_recipe",
+    "no_recipe_defaults",
+    "scaled_lr",
+    "steps_per_epoch",
 ]

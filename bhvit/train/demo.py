@@ -72,8 +72,9 @@ PRESETS = {
 }
 
 
-def stage_config(demo: DemoConfig, precision: str, teacher: str | None, init: str | None = None,
-                 stage: str | None = None) -> TrainConfig:
+def stage_config(
+    demo: DemoConfig, precision: str, teacher: str | None, init: str | None = None, stage: str | None = None
+) -> TrainConfig:
     """The TrainConfig of one demo stage: a student of ``teacher`` initialised from ``init`` (default: the
     teacher), or with ``teacher`` None an fp stage: the teacher, or the students' init when ``stage`` is
     ``"fp_init"``."""
@@ -82,15 +83,30 @@ def stage_config(demo: DemoConfig, precision: str, teacher: str | None, init: st
     augment = demo.augment if student or is_init else (demo.teacher_augment or demo.augment)
     epochs = demo.student_epochs if student else (demo.init_epochs if is_init else demo.teacher_epochs)
     return TrainConfig(
-        data=DataConfig(name=demo.data, root=demo.data_root, img_size=demo.img_size, batch_size=demo.batch_size,
-                        augment=augment),
-        model=ModelSpec(arch=demo.arch, precision=precision, overrides=dict(demo.overrides),
-                        init_from=(init or teacher) if student else None),
+        data=DataConfig(
+            name=demo.data, root=demo.data_root, img_size=demo.img_size, batch_size=demo.batch_size, augment=augment
+        ),
+        model=ModelSpec(
+            arch=demo.arch,
+            precision=precision,
+            overrides=dict(demo.overrides),
+            init_from=(init or teacher) if student else None,
+        ),
         loss=LossConfig(mode="paper", teacher=teacher) if student else LossConfig(mode="ce", reg_weight=0.0),
-        optim=OptimConfig(lr=demo.student_lr if student else demo.teacher_lr, scale_lr=False,
-                          weight_decay=0.0 if student else 0.05, warmup_epochs=demo.warmup_epochs),
-        run=RunConfig(epochs=epochs, out_dir=str(Path(demo.out_dir) / (stage or precision)), seed=demo.seed,
-                      threads=demo.threads, log_every=50, flip_every=25),
+        optim=OptimConfig(
+            lr=demo.student_lr if student else demo.teacher_lr,
+            scale_lr=False,
+            weight_decay=0.0 if student else 0.05,
+            warmup_epochs=demo.warmup_epochs,
+        ),
+        run=RunConfig(
+            epochs=epochs,
+            out_dir=str(Path(demo.out_dir) / (stage or precision)),
+            seed=demo.seed,
+            threads=demo.threads,
+            log_every=50,
+            flip_every=25,
+        ),
     )
 
 

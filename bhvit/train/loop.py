@@ -112,16 +112,32 @@ def build_student(cfg: TrainConfig, data: DataBundle) -> nn.Module:
     spec = cfg.model
     window = spec.window_size or choose_window_size(cfg.data.img_size)
     return bhvit.create_model(
-        spec.arch, precision=spec.precision, attn_quant=spec.attn_quant, num_classes=data.num_classes,
-        in_chans=data.in_chans, img_size=cfg.data.img_size, window_size=window, norm=spec.norm,
-        drop_path_rate=spec.drop_path_rate, recu=spec.recu, **spec.overrides,
+        spec.arch,
+        precision=spec.precision,
+        attn_quant=spec.attn_quant,
+        num_classes=data.num_classes,
+        in_chans=data.in_chans,
+        img_size=cfg.data.img_size,
+        window_size=window,
+        norm=spec.norm,
+        drop_path_rate=spec.drop_path_rate,
+        recu=spec.recu,
+        **spec.overrides,
     )
 
 
 # BHViTConfig fields an --init-from checkpoint may differ in: they change the quantizers (and the
 # tensors only a quantizer has), regularisation, the classifier head, or no tensor at all.
-INIT_FREE_FIELDS = ("precision", "attn_quant", "recu", "drop_path_rate", "norm_eps", "num_classes", "img_size",
-                    "window_size")
+INIT_FREE_FIELDS = (
+    "precision",
+    "attn_quant",
+    "recu",
+    "drop_path_rate",
+    "norm_eps",
+    "num_classes",
+    "img_size",
+    "window_size",
+)
 HEAD_PREFIX = "head."  # the classifier: BHViT.head
 
 
@@ -155,8 +171,9 @@ def _first(names: tuple[str, ...] | list[str], n: int = 4) -> str:
     return ", ".join(names[:n]) + (f", … ({len(names) - n} more)" if len(names) > n else "")
 
 
-def match_init(own: dict[str, Tensor], source: dict[str, Tensor], path: str,
-               quantizers_differ: bool) -> tuple[InitReport, list[str]]:
+def match_init(
+    own: dict[str, Tensor], source: dict[str, Tensor], path: str, quantizers_differ: bool
+) -> tuple[InitReport, list[str]]:
     """Sort the tensors of ``source`` for copying into a model whose state dict is ``own``.
 
     Returns the report and the differences that make ``source`` another architecture (empty when
@@ -213,7 +230,8 @@ def init_from_checkpoint(model: nn.Module, path: str) -> InitReport:
         raise InitMismatchError(
             f"--init-from {printable(path)}: another architecture{what}: {len(report.copied)} of the model's "
             f"{len(own)} tensors match the checkpoint's by name and shape{shapes}. Only precision, quantizers, "
-            "the input size and the classifier head may differ")
+            "the input size and the classifier head may differ"
+        )
     model.load_state_dict({k: src_state[k] for k in report.copied}, strict=False)
     return report
 
@@ -265,11 +283,15 @@ def build(cfg: TrainConfig) -> Components:
         )
     if cfg.run.compile:  # static shapes: dynamic ones recompile per stage and hit inductor bugs (torch 2.13)
         wrapped = torch.compile(wrapped, dynamic=False)
-    teacher = (load_teacher(cfg.loss.teacher, data.num_classes, device, data_stats=(data.mean, data.std))
-               if cfg.loss.teacher else None)
+    teacher = (
+        load_teacher(cfg.loss.teacher, data.num_classes, device, data_stats=(data.mean, data.std))
+        if cfg.loss.teacher
+        else None
+    )
     lr = scaled_lr(cfg.optim, cfg.data.batch_size)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=lr, betas=cfg.optim.betas,
-                                  eps=cfg.optim.eps)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg.optim.weight_decay), lr=lr, betas=cfg.optim.betas, eps=cfg.optim.eps
+    )
     per_epoch = steps_per_epoch(len(data.train), cfg.data.batch_size)
     total = cfg.run.epochs * per_epoch
     if cfg.run.max_steps is not None:
@@ -277,8 +299,23 @@ def build(cfg: TrainConfig) -> Components:
     scheduler = build_scheduler(optimizer, total, round(cfg.optim.warmup_epochs * per_epoch), lr, cfg.optim.min_lr)
     amp_dtype, scaler = amp_setup(cfg.run.amp, device)
     ema = ModelEMA(model, cfg.run.ema_decay) if cfg.run.ema_decay else None
-    return Components(cfg, info, device, data, model, wrapped, teacher, optimizer, scheduler, scaler,
-                      amp_dtype, ema, total, per_epoch, init)
+    return Components(
+        cfg,
+        info,
+        device,
+        data,
+        model,
+        wrapped,
+        teacher,
+        optimizer,
+        scheduler,
+        scaler,
+        amp_dtype,
+        ema,
+        total,
+        per_epoch,
+        init,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,10 +412,13 @@ def evaluate_checkpoint(
         model.load_state_dict(ema)
     data = build_datasets(data_cfg)
     if data.num_classes != model.config.num_classes or data.in_chans != model.config.in_chans:
-        raise ValueError(f"{path}: model has {model.config.num_classes} classes / {model.config.in_chans} channels, "
-                         f"data {data.name} has {data.num_classes} / {data.in_chans}")
-    loader = torch.utils.data.DataLoader(data.test, batch_size=data_cfg.eval_batch_size,
-                                         num_workers=data_cfg.num_workers)
+        raise ValueError(
+            f"{path}: model has {model.config.num_classes} classes / {model.config.in_chans} channels, "
+            f"data {data.name} has {data.num_classes} / {data.in_chans}"
+        )
+    loader = torch.utils.data.DataLoader(
+        data.test, batch_size=data_cfg.eval_batch_size, num_workers=data_cfg.num_workers
+    )
     start = time.time()
     metrics = evaluate(model.to(dev), loader, data, dev)
     return metrics | {"checkpoint": str(path), "dataset": data.name, "eval_time_s": round(time.time() - start, 2)}
@@ -391,8 +431,12 @@ def make_loaders(c: Components) -> tuple[torch.utils.data.DataLoader, TrainSampl
     pin = c.device.type == "cuda"
     # A private generator: a DataLoader iterator otherwise draws its base seed from the global RNG,
     # which would shift the drop-path stream between a resumed and an uninterrupted run.
-    common = {"num_workers": dc.num_workers, "pin_memory": pin, "persistent_workers": False,
-              "generator": torch.Generator().manual_seed(c.cfg.run.seed)}
+    common = {
+        "num_workers": dc.num_workers,
+        "pin_memory": pin,
+        "persistent_workers": False,
+        "generator": torch.Generator().manual_seed(c.cfg.run.seed),
+    }
     train = torch.utils.data.DataLoader(c.data.train, batch_size=per_rank, sampler=sampler, drop_last=True, **common)
     test = torch.utils.data.DataLoader(
         c.data.test, batch_size=dc.eval_batch_size, sampler=EvalSampler(len(c.data.test), info), **common
@@ -415,22 +459,27 @@ def save_checkpoint(c: Components, state: TrainState, metrics: dict[str, Any] | 
     """
     path = checkpoint_path(c.cfg)
     if c.info.is_main:
-        ckpt_io.atomic_save({
-            "format": ckpt_io.FORMAT,
-            "model_config": c.model.config.to_dict(),
-            "model": c.model.state_dict(),
-            "optimizer": c.optimizer.state_dict(),
-            "scheduler": c.scheduler.state_dict(),
-            "scaler": c.scaler.state_dict() if c.scaler is not None else None,
-            "ema": c.ema.state_dict() if c.ema is not None else None,
-            "rng": ckpt_io.rng_state(),
-            "step": state.step, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
-            "train_time": state.train_time,
-            "history": json.dumps(state.history),
-            "train_config": json.dumps(c.cfg.to_dict()),
-            "metrics": json.dumps(metrics or {}),
-            "pending_eval": json.dumps(state.pending),
-        }, path)
+        ckpt_io.atomic_save(
+            {
+                "format": ckpt_io.FORMAT,
+                "model_config": c.model.config.to_dict(),
+                "model": c.model.state_dict(),
+                "optimizer": c.optimizer.state_dict(),
+                "scheduler": c.scheduler.state_dict(),
+                "scaler": c.scaler.state_dict() if c.scaler is not None else None,
+                "ema": c.ema.state_dict() if c.ema is not None else None,
+                "rng": ckpt_io.rng_state(),
+                "step": state.step,
+                "epoch": state.epoch,
+                "step_in_epoch": state.step_in_epoch,
+                "train_time": state.train_time,
+                "history": json.dumps(state.history),
+                "train_config": json.dumps(c.cfg.to_dict()),
+                "metrics": json.dumps(metrics or {}),
+                "pending_eval": json.dumps(state.pending),
+            },
+            path,
+        )
     barrier(c.info)
     return path
 
@@ -448,8 +497,7 @@ def restore(c: Components, path: str) -> TrainState:
     ckpt_io.set_rng_state({k: (v.cpu() if isinstance(v, Tensor) else v) for k, v in ck["rng"].items()})
     history = json.loads(ck.get("history", "[]"))
     pending = json.loads(ck.get("pending_eval", "null"))
-    return TrainState(ck["step"], ck["epoch"], ck["step_in_epoch"], history, float(ck.get("train_time", 0.0)),
-                      pending)
+    return TrainState(ck["step"], ck["epoch"], ck["step_in_epoch"], history, float(ck.get("train_time", 0.0)), pending)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -466,8 +514,10 @@ def _nan_message(state: TrainState, values: dict[str, float], c: Components) -> 
     path = checkpoint_path(c.cfg)
     last = f"the last good checkpoint is {path}" if path.is_file() else "no checkpoint was written yet"
     terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items() if k != "correct")
-    return (f"non-finite loss at step {state.step + 1} (epoch {state.epoch}): {terms}. Training stopped "
-            f"before the update; {last} (untouched). Try a lower lr, --clip-grad, or amp off.")
+    return (
+        f"non-finite loss at step {state.step + 1} (epoch {state.epoch}): {terms}. Training stopped "
+        f"before the update; {last} (untouched). Try a lower lr, --clip-grad, or amp off."
+    )
 
 
 def run_epoch(c: Components, state: TrainState, loader, sampler, logger: JsonlLogger) -> tuple[dict[str, float], str]:
@@ -505,8 +555,13 @@ def run_epoch(c: Components, state: TrainState, loader, sampler, logger: JsonlLo
                 out["flip_ratio"] = ratio
             if state.step % cfg.run.log_every == 0 or "flip_ratio" in out:
                 lr = c.optimizer.param_groups[0]["lr"]
-                logger.log("step", step=state.step, epoch=state.epoch, lr=lr,
-                           **{k: v for k, v in out.items() if k != "correct"})
+                logger.log(
+                    "step",
+                    step=state.step,
+                    epoch=state.epoch,
+                    lr=lr,
+                    **{k: v for k, v in out.items() if k != "correct"},
+                )
             bar.update(state.step_in_epoch, loss=out["loss"])
             if cfg.run.ckpt_every and state.step % cfg.run.ckpt_every == 0:
                 state.train_time += time.time() - start
@@ -530,13 +585,24 @@ def write_summary(c: Components, state: TrainState, metrics: dict[str, float], e
     """``summary.json``: the final test accuracy and what produced it (rank 0 writes)."""
     cfg = c.cfg
     summary = {
-        "test_acc1": metrics.get("acc1"), "test_acc5": metrics.get("acc5"), "test_loss": metrics.get("loss"),
-        "test_images": metrics.get("n"), "epochs": state.epoch, "steps": state.step,
-        "arch": cfg.model.arch, "precision": cfg.model.precision, "dataset": c.data.name,
-        "img_size": cfg.data.img_size, "window_size": c.model.config.window_size,
+        "test_acc1": metrics.get("acc1"),
+        "test_acc5": metrics.get("acc5"),
+        "test_loss": metrics.get("loss"),
+        "test_images": metrics.get("n"),
+        "epochs": state.epoch,
+        "steps": state.step,
+        "arch": cfg.model.arch,
+        "precision": cfg.model.precision,
+        "dataset": c.data.name,
+        "img_size": cfg.data.img_size,
+        "window_size": c.model.config.window_size,
         "params": sum(p.numel() for p in c.model.parameters()),
-        "checkpoint": str(checkpoint_path(cfg).resolve()), "train_time_s": round(state.train_time, 2),
-        "world_size": c.info.world_size, "teacher": cfg.loss.teacher, "loss_mode": cfg.loss.mode, **extra,
+        "checkpoint": str(checkpoint_path(cfg).resolve()),
+        "train_time_s": round(state.train_time, 2),
+        "world_size": c.info.world_size,
+        "teacher": cfg.loss.teacher,
+        "loss_mode": cfg.loss.mode,
+        **extra,
     }
     if c.info.is_main:
         _write_json(Path(cfg.run.out_dir) / "summary.json", summary)
@@ -591,21 +657,32 @@ def open_run_dir(c: Components, state: TrainState) -> JsonlLogger:
         return JsonlLogger(None)
     out_dir = Path(cfg.run.out_dir)
     if stale := remove_stale_temporaries(out_dir):
-        _note(c, f"removed {len(stale)} temporary file(s) left by an interrupted run: "
-                 f"{', '.join(printable(p.name) for p in stale)}")
+        _note(
+            c,
+            f"removed {len(stale)} temporary file(s) left by an interrupted run: "
+            f"{', '.join(printable(p.name) for p in stale)}",
+        )
     if cfg.run.resume and (dropped := trim_resumed_log(out_dir / "log.jsonl", state)):
         _note(c, f"dropped {dropped} log.jsonl record(s) written after the checkpoint's step {state.step}")
     logger = JsonlLogger(out_dir / "log.jsonl", append=bool(cfg.run.resume))
     _write_json(out_dir / "config.json", cfg.to_dict())
     if c.init is not None and not cfg.run.resume:
         _note(c, c.init.summary())
-        logger.log("init", step=0, path=c.init.path, copied=len(c.init.copied), head_skipped=list(c.init.head_skipped),
-                   fresh=list(c.init.fresh), unused=list(c.init.unused))
+        logger.log(
+            "init",
+            step=0,
+            path=c.init.path,
+            copied=len(c.init.copied),
+            head_skipped=list(c.init.head_skipped),
+            fresh=list(c.init.fresh),
+            unused=list(c.init.unused),
+        )
     return logger
 
 
-def finish_epoch(c: Components, state: TrainState, loader: torch.utils.data.DataLoader,
-                 logger: JsonlLogger) -> dict[str, float]:
+def finish_epoch(
+    c: Components, state: TrainState, loader: torch.utils.data.DataLoader, logger: JsonlLogger
+) -> dict[str, float]:
     """Evaluate the epoch just trained (its train metrics are ``state.pending``), record it, checkpoint.
 
     The checkpoint written before this call already holds the epoch's training, so a failing
@@ -616,25 +693,39 @@ def finish_epoch(c: Components, state: TrainState, loader: torch.utils.data.Data
         ema = evaluate(c.ema.module, loader, c.data, c.device, c.info, c.amp_dtype) if c.ema is not None else None
     except DatasetError as err:
         path = checkpoint_path(c.cfg)
-        raise DatasetError(f"{err}. Epoch {state.epoch}'s training is saved in {printable(path)}: once the "
-                           f"validation set is fixed, --resume {printable(path)} evaluates it and goes on") from err
+        raise DatasetError(
+            f"{err}. Epoch {state.epoch}'s training is saved in {printable(path)}: once the "
+            f"validation set is fixed, --resume {printable(path)} evaluates it and goes on"
+        ) from err
     record = {"epoch": state.epoch, "step": state.step, "test": metrics, **(state.pending or {})}
     if ema is not None:
         record["test_ema"] = ema
     state.history.append(record)
-    logger.log("epoch", epoch=state.epoch, step=state.step, test_acc1=metrics["acc1"], test_acc5=metrics["acc5"],
-               test_loss=metrics["loss"], train_time_s=state.train_time, **(state.pending or {}),
-               **{f"ema_{k}": v for k, v in (ema or {}).items()})
+    logger.log(
+        "epoch",
+        epoch=state.epoch,
+        step=state.step,
+        test_acc1=metrics["acc1"],
+        test_acc5=metrics["acc5"],
+        test_loss=metrics["loss"],
+        train_time_s=state.train_time,
+        **(state.pending or {}),
+        **{f"ema_{k}": v for k, v in (ema or {}).items()},
+    )
     if c.info.is_main and c.cfg.run.progress:
-        print(f"epoch {state.epoch}: test top-1 {metrics['acc1']:.2f}% top-5 {metrics['acc5']:.2f}% "
-              f"train loss {record.get('train_loss', float('nan')):.4f}", flush=True)
+        print(
+            f"epoch {state.epoch}: test top-1 {metrics['acc1']:.2f}% top-5 {metrics['acc5']:.2f}% "
+            f"train loss {record.get('train_loss', float('nan')):.4f}",
+            flush=True,
+        )
     state.pending = None
     save_checkpoint(c, state, metrics)
     return metrics
 
 
-def train_epoch(c: Components, state: TrainState, loader, sampler, logger: JsonlLogger,
-                metrics: dict[str, float]) -> tuple[dict[str, float], str]:
+def train_epoch(
+    c: Components, state: TrainState, loader, sampler, logger: JsonlLogger, metrics: dict[str, float]
+) -> tuple[dict[str, float], str]:
     """:func:`run_epoch`; an unreadable training image stops the run with the file named, after the
     state reached is checkpointed (one process: all steps before the bad batch are complete)."""
     try:
@@ -645,8 +736,10 @@ def train_epoch(c: Components, state: TrainState, loader, sampler, logger: Jsonl
             last = f"the last checkpoint is {printable(path)}" if path.is_file() else "no checkpoint was written"
             raise DatasetError(f"{err}. Training stopped at step {state.step}; {last}") from err
         save_checkpoint(c, state, metrics)
-        raise DatasetError(f"{err}. Training stopped at step {state.step}, saved in {printable(path)}: fix the "
-                           f"file, then --resume {printable(path)} continues exactly") from err
+        raise DatasetError(
+            f"{err}. Training stopped at step {state.step}, saved in {printable(path)}: fix the "
+            f"file, then --resume {printable(path)} continues exactly"
+        ) from err
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:

@@ -38,8 +38,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         return []
     records = read_jsonl(run_dir / "log.jsonl")
     figures = {
-        "loss.png": ("step", [("loss", "loss"), ("task_loss", "CE"), ("kd_loss", "KD"), ("reg_loss", "L_re")],
-                     "step"),
+        "loss.png": ("step", [("loss", "loss"), ("task_loss", "CE"), ("kd_loss", "KD"), ("reg_loss", "L_re")], "step"),
         "accuracy.png": ("epoch", [("test_acc1", "top-1"), ("test_acc5", "top-5")], "epoch"),
         "flip_ratio.png": ("step", [("flip_ratio", "flip ratio")], "step"),
     }

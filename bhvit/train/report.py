@@ -27,8 +27,15 @@ def model_profile(checkpoint: str) -> dict[str, Any]:
     except ImportError:
         return {"params": sum(p.numel() for p in model.parameters())}
     prof = profile_model(model.eval())
-    return {"params": prof.params_total, "params_binary": prof.params_binary, "bops": prof.bops,
-            "flops": prof.flops, "ops": prof.ops, "rule": OPS_RULE, "size_1bit_bytes": prof.size_1bit_bytes}
+    return {
+        "params": prof.params_total,
+        "params_binary": prof.params_binary,
+        "bops": prof.bops,
+        "flops": prof.flops,
+        "ops": prof.ops,
+        "rule": OPS_RULE,
+        "size_1bit_bytes": prof.size_1bit_bytes,
+    }
 
 
 def _epochs(run_dir: Path) -> list[dict]:
@@ -92,8 +99,7 @@ def comparison_plots(out: Path, runs: dict[str, Path], profiles: dict[str, dict]
     return names
 
 
-def write_report(out: Path, summaries: dict[str, dict], preset: str, wall_s: float,
-                 init: dict | None = None) -> Path:
+def write_report(out: Path, summaries: dict[str, dict], preset: str, wall_s: float, init: dict | None = None) -> Path:
     """Write ``out/report.md`` (+ PNGs) from the runs' summaries (and the students' fp init run, if
     any); returns its path."""
     out = Path(out)
@@ -102,10 +108,12 @@ def write_report(out: Path, summaries: dict[str, dict], preset: str, wall_s: flo
     plots = comparison_plots(out, runs, profiles)
     first = next(iter(summaries.values()))
     lines = [
-        f"# BHViT demo report ({preset})", "",
+        f"# BHViT demo report ({preset})",
+        "",
         f"Dataset: {first['dataset']} (test set: {first['test_images']} images), image size "
         f"{first['img_size']} px, window {first['window_size']}, arch `{first['arch']}`. "
-        f"Written {time.strftime('%Y-%m-%d %H:%M:%S')}; total wall time {wall_s / 60:.1f} min.", "",
+        f"Written {time.strftime('%Y-%m-%d %H:%M:%S')}; total wall time {wall_s / 60:.1f} min.",
+        "",
         "| model | top-1 (%) | top-5 (%) | epochs | params | binary params | MOPs / image | train time (s) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -118,9 +126,12 @@ def write_report(out: Path, summaries: dict[str, dict], preset: str, wall_s: flo
         )
     if init is not None:
         where = Path(init["checkpoint"]).parent
-        lines += ["", f"The students start from a separate fp run of {init['epochs']} epochs "
-                      f"({init['test_acc1']:.2f} % top-1, {init['train_time_s']:.0f} s, `{where}/`) "
-                      "and distil from the teacher above."]
+        lines += [
+            "",
+            f"The students start from a separate fp run of {init['epochs']} epochs "
+            f"({init['test_acc1']:.2f} % top-1, {init['train_time_s']:.0f} s, `{where}/`) "
+            "and distil from the teacher above.",
+        ]
     rule = next((p["rule"] for p in profiles.values() if "rule" in p), None)
     lines += ["", f"OPs rule: {rule}." if rule else "", ""]
     lines += [f"![{name}]({name})" for name in plots]

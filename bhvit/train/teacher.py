@@ -53,8 +53,14 @@ class FrozenTeacher(nn.Module):
     ones the teacher expects; both or neither. ``in_chans`` / ``img_size``: what the teacher takes.
     """
 
-    def __init__(self, model: nn.Module, in_chans: int | None = None, img_size: int | None = None,
-                 data_stats: Stats | None = None, teacher_stats: Stats | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        in_chans: int | None = None,
+        img_size: int | None = None,
+        data_stats: Stats | None = None,
+        teacher_stats: Stats | None = None,
+    ) -> None:
         super().__init__()
         if (data_stats is None) != (teacher_stats is None):
             raise ValueError("give both data_stats and teacher_stats, or neither")
@@ -87,8 +93,9 @@ class FrozenTeacher(nn.Module):
         return out.logits if hasattr(out, "logits") else out
 
 
-def load_teacher(spec: str, num_classes: int, device: torch.device | str = "cpu",
-                 data_stats: Stats | None = None) -> FrozenTeacher:
+def load_teacher(
+    spec: str, num_classes: int, device: torch.device | str = "cpu", data_stats: Stats | None = None
+) -> FrozenTeacher:
     """Build the frozen teacher named by ``spec``: a checkpoint path, ``timm:<name>`` or
     ``timm:<name>=<weights>``. ``data_stats`` is the (mean, std) of the student's batches, used to
     re-normalise them for a timm teacher."""
@@ -142,8 +149,10 @@ def _timm_teacher(name: str, num_classes: int, data_stats: Stats | None) -> Froz
         model = timm.create_model(name, pretrained=False, num_classes=num_classes)
         missing, unexpected = model.load_state_dict(_state_dict(Path(weights)), strict=False)
         if missing or unexpected:
-            raise ValueError(f"teacher weights {weights} do not fit timm model {name} with {num_classes} classes: "
-                             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+            raise ValueError(
+                f"teacher weights {weights} do not fit timm model {name} with {num_classes} classes: "
+                f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            )
     else:
         try:
             model = timm.create_model(name, pretrained=True)
@@ -162,8 +171,13 @@ def _timm_teacher(name: str, num_classes: int, data_stats: Stats | None) -> Froz
     cfg = getattr(model, "pretrained_cfg", None) or {}
     size = tuple(cfg.get("input_size", (3, 224, 224)))
     stats = (tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)))
-    return FrozenTeacher(model, in_chans=size[0], img_size=size[-1], data_stats=data_stats,
-                         teacher_stats=stats if data_stats is not None else None)
+    return FrozenTeacher(
+        model,
+        in_chans=size[0],
+        img_size=size[-1],
+        data_stats=data_stats,
+        teacher_stats=stats if data_stats is not None else None,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,8 +188,12 @@ AUTO_TEACHER_DIR = "fp_teacher"  # the fp stage's run directory, inside the run'
 
 def wants_auto_teacher(cfg: TrainConfig) -> bool:
     """True for a binary or some-fp run with ``auto_teacher`` on and neither a teacher nor an init."""
-    return (cfg.loss.auto_teacher and cfg.model.precision != "fp" and cfg.loss.teacher is None
-            and cfg.model.init_from is None)
+    return (
+        cfg.loss.auto_teacher
+        and cfg.model.precision != "fp"
+        and cfg.loss.teacher is None
+        and cfg.model.init_from is None
+    )
 
 
 def auto_teacher_split(epochs: int, fp_epochs: int | None) -> tuple[int, int]:
@@ -195,12 +213,18 @@ def auto_teacher_stages(cfg: TrainConfig) -> tuple[TrainConfig, TrainConfig]:
     """
     fp_epochs, student_epochs = auto_teacher_split(cfg.run.epochs, cfg.loss.auto_teacher_epochs)
     fp_dir = Path(cfg.run.out_dir) / AUTO_TEACHER_DIR
-    fp = cfg.replace(model={"precision": "fp"}, loss={"mode": "ce", "reg_weight": 0.0, "auto_teacher": False},
-                     run={"epochs": fp_epochs, "out_dir": str(fp_dir), "resume": None, "stop_after_steps": None})
+    fp = cfg.replace(
+        model={"precision": "fp"},
+        loss={"mode": "ce", "reg_weight": 0.0, "auto_teacher": False},
+        run={"epochs": fp_epochs, "out_dir": str(fp_dir), "resume": None, "stop_after_steps": None},
+    )
     teacher = str(fp_dir / "checkpoint.pt")
     mode = "paper" if cfg.loss.mode == "ce" else cfg.loss.mode
-    student = cfg.replace(model={"init_from": teacher}, loss={"mode": mode, "teacher": teacher, "auto_teacher": False},
-                          run={"epochs": student_epochs, "resume": None, "stop_after_steps": None})
+    student = cfg.replace(
+        model={"init_from": teacher},
+        loss={"mode": mode, "teacher": teacher, "auto_teacher": False},
+        run={"epochs": student_epochs, "resume": None, "stop_after_steps": None},
+    )
     return fp, student
 
 
@@ -215,8 +239,10 @@ def _resume_points(cfg: TrainConfig) -> tuple[str | None, str | None, bool]:
         from bhvit.train import checkpoint as ckpt_io
 
         ckpt_io.load(given)  # an unreadable or unsafe file is reported as such first
-        raise ValueError(f"--resume {cfg.run.resume}: a run with an automatic fp stage resumes from its own "
-                         f"{student_ckpt} (or {fp_ckpt}); pass one of those, or the --out of the run to resume")
+        raise ValueError(
+            f"--resume {cfg.run.resume}: a run with an automatic fp stage resumes from its own "
+            f"{student_ckpt} (or {fp_ckpt}); pass one of those, or the --out of the run to resume"
+        )
     if not fp_ckpt.is_file():
         raise FileNotFoundError(f"--resume: {fp_ckpt} does not exist: the run never checkpointed; start it afresh")
     if not (out / AUTO_TEACHER_DIR / "summary.json").is_file():  # killed in the fp stage
@@ -247,22 +273,27 @@ def train_with_auto_teacher(cfg: TrainConfig) -> dict[str, Any]:
         fp = json.loads((Path(fp_cfg.run.out_dir) / "summary.json").read_text())
         _say(f"fp stage already done ({fp['test_acc1']:.2f}% top-1): resuming the {cfg.model.precision} stage")
     else:
-        _say(f"no --teacher: training an fp {cfg.model.arch} first ({fp_cfg.run.epochs} of {cfg.run.epochs} "
-             f"epochs, in {fp_cfg.run.out_dir}) to start the {cfg.model.precision} model from and distil it from "
-             "(--no-auto-teacher to skip)")
+        _say(
+            f"no --teacher: training an fp {cfg.model.arch} first ({fp_cfg.run.epochs} of {cfg.run.epochs} "
+            f"epochs, in {fp_cfg.run.out_dir}) to start the {cfg.model.precision} model from and distil it from "
+            "(--no-auto-teacher to skip)"
+        )
         fp = train(fp_cfg.replace(run={"resume": fp_resume, "stop_after_steps": stop}))
         if fp.get("interrupted"):
             return {**fp, "stage": "fp_teacher"}
     if stop is not None and stop <= fp["steps"]:
         return {"interrupted": True, "step": fp["steps"], "checkpoint": fp["checkpoint"], "stage": "fp_teacher"}
-    _say(f"fp stage: {fp['test_acc1']:.2f}% top-1 after {fp['epochs']} epoch(s) ({fp['checkpoint']}); the "
-         f"{cfg.model.precision} model starts from it and distils from it for {student_cfg.run.epochs} epoch(s)")
+    _say(
+        f"fp stage: {fp['test_acc1']:.2f}% top-1 after {fp['epochs']} epoch(s) ({fp['checkpoint']}); the "
+        f"{cfg.model.precision} model starts from it and distils from it for {student_cfg.run.epochs} epoch(s)"
+    )
     rest = None if stop is None else stop - fp["steps"]  # the student's step counter starts at 0
     summary = train(student_cfg.replace(run={"resume": student_resume, "stop_after_steps": rest}))
     if summary.get("interrupted"):
         return {**summary, "stage": cfg.model.precision}
-    summary["auto_teacher"] = {k: fp[k] for k in ("checkpoint", "epochs", "steps", "test_acc1", "test_acc5",
-                                                  "train_time_s")}
+    summary["auto_teacher"] = {
+        k: fp[k] for k in ("checkpoint", "epochs", "steps", "test_acc1", "test_acc5", "train_time_s")
+    }
     if int(os.environ.get("RANK", "0")) == 0:
         text = json.dumps({k: v for k, v in summary.items() if k != "plots"}, indent=2) + "\n"
         atomic_write(Path(cfg.run.out_dir) / "summary.json", lambda tmp: Path(tmp).write_text(text))

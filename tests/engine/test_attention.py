@@ -74,5 +74,7 @@ def test_lsq_masks_match_the_model_quantizer(isa: str, s: int, rng: np.random.Ge
     z = (zero - zero * gs + zero * gs).numpy()
     masks = K.lsq_masks(attn.reshape(g, s, s).numpy(), np.tile(a, g // heads), np.tile(z, g // heads))
     levels = sum(R.unpack_bits_ref(masks[:, i], s).astype(np.int64) for i in range(3)).astype(np.float32)
-    np.testing.assert_array_equal(levels * np.tile(a, g // heads)[:, None, None],  # float32 product, as torch
-                                  want.reshape(g, s, s).numpy())
+    np.testing.assert_array_equal(
+        levels * np.tile(a, g // heads)[:, None, None],  # float32 product, as torch
+        want.reshape(g, s, s).numpy(),
+    )

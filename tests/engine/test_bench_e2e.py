@@ -9,8 +9,24 @@ from bhvit.cli.engine import cmd_bench
 
 def test_bench_writes_every_method(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert cmd_bench(["--models", "bhvit_test", "--batch", "2", "--threads", "1", "--rounds", "1", "--profile",
-                 "--json", str(out)]) == 0
+    assert (
+        cmd_bench(
+            [
+                "--models",
+                "bhvit_test",
+                "--batch",
+                "2",
+                "--threads",
+                "1",
+                "--rounds",
+                "1",
+                "--profile",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     record = json.loads(out.read_text())
     (row,) = record["rows"]
     assert row["model"] == "bhvit_test" and row["batch"] == 2 and row["top1_agree"] is True
@@ -28,6 +44,24 @@ def test_bench_forces_a_code_path(tmp_path):
 
     out = tmp_path / "bench.json"
     with kernels.use_isa(kernels.current_isa()):  # restores the path afterwards
-        assert cmd_bench(["--models", "bhvit_test", "--batch", "1", "--threads", "1", "--rounds", "1", "--no-onnx",
-                     "--isa", "generic", "--json", str(out)]) == 0
+        assert (
+            cmd_bench(
+                [
+                    "--models",
+                    "bhvit_test",
+                    "--batch",
+                    "1",
+                    "--threads",
+                    "1",
+                    "--rounds",
+                    "1",
+                    "--no-onnx",
+                    "--isa",
+                    "generic",
+                    "--json",
+                    str(out),
+                ]
+            )
+            == 0
+        )
     assert json.loads(out.read_text())["machine"]["engine_isa"] == "generic"

@@ -21,8 +21,11 @@ def test_gemm_benchmark_shapes_match_the_model() -> None:
         k = module.in_features
         seen.add((args[0].numel() // k, k, module.out_features))
 
-    handles = [m.register_forward_pre_hook(record) for _, m in bhvit.quant.binary_weight_layers(model)
-               if isinstance(m, torch.nn.Linear)]
+    handles = [
+        m.register_forward_pre_hook(record)
+        for _, m in bhvit.quant.binary_weight_layers(model)
+        if isinstance(m, torch.nn.Linear)
+    ]
     with torch.no_grad():
         model(torch.zeros(1, 3, 224, 224))
     for h in handles:

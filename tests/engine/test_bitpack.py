@@ -11,7 +11,6 @@ from bhvit.engine import reference as R
 AWKWARD_K = [1, 3, 31, 33, 63, 64, 65, 127, 128, 129, 255, 1984, 1985, 2048]
 
 
-
 @pytest.mark.parametrize("k", AWKWARD_K)
 @pytest.mark.parametrize("m", [1, 3, 17])
 def test_pack_rows_matches_reference(isa: str, k: int, m: int, rng: np.random.Generator) -> None:

@@ -17,8 +17,9 @@ def _run(rng, b, h, w, c, cout, groups, kernel, stride, pad, dil, **kw):  # noqa
     x = _signs(rng, b, h, w, c)
     wt = _signs(rng, cout, c // groups, *kernel)
     wp, wpop = K.pack_conv_weight(wt, groups)
-    got = K.bconv(K.pack_rows(x), c, wp, wpop, cout, groups=groups, kernel=kernel, stride=stride, pad=pad,
-                  dil=dil, **kw)
+    got = K.bconv(
+        K.pack_rows(x), c, wp, wpop, cout, groups=groups, kernel=kernel, stride=stride, pad=pad, dil=dil, **kw
+    )
     dot = R.conv_dot_ref(x, wt, groups, stride, pad, dil)
     return got, dot
 
@@ -26,8 +27,9 @@ def _run(rng, b, h, w, c, cout, groups, kernel, stride, pad, dil, **kw):  # noqa
 @pytest.mark.parametrize("dil", [1, 3, 5])
 @pytest.mark.parametrize("c,groups", [(4, 4), (12, 4), (64, 4), (100, 4), (128, 4), (20, 1)])
 @pytest.mark.parametrize("hw", [(1, 1), (3, 5), (7, 7), (11, 6)])
-def test_dilated_same_conv_exact(isa: str, dil: int, c: int, groups: int, hw: tuple[int, int],
-                                 rng: np.random.Generator) -> None:
+def test_dilated_same_conv_exact(
+    isa: str, dil: int, c: int, groups: int, hw: tuple[int, int], rng: np.random.Generator
+) -> None:
     got, dot = _run(rng, 2, *hw, c, c, groups, (3, 3), 1, dil, dil)
     np.testing.assert_array_equal(got, dot.astype(np.float32))
 
@@ -47,8 +49,9 @@ def test_border_taps_contribute_zero(isa: str) -> None:
 
 @pytest.mark.parametrize("c,cout", [(3, 6), (64, 128), (65, 130), (128, 256)])
 @pytest.mark.parametrize("hw", [(2, 2), (4, 6), (8, 8)])
-def test_downsample_2x2_stride2(isa: str, threads: int, c: int, cout: int, hw: tuple[int, int],
-                                rng: np.random.Generator) -> None:
+def test_downsample_2x2_stride2(
+    isa: str, threads: int, c: int, cout: int, hw: tuple[int, int], rng: np.random.Generator
+) -> None:
     got, dot = _run(rng, 3, *hw, c, cout, 1, (2, 2), 2, 0, 1)
     np.testing.assert_array_equal(got, dot.astype(np.float32))
 
@@ -65,8 +68,22 @@ def test_conv_fused_transform_and_accumulate(isa: str, threads: int, rng: np.ran
         wp, wpop = K.pack_conv_weight(wt, 4)
         scale, bias = rng.random(c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
         rp = tuple(rng.standard_normal(c).astype(np.float32) for _ in range(3))
-        K.bconv(xp, c, wp, wpop, c, groups=4, kernel=(3, 3), pad=dil, dil=dil, scale=scale, bias=bias, rprelu=rp,
-                out=out, accumulate=True)
+        K.bconv(
+            xp,
+            c,
+            wp,
+            wpop,
+            c,
+            groups=4,
+            kernel=(3, 3),
+            pad=dil,
+            dil=dil,
+            scale=scale,
+            bias=bias,
+            rprelu=rp,
+            out=out,
+            accumulate=True,
+        )
         want = R.epilogue_ref(R.conv_dot_ref(x, wt, 4, 1, dil, dil), scale, bias, None, rp, out=want)
     np.testing.assert_array_equal(out, want)
 

@@ -15,8 +15,9 @@ def test_group_mean(threads: int, r: int, rng: np.random.Generator) -> None:
     x = rng.standard_normal((3, 70, 16 * r)).astype(np.float32)
     got = K.group_mean(x, r)
     np.testing.assert_array_equal(got, R.group_mean_ref(x, r))
-    np.testing.assert_allclose(got, torch.nn.functional.avg_pool1d(torch.from_numpy(x), r).numpy(), rtol=1e-6,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        got, torch.nn.functional.avg_pool1d(torch.from_numpy(x), r).numpy(), rtol=1e-6, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("kernels", [[3], [5], [3, 5]])

@@ -44,7 +44,8 @@ def test_a_crash_is_caught_and_named(tmp_path: Path) -> None:
         "    print(f'START {i:05d} case', flush=True)\n"
         "    if i == 2:\n"
         "        os.kill(os.getpid(), signal.SIGSEGV)\n"
-        "    print(f'END {i:05d} RETURNED case', flush=True)\n")
+        "    print(f'END {i:05d} RETURNED case', flush=True)\n"
+    )
     outcomes, findings = fuzz._run_workers([sys.executable, str(script)], 5, 30, None, lambda *a: None)
     assert outcomes == {"RETURNED": 4, "CRASH": 1}
     assert list(findings) == ["00002"] and "CRASH" in findings["00002"]

@@ -67,10 +67,10 @@ def test_fused_output_transform(
     np.testing.assert_array_equal(got, want)
     out = rng.standard_normal((m, n)).astype(np.float32)
     before = out.copy()
-    K.bgemm(a, K.to_panels(w), n, k, scale=scale, bias=bias, residual=residual, rprelu=rprelu, out=out,
-            accumulate=True)
-    np.testing.assert_array_equal(out, R.epilogue_ref(R.bgemm_dot_ref(a, w, k), scale, bias, residual, rprelu,
-                                                      out=before))
+    K.bgemm(a, K.to_panels(w), n, k, scale=scale, bias=bias, residual=residual, rprelu=rprelu, out=out, accumulate=True)
+    np.testing.assert_array_equal(
+        out, R.epilogue_ref(R.bgemm_dot_ref(a, w, k), scale, bias, residual, rprelu, out=before)
+    )
 
 
 def test_batched_bgemm_with_scalar_scale(isa: str, rng: np.random.Generator) -> None:

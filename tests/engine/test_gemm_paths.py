@@ -90,9 +90,10 @@ def test_large_output_streamed_exact(isa: str, threads: int, rng: np.random.Gene
     big = K.bgemm(a, panels, n, k, scale=scale, bias=bias, residual=residual, rprelu=rprelu)
     assert big.ctypes.data % 64 == 0
     for lo in range(0, m, 2000):
-        part = K.bgemm(a[lo:lo + 2000], panels, n, k, scale=scale, bias=bias, residual=residual[lo:lo + 2000],
-                       rprelu=rprelu)
-        np.testing.assert_array_equal(big[lo:lo + 2000], part)
+        part = K.bgemm(
+            a[lo : lo + 2000], panels, n, k, scale=scale, bias=bias, residual=residual[lo : lo + 2000], rprelu=rprelu
+        )
+        np.testing.assert_array_equal(big[lo : lo + 2000], part)
 
 
 def test_outputs_are_64_byte_aligned(rng: np.random.Generator) -> None:
@@ -131,16 +132,20 @@ def test_buffer_cache_reuses_only_freed_buffers(rng: np.random.Generator) -> Non
 
 @pytest.mark.parametrize("k", [1, 64, 130, 256, 512])
 @pytest.mark.parametrize("m,n,r", [(1, 8, 8), (37, 96, 4), (70, 1100, 4), (9, 2056, 8), (130, 512, 8)])
-def test_bgemm_pack_equals_separate_calls(isa: str, threads: int, k: int, m: int, n: int, r: int,
-                                          rng: np.random.Generator) -> None:
+def test_bgemm_pack_equals_separate_calls(
+    isa: str, threads: int, k: int, m: int, n: int, r: int, rng: np.random.Generator
+) -> None:
     """Packed mode (the MLP's fc1 handing fc2 its bits and pooled residual) gives the bits of
     pack_rows(z + bias) and the floats of group_mean(z) of the plain GEMM's output z."""
     a = K.pack_rows(rng.standard_normal((m, k)).astype(np.float32))
     panels = K.to_panels(K.pack_rows(rng.standard_normal((n, k)).astype(np.float32)))
-    kw = {"scale": rng.random(n).astype(np.float32), "bias": rng.standard_normal(n).astype(np.float32),
-          "residual": rng.standard_normal((m, n // r)).astype(np.float32),
-          "rprelu": tuple(rng.standard_normal(n).astype(np.float32) for _ in range(3)),
-          "nibbles": K.nibbles_for(panels, k)}
+    kw = {
+        "scale": rng.random(n).astype(np.float32),
+        "bias": rng.standard_normal(n).astype(np.float32),
+        "residual": rng.standard_normal((m, n // r)).astype(np.float32),
+        "rprelu": tuple(rng.standard_normal(n).astype(np.float32) for _ in range(3)),
+        "nibbles": K.nibbles_for(panels, k),
+    }
     move = rng.standard_normal(n).astype(np.float32)
     z = K.bgemm(a, panels, n, k, **kw)
     bits, means = K.bgemm_pack(a, panels, n, k, pack_bias=move, mean_r=r, **kw)

@@ -14,8 +14,9 @@ PROBE = "from bhvit.engine import kernels; print(kernels.current_isa())"
 
 
 def _run(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", PROBE], env={**os.environ, **env}, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", PROBE], env={**os.environ, **env}, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_bhvit_isa_starts_the_process_on_that_path() -> None:

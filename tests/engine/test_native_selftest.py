@@ -46,8 +46,10 @@ def test_native_selftest_host(tmp_path: Path) -> None:
     assert "0 failure(s)" in run.stdout and "checked drivers on" in run.stdout
 
 
-@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None or shutil.which("qemu-aarch64") is None,
-                    reason="needs aarch64-linux-gnu-g++ and qemu-aarch64")
+@pytest.mark.skipif(
+    shutil.which("aarch64-linux-gnu-g++") is None or shutil.which("qemu-aarch64") is None,
+    reason="needs aarch64-linux-gnu-g++ and qemu-aarch64",
+)
 def test_native_selftest_neon_under_qemu(tmp_path: Path) -> None:
     exe = _build("aarch64-linux-gnu-g++", tmp_path, {}, ["-static"])
     run = subprocess.run(["qemu-aarch64", str(exe)], capture_output=True, text=True, check=False)

@@ -276,7 +276,8 @@ def _assert_block_close(got: torch.Tensor, want: torch.Tensor, near: dict[str, i
     share = float(off.float().mean())
     assert flips and share <= MAX_FLIP_SHARE, (
         f"{int(off.sum())} elements ({share:.2e}) differ beyond {BLOCK_RTOL} of the largest output; "
-        f"near-zero sign inputs in the block: {flips}")
+        f"near-zero sign inputs in the block: {flips}"
+    )
 
 
 def test_pack_command_and_predictor(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

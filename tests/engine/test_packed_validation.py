@@ -82,8 +82,14 @@ def test_hostile_version_1_file_is_refused_by_load_packed(packed_file: Path, tmp
 
 # ---- the contract: the table derived from the config is what the packer extracts ---------------------
 @pytest.mark.parametrize("precision,attn_quant,norm", list(itertools.product(BINARY_PRECISIONS, ATTN_QUANTS, NORMS)))
-@pytest.mark.parametrize("options", [{}, {"shift3": False, "layerscale": False, "num_classes": 0},
-                                     {"shift5": False, "aligned_pool": True, "recu": True, "depths": (1, 2, 2, 1)}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"shift3": False, "layerscale": False, "num_classes": 0},
+        {"shift5": False, "aligned_pool": True, "recu": True, "depths": (1, 2, 2, 1)},
+    ],
+)
 def test_layout_is_what_the_packer_writes(precision: str, attn_quant: str, norm: str, options: dict) -> None:
     parts = extract(_model(precision=precision, attn_quant=attn_quant, norm=norm, **options))
     expected = schema.layout(schema.check_config(parts.config))
@@ -92,9 +98,22 @@ def test_layout_is_what_the_packer_writes(precision: str, attn_quant: str, norm:
 
 
 # ---- issue 10 item 1: hostile conv geometry in the layer records --------------------------------------
-@pytest.mark.parametrize("key,value", [("stride", 2**62), ("padding", 2**62), ("dilation", 2**61), ("stride", 0),
-                                       ("padding", -1), ("groups", 3), ("kernel", [3, 2**32]), ("in", 17),
-                                       ("stride", True), ("dilation", 3.0), ("kind", "linear")])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("stride", 2**62),
+        ("padding", 2**62),
+        ("dilation", 2**61),
+        ("stride", 0),
+        ("padding", -1),
+        ("groups", 3),
+        ("kernel", [3, 2**32]),
+        ("in", 17),
+        ("stride", True),
+        ("dilation", 3.0),
+        ("kind", "linear"),
+    ],
+)
 def test_hostile_conv_record_is_refused(packed_file: Path, tmp_path: Path, key: str, value: object) -> None:
     name = "stages.0.blocks.0.mixer.convs.0"
 
@@ -107,8 +126,15 @@ def test_hostile_conv_record_is_refused(packed_file: Path, tmp_path: Path, key: 
 
 
 # ---- issue 10 item 2: incomplete or non-conforming files --------------------------------------------
-@pytest.mark.parametrize("missing", ["head.weight", "norm.running_mean", "stages.1.blocks.0.mlp.fc1.weight_bits",
-                                     "stages.2.blocks.0.attn.attn_quant.alpha"])
+@pytest.mark.parametrize(
+    "missing",
+    [
+        "head.weight",
+        "norm.running_mean",
+        "stages.1.blocks.0.mlp.fc1.weight_bits",
+        "stages.2.blocks.0.attn.attn_quant.alpha",
+    ],
+)
 def test_missing_tensor_is_named(packed_file: Path, tmp_path: Path, missing: str) -> None:
     _refused(_rewrite(packed_file, tmp_path / "x.bhvp", edit_tensors=lambda t: t.pop(missing)), "missing", missing)
 
@@ -117,8 +143,11 @@ def test_extra_tensor_is_named(packed_file: Path, tmp_path: Path) -> None:
     def add(t: dict) -> None:
         t["stages.0.blocks.0.mixer.convs.0.weight"] = np.zeros((16, 4, 3, 3), np.float32)
 
-    _refused(_rewrite(packed_file, tmp_path / "x.bhvp", edit_tensors=add), "unexpected",
-             "stages.0.blocks.0.mixer.convs.0.weight")
+    _refused(
+        _rewrite(packed_file, tmp_path / "x.bhvp", edit_tensors=add),
+        "unexpected",
+        "stages.0.blocks.0.mixer.convs.0.weight",
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.int32, np.int64, np.bool_, np.float16])
@@ -149,16 +178,25 @@ def test_wrong_shape_and_values_are_named(packed_file: Path, tmp_path: Path) -> 
     _refused(_rewrite(packed_file, tmp_path / "c.bhvp", edit_tensors=padding), "padding")
 
 
-@pytest.mark.parametrize("key,value,words", [
-    ("depths", [0, 0, 0, 0], ["depths"]), ("depths", [1, 1, 1], ["depths"]), ("img_size", [100000, 100000],
-                                                                               ["img_size"]),
-    ("img_size", [48, 48], ["img_size", "multiple"]), ("img_size", "64", ["img_size"]), ("window_size", 2**40,
-                                                                                           ["window_size"]),
-    ("widths", [16, 32, 64, -128], ["widths"]), ("num_heads", [3, 4], ["num_heads"]), ("precision", "fp",
-                                                                                        ["precision"]),
-    ("norm_eps", -1.0, ["norm_eps"]), ("num_classes", -5, ["num_classes"]), ("in_chans", 2**63 - 1, ["in_chans"]),
-    ("shift3", 1, ["shift3"]), ("surprise", 1, ["unknown"]),
-])
+@pytest.mark.parametrize(
+    "key,value,words",
+    [
+        ("depths", [0, 0, 0, 0], ["depths"]),
+        ("depths", [1, 1, 1], ["depths"]),
+        ("img_size", [100000, 100000], ["img_size"]),
+        ("img_size", [48, 48], ["img_size", "multiple"]),
+        ("img_size", "64", ["img_size"]),
+        ("window_size", 2**40, ["window_size"]),
+        ("widths", [16, 32, 64, -128], ["widths"]),
+        ("num_heads", [3, 4], ["num_heads"]),
+        ("precision", "fp", ["precision"]),
+        ("norm_eps", -1.0, ["norm_eps"]),
+        ("num_classes", -5, ["num_classes"]),
+        ("in_chans", 2**63 - 1, ["in_chans"]),
+        ("shift3", 1, ["shift3"]),
+        ("surprise", 1, ["unknown"]),
+    ],
+)
 def test_hostile_config_is_named(packed_file: Path, tmp_path: Path, key: str, value: object, words: list[str]) -> None:
     def edit(meta: dict) -> None:
         config = json.loads(meta["config"])
@@ -168,21 +206,37 @@ def test_hostile_config_is_named(packed_file: Path, tmp_path: Path, key: str, va
     _refused(_rewrite(packed_file, tmp_path / "x.bhvp", edit_meta=edit), *words)
 
 
-@pytest.mark.parametrize("key,text,words", [
-    ("config", "{", ["config", "JSON"]), ("layers", "[1,", ["layers", "JSON"]), ("config", "[]", ["config"]),
-    ("format_version", "2", ["format_version"]), ("format_version", "x", ["format_version"]),
-    ("preprocess", '{"std": [0, 1, 1]}', ["preprocess.std"]), ("preprocess", '{"resize": 100000}', ["resize"]),
-    ("preprocess", '{"mean": [0.5, 0.5]}', ["preprocess.mean"]), ("labels", '["a", "b"]', ["labels"]),
-    ("labels", "[1, 2]", ["labels"]),
-])
+@pytest.mark.parametrize(
+    "key,text,words",
+    [
+        ("config", "{", ["config", "JSON"]),
+        ("layers", "[1,", ["layers", "JSON"]),
+        ("config", "[]", ["config"]),
+        ("format_version", "2", ["format_version"]),
+        ("format_version", "x", ["format_version"]),
+        ("preprocess", '{"std": [0, 1, 1]}', ["preprocess.std"]),
+        ("preprocess", '{"resize": 100000}', ["resize"]),
+        ("preprocess", '{"mean": [0.5, 0.5]}', ["preprocess.mean"]),
+        ("labels", '["a", "b"]', ["labels"]),
+        ("labels", "[1, 2]", ["labels"]),
+    ],
+)
 def test_bad_metadata_is_named(packed_file: Path, tmp_path: Path, key: str, text: str, words: list[str]) -> None:
     _refused(_rewrite(packed_file, tmp_path / "x.bhvp", edit_meta=lambda m: m.update({key: text})), *words)
 
 
 def test_container_errors_are_format_errors(packed_file: Path, tmp_path: Path) -> None:
     data = packed_file.read_bytes()
-    for i, bad in enumerate([b"", data[:5], struct.pack("<Q", 2**63) + data[8:], data[:-3], data[:100],
-                             struct.pack("<Q", 2) + b"{}" + data[10:]]):
+    for i, bad in enumerate(
+        [
+            b"",
+            data[:5],
+            struct.pack("<Q", 2**63) + data[8:],
+            data[:-3],
+            data[:100],
+            struct.pack("<Q", 2) + b"{}" + data[10:],
+        ]
+    ):
         path = tmp_path / f"{i}.bhvp"
         path.write_bytes(bad)
         with pytest.raises(PackedFormatError):
@@ -199,9 +253,17 @@ def test_writer_refuses_what_the_reader_would(tmp_path: Path) -> None:
 
 
 # ---- the packed model's input ------------------------------------------------------------------------
-@pytest.mark.parametrize("images", [torch.zeros(1, 1, 32, 32), torch.zeros(1, 3, 64, 64), torch.zeros(3, 32, 32),
-                                    torch.zeros(0, 3, 32, 32), torch.zeros(1, 3, 32, 32, dtype=torch.int64),
-                                    np.zeros((1, 3, 32, 32), np.float32)])
+@pytest.mark.parametrize(
+    "images",
+    [
+        torch.zeros(1, 1, 32, 32),
+        torch.zeros(1, 3, 64, 64),
+        torch.zeros(3, 32, 32),
+        torch.zeros(0, 3, 32, 32),
+        torch.zeros(1, 3, 32, 32, dtype=torch.int64),
+        np.zeros((1, 3, 32, 32), np.float32),
+    ],
+)
 def test_wrong_input_is_a_clear_value_error(images: object) -> None:
     packed = engine.pack(_model())
     with pytest.raises(ValueError, match="expected"):
@@ -221,8 +283,13 @@ def test_bindings_refuse_hostile_conv_geometry() -> None:
     """The arithmetic of issue 10 item 1: a huge stride, padding or dilation is refused by the binding."""
     xp = np.zeros((1, 4, 4, 1), np.uint64)
     wp, wpop = np.zeros((4, 1, 1, 8), np.uint64), np.zeros((16, 9), np.int32)
-    for geo, word in [((2**62, 1, 1), "stride"), ((1, 2**62, 1), "pad"), ((1, 1, 2**61), "dil"),
-                      ((1, 2**31 - 1, 1), "too large"), ((2**31 - 1, 0, 2**31 - 1), "empty")]:
+    for geo, word in [
+        ((2**62, 1, 1), "stride"),
+        ((1, 2**62, 1), "pad"),
+        ((1, 1, 2**61), "dil"),
+        ((1, 2**31 - 1, 1), "too large"),
+        ((2**31 - 1, 0, 2**31 - 1), "empty"),
+    ]:
         with pytest.raises(ValueError, match=word):
             K.bconv(xp, 16, wp, wpop, 16, groups=4, kernel=(3, 3), stride=geo[0], pad=geo[1], dil=geo[2])
     with pytest.raises(ValueError, match="kh is"):  # kh * kw = 2**64 would wrap to 0 taps

@@ -33,14 +33,14 @@ def small_model(path: Path, in_chans: int = 3, resize: int = 32, seed: int = 0) 
     """A packed binary bhvit_test (32 x 32, 10 classes, GSB attention) with every constant-initialised
     tensor perturbed, so that all parts of the program matter; labels LABELS."""
     model = randomized("binary", "gsb", seed=seed, in_chans=in_chans)
-    return write_program_file(model, path, preprocess={**PREPROCESS[in_chans], "resize": resize},
-                              labels=LABELS)
+    return write_program_file(model, path, preprocess={**PREPROCESS[in_chans], "resize": resize}, labels=LABELS)
 
 
 def runtime_flags() -> list[str]:
     """`python -m bhvit.runtime --cflags --libs`, the README's compile line."""
-    run = subprocess.run([sys.executable, "-m", "bhvit.runtime", "--cflags", "--libs"], capture_output=True,
-                         text=True, check=False)
+    run = subprocess.run(
+        [sys.executable, "-m", "bhvit.runtime", "--cflags", "--libs"], capture_output=True, text=True, check=False
+    )
     assert run.returncode == 0, run.stderr
     return run.stdout.split()
 
@@ -92,8 +92,9 @@ def pillow_input(pixels: np.ndarray, maxval: int, in_chans: int, resize: int, cr
         assert maxval == 255
         planes = [np.asarray(Image.fromarray(pixels.astype(np.uint8), "RGB").convert("L"), np.float32) / 255]
     else:
-        planes = [(rgb[:, :, c] if in_chans == 3 else rgb[:, :, 0]).astype(np.float32) / maxval
-                  for c in range(in_chans)]
+        planes = [
+            (rgb[:, :, c] if in_chans == 3 else rgb[:, :, 0]).astype(np.float32) / maxval for c in range(in_chans)
+        ]
     h, w = pixels.shape[:2]
     scale = resize / min(w, h)
     rw, rh = max(crop[1], round(w * scale)), max(crop[0], round(h * scale))

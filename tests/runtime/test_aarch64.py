@@ -46,8 +46,12 @@ def arm_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_c_api_under_qemu_matches_the_host(arm_build: Path, tmp_path: Path) -> None:
     model = small_model(tmp_path / "m.bhvp")
-    exe = compile_c([C_API_CHECK_C], tmp_path / "c_api_check", [f"-I{RUNTIME / 'include'}", f"-L{arm_build}",
-                    f"-Wl,-rpath,{arm_build}", "-lbhvit_runtime"], cc="aarch64-linux-gnu-gcc")
+    exe = compile_c(
+        [C_API_CHECK_C],
+        tmp_path / "c_api_check",
+        [f"-I{RUNTIME / 'include'}", f"-L{arm_build}", f"-Wl,-rpath,{arm_build}", "-lbhvit_runtime"],
+        cc="aarch64-linux-gnu-gcc",
+    )
     x = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
     x.tofile(tmp_path / "x.f32")
     run = _qemu(exe, model, tmp_path / "x.f32", "2", tmp_path / "y.f32")

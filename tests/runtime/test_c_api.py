@@ -162,8 +162,9 @@ IMAGES = {  # name: (model channels, pixels (H, W[, 3]), maxval); 32 x 32: resiz
 
 @needs_cc
 @pytest.mark.parametrize("case", IMAGES)
-def test_bhvit_run_reads_and_normalises_exactly(case: str, bhvit_run: Path, rgb_model: Path, grey_model: Path,
-                                              tmp_path: Path) -> None:
+def test_bhvit_run_reads_and_normalises_exactly(
+    case: str, bhvit_run: Path, rgb_model: Path, grey_model: Path, tmp_path: Path
+) -> None:
     chans, shape, maxval = IMAGES[case]
     pixels = np.random.default_rng(len(case)).integers(0, maxval + 1, shape)
     image = write_pnm(tmp_path / ("x.ppm" if len(shape) == 3 else "x.pgm"), pixels, maxval)
@@ -176,8 +177,9 @@ def test_bhvit_run_reads_and_normalises_exactly(case: str, bhvit_run: Path, rgb_
 
 @needs_cc
 @pytest.mark.parametrize("size", [(37, 45), (20, 27), (33, 97), (64, 64)], ids=lambda s: f"{s[0]}x{s[1]}")
-def test_bhvit_run_resizes_like_pillow_bilinear(size: tuple[int, int], bhvit_run: Path, rgb_model: Path,
-                                                tmp_path: Path) -> None:
+def test_bhvit_run_resizes_like_pillow_bilinear(
+    size: tuple[int, int], bhvit_run: Path, rgb_model: Path, tmp_path: Path
+) -> None:
     pixels = np.random.default_rng(size[0]).integers(0, 256, (*size, 3))
     image = write_pnm(tmp_path / "x.ppm", pixels)
     run = _run([bhvit_run, "--top", "3", rgb_model, image])
@@ -206,14 +208,16 @@ def _bad_images(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     good = write_pnm(tmp_path / "good.ppm", np.zeros((32, 32, 3), np.uint8))
     truncated = tmp_path / "truncated.ppm"
     truncated.write_bytes(good.read_bytes()[:-100])
-    files = {"truncated": (truncated, "truncated: 2972 of the 3072 bytes"),
-             "text": (tmp_path / "notes.txt", "not a binary PPM (P6) or PGM (P5)"),
-             "plain": (tmp_path / "plain.ppm", "plain-text (P3)"),
-             "huge": (tmp_path / "huge.ppm", "over the limit of 33554432 pixels"),
-             "maxval": (tmp_path / "deep.pgm", "maxval in the PPM/PGM header exceeds 65535"),
-             "empty": (tmp_path / "empty.pgm", "an empty file"),
-             "missing": (tmp_path / "missing.ppm", "cannot open it (No such file"),
-             "folder": (tmp_path, "cannot read it")}
+    files = {
+        "truncated": (truncated, "truncated: 2972 of the 3072 bytes"),
+        "text": (tmp_path / "notes.txt", "not a binary PPM (P6) or PGM (P5)"),
+        "plain": (tmp_path / "plain.ppm", "plain-text (P3)"),
+        "huge": (tmp_path / "huge.ppm", "over the limit of 33554432 pixels"),
+        "maxval": (tmp_path / "deep.pgm", "maxval in the PPM/PGM header exceeds 65535"),
+        "empty": (tmp_path / "empty.pgm", "an empty file"),
+        "missing": (tmp_path / "missing.ppm", "cannot open it (No such file"),
+        "folder": (tmp_path, "cannot read it"),
+    }
     files["text"][0].write_text("hello, not an image\n")
     files["plain"][0].write_text("P3\n1 1\n255\n0 0 0\n")
     files["huge"][0].write_bytes(b"P6\n100000 100000\n255\n" + b"\0" * 64)
@@ -235,18 +239,23 @@ def test_bhvit_run_reports_each_bad_image_and_goes_on(bhvit_run: Path, rgb_model
 
 
 @needs_cc
-@pytest.mark.parametrize("args, status, reason", [
-    ([], 2, "no model file and no image given"),
-    (["MODEL"], 2, "no image given"),
-    (["--top", "0", "MODEL", "x.ppm"], 2, "--top wants a whole number >= 1, got '0'"),
-    (["--threads", "two", "MODEL", "x.ppm"], 2, "--threads wants a whole number"),
-    (["--isa", "sse9", "MODEL", "x.ppm"], 2, "--isa: "),
-    (["--frobnicate", "MODEL", "x.ppm"], 2, "unknown option '--frobnicate'"),
-    (["missing.bhvp", "x.ppm"], 1, "missing.bhvp: "),
-    (["x.ppm", "x.ppm"], 1, "x.ppm: "),
-], ids=["nothing", "no-image", "top0", "threads", "isa", "option", "no-model", "not-a-model"])
-def test_bhvit_run_usage_and_model_errors(args: list[str], status: int, reason: str, bhvit_run: Path,
-                                         rgb_model: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "args, status, reason",
+    [
+        ([], 2, "no model file and no image given"),
+        (["MODEL"], 2, "no image given"),
+        (["--top", "0", "MODEL", "x.ppm"], 2, "--top wants a whole number >= 1, got '0'"),
+        (["--threads", "two", "MODEL", "x.ppm"], 2, "--threads wants a whole number"),
+        (["--isa", "sse9", "MODEL", "x.ppm"], 2, "--isa: "),
+        (["--frobnicate", "MODEL", "x.ppm"], 2, "unknown option '--frobnicate'"),
+        (["missing.bhvp", "x.ppm"], 1, "missing.bhvp: "),
+        (["x.ppm", "x.ppm"], 1, "x.ppm: "),
+    ],
+    ids=["nothing", "no-image", "top0", "threads", "isa", "option", "no-model", "not-a-model"],
+)
+def test_bhvit_run_usage_and_model_errors(
+    args: list[str], status: int, reason: str, bhvit_run: Path, rgb_model: Path, tmp_path: Path
+) -> None:
     write_pnm(tmp_path / "x.ppm", np.zeros((32, 32, 3), np.uint8))
     run = _run([bhvit_run, *(str(rgb_model) if a == "MODEL" else a for a in args)], cwd=tmp_path)
     assert run.returncode == status and run.stdout == ""
@@ -267,8 +276,11 @@ def test_bhvit_run_help_names_the_difference_from_python(bhvit_run: Path) -> Non
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
 def test_cmake_build_install_and_static_library(bhvit_run: Path, rgb_model: Path, tmp_path: Path) -> None:
     build, prefix = tmp_path / "build", tmp_path / "prefix"
-    for cmd in (["cmake", "-S", RUNTIME, "-B", build, "-DBHVIT_BUILD_STATIC=ON"],
-                ["cmake", "--build", build, "-j", "2"], ["cmake", "--install", build, "--prefix", prefix]):
+    for cmd in (
+        ["cmake", "-S", RUNTIME, "-B", build, "-DBHVIT_BUILD_STATIC=ON"],
+        ["cmake", "--build", build, "-j", "2"],
+        ["cmake", "--install", build, "--prefix", prefix],
+    ):
         run = _run(cmd)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr
     tool = prefix / "bin" / "bhvit-run"

@@ -61,11 +61,17 @@ def test_the_oracle_sees_a_wrong_outcome() -> None:
 
 def test_register_flow_checker_finds_reads_before_writes() -> None:
     """flow_broken, which decides that a structural mutation must be refused, on hand-made programs."""
-    ok = {"input": [3, 8, 8], "output": "p", "num_classes": 4, "ops": [
-        {"op": "patch_conv", "in": "input", "out": "x", "kernel": 4},
-        {"op": "sign_pack", "in": "x", "out": "xb"},
-        {"op": "bconv", "in": "xb", "out": "x", "accumulate": True},
-        {"op": "mean_tokens", "in": "x", "out": "p"}]}
+    ok = {
+        "input": [3, 8, 8],
+        "output": "p",
+        "num_classes": 4,
+        "ops": [
+            {"op": "patch_conv", "in": "input", "out": "x", "kernel": 4},
+            {"op": "sign_pack", "in": "x", "out": "xb"},
+            {"op": "bconv", "in": "xb", "out": "x", "accumulate": True},
+            {"op": "mean_tokens", "in": "x", "out": "p"},
+        ],
+    }
     assert fuzz.flow_broken(ok) is None
     early = {**ok, "ops": [ok["ops"][1], ok["ops"][0], *ok["ops"][2:]]}
     assert "before it is written" in fuzz.flow_broken(early)

@@ -16,8 +16,18 @@ from bhvit.engine.program import build_program, write_program, write_program_fil
 from bhvit.engine.schema import PackedFormatError
 from bhvit.runtime import reference
 
-OP_KINDS = {"patch_conv", "affine", "sign_pack", "avg_pool", "bconv", "blinear", "shift_add", "window_attention",
-            "mean_tokens", "linear"}
+OP_KINDS = {
+    "patch_conv",
+    "affine",
+    "sign_pack",
+    "avg_pool",
+    "bconv",
+    "blinear",
+    "shift_add",
+    "window_attention",
+    "mean_tokens",
+    "linear",
+}
 
 
 def trained_like(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -61,8 +71,9 @@ def test_reference_matches_the_float_model(tmp_path, precision, attn_quant):
 
 def test_windows_with_padding_non_square_and_no_classifier(tmp_path):
     """Window 2 with pooling padding (stage maps 8x16 -> 2x4 windows), a rectangular image, no head."""
-    model = trained_like(bhvit.create_model("bhvit_test", precision="binary", img_size=(64, 128), window_size=2,
-                                            num_classes=0))
+    model = trained_like(
+        bhvit.create_model("bhvit_test", precision="binary", img_size=(64, 128), window_size=2, num_classes=0)
+    )
     path = write_program_file(model, tmp_path / "m.bhvp")
     x = torch.randn(2, 3, 64, 128, generator=torch.Generator().manual_seed(2))
     want = model(x).detach().numpy()

@@ -145,8 +145,10 @@ def _readout(program: dict, k: int, reg: str, shape: tuple[int, int, int], tenso
     s, _, c = shape
     eye = np.eye(c * s * s, dtype=np.float32).reshape(c * s * s, c, s, s)
     tensors["readout.weight"] = eye
-    ops = [*program["ops"][: k + 1],
-           {"op": "patch_conv", "in": reg, "out": "readout", "kernel": s, "weight": "readout.weight"}]
+    ops = [
+        *program["ops"][: k + 1],
+        {"op": "patch_conv", "in": reg, "out": "readout", "kernel": s, "weight": "readout.weight"},
+    ]
     return {**program, "ops": ops, "output": "readout", "num_classes": c * s * s}
 
 
@@ -170,8 +172,17 @@ def test_every_float_register_matches_the_reference(files, tmp_path: Path, quant
             scale = max(float(np.abs(want).max()), 1e-6)
             assert np.abs(got - want).max() <= 1e-5 * scale, (k, op["op"], reg)
             checked.add(op["op"])
-    assert checked >= {"patch_conv", "affine", "avg_pool", "bconv", "blinear", "shift_add", "window_attention",
-                       "mean_tokens", "linear"}
+    assert checked >= {
+        "patch_conv",
+        "affine",
+        "avg_pool",
+        "bconv",
+        "blinear",
+        "shift_add",
+        "window_attention",
+        "mean_tokens",
+        "linear",
+    }
 
 
 # ---- determinism -------------------------------------------------------------------------------------------
@@ -210,8 +221,17 @@ def _isa_ok(name: str) -> bool:
 def test_profile_names_the_op_kinds(files) -> None:
     model = rt.load(files["binary", "lsq"][0])
     _, times = model.run_profiled(images(2))
-    assert {"patch_conv", "affine", "sign_pack", "bconv", "blinear", "shift_add", "attention.core", "mean_tokens",
-            "linear"} <= set(times)
+    assert {
+        "patch_conv",
+        "affine",
+        "sign_pack",
+        "bconv",
+        "blinear",
+        "shift_add",
+        "attention.core",
+        "mean_tokens",
+        "linear",
+    } <= set(times)
     assert all(v >= 0 for v in times.values()) and times["total"] > 0
 
 
@@ -257,26 +277,36 @@ def _set_padding_bit(program: dict, tensors: dict) -> None:
 
 
 BAD_PROGRAMS = {
-    "wrong tensor shape": (lambda p, t: _set(_first(p, "blinear"), scale=_first(p, "patch_conv")["weight"]),
-                           ["(blinear) field 'scale'", "has shape"]),
-    "undefined register": (lambda p, t: _set(_first(p, "bconv"), **{"in": "nowhere"}),
-                           ["(bconv) field 'in'", "'nowhere' is not defined"]),
+    "wrong tensor shape": (
+        lambda p, t: _set(_first(p, "blinear"), scale=_first(p, "patch_conv")["weight"]),
+        ["(blinear) field 'scale'", "has shape"],
+    ),
+    "undefined register": (
+        lambda p, t: _set(_first(p, "bconv"), **{"in": "nowhere"}),
+        ["(bconv) field 'in'", "'nowhere' is not defined"],
+    ),
     "field out of range": (lambda p, t: _set(_first(p, "bconv"), stride=0), ["field 'stride'", "1..16"]),
     "huge input": (lambda p, t: _set(p, input=[3, 100000, 32]), ["field 'input'", "1..8192"]),
-    "bits where floats": (lambda p, t: _set(_affine_after_pack(p), **{"in": _first(p, "sign_pack")["out"]}),
-                          ["(affine) field 'in'", "holds bits"]),
+    "bits where floats": (
+        lambda p, t: _set(_affine_after_pack(p), **{"in": _first(p, "sign_pack")["out"]}),
+        ["(affine) field 'in'", "holds bits"],
+    ),
     "unknown op": (lambda p, t: p["ops"].insert(1, {"op": "conv9"}), ["unknown op 'conv9'"]),
     "unknown field": (lambda p, t: _set(_first(p, "blinear"), scael="x"), ["unknown field 'scael'"]),
     "missing tensor": (lambda p, t: _set(_first(p, "linear"), weight="no.such"), ["'no.such' is not in the file"]),
     "output shape": (lambda p, t: _set(p, num_classes=11), ["program output", "(1, 1, 11)"]),
     "output is input": (lambda p, t: _set(_plain_bconv(p), out=_plain_bconv(p)["in"]), ["also reads"]),
-    "accumulate kind": (lambda p, t: _set(_first(p, "shift_add"), out=_first(p, "sign_pack")["out"]),
-                        ["accumulate", "holds bits"]),
+    "accumulate kind": (
+        lambda p, t: _set(_first(p, "shift_add"), out=_first(p, "sign_pack")["out"]),
+        ["accumulate", "holds bits"],
+    ),
     "heads": (lambda p, t: _set(_first(p, "window_attention"), heads=3), ["field 'heads'"]),
     "quant kind": (lambda p, t: _set(_first(p, "window_attention")["quant"], kind="int8"), ["field 'kind'"]),
     "padding bits": (lambda p, t: _set_padding_bit(p, t), ["(blinear) field 'weight'", "padding bits"]),
-    "empty tensor": (lambda p, t: t.update({_first(p, "blinear")["scale"]: np.zeros(0, np.float32)}),
-                     ["(blinear) field 'scale'", "has shape [0]"]),
+    "empty tensor": (
+        lambda p, t: t.update({_first(p, "blinear")["scale"]: np.zeros(0, np.float32)}),
+        ["(blinear) field 'scale'", "has shape [0]"],
+    ),
     "NaN tensor": (lambda p, t: t[_first(p, "linear")["weight"]].__setitem__((0, 0), np.nan), ["non-finite"]),
     "no ops": (lambda p, t: _set(p, ops=[]), ["field 'ops'"]),
 }
@@ -290,19 +320,28 @@ def test_malformed_programs_are_refused(files, tmp_path: Path, case: str) -> Non
 
 
 def _tiny(tmp_path: Path, program: dict, tensors: dict[str, np.ndarray]) -> Path:
-    meta = {"format": "bhvit-packed", "format_version": "2",
-            "preprocess": json.dumps({"mean": [0.5] * program["input"][0], "std": [0.25] * program["input"][0],
-                                      "resize": 32})}
+    meta = {
+        "format": "bhvit-packed",
+        "format_version": "2",
+        "preprocess": json.dumps(
+            {"mean": [0.5] * program["input"][0], "std": [0.25] * program["input"][0], "resize": 32}
+        ),
+    }
     return _save(tmp_path / "tiny.bhvp", program, tensors, meta)
 
 
 def test_register_size_limit(tmp_path: Path) -> None:
     """A register over 2^30 elements per image is refused at load, before any buffer exists (§7)."""
-    ops = [{"op": "patch_conv", "in": "input", "out": "x", "kernel": 1, "weight": "w"},
-           {"op": "mean_tokens", "in": "x", "out": "y"}]
+    ops = [
+        {"op": "patch_conv", "in": "input", "out": "x", "kernel": 1, "weight": "w"},
+        {"op": "mean_tokens", "in": "x", "out": "y"},
+    ]
     tensors = {"w": np.ones((32, 1, 1, 1), np.float32)}
-    _refused(_tiny(tmp_path, {"input": [1, 8192, 8192], "output": "y", "num_classes": 32, "ops": ops}, tensors),
-             "op 0 (patch_conv) field 'out'", "exceeds 2^30")
+    _refused(
+        _tiny(tmp_path, {"input": [1, 8192, 8192], "output": "y", "num_classes": 32, "ops": ops}, tensors),
+        "op 0 (patch_conv) field 'out'",
+        "exceeds 2^30",
+    )
     # the same program on a small image loads and runs: mean of x = the image's mean times each weight
     path = _tiny(tmp_path, {"input": [1, 8, 8], "output": "y", "num_classes": 32, "ops": ops}, tensors)
     x = np.arange(64, dtype=np.float32).reshape(1, 1, 8, 8)
@@ -322,19 +361,62 @@ def test_uncommon_geometry_matches_the_reference(tmp_path: Path, mean_r: int) ->
     kernel with padding, pack with any mean_r, a tiled residual; runtime against the numpy reference."""
     rng = np.random.default_rng(mean_r)
     f = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
-    t = {"pw": f(80, 3, 1, 1), "cw": _bits(rng, 20, 4 * 80), "cs": f(20), "cb": f(20), "lw": _bits(rng, 12, 20),
-         "ls": f(12), "lm": f(12), "l2": _bits(rng, 12, 12), "l2s": f(12), "slope": f(12), "b1": f(12),
-         "b2": f(12), "ro": np.eye(192, dtype=np.float32).reshape(192, 12, 4, 4)}
-    ops = [{"op": "patch_conv", "in": "input", "out": "x", "kernel": 1, "weight": "pw"},
-           {"op": "sign_pack", "in": "x", "out": "xb"},
-           {"op": "bconv", "in": "xb", "out": "y", "in_channels": 80, "out_channels": 20, "kernel": [2, 2],
-            "stride": 2, "padding": 1, "dilation": 2, "groups": 1, "weight": "cw", "scale": "cs", "bias": "cb"},
-           {"op": "sign_pack", "in": "y", "out": "yb"},
-           {"op": "blinear", "in": "yb", "in_features": 20, "out_features": 12, "weight": "lw", "scale": "ls",
-            "pack": {"out": "hb", "move": "lm", "mean_r": mean_r, "means": "h"}},
-           {"op": "blinear", "in": "hb", "out": "z", "in_features": 12, "out_features": 12, "weight": "l2",
-            "scale": "l2s", "residual": "h", "rprelu": {"slope": "slope", "b1": "b1", "b2": "b2"}},
-           {"op": "patch_conv", "in": "z", "out": "out", "kernel": 4, "weight": "ro"}]
+    t = {
+        "pw": f(80, 3, 1, 1),
+        "cw": _bits(rng, 20, 4 * 80),
+        "cs": f(20),
+        "cb": f(20),
+        "lw": _bits(rng, 12, 20),
+        "ls": f(12),
+        "lm": f(12),
+        "l2": _bits(rng, 12, 12),
+        "l2s": f(12),
+        "slope": f(12),
+        "b1": f(12),
+        "b2": f(12),
+        "ro": np.eye(192, dtype=np.float32).reshape(192, 12, 4, 4),
+    }
+    ops = [
+        {"op": "patch_conv", "in": "input", "out": "x", "kernel": 1, "weight": "pw"},
+        {"op": "sign_pack", "in": "x", "out": "xb"},
+        {
+            "op": "bconv",
+            "in": "xb",
+            "out": "y",
+            "in_channels": 80,
+            "out_channels": 20,
+            "kernel": [2, 2],
+            "stride": 2,
+            "padding": 1,
+            "dilation": 2,
+            "groups": 1,
+            "weight": "cw",
+            "scale": "cs",
+            "bias": "cb",
+        },
+        {"op": "sign_pack", "in": "y", "out": "yb"},
+        {
+            "op": "blinear",
+            "in": "yb",
+            "in_features": 20,
+            "out_features": 12,
+            "weight": "lw",
+            "scale": "ls",
+            "pack": {"out": "hb", "move": "lm", "mean_r": mean_r, "means": "h"},
+        },
+        {
+            "op": "blinear",
+            "in": "hb",
+            "out": "z",
+            "in_features": 12,
+            "out_features": 12,
+            "weight": "l2",
+            "scale": "l2s",
+            "residual": "h",
+            "rprelu": {"slope": "slope", "b1": "b1", "b2": "b2"},
+        },
+        {"op": "patch_conv", "in": "z", "out": "out", "kernel": 4, "weight": "ro"},
+    ]
     path = _tiny(tmp_path, {"input": [3, 8, 8], "output": "out", "num_classes": 192, "ops": ops}, t)
     x = f(2, 3, 8, 8)
     want = reference.run(path, x)
@@ -356,6 +438,7 @@ def _entry_edit(field: str, value: object):  # noqa: ANN202
         name = next(k for k in header if k != "__metadata__")
         header[name][field] = value
         return json.dumps(header).encode(), data
+
     return edit
 
 

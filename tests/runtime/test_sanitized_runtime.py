@@ -20,9 +20,18 @@ pytestmark = pytest.mark.slow
 def sanitized_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     library, env = sanitized_build(tmp_path_factory.mktemp("sanitized-runtime"), ["--runtime"], "BHVIT_RUNTIME_LIB")
     # the workers really load the sanitized library, with the ASan runtime loaded
-    probe = subprocess.run([sys.executable, "-c", "import ctypes; from bhvit.runtime import paths, available; "
-                            "ctypes.CDLL(None).__asan_init; assert available(); print(paths.library_path())"],
-                           capture_output=True, text=True, env=env, cwd=ROOT)
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import ctypes; from bhvit.runtime import paths, available; "
+            "ctypes.CDLL(None).__asan_init; assert available(); print(paths.library_path())",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     assert probe.returncode == 0 and probe.stdout.strip() == library, probe.stderr[-2000:]
     return env
 
@@ -30,8 +39,10 @@ def sanitized_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def test_runtime_fuzz_corpora_are_clean_under_asan_and_ubsan(sanitized_env: dict[str, str], tmp_path: Path) -> None:
     fuzz = load_script("fuzz_packed")
     seeds = fuzz.build_v2_seeds(tmp_path)
-    reports = {"program": fuzz.run_program(seeds, 800, seed=21, timeout=600, env=sanitized_env, memory_limit=0),
-               "C API": fuzz.run_capi(tmp_path, 600, seed=21, timeout=600, env=sanitized_env, memory_limit=0)}
+    reports = {
+        "program": fuzz.run_program(seeds, 800, seed=21, timeout=600, env=sanitized_env, memory_limit=0),
+        "C API": fuzz.run_capi(tmp_path, 600, seed=21, timeout=600, env=sanitized_env, memory_limit=0),
+    }
     for name, report in reports.items():
         assert not report.findings, name + ":\n" + "\n".join(f"{k}: {v}" for k, v in sorted(report.findings.items()))
         assert sum(report.outcomes.values()) > 500, (name, report.outcomes)

@@ -103,8 +103,7 @@ class FakeTimmNet(nn.Module):
     def __init__(self, num_classes: int) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.pretrained_cfg = {"input_size": (3, TEACHER_SIDE, TEACHER_SIDE), "mean": TEACHER_MEAN,
-                               "std": TEACHER_STD}
+        self.pretrained_cfg = {"input_size": (3, TEACHER_SIDE, TEACHER_SIDE), "mean": TEACHER_MEAN, "std": TEACHER_STD}
         self.head = nn.Linear(3, num_classes)
         self.seen: list[torch.Tensor] = []
 
@@ -125,7 +124,8 @@ def fake_timm(monkeypatch):
         torch.manual_seed(123 if pretrained else 7)
         return FakeTimmNet(num_classes)
 
-    module = types.SimpleNamespace(create_model=create_model, calls=calls, Net=FakeTimmNet, MEAN=TEACHER_MEAN,
-                                   STD=TEACHER_STD, SIDE=TEACHER_SIDE)
+    module = types.SimpleNamespace(
+        create_model=create_model, calls=calls, Net=FakeTimmNet, MEAN=TEACHER_MEAN, STD=TEACHER_STD, SIDE=TEACHER_SIDE
+    )
     monkeypatch.setitem(sys.modules, "timm", module)
     return module

@@ -14,9 +14,30 @@ from bhvit.cli.train import cmd_train
 def test_train_command_with_compile(folder_dir, tmp_path) -> None:
 
     out = tmp_path / "run"
-    argv = ["--data", str(folder_dir), "--arch", "bhvit_test", "--precision", "binary", "--img-size", "32",
-            "--epochs", "1", "--max-steps", "2", "--batch-size", "2", "--out", str(out), "--no-progress",
-            "--no-plots", "--threads", "1", "--compile", "--no-auto-teacher"]
+    argv = [
+        "--data",
+        str(folder_dir),
+        "--arch",
+        "bhvit_test",
+        "--precision",
+        "binary",
+        "--img-size",
+        "32",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--no-plots",
+        "--threads",
+        "1",
+        "--compile",
+        "--no-auto-teacher",
+    ]
     torch._dynamo.reset()
     assert cmd_train(argv) == 0
     assert json.loads((out / "summary.json").read_text())["steps"] == 2

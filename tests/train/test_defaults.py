@@ -53,8 +53,21 @@ def test_no_recipe_defaults_on_a_folder(tmp_path, make_folder):
 def test_named_datasets_keep_their_flips_and_given_flags_win(tmp_path, make_folder):
     assert cli_config("--data", "cifar10").data.hflip is None
     data = make_folder(tmp_path / "d")
-    cfg = cli_config("--data", str(data), "--hflip", "--lr", "1e-3", "--scale-lr", "--warmup-epochs", "0",
-                     "--weight-decay", "0.1", "--no-auto-teacher", "--batch-size", "128")
+    cfg = cli_config(
+        "--data",
+        str(data),
+        "--hflip",
+        "--lr",
+        "1e-3",
+        "--scale-lr",
+        "--warmup-epochs",
+        "0",
+        "--weight-decay",
+        "0.1",
+        "--no-auto-teacher",
+        "--batch-size",
+        "128",
+    )
     assert cfg.data.hflip is True and cfg.optim.lr == 1e-3 and cfg.optim.scale_lr and cfg.data.batch_size == 128
     assert cfg.optim.warmup_epochs == 0 and cfg.optim.weight_decay == 0.1 and not cfg.loss.auto_teacher
     assert TrainConfig().data.batch_size == 128
@@ -74,8 +87,10 @@ def test_dataclass_defaults_are_the_papers():
 
 def test_help_shows_both_defaults():
     text = " ".join(train_parser().format_help().split())
-    assert ("(optim.lr, default 0.002; 0.004 for binary and some-fp under 10 epochs; 0.0005 with --init-from "
-            "and no --teacher without --recipe, 0.0005 with one)") in text
+    assert (
+        "(optim.lr, default 0.002; 0.004 for binary and some-fp under 10 epochs; 0.0005 with --init-from "
+        "and no --teacher without --recipe, 0.0005 with one)"
+    ) in text
     assert "--hflip, --no-hflip" in text and "--auto-teacher, --no-auto-teacher" in text
 
 
@@ -124,9 +139,31 @@ def test_split_of_the_epochs():
 
 
 def auto_argv(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["--data", str(data), "--arch", "bhvit_test", "--precision", "binary", "--epochs", "3",
-            "--batch-size", "4", "--eval-batch-size", "6", "--out", str(out), "--threads", "1", "--no-progress",
-            "--no-plots", "--log-every", "1", "--flip-every", "0", *extra]
+    return [
+        "--data",
+        str(data),
+        "--arch",
+        "bhvit_test",
+        "--precision",
+        "binary",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "4",
+        "--eval-batch-size",
+        "6",
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+        "--no-progress",
+        "--no-plots",
+        "--log-every",
+        "1",
+        "--flip-every",
+        "0",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,22 @@ from bhvit.train.demo import PRESETS, stage_config
 
 def test_demo_end_to_end_on_fake_fashion_mnist(fmnist_dir, tmp_path):
     out = tmp_path / "demo"
-    rc = cmd_demo(["--data", str(fmnist_dir), "--out", str(out), "--teacher-epochs", "1", "--student-epochs", "1",
-                   "--batch-size", "16", "--threads", "1"])
+    rc = cmd_demo(
+        [
+            "--data",
+            str(fmnist_dir),
+            "--out",
+            str(out),
+            "--teacher-epochs",
+            "1",
+            "--student-epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--threads",
+            "1",
+        ]
+    )
     assert rc == 0
     result = json.loads((out / "demo_summary.json").read_text())
     assert set(result["summaries"]) == {"fp", "some_fp", "binary"}
@@ -35,8 +49,25 @@ def test_presets_are_valid_configs():
 
 def test_demo_with_a_separate_student_init(fmnist_dir, tmp_path):
     out = tmp_path / "demo"
-    rc = cmd_demo(["--data", str(fmnist_dir), "--out", str(out), "--init-epochs", "1", "--teacher-epochs", "1",
-                   "--student-epochs", "1", "--batch-size", "16", "--threads", "1", "--only-binary"])
+    rc = cmd_demo(
+        [
+            "--data",
+            str(fmnist_dir),
+            "--out",
+            str(out),
+            "--init-epochs",
+            "1",
+            "--teacher-epochs",
+            "1",
+            "--student-epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--threads",
+            "1",
+            "--only-binary",
+        ]
+    )
     assert rc == 0
     result = json.loads((out / "demo_summary.json").read_text())
     init, teacher = result["init"], result["summaries"]["fp"]
@@ -55,7 +86,11 @@ def test_long_preset_stages():
     assert (init.run.epochs, init.data.augment, init.model.init_from) == (1, "none", None)
     assert (teacher.run.epochs, teacher.data.augment) == (20, "small")
     assert (student.run.epochs, student.data.augment, student.model.init_from, student.loss.teacher) == (
-        10, "none", "i.pt", "t.pt")
+        10,
+        "none",
+        "i.pt",
+        "t.pt",
+    )
     assert init.run.out_dir != teacher.run.out_dir
 
 

@@ -26,8 +26,7 @@ def _cfg(data_dir, out) -> TrainConfig:
         # what is left is rounding noise, which Adam (eps 1e-8) would blow up to ±lr steps that differ
         # between runs. A large eps keeps such noise from moving weights; real gradients still do.
         optim=OptimConfig(lr=1e-3, scale_lr=False, eps=1e-3),
-        run=RunConfig(epochs=1, out_dir=str(out), log_every=1, flip_every=0, progress=False, plots=False,
-                      threads=1),
+        run=RunConfig(epochs=1, out_dir=str(out), log_every=1, flip_every=0, progress=False, plots=False, threads=1),
     )
 
 
@@ -36,8 +35,16 @@ def test_two_processes_match_one(fmnist_dir, tmp_path):
     cfg = _cfg(fmnist_dir, tmp_path / "two")
     (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(WORKER), str(tmp_path / "cfg.json")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(WORKER),
+        str(tmp_path / "cfg.json"),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     double = json.loads((tmp_path / "two" / "summary.json").read_text())

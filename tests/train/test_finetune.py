@@ -21,8 +21,27 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "make_reference_fixtu
 
 def _finetune(data: Path, ckpt: Path, out: Path, *extra: str) -> dict[str, torch.Tensor]:
     """Runs the documented fine-tuning command for 2 steps; returns the fine-tuned state dict."""
-    argv = ["--data", str(data), "--init-from", str(ckpt), "--img-size", "64", "--epochs", "1", "--max-steps", "2",
-            "--batch-size", "4", "--out", str(out), "--no-progress", "--no-plots", "--threads", "1", *extra]
+    argv = [
+        "--data",
+        str(data),
+        "--init-from",
+        str(ckpt),
+        "--img-size",
+        "64",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--no-plots",
+        "--threads",
+        "1",
+        *extra,
+    ]
     assert cmd_train(argv) == 0
     return ckpt_io.load(out / "checkpoint.pt")["model"]
 
@@ -63,8 +82,19 @@ def _authors_checkpoint(path: Path) -> Path:
 def test_finetune_from_the_authors_checkpoint(folder_dir: Path, tmp_path: Path) -> None:
     ckpt = _authors_checkpoint(tmp_path / "BHViT_mini_binary.pth")
     authors = bhvit.load_upstream(str(ckpt), img_size=64, window_size=2).state_dict()
-    state = _finetune(folder_dir, ckpt, tmp_path / "run", "--arch", "bhvit_tiny", "--override", "depths=[1,1,1,1]",
-                      "--precision", "binary", "--attn-quant", "gsb")
+    state = _finetune(
+        folder_dir,
+        ckpt,
+        tmp_path / "run",
+        "--arch",
+        "bhvit_tiny",
+        "--override",
+        "depths=[1,1,1,1]",
+        "--precision",
+        "binary",
+        "--attn-quant",
+        "gsb",
+    )
     assert state["head.weight"].shape == (2, 512)
     # after two steps the copied tensors are near the authors' (lr-sized updates), the head is not theirs
     assert (state["stem.proj.weight"] - authors["stem.proj.weight"]).abs().max() < 0.05

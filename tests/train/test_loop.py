@@ -20,8 +20,19 @@ def tiny_cfg(data_dir, out, **run) -> TrainConfig:
         model=ModelSpec(arch="bhvit_test", precision="binary", drop_path_rate=0.1),
         loss=LossConfig(mode="ce", reg_weight=0.1, reg_fraction=0.5),
         optim=OptimConfig(lr=2e-3, scale_lr=False, warmup_epochs=0.5, clip_grad=5.0),
-        run=RunConfig(**{"epochs": 2, "out_dir": str(out), "log_every": 1, "flip_every": 1, "progress": False,
-                         "plots": False, "threads": 1, "ema_decay": 0.9, **run}),
+        run=RunConfig(
+            **{
+                "epochs": 2,
+                "out_dir": str(out),
+                "log_every": 1,
+                "flip_every": 1,
+                "progress": False,
+                "plots": False,
+                "threads": 1,
+                "ema_decay": 0.9,
+                **run,
+            }
+        ),
     )
 
 
@@ -44,8 +55,12 @@ def test_run_writes_summary_logs_and_checkpoint(fmnist_dir, tmp_path):
     # `bhvit eval` on the same checkpoint and data reproduces the final test accuracy
     from bhvit.cli.train import cmd_eval
 
-    assert cmd_eval([on_disk["checkpoint"], "--data", str(fmnist_dir), "--json", str(tmp_path / "e.json"),
-                     "--threads", "1"]) == 0
+    assert (
+        cmd_eval(
+            [on_disk["checkpoint"], "--data", str(fmnist_dir), "--json", str(tmp_path / "e.json"), "--threads", "1"]
+        )
+        == 0
+    )
     scored = json.loads((tmp_path / "e.json").read_text())
     assert scored["acc1"] == pytest.approx(on_disk["test_acc1"]) and scored["n"] == 32
 
@@ -115,8 +130,7 @@ def test_distillation_from_own_fp_checkpoint(fmnist_dir, tmp_path):
 
 def test_grad_checkpointing_gives_the_same_weights(fmnist_dir, tmp_path):
     plain = train(tiny_cfg(fmnist_dir, tmp_path / "plain", epochs=1, max_steps=2, ema_decay=None))
-    ckpt = train(tiny_cfg(fmnist_dir, tmp_path / "gc", epochs=1, max_steps=2, ema_decay=None,
-                          grad_checkpointing=True))
+    ckpt = train(tiny_cfg(fmnist_dir, tmp_path / "gc", epochs=1, max_steps=2, ema_decay=None, grad_checkpointing=True))
     a, b = ckpt_io.load(plain["checkpoint"])["model"], ckpt_io.load(ckpt["checkpoint"])["model"]
     for key in a:  # BatchNorm running stats included: recomputation must not update them twice
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)

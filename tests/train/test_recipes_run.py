@@ -14,8 +14,22 @@ from bhvit.train.config import load_recipe
 from bhvit.train.logs import read_jsonl
 
 RECIPES = sorted((Path(__file__).parents[2] / "recipes").glob("*.toml"))
-QUICK = ["--max-steps", "1", "--batch-size", "2", "--train-subset", "4", "--threads", "1", "--workers", "0",
-         "--no-progress", "--no-plots", "--log-every", "1"]
+QUICK = [
+    "--max-steps",
+    "1",
+    "--batch-size",
+    "2",
+    "--train-subset",
+    "4",
+    "--threads",
+    "1",
+    "--workers",
+    "0",
+    "--no-progress",
+    "--no-plots",
+    "--log-every",
+    "1",
+]
 
 
 def dataset_dir(name: str, fmnist_dir: Path, cifar_dir: Path, folder_dir: Path) -> Path:
@@ -37,8 +51,28 @@ def test_recipe_runs_one_step(path, fmnist_dir, cifar_dir, folder_dir, fake_timm
         extra = ["--teacher", f"timm:fakenet={tmp_path / 'tuned.pth'}"]
     elif cfg.loss.teacher:
         teacher_out = tmp_path / "teacher"
-        assert cmd_train(["--recipe", str(path), "--data", data, "--precision", "fp", "--loss", "ce",
-                          "--teacher", "", "--init-from", "", "--out", str(teacher_out), *QUICK]) == 0
+        assert (
+            cmd_train(
+                [
+                    "--recipe",
+                    str(path),
+                    "--data",
+                    data,
+                    "--precision",
+                    "fp",
+                    "--loss",
+                    "ce",
+                    "--teacher",
+                    "",
+                    "--init-from",
+                    "",
+                    "--out",
+                    str(teacher_out),
+                    *QUICK,
+                ]
+            )
+            == 0
+        )
         ckpt = str(teacher_out / "checkpoint.pt")
         extra = ["--teacher", ckpt] + (["--init-from", ckpt] if cfg.model.init_from else [])
     out = tmp_path / "run"

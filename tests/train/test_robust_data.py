@@ -67,8 +67,9 @@ def test_palette_cmyk_grey_and_alpha_give_rgb(tmp_path):
     # alpha is premultiplied (composited over black), as bhvit predict does
     alpha = np.tile(np.array([0, 128, 255], dtype=np.uint8), (10, 5))[:, :14]
     Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(tmp_path / "a.png")
-    np.testing.assert_array_equal(read_rgb(tmp_path / "a.png"),
-                                  np.rint(rgb * (alpha[..., None] / 255.0) - 1e-9).astype(np.uint8))
+    np.testing.assert_array_equal(
+        read_rgb(tmp_path / "a.png"), np.rint(rgb * (alpha[..., None] / 255.0) - 1e-9).astype(np.uint8)
+    )
     pal = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
     pal.save(tmp_path / "p.png", transparency=0)  # palette entry 0 is transparent
     index = np.asarray(pal)
@@ -117,8 +118,11 @@ def test_empty_validation_split_is_an_error(tmp_path):
     for f in (root / "val").rglob("*.png"):
         f.unlink()
     (root / "val" / "cat" / "notes.txt").write_text("to do")
-    with pytest.raises(DatasetError, match=r"val holds no images in class folders \(found 1 other file\(s\), "
-                                           r"e\.g\. cat/notes\.txt\)"):
+    with pytest.raises(
+        DatasetError,
+        match=r"val holds no images in class folders \(found 1 other file\(s\), "
+        r"e\.g\. cat/notes\.txt\)",
+    ):
         build_datasets(DataConfig(name=str(root), img_size=32))
 
 

@@ -45,8 +45,19 @@ def run_cfg(data: Path, out: Path, **run) -> TrainConfig:
         model=ModelSpec(arch="bhvit_test", precision="binary", drop_path_rate=0.1),
         loss=LossConfig(mode="ce", reg_weight=0.0),
         optim=OptimConfig(lr=2e-3, scale_lr=False, warmup_epochs=0.5),
-        run=RunConfig(**{"epochs": EPOCHS, "out_dir": str(out), "log_every": 1, "flip_every": 0, "progress": False,
-                         "plots": False, "threads": 1, "ema_decay": 0.9, **run}),
+        run=RunConfig(
+            **{
+                "epochs": EPOCHS,
+                "out_dir": str(out),
+                "log_every": 1,
+                "flip_every": 0,
+                "progress": False,
+                "plots": False,
+                "threads": 1,
+                "ema_decay": 0.9,
+                **run,
+            }
+        ),
     )
 
 
@@ -104,9 +115,25 @@ def test_corrupt_validation_image_loses_no_training(reference, tmp_path, capsys)
     good = victim.read_bytes()
     victim.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     out = tmp_path / "run"
-    argv = ["--data", str(data), "--arch", "bhvit_test", "--img-size", "32", "--batch-size", str(BATCH),
-            "--epochs", str(EPOCHS), "--out", str(out), "--threads", "1", "--no-progress", "--no-plots",
-            "--no-auto-teacher"]  # the binary run alone (test_defaults.py covers the fp stage's resume)
+    argv = [
+        "--data",
+        str(data),
+        "--arch",
+        "bhvit_test",
+        "--img-size",
+        "32",
+        "--batch-size",
+        str(BATCH),
+        "--epochs",
+        str(EPOCHS),
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+        "--no-progress",
+        "--no-plots",
+        "--no-auto-teacher",
+    ]  # the binary run alone (test_defaults.py covers the fp stage's resume)
     assert cmd_train(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and str(victim) in err and "Epoch 1's training is saved" in err
@@ -153,13 +180,19 @@ def test_init_from_another_architecture_is_refused(tmp_path):
     student = bhvit.create_model("bhvit_test")
     before = {k: v.clone() for k, v in student.state_dict().items()}
     deeper = _save(bhvit.create_model("bhvit_test", depths=(1, 1, 2, 1)), tmp_path / "deep.pt")
-    with pytest.raises(InitMismatchError, match=r"another architecture \(depths \[1, 1, 2, 1\] vs \[1, 1, 1, 1\]; "
-                                                r"checkpoint vs model\): 401 of the model's 401 tensors match .*"
-                                                r"104 differ: stages\.2\.blocks\.1\.\S+ only in the checkpoint"):
+    with pytest.raises(
+        InitMismatchError,
+        match=r"another architecture \(depths \[1, 1, 2, 1\] vs \[1, 1, 1, 1\]; "
+        r"checkpoint vs model\): 401 of the model's 401 tensors match .*"
+        r"104 differ: stages\.2\.blocks\.1\.\S+ only in the checkpoint",
+    ):
         init_from_checkpoint(student, deeper)
     tiny = _save(bhvit.create_model("bhvit_tiny", num_classes=10, img_size=32, window_size=1), tmp_path / "tiny.pt")
-    with pytest.raises(InitMismatchError, match=r"widths .*: 39 of the model's 401 tensors match .* "
-                                                r"stem\.pos_embed \(1, 64, 8, 8\) vs \(1, 16, 8, 8\)"):
+    with pytest.raises(
+        InitMismatchError,
+        match=r"widths .*: 39 of the model's 401 tensors match .* "
+        r"stem\.pos_embed \(1, 64, 8, 8\) vs \(1, 16, 8, 8\)",
+    ):
         init_from_checkpoint(student, tiny)
     assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())  # untouched
 

@@ -50,8 +50,9 @@ def test_timm_input_is_renormalised_expanded_and_resized(fake_timm):
     fed = teacher.model.seen[-1]
     assert fed.shape == (2, 3, fake_timm.SIDE, fake_timm.SIDE)
     side = fake_timm.SIDE
-    up = torch.nn.functional.interpolate(u.expand(-1, 3, -1, -1), size=(side, side), mode="bilinear",
-                                         align_corners=False)
+    up = torch.nn.functional.interpolate(
+        u.expand(-1, 3, -1, -1), size=(side, side), mode="bilinear", align_corners=False
+    )
     expect = (up - torch.tensor(fake_timm.MEAN).view(1, 3, 1, 1)) / torch.tensor(fake_timm.STD).view(1, 3, 1, 1)
     torch.testing.assert_close(fed, expect, rtol=1e-5, atol=1e-5)
 
@@ -85,8 +86,9 @@ def test_training_distils_from_a_timm_teacher(fake_timm, fmnist_dir, tmp_path):
         model=ModelSpec(arch="bhvit_test", precision="binary"),
         loss=LossConfig(mode="kd", teacher=f"timm:fakenet={tmp_path / 'tuned.pth'}"),
         optim=OptimConfig(lr=2e-3, scale_lr=False, warmup_epochs=0.0),
-        run=RunConfig(epochs=1, max_steps=2, out_dir=str(tmp_path / "run"), log_every=1, progress=False,
-                      plots=False, threads=1),
+        run=RunConfig(
+            epochs=1, max_steps=2, out_dir=str(tmp_path / "run"), log_every=1, progress=False, plots=False, threads=1
+        ),
     )
     train(cfg)
     steps = [r for r in read_jsonl(tmp_path / "run" / "log.jsonl") if r["kind"] == "step"]
@@ -96,6 +98,20 @@ def test_training_distils_from_a_timm_teacher(fake_timm, fmnist_dir, tmp_path):
 def test_cli_reports_an_unreachable_timm_teacher(fake_timm, fmnist_dir, tmp_path, capsys):
     from bhvit.cli.train import cmd_train
 
-    rc = cmd_train(["--data", str(fmnist_dir), "--teacher", "timm:nosuchnet", "--max-steps", "1",
-                    "--out", str(tmp_path / "r"), "--threads", "1", "--no-progress", "--no-plots"])
+    rc = cmd_train(
+        [
+            "--data",
+            str(fmnist_dir),
+            "--teacher",
+            "timm:nosuchnet",
+            "--max-steps",
+            "1",
+            "--out",
+            str(tmp_path / "r"),
+            "--threads",
+            "1",
+            "--no-progress",
+            "--no-plots",
+        ]
+    )
     assert rc == 2 and "bhvit train: error: timm could not build" in capsys.readouterr().err
