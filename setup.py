@@ -29,8 +29,9 @@ from pathlib import Path
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-CSRC = Path("csrc")
+CSRC = Path("csrc")  # the Python extension's bindings
 RUNTIME = Path("runtime")
+KERNELS = RUNTIME / "kernels"
 RUNTIME_EXT = "bhvit.runtime.libbhvit_runtime"
 RUNTIME_LIB = "libbhvit_runtime.dylib" if sys.platform == "darwin" else "libbhvit_runtime.so"
 X86_FLAGS = {
@@ -125,7 +126,7 @@ def _compile_in_parallel(compiler, jobs: int) -> None:  # noqa: ANN001
     compiler.compile = compile_all
 
 
-ENGINE_SOURCES = ["engine.cpp", "isa_generic.cpp", "isa_neon.cpp", *X86_FLAGS]
+ENGINE_SOURCES = ["drivers.cpp", "isa_generic.cpp", "isa_neon.cpp", *X86_FLAGS]
 
 
 def _native(name: str, sources: list[str], link_args: list[str]) -> Extension:
@@ -133,7 +134,7 @@ def _native(name: str, sources: list[str], link_args: list[str]) -> Extension:
     return Extension(
         name,
         sources=sources,
-        include_dirs=[str(CSRC), str(RUNTIME / "include"), str(RUNTIME / "src"), _pybind11_include()],
+        include_dirs=[str(KERNELS), str(RUNTIME / "include"), str(RUNTIME / "src"), _pybind11_include()],
         language="c++",
         extra_compile_args=["-std=c++17", "-O3", "-ffp-contract=off", "-fvisibility=hidden"],
         extra_link_args=link_args,
@@ -143,7 +144,7 @@ def _native(name: str, sources: list[str], link_args: list[str]) -> Extension:
 
 def _extensions() -> list[Extension]:
     """``_C`` (engine + bindings.cpp) and, when runtime/src has its sources, the runtime library."""
-    engine = [str(CSRC / s) for s in ENGINE_SOURCES]
+    engine = [str(KERNELS / s) for s in ENGINE_SOURCES]
     exts = [_native("bhvit.engine._C", engine[:1] + [str(CSRC / "bindings.cpp")] + engine[1:], [])]
     runtime = sorted(str(p) for p in (RUNTIME / "src").glob("*.cpp"))
     if not runtime:

@@ -26,7 +26,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "engine.h"
+#include "kernels.h"
 
 namespace py = pybind11;
 using bhv::Epilogue;

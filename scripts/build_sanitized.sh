@@ -27,9 +27,9 @@ fi
 if ((RUNTIME)); then OUT=${1:-build/sanitized-runtime}; else OUT=${1:-build/sanitized}; fi
 mkdir -p "$OUT/obj"
 SANITIZE=(-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1)
-FLAGS=(-std=c++17 -fPIC -fopenmp -ffp-contract=off -fvisibility=hidden "${SANITIZE[@]}" -Icsrc)
-ENGINE=(csrc/engine.cpp csrc/isa_generic.cpp csrc/isa_neon.cpp csrc/isa_popcnt.cpp csrc/isa_avx2.cpp
-        csrc/isa_avx512bw.cpp csrc/isa_avx512vpopcnt.cpp)
+FLAGS=(-std=c++17 -fPIC -fopenmp -ffp-contract=off -fvisibility=hidden "${SANITIZE[@]}" -Iruntime/kernels)
+ENGINE=(runtime/kernels/drivers.cpp runtime/kernels/isa_generic.cpp runtime/kernels/isa_neon.cpp runtime/kernels/isa_popcnt.cpp runtime/kernels/isa_avx2.cpp
+        runtime/kernels/isa_avx512bw.cpp runtime/kernels/isa_avx512vpopcnt.cpp)
 if ((RUNTIME)); then
   FLAGS+=(-Iruntime/include -Iruntime/src)
   SOURCES=("${ENGINE[@]}" runtime/src/*.cpp)

@@ -23,7 +23,7 @@ fi
 STAMP=.venv/.bhvit-install-stamp
 inputs_hash() {
   # runtime/: what the pip build reads (not a CMake build folder someone put there)
-  cat pyproject.toml setup.py $(find csrc -type f | LC_ALL=C sort) \
+  cat pyproject.toml setup.py $(find csrc runtime/kernels -type f | LC_ALL=C sort) \
     $(find runtime -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.inc' -o -name '*.map' \) \
       -not -path '*/CMakeFiles/*' | LC_ALL=C sort) | sha256sum | cut -d' ' -f1
 }

@@ -12,7 +12,7 @@
 #include <thread>
 
 #include "bhvit_runtime.h"
-#include "engine.h"
+#include "kernels.h"
 #include "error.h"
 #include "model.h"
 #include "safetensors.h"

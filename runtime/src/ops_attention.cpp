@@ -11,7 +11,7 @@
 #include <cstring>
 #include <limits>
 
-#include "engine.h"
+#include "kernels.h"
 #include "floatk.h"
 #include "ops.h"
 #include "parallel.h"

@@ -1,10 +1,10 @@
-// Binary ops (§5): bconv and blinear on packed signs through the engine's kernels (csrc/engine.h), weights
+// Binary ops (§5): bconv and blinear on packed signs through the engine's kernels (runtime/kernels/kernels.h), weights
 // converted once at load: rows -> 8-row panels (bitpack.h convention 7), per-tap popcounts for the exact
 // zero padding of convolutions, and the nibble layout of small-K linears (convention 8).
 #include <algorithm>
 #include <cstring>
 
-#include "engine.h"
+#include "kernels.h"
 #include "floatk.h"
 #include "ops.h"
 #include "parallel.h"

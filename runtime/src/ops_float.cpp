@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "engine.h"
+#include "kernels.h"
 #include "floatk.h"
 #include "ops.h"
 #include "parallel.h"

@@ -6,14 +6,14 @@
 #include <cstdint>
 #include <vector>
 
-#include "engine.h"
+#include "kernels.h"
 #include "parallel_for.h"
 
 namespace bhr {
 
 constexpr int64_t kMinParallelWork = 1 << 15;  // ~ element operations; a parallel region costs ~2-5 us
 
-// f(task) for task in [0, n), on the engine's threads and schedule (csrc/parallel_for.h).
+// f(task) for task in [0, n), on the engine's threads and schedule (runtime/kernels/parallel_for.h).
 template <class F>
 void parallel_for(int64_t n, int64_t work, F&& f) {
   bhv::parallel_tasks(n, work, kMinParallelWork, f);

@@ -1,4 +1,4 @@
-"""The standalone C++ self-test (csrc/selftest.cpp): every ISA's kernels, and the engine's drivers run
+"""The standalone C++ self-test (runtime/tests/selftest.cpp): every ISA's kernels, and the engine's drivers run
 on every ISA, against the portable ones bit for bit, compiled with the same flags as setup.py (per-file
 ISA flags, -ffp-contract=off, OpenMP); also cross-compiled for aarch64 and run under qemu when those
 tools are installed (the NEON path: ``apt-get install g++-aarch64-linux-gnu qemu-user``)."""
@@ -12,14 +12,15 @@ from pathlib import Path
 
 import pytest
 
-CSRC = Path(__file__).resolve().parents[2] / "csrc"
+RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
+KERNELS = RUNTIME / "kernels"
 X86_FLAGS = {
     "isa_popcnt.cpp": ["-mpopcnt"],
     "isa_avx2.cpp": ["-mavx2", "-mpopcnt"],
     "isa_avx512bw.cpp": ["-mavx512f", "-mavx512bw", "-mpopcnt"],
     "isa_avx512vpopcnt.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vpopcntdq", "-mpopcnt"],
 }
-SOURCES = ["selftest.cpp", "engine.cpp", "isa_generic.cpp", "isa_neon.cpp", *X86_FLAGS]
+SOURCES = ["drivers.cpp", "isa_generic.cpp", "isa_neon.cpp", *X86_FLAGS]
 COMMON = ["-O2", "-std=c++17", "-ffp-contract=off", "-fopenmp"]  # as setup.py
 
 pytestmark = pytest.mark.slow
@@ -27,9 +28,9 @@ pytestmark = pytest.mark.slow
 
 def _build(cxx: str, out: Path, per_file: dict[str, list[str]], extra: list[str]) -> Path:
     objects = []
-    for src in SOURCES:
-        obj = out / (src + ".o")
-        cmd = [cxx, *COMMON, f"-I{CSRC}", *per_file.get(src, []), "-c", str(CSRC / src), "-o", str(obj)]
+    for path in [RUNTIME / "tests" / "selftest.cpp", *(KERNELS / s for s in SOURCES)]:
+        obj = out / (path.name + ".o")
+        cmd = [cxx, *COMMON, f"-I{KERNELS}", *per_file.get(path.name, []), "-c", str(path), "-o", str(obj)]
         subprocess.run(cmd, check=True, capture_output=True)
         objects.append(str(obj))
     exe = out / "selftest"

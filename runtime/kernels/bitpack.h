@@ -52,7 +52,7 @@ inline int64_t words_for(int64_t k) { return (k + kWordBits - 1) / kWordBits; }
 inline int64_t panels_for(int64_t n) { return (n + kPanel - 1) / kPanel; }
 inline int64_t quads_for(int64_t n) { return (n + kQuad - 1) / kQuad; }
 
-struct Epilogue;  // engine.h
+struct Epilogue;  // kernels.h
 
 // One ISA's kernels. popc_block fills P[i * ldp + 8 * (p - p0) + j] (i < M, p0 <= p < p1, j < 8) with
 //   sum_k popcount(op(A[i * lda + k], Bp[(p * KW + k) * 8 + j])),  op = XOR, or AND if op_and.
@@ -73,7 +73,7 @@ struct IsaKernels {
   // room for whole quads.
   void (*nibble_block)(const uint64_t* A, int64_t lda, int64_t M, const uint8_t* nib, int64_t q0, int64_t q1,
                        int64_t KW, int32_t* P, int64_t ldp) = nullptr;
-  // The MLP's shift branches added into output row (b, i) of (B, H, W, C) maps (engine.h, shift_add),
+  // The MLP's shift branches added into output row (b, i) of (B, H, W, C) maps (kernels.h, shift_add),
   // compiled per ISA so that the channel loops run at its vector width (float_ops.inc).
   void (*shift_row)(float* out, const float* x, int64_t b, int64_t i, int64_t H, int64_t W, int64_t C,
                     const int* kernels, int64_t nk, const float* ls) = nullptr;

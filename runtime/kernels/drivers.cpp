@@ -1,5 +1,5 @@
 // Drivers: ISA dispatch, threading, blocking, im2col of packed bits (the output transform is epilogue.inc).
-#include "engine.h"
+#include "kernels.h"
 #include "parallel_for.h"
 #include "rowops.inc"
 

@@ -1,4 +1,4 @@
-// The one parallel loop of the engine's drivers (engine.cpp) and the runtime's ops (runtime/src/parallel.h):
+// The one parallel loop of the engine's drivers (drivers.cpp) and the runtime's ops (runtime/src/parallel.h):
 // OpenMP over n independent tasks on the engine's thread count, serial below min_work (where waking a
 // second thread costs more than it saves).
 //
@@ -12,7 +12,7 @@
 
 namespace bhv {
 
-int get_num_threads();  // engine.h
+int get_num_threads();  // kernels.h
 
 template <class F>
 void parallel_tasks(int64_t n, int64_t work, int64_t min_work, F&& f) {

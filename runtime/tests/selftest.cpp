@@ -1,11 +1,11 @@
 // Standalone self-test of the per-ISA kernels against the portable ones, bit for bit, over awkward
-// sizes: the kernels themselves (pack_rows, popc_block, nibble_block), then the drivers of engine.cpp
+// sizes: the kernels themselves (pack_rows, popc_block, nibble_block), then the drivers of drivers.cpp
 // run on each ISA against the same calls on "generic" (bgemm with every output-transform step, with and
 // without the nibble layout, batched weights, accumulate mode; grouped dilated and 2x2 stride-2 convs;
 // masked A.v; the shift branches). Needs no Python, so it also runs under an emulator for other
 // architectures, e.g.
-//   aarch64-linux-gnu-g++ -O2 -std=c++17 -ffp-contract=off -static -Icsrc csrc/selftest.cpp \
-//       csrc/engine.cpp csrc/isa_*.cpp -o selftest && qemu-aarch64 ./selftest
+//   aarch64-linux-gnu-g++ -O2 -std=c++17 -ffp-contract=off -static -Iruntime/kernels runtime/tests/selftest.cpp \
+//       runtime/kernels/drivers.cpp runtime/kernels/isa_*.cpp -o selftest && qemu-aarch64 ./selftest
 // (on x86-64, compile isa_avx2.cpp etc. with the flags listed in setup.py).
 #include <cstdio>
 #include <cstring>
@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "engine.h"
+#include "kernels.h"
 
 namespace {
 
