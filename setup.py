@@ -53,7 +53,7 @@ def _pybind11_include() -> str:
 
 
 class BuildExt(build_ext):
-    """Adds per-file ISA flags and OpenMP when the compiler supports them; names the runtime library."""
+    """Adds per-file ISA flags and threads; names the runtime library."""
 
     def get_ext_filename(self, fullname: str) -> str:
         if fullname.split(".")[-1] == RUNTIME_EXT.split(".")[-1]:  # called with the full or the last name
@@ -75,10 +75,9 @@ class BuildExt(build_ext):
             print("warning: bhvit's packed engine needs gcc or clang; skipping the native extension")
             self.extensions = []
             return
-        openmp = ["-fopenmp"] if self._accepts(["-fopenmp"]) else []
-        for ext in self.extensions:
-            ext.extra_compile_args += openmp
-            ext.extra_link_args += openmp
+        for ext in self.extensions:  # the kernels' own thread pool (runtime/kernels/parallel.cpp)
+            ext.extra_compile_args += ["-pthread"]
+            ext.extra_link_args += ["-pthread"]
         original = self.compiler._compile
 
         def compile_one(obj, src, ext, cc_args, extra_postargs, pp_opts):  # noqa: ANN001
@@ -126,7 +125,7 @@ def _compile_in_parallel(compiler, jobs: int) -> None:  # noqa: ANN001
     compiler.compile = compile_all
 
 
-ENGINE_SOURCES = ["drivers.cpp", "isa_generic.cpp", "isa_neon.cpp", *X86_FLAGS]
+ENGINE_SOURCES = ["drivers.cpp", "parallel.cpp", "isa_generic.cpp", "isa_neon.cpp", *X86_FLAGS]
 
 
 def _native(name: str, sources: list[str], link_args: list[str]) -> Extension:

@@ -27,8 +27,8 @@ fi
 if ((RUNTIME)); then OUT=${1:-build/sanitized-runtime}; else OUT=${1:-build/sanitized}; fi
 mkdir -p "$OUT/obj"
 SANITIZE=(-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1)
-FLAGS=(-std=c++17 -fPIC -fopenmp -ffp-contract=off -fvisibility=hidden "${SANITIZE[@]}" -Iruntime/kernels)
-ENGINE=(runtime/kernels/drivers.cpp runtime/kernels/isa_generic.cpp runtime/kernels/isa_neon.cpp runtime/kernels/isa_popcnt.cpp runtime/kernels/isa_avx2.cpp
+FLAGS=(-std=c++17 -fPIC -pthread -ffp-contract=off -fvisibility=hidden "${SANITIZE[@]}" -Iruntime/kernels)
+ENGINE=(runtime/kernels/drivers.cpp runtime/kernels/parallel.cpp runtime/kernels/isa_generic.cpp runtime/kernels/isa_neon.cpp runtime/kernels/isa_popcnt.cpp runtime/kernels/isa_avx2.cpp
         runtime/kernels/isa_avx512bw.cpp runtime/kernels/isa_avx512vpopcnt.cpp)
 if ((RUNTIME)); then
   FLAGS+=(-Iruntime/include -Iruntime/src)
@@ -63,5 +63,5 @@ for src in "${SOURCES[@]}"; do
   PIDS+=($!)
 done
 for pid in "${PIDS[@]}"; do wait "$pid"; done  # set -e: a failed compile stops the script
-"$CXX" -shared "${SANITIZE[@]}" -fopenmp "${OBJS[@]}" -o "$TARGET"
+"$CXX" -shared "${SANITIZE[@]}" -pthread "${OBJS[@]}" -o "$TARGET"
 echo "$(cd "$(dirname "$TARGET")" && pwd)/$(basename "$TARGET")"

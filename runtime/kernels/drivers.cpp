@@ -1,14 +1,14 @@
 // Drivers: ISA dispatch, threading, blocking, im2col of packed bits (the output transform is epilogue.inc).
 #include "kernels.h"
-#include "parallel_for.h"
+#include "parallel.h"
 #include "rowops.inc"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <utility>
 #include <stdexcept>
-#include <thread>
 
 namespace bhv {
 namespace {
@@ -50,17 +50,15 @@ const std::vector<const IsaKernels*>& isas() {
   return v;
 }
 
-const IsaKernels*& active() {
-  static const IsaKernels* k = isas().front();
+// The ISA in use: process-wide, read by every call (set_isa may run while other threads compute).
+std::atomic<const IsaKernels*>& active_slot() {
+  static std::atomic<const IsaKernels*> k{isas().front()};
   return k;
 }
 
-int& threads() {
-  static int n = std::max(1u, std::thread::hardware_concurrency());
-  return n;
-}
+const IsaKernels* active() { return active_slot().load(std::memory_order_relaxed); }
 
-// Runs f(task) for task in [0, n); in parallel when there is enough work (parallel_for.h).
+// Runs f(task) for task in [0, n); in parallel when there is enough work (parallel.h).
 template <class F>
 void parallel_for(int64_t n, int64_t work, F&& f) {
   parallel_tasks(n, work, kSerialWork, f);
@@ -262,7 +260,7 @@ std::string current_isa() { return active()->name; }
 void set_isa(const std::string& name) {
   for (const IsaKernels* k : isas())
     if (name == k->name) {
-      active() = k;
+      active_slot().store(k, std::memory_order_relaxed);
       return;
     }
   throw std::invalid_argument("ISA '" + name + "' is not available on this CPU/build");
@@ -270,12 +268,6 @@ void set_isa(const std::string& name) {
 
 const IsaKernels& active_kernels() { return *active(); }
 
-int get_num_threads() { return threads(); }
-
-void set_num_threads(int n) {
-  if (n < 1) throw std::invalid_argument("num_threads must be >= 1");
-  threads() = n;
-}
 
 // ---- packing ----------------------------------------------------------------------------------
 void pack_rows(const float* x, int64_t ldx, int64_t M, int64_t K, const float* bias, uint64_t* out) {

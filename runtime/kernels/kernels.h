@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "bitpack.h"
+#include "parallel.h"  // get_num_threads, set_num_threads
 
 namespace bhv {
 
@@ -13,8 +14,6 @@ namespace bhv {
 std::vector<std::string> available_isas();  // best first; always ends with "generic"
 std::string current_isa();
 void set_isa(const std::string& name);      // throws std::invalid_argument if unavailable
-int get_num_threads();
-void set_num_threads(int n);                // n >= 1
 // The active ISA's serial kernels (bitpack.h), for callers that run their own parallel loops (the runtime's
 // attention runs popc_block per window and head inside one parallel region).
 const IsaKernels& active_kernels();

@@ -9,7 +9,6 @@
 #include <mutex>
 #include <new>
 #include <string>
-#include <thread>
 
 #include "bhvit_runtime.h"
 #include "kernels.h"
@@ -133,10 +132,7 @@ const char* bhvit_label(const bhvit_model* m, int i) {
   return m->m->labels[static_cast<size_t>(i)].c_str();
 }
 
-void bhvit_set_num_threads(int n) {
-  if (n < 1) n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  bhv::set_num_threads(n);
-}
+void bhvit_set_num_threads(int n) { bhv::set_num_threads(n < 1 ? bhv::default_num_threads() : n); }
 
 int bhvit_get_num_threads(void) { return bhv::get_num_threads(); }
 
@@ -167,18 +163,19 @@ int bhvit_set_isa(const char* name, char* err, size_t errlen) {
 
 int bhvit_set_profiling(bhvit_model* m, int on) {
   if (!m) return -1;
-  m->m->prof.on = on != 0;
+  m->m->profiling.store(on != 0);
   return 0;
 }
 
 int bhvit_profile(const bhvit_model* m, const char** kinds, double* seconds, int n) {
   if (!m) return -1;
   int count = 0;
+  const bhr::Profile prof = m->m->last_profile();
   for (int k = 0; k < bhr::kNumProf; ++k) {
     if (!m->m->kinds_used[k]) continue;
     if (count < n) {
       if (kinds) kinds[count] = bhr::kProfNames[k];
-      if (seconds) seconds[count] = m->m->prof.seconds[k];
+      if (seconds) seconds[count] = prof.seconds[k];
     }
     ++count;
   }

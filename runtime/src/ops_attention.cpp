@@ -14,7 +14,7 @@
 #include "kernels.h"
 #include "floatk.h"
 #include "ops.h"
-#include "parallel.h"
+#include "ops_parallel.h"
 #include "rowops.inc"
 
 namespace bhr {

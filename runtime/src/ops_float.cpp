@@ -6,7 +6,7 @@
 #include "kernels.h"
 #include "floatk.h"
 #include "ops.h"
-#include "parallel.h"
+#include "ops_parallel.h"
 
 namespace bhr {
 namespace {

@@ -1,6 +1,6 @@
 """The standalone C++ self-test (runtime/tests/selftest.cpp): every ISA's kernels, and the engine's drivers run
 on every ISA, against the portable ones bit for bit, compiled with the same flags as setup.py (per-file
-ISA flags, -ffp-contract=off, OpenMP); also cross-compiled for aarch64 and run under qemu when those
+ISA flags, -ffp-contract=off, threads); also cross-compiled for aarch64 and run under qemu when those
 tools are installed (the NEON path: ``apt-get install g++-aarch64-linux-gnu qemu-user``)."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ X86_FLAGS = {
     "isa_avx512bw.cpp": ["-mavx512f", "-mavx512bw", "-mpopcnt"],
     "isa_avx512vpopcnt.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vpopcntdq", "-mpopcnt"],
 }
-SOURCES = ["drivers.cpp", "isa_generic.cpp", "isa_neon.cpp", *X86_FLAGS]
-COMMON = ["-O2", "-std=c++17", "-ffp-contract=off", "-fopenmp"]  # as setup.py
+SOURCES = ["drivers.cpp", "parallel.cpp", "isa_generic.cpp", "isa_neon.cpp", *X86_FLAGS]
+COMMON = ["-O2", "-std=c++17", "-ffp-contract=off", "-pthread"]  # as setup.py
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ def _build(cxx: str, out: Path, per_file: dict[str, list[str]], extra: list[str]
         subprocess.run(cmd, check=True, capture_output=True)
         objects.append(str(obj))
     exe = out / "selftest"
-    subprocess.run([cxx, "-fopenmp", *extra, *objects, "-o", str(exe)], check=True, capture_output=True)
+    subprocess.run([cxx, "-pthread", *extra, *objects, "-o", str(exe)], check=True, capture_output=True)
     return exe
 
 

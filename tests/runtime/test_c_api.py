@@ -290,8 +290,8 @@ def test_cmake_build_install_and_static_library(bhvit_run: Path, rgb_model: Path
     images = [write_pnm(tmp_path / f"{i}.ppm", rng.integers(0, 256, (50, 41, 3))) for i in range(2)]
     installed, pip_built = _run([tool, rgb_model, *images]), _run([bhvit_run, rgb_model, *images])
     assert installed.returncode == 0 and installed.stdout == pip_built.stdout  # the same library, either way
-    # a C program linked statically: the C++ runtime and OpenMP at the final link
-    static = [f"-I{RUNTIME / 'include'}", str(build / "libbhvit_runtime.a"), "-fopenmp", "-lstdc++"]
+    # a C program linked statically: the C++ runtime and threads at the final link
+    static = [f"-I{RUNTIME / 'include'}", str(build / "libbhvit_runtime.a"), "-pthread", "-lstdc++"]
     exe = compile_c([C_API_CHECK_C], tmp_path / "static_check", static)
     x = np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype(np.float32)
     x.tofile(tmp_path / "x.f32")

@@ -1,19 +1,19 @@
-// Threading of the runtime's own loops: OpenMP over independent tasks (rows, pixels, windows x heads) with
-// the engine's thread count (bhvit_set_num_threads), serial below a little work, where waking a second
-// thread costs more than it saves.
+// Threading of the runtime's own loops: independent tasks (rows, pixels, windows x heads) on the process's
+// thread pool (runtime/kernels/parallel.h), serial below a little work, where waking a second thread costs
+// more than it saves.
 #pragma once
 #include <algorithm>
 #include <cstdint>
 #include <vector>
 
 #include "kernels.h"
-#include "parallel_for.h"
+#include "parallel.h"
 
 namespace bhr {
 
 constexpr int64_t kMinParallelWork = 1 << 15;  // ~ element operations; a parallel region costs ~2-5 us
 
-// f(task) for task in [0, n), on the engine's threads and schedule (runtime/kernels/parallel_for.h).
+// f(task) for task in [0, n), on the engine's threads and schedule (runtime/kernels/parallel.h).
 template <class F>
 void parallel_for(int64_t n, int64_t work, F&& f) {
   bhv::parallel_tasks(n, work, kMinParallelWork, f);
