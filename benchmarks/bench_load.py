@@ -31,7 +31,7 @@ WORKER = r"""
 import json, sys, threading, time
 import numpy as np
 import bhvit.runtime as rt
-path, threads, calls, clients, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+path, (threads, calls, clients), seconds = sys.argv[1], map(int, sys.argv[2:5]), float(sys.argv[5])
 if threads > 0:
     rt.set_num_threads(threads)
 model = rt.load(path)
@@ -108,8 +108,17 @@ def latency(args: argparse.Namespace, models: dict[str, Path], libs: dict[str, s
                 for lib_name, lib in libs.items():
                     for threads in (1, 0):
                         r = run_worker(lib, path, threads, args.calls)
-                        rows.append({"model": name, "lib": lib_name, "load": load, "threads": threads or "default",
-                                     "n_threads": r["threads"], "isa": r["isa"], "median_ms": r["median_ms"]})
+                        rows.append(
+                            {
+                                "model": name,
+                                "lib": lib_name,
+                                "load": load,
+                                "threads": threads or "default",
+                                "n_threads": r["threads"],
+                                "isa": r["isa"],
+                                "median_ms": r["median_ms"],
+                            }
+                        )
                         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -120,14 +129,19 @@ def summary(rows: list[dict]) -> list[dict]:
     keys = sorted({(r["model"], r["lib"]) for r in rows})
     for model, lib in keys:
         cell = {(r["load"], str(r["threads"])): r["median_ms"] for r in rows if r["model"] == model and r["lib"] == lib}
-        out.append({
-            "model": model, "lib": lib,
-            "idle_1t_ms": cell[("idle", "1")], "idle_default_ms": cell[("idle", "default")],
-            "busy_1t_ms": cell[("busy", "1")], "busy_default_ms": cell[("busy", "default")],
-            "busy_default_over_idle_1t": cell[("busy", "default")] / cell[("idle", "1")],
-            "busy_default_over_busy_1t": cell[("busy", "default")] / cell[("busy", "1")],
-            "idle_scaling": cell[("idle", "1")] / cell[("idle", "default")],
-        })
+        out.append(
+            {
+                "model": model,
+                "lib": lib,
+                "idle_1t_ms": cell[("idle", "1")],
+                "idle_default_ms": cell[("idle", "default")],
+                "busy_1t_ms": cell[("busy", "1")],
+                "busy_default_ms": cell[("busy", "default")],
+                "busy_default_over_idle_1t": cell[("busy", "default")] / cell[("idle", "1")],
+                "busy_default_over_busy_1t": cell[("busy", "default")] / cell[("busy", "1")],
+                "idle_scaling": cell[("idle", "1")] / cell[("idle", "default")],
+            }
+        )
     return out
 
 
@@ -139,8 +153,16 @@ def throughput(args: argparse.Namespace, models: dict[str, Path], libs: dict[str
             for c in args.clients:
                 r = run_worker(lib, path, args.threads, 0, clients=c, seconds=args.seconds)
                 base = base or r["images_per_s"]
-                rows.append({"model": name, "lib": lib_name, "clients": c, "threads": r["threads"],
-                             "images_per_s": r["images_per_s"], "vs_one_client": r["images_per_s"] / base})
+                rows.append(
+                    {
+                        "model": name,
+                        "lib": lib_name,
+                        "clients": c,
+                        "threads": r["threads"],
+                        "images_per_s": r["images_per_s"],
+                        "vs_one_client": r["images_per_s"] / base,
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -163,8 +185,13 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4], help="client threads (throughput mode)")
     ap.add_argument("--threads", type=int, default=0, help="runtime threads in throughput mode (0: default)")
     ap.add_argument("--seconds", type=float, default=5.0, help="seconds per throughput cell")
-    ap.add_argument("--lib", action="append", default=[], metavar="NAME=PATH",
-                    help="also run another build of libbhvit_runtime (repeatable); 'this' is the installed one")
+    ap.add_argument(
+        "--lib",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="also run another build of libbhvit_runtime (repeatable); 'this' is the installed one",
+    )
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "bhvit_bench_models"))
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
@@ -180,9 +207,18 @@ def main() -> None:
         rows = throughput(args, models, libs)
         result = {"rows": rows}
         print(table(rows))
-    result["machine"] = {"cpu": next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                                      if ln.startswith("model name")), platform.processor()),
-                         "cpus": os.cpu_count(), "busy_processes": args.busy}
+    result["machine"] = {
+        "cpu": next(
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")
+            ),
+            platform.processor(),
+        ),
+        "cpus": os.cpu_count(),
+        "busy_processes": args.busy,
+    }
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")

@@ -1781,31 +1781,36 @@ def _f32(v: float) -> float:
 
 
 def capi_profile(lib, rng: random.Random, models: list[Loaded], tmp: Path) -> str:  # noqa: ANN001
-    """bhvit_set_profiling / bhvit_profile with NULL models, n below, at and above the count of kinds."""
+    """bhvit_profile_kinds / bhvit_run_profiled with NULL models and arrays, n below, at and above the count."""
     import ctypes
 
     m = rng.choice(models)
-    _expect(lib.bhvit_set_profiling(None, 1) == -1 and lib.bhvit_profile(None, None, None, 3) == -1, "NULL model")
-    _expect(lib.bhvit_set_profiling(m.handle, 1) == 0, "bhvit_set_profiling failed")
-    try:
-        _run(lib, m, m.images[:1])
-        count = lib.bhvit_profile(m.handle, None, None, 0)
-        _expect(count >= 1, f"{count} profiled kinds after a run")
-        n = rng.choice([-1, 0, 1, count - 1, count, count + 3])
-        size = max(n, 0) + 4
-        kinds, secs = (ctypes.c_char_p * size)(*([b"-"] * size)), (ctypes.c_double * size)(*([-7.0] * size))
-        _expect(lib.bhvit_profile(m.handle, kinds, secs, n) == count, "bhvit_profile count changed")
-        written = min(max(n, 0), count)
-        _expect(
-            all(k == b"-" and s == -7.0 for k, s in zip(kinds[written:], secs[written:])),
-            f"bhvit_profile(n={n}) wrote past n (count {count})",
-        )
-        _expect(
-            all(k not in (None, b"-") and s >= 0 for k, s in zip(kinds[:written], secs[:written])),
-            f"bhvit_profile entries {list(zip(kinds[:written], secs[:written]))}",
-        )
-    finally:
-        lib.bhvit_set_profiling(m.handle, 0)
+    _expect(lib.bhvit_profile_kinds(None, None, 3) == -1, "NULL model")
+    count = lib.bhvit_profile_kinds(m.handle, None, 0)
+    _expect(count >= 1, f"{count} profiled kinds")
+    n = rng.choice([-1, 0, 1, count - 1, count, count + 3])
+    size = max(n, 0) + 4
+    kinds, secs = (ctypes.c_char_p * size)(*([b"-"] * size)), (ctypes.c_double * size)(*([-7.0] * size))
+    _expect(lib.bhvit_profile_kinds(m.handle, kinds, n) == count, "bhvit_profile_kinds count changed")
+    x = m.images[:1]
+    f32p = ctypes.POINTER(ctypes.c_float)
+    out = (ctypes.c_float * m.classes)()
+    err = ctypes.create_string_buffer(256)
+    _expect(
+        lib.bhvit_run_profiled(m.handle, x.ctypes.data_as(f32p), 1, out, None, 2, err, 256) == -1,
+        "NULL seconds with n > 0 accepted",
+    )
+    _expect(
+        lib.bhvit_run_profiled(m.handle, x.ctypes.data_as(f32p), 1, out, secs, n, err, 256) == 0,
+        f"bhvit_run_profiled failed: {err.value!r}",
+    )
+    written = min(max(n, 0), count)
+    for name, arr, fill in (("kinds", kinds, b"-"), ("seconds", secs, -7.0)):
+        _expect(all(v == fill for v in arr[written:]), f"{name} written past n={n} (count {count})")
+    _expect(
+        all(k not in (None, b"-") for k in kinds[:written]) and all(s >= 0 for s in secs[:written]),
+        f"profile entries {list(zip(kinds[:written], secs[:written]))}",
+    )
     lib.bhvit_free(None)
     return "RETURNED"
 

@@ -67,10 +67,12 @@ BHVIT_API int bhvit_get_num_threads(void);
  * choose another one the CPU supports (also read from the BHVIT_ISA environment variable at load). */
 BHVIT_API const char *bhvit_isa(void);
 BHVIT_API int bhvit_set_isa(const char *name, char *err, size_t errlen);
-/* Seconds per operation kind of the last bhvit_run when profiling is on (bhvit_set_profiling(m, 1)):
- * writes up to n (kind, seconds) pairs and returns how many kinds there are. */
-BHVIT_API int bhvit_set_profiling(bhvit_model *m, int on);
-BHVIT_API int bhvit_profile(const bhvit_model *m, const char **kinds, double *seconds, int n);
+/* The kinds of operation a profiled run of this model times ("blinear", "attention.core", ...): writes up to n
+ * names (static strings) to kinds and returns how many there are (-1 if m is NULL). */
+BHVIT_API int bhvit_profile_kinds(const bhvit_model *m, const char **kinds, int n);
+/* bhvit_run, also writing the seconds this call spent in each kind of bhvit_profile_kinds to seconds[0..n). */
+BHVIT_API int bhvit_run_profiled(bhvit_model *m, const float *images, int batch, float *logits, double *seconds,
+                                 int n, char *err, size_t errlen);
 BHVIT_API void bhvit_free(bhvit_model *m);
 
 #ifdef __cplusplus

@@ -65,16 +65,10 @@ std::unique_ptr<Workspace> Model::take_workspace(int64_t batch) {
 
 void Model::give_back(std::unique_ptr<Workspace> ws) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (ws->prof.on) last_prof_ = ws->prof;
   idle_.push_back(std::move(ws));
 }
 
-Profile Model::last_profile() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return last_prof_;
-}
-
-void Model::run(const float* images, int64_t batch, float* logits) {
+void Model::run(const float* images, int64_t batch, float* logits, Profile* prof) {
   int64_t need = 0;
   if (__builtin_mul_overflow(bytes_per_image, batch, &need))
     fail("batch " + std::to_string(batch) + " needs more than 2^63 bytes of activations; run a smaller batch");
@@ -97,16 +91,15 @@ void Model::run(const float* images, int64_t batch, float* logits) {
   }
   Exec x;
   x.batch = batch;
-  x.prof = &ws->prof;
+  x.prof = prof;
   x.ptr.resize(values.size());
   for (size_t v = 0; v < values.size(); ++v)
     x.ptr[v] = values[v].slot < 0 ? const_cast<float*>(images) : ws->slots[static_cast<size_t>(values[v].slot)].p;
-  ws->prof = Profile{};
-  ws->prof.on = profiling.load(std::memory_order_relaxed);
+  if (prof) *prof = Profile{true, {}};
   for (const auto& op : ops) {
     const int kind = op->prof_kind();
     if (kind >= 0) {
-      ProfScope scope(&ws->prof, kind);
+      ProfScope scope(prof, kind);
       op->run(x);
     } else {
       op->run(x);

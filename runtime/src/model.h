@@ -34,7 +34,7 @@ struct RegShape {
 
 std::string describe(const RegShape& s);  // "float (56, 56, 64)"
 
-// Profiled kinds of work (bhvit_profile); window_attention splits into its phases.
+// Profiled kinds of work (bhvit_profile_kinds); window_attention splits into its phases.
 enum ProfKind {
   kProfPatchConv, kProfAffine, kProfSignPack, kProfAvgPool, kProfBConv, kProfBLinear, kProfShiftAdd,
   kProfAttnPool, kProfAttnQkv, kProfAttnCore, kProfAttnMerge, kProfMeanTokens, kProfLinear, kNumProf
@@ -99,11 +99,10 @@ struct AlignedBuffer {
   void allocate(size_t bytes);  // throws Error when memory runs out
 };
 
-// The buffers of one run at a time: the slots for up to `batch` images, and the run's profile.
+// The buffers of one run at a time: the slots for up to `batch` images.
 struct Workspace {
   int64_t batch = 0;
   std::vector<AlignedBuffer> slots;
-  Profile prof;
 };
 
 struct Model {
@@ -122,17 +121,13 @@ struct Model {
 
   std::map<std::string, std::vector<float>> floats;  // F32 tensors the ops point into (converted once)
 
-  std::atomic<bool> profiling{false};
-
-  // Runs a batch; safe from any number of threads at once (each run on its own workspace).
-  void run(const float* images, int64_t batch, float* logits);
-  // Seconds per kind of the last run that finished with profiling on.
-  Profile last_profile() const;
+  // Runs a batch; safe from any number of threads at once (each run on its own workspace). With prof, the
+  // seconds of this run per kind of work are written to prof->seconds.
+  void run(const float* images, int64_t batch, float* logits, Profile* prof = nullptr);
 
  private:
-  mutable std::mutex mu_;  // guards idle_ and last_prof_
+  std::mutex mu_;  // guards idle_
   std::vector<std::unique_ptr<Workspace>> idle_;
-  Profile last_prof_;
 
   std::unique_ptr<Workspace> take_workspace(int64_t batch);
   void give_back(std::unique_ptr<Workspace> ws);

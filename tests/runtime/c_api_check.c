@@ -134,11 +134,11 @@ static void check_same_logits(bhvit_model *m, const unsigned char *file, size_t 
   }
   const char *kinds[64];
   double seconds[64];
-  check(bhvit_set_profiling(m, 1) == 0, "set_profiling");
-  check(bhvit_run(m, images, batch, got, err, sizeof err) == 0 && memcmp(got, want, bytes) == 0,
-        "the same logits with profiling on");
-  int n = bhvit_profile(m, kinds, seconds, 64);
-  check(n >= 1 && kinds[0] != NULL && seconds[0] >= 0.0, "profile after a run");
+  const int n = bhvit_profile_kinds(m, kinds, 64);
+  check(n >= 1 && n <= 64 && kinds[0] != NULL, "profile kinds");
+  check(bhvit_run_profiled(m, images, batch, got, seconds, n, err, sizeof err) == 0 && memcmp(got, want, bytes) == 0,
+        "the same logits when profiled");
+  check(seconds[0] >= 0.0, "seconds of a profiled run");
 }
 
 /* Reads batch x C x H x W floats from path; NULL (with a message) on error. */

@@ -56,20 +56,27 @@ def test_many_python_threads_on_one_model_match_serial_runs(model_file: Path) ->
 @pytest.mark.skipif(CC is None, reason="needs a C compiler to build threads_check.c")
 def test_many_c_threads_on_one_model_match_serial_runs(model_file: Path, tmp_path: Path) -> None:
     exe = compile_c([THREADS_CHECK_C], tmp_path / "threads_check", [*runtime_flags(), "-pthread"])
-    run = subprocess.run([str(exe), str(model_file), "4", "300"], capture_output=True, text=True, check=False,
-                         env={**os.environ, "BHVIT_NUM_THREADS": "2"})
+    run = subprocess.run(
+        [str(exe), str(model_file), "4", "300"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "BHVIT_NUM_THREADS": "2"},
+    )
     assert run.returncode == 0 and run.stdout.strip() == "ok 1200", run.stderr
 
 
 def _threads_in_child(prefix: list[str], env: dict[str, str]) -> int:
     code = "import bhvit.runtime as rt; print(rt.get_num_threads())"
-    run = subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, **env})
+    run = subprocess.run(
+        [*prefix, sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ, **env}
+    )
     return int(run.stdout)
 
 
-@pytest.mark.skipif(shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2,
-                    reason="needs taskset and 2 CPUs")
+@pytest.mark.skipif(
+    shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2, reason="needs taskset and 2 CPUs"
+)
 def test_default_threads_follow_the_affinity_mask() -> None:
     env = {"BHVIT_NUM_THREADS": ""}
     assert _threads_in_child([], env) == len(os.sched_getaffinity(0))
