@@ -125,7 +125,7 @@ def _compile_in_parallel(compiler, jobs: int) -> None:  # noqa: ANN001
     compiler.compile = compile_all
 
 
-ENGINE_SOURCES = ["drivers.cpp", "parallel.cpp", "isa_generic.cpp", "isa_neon.cpp", *X86_FLAGS]
+ENGINE_SOURCES = ["drivers.cpp", "float_drivers.cpp", "parallel.cpp", "isa_generic.cpp", "isa_neon.cpp", *X86_FLAGS]
 
 
 def _native(name: str, sources: list[str], link_args: list[str]) -> Extension:

@@ -28,7 +28,7 @@ if ((RUNTIME)); then OUT=${1:-build/sanitized-runtime}; else OUT=${1:-build/sani
 mkdir -p "$OUT/obj"
 SANITIZE=(-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1)
 FLAGS=(-std=c++17 -fPIC -pthread -ffp-contract=off -fvisibility=hidden "${SANITIZE[@]}" -Iruntime/kernels)
-ENGINE=(runtime/kernels/drivers.cpp runtime/kernels/parallel.cpp runtime/kernels/isa_generic.cpp runtime/kernels/isa_neon.cpp runtime/kernels/isa_popcnt.cpp runtime/kernels/isa_avx2.cpp
+ENGINE=(runtime/kernels/drivers.cpp runtime/kernels/float_drivers.cpp runtime/kernels/parallel.cpp runtime/kernels/isa_generic.cpp runtime/kernels/isa_neon.cpp runtime/kernels/isa_popcnt.cpp runtime/kernels/isa_avx2.cpp
         runtime/kernels/isa_avx512bw.cpp runtime/kernels/isa_avx512vpopcnt.cpp)
 if ((RUNTIME)); then
   FLAGS+=(-Iruntime/include -Iruntime/src)

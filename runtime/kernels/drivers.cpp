@@ -82,12 +82,6 @@ int32_t* scratch_dots(size_t n) {  // a second int32 scratch, live beside scratc
   return buf.data();
 }
 
-float* scratch_f32(size_t n) {
-  thread_local std::vector<float> buf;
-  if (buf.size() < n) buf.resize(n);
-  return buf.data();
-}
-
 // ORs nbits bits of src starting at bit sbit into dst starting at bit dbit (nbits <= 64).
 inline void or_bits(uint64_t* dst, int64_t dbit, const uint64_t* src, int64_t sbit, int64_t nbits) {
   const int64_t sw = sbit >> 6, so = sbit & 63, dw = dbit >> 6, dof = dbit & 63;
@@ -503,14 +497,6 @@ void lsq_masks(const float* attn, const float* a, const float* z, int64_t G, int
 void group_mean(const float* x, int64_t M, int64_t C, int64_t r, float* out) {
   parallel_for((M + 63) / 64, M * C * r, [&](int64_t t) {
     for (int64_t m = t * 64; m < std::min(M, t * 64 + 64); ++m) group_means(x + m * C * r, C, r, out + m * C);
-  });
-}
-
-void shift_add(float* out, const float* x, int64_t B, int64_t H, int64_t W, int64_t C, const int* kernels,
-               int64_t nk, const float* ls) {
-  const IsaKernels* isa = active();
-  parallel_for(B * H, B * H * W * C * 8 * nk, [&](int64_t t) {
-    isa->shift_row(out, x, t / H, t % H, H, W, C, kernels, nk, ls);
   });
 }
 

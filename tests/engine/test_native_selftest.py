@@ -20,7 +20,7 @@ X86_FLAGS = {
     "isa_avx512bw.cpp": ["-mavx512f", "-mavx512bw", "-mpopcnt"],
     "isa_avx512vpopcnt.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vpopcntdq", "-mpopcnt"],
 }
-SOURCES = ["drivers.cpp", "parallel.cpp", "isa_generic.cpp", "isa_neon.cpp", *X86_FLAGS]
+SOURCES = ["drivers.cpp", "float_drivers.cpp", "parallel.cpp", "isa_generic.cpp", "isa_neon.cpp", *X86_FLAGS]
 COMMON = ["-O2", "-std=c++17", "-ffp-contract=off", "-pthread"]  # as setup.py
 
 pytestmark = pytest.mark.slow

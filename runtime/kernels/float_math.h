@@ -1,7 +1,9 @@
-// Float helpers of the runtime, written as straight branch-free loops that -O3 vectorises at the portable
-// baseline (SSE2 on x86-64, NEON on aarch64): reductions keep 8 independent partial sums (a float sum
-// is only vectorised when its order is spelled out), and exp/erf are polynomials instead of libm calls.
-// The library is built with -ffp-contract=off, so a*b + c stays two roundings as in torch's eager ops.
+// Float helpers of the kernels (float_kernels.inc, compiled once per ISA file), written as straight
+// branch-free loops the compiler vectorises at that file's flags: reductions keep 8 independent partial sums
+// (a float sum is only vectorised when its order is spelled out), and exp/erf are polynomials instead of libm
+// calls. The kernels are built with -ffp-contract=off, so a*b + c stays two roundings as in torch's eager
+// ops, and every ISA's compile gives the same bits. Internal linkage: each translation unit keeps the code
+// its flags compile.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -13,20 +15,11 @@
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 
-// Hot float loops are compiled twice, for AVX2 and the baseline, and the loader picks by the CPU (GCC
-// function multi-versioning, an ifunc): 8-float vectors in one register instead of two. No FMA either way
-// and the same operation order, so both give the same bits.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && !defined(BHR_NO_CLONES)
-#define BHR_FLOAT_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define BHR_FLOAT_CLONES
-#endif
-
-// Every helper here is always inlined: the vf8 ones must be, since an out-of-line copy compiled for the
-// baseline passes vf8 in memory while an AVX2 clone passes it in a register (the -Wpsabi note below).
+// Every helper here is always inlined (an out-of-line copy would pass vf8 in memory or in a register
+// depending on the flags of the file that compiled it).
 #define BHR_INLINE inline __attribute__((always_inline))
 
-namespace bhr {
+namespace {
 
 // x[0] + ... + x[n-1] as 8 interleaved partial sums, combined pairwise.
 BHR_INLINE float sum_lanes(const float* __restrict x, int64_t n) {
@@ -158,4 +151,4 @@ BHR_INLINE float rprelu1(float z, float slope, float b1, float b2) {
   return ((y > 0.0f ? y : 0.0f) + slope * (y < 0.0f ? y : 0.0f)) + b2;
 }
 
-}  // namespace bhr
+}  // namespace
