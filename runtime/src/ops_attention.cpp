@@ -114,7 +114,7 @@ void parse_quant(Loader& L, Fields& f, bhv::WindowAttn& op) {
 
 std::unique_ptr<Op> parse_window_attention(Fields& f, Loader& L) {
   auto op = std::make_unique<WindowAttention>();
-  bhv::WindowAttn& a = a.a;
+  bhv::WindowAttn& a = op->a;
   op->in = L.read(f, "in", RegKind::Float);
   const RegShape s = L.value(op->in).shape;
   a.H = s.h, a.W = s.w, a.C = s.c;
