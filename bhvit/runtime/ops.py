@@ -223,21 +223,21 @@ def check(op: Mapping[str, Any]) -> OpKind:
     return kind
 
 
-def _check_fields(obj: Mapping[str, Any], fields: tuple[Field, ...], where: str, extra: set[str]) -> None:
-    names = {f.name for f in fields}
-    unknown = sorted(set(obj) - names - extra)
+def _check_fields(given: Mapping[str, Any], fields: tuple[Field, ...], where: str, extra: set[str]) -> None:
+    """``given`` (an op or one of its objects) holds exactly ``fields`` (and the keys ``extra``)."""
+    unknown = sorted(set(given) - {f.name for f in fields} - extra)
     if unknown:
         raise ValueError(f"{where}: unknown field {unknown[0]!r}")
     for f in fields:
-        value = obj.get(f.name)
-        if value is None:
+        member = given.get(f.name)
+        if member is None:
             if not f.optional:
                 raise ValueError(f"{where}: field {f.name!r} is required")
             continue
         if f.kind == OBJECT:
-            if not isinstance(value, Mapping):
+            if not isinstance(member, Mapping):
                 raise ValueError(f"{where}: field {f.name!r} must be an object")
-            members = f.variants.get(value.get("kind"), ()) if f.variants else f.fields
+            members = f.variants.get(member.get("kind"), ()) if f.variants else f.fields
             if f.variants and not members:
                 raise ValueError(f"{where}.{f.name}: kind must be one of {list(f.variants)}")
-            _check_fields(value, members, f"{where}.{f.name}", set())
+            _check_fields(member, members, f"{where}.{f.name}", set())
