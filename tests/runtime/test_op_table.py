@@ -168,20 +168,24 @@ def test_the_format_spec_lists_the_table() -> None:
 
 
 def test_the_engine_notes_name_each_ops_three_places() -> None:
-    """docs/engine.md's op table: every op, its torch place (an attribute that exists), its runtime place (a
-    function or class the named C++ file defines) and its oracle function (the one STEPS runs)."""
+    """docs/engine.md's op table: every op, its torch place (attributes that exist), its runtime op (a class the
+    named C++ file defines) and the kernels it calls (declared in runtime/kernels/kernels.h), and its oracle
+    function (the one STEPS runs)."""
     import importlib
 
     rows = _table_rows((ROOT / "docs" / "engine.md").read_text(), "## Each op in three places")
     assert [row[0].strip("`") for row in rows] == list(ops.OPS)
-    for name, torch_place, runtime_place, oracle in ((r[0].strip("`"), *r[1:4]) for r in rows):
+    declared = (ROOT / "runtime" / "kernels" / "kernels.h").read_text()
+    for name, torch_place, runtime_op, kernels, oracle in ((r[0].strip("`"), *r[1:5]) for r in rows):
         refs = re.findall(r"`(bhvit\.[\w.]+)`", torch_place)
         assert refs, name
         for ref in refs:
             module, _, attr = ref.rpartition(".")
             assert hasattr(importlib.import_module(module), attr), (name, ref)
-        path, symbol = re.fullmatch(r"`([\w/.]+)` `(\w+)`", runtime_place).groups()
-        assert re.search(rf"\b(class|std::unique_ptr<Op>) {symbol}\b", (ROOT / path).read_text()), (name, symbol)
+        path, symbol = re.fullmatch(r"`([\w/.]+)` `(\w+)`", runtime_op).groups()
+        assert re.search(rf"\bclass {symbol}\b", (ROOT / path).read_text()), (name, symbol)
+        for kernel in re.findall(r"`(\w+)`", kernels):
+            assert re.search(rf"\bvoid {kernel}\(", declared), (name, kernel)
         assert reference.STEPS[name] is getattr(reference, oracle.strip("`").removeprefix("reference.")), name
 
 
