@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .models.bhvit import BHViT, BHViTConfig
+from .runtime.errors import version_1_refusal
 from .upstream import CheckpointError, load_into, load_upstream, safe_torch_load
 
 __all__ = ["save_model", "load_model", "read_metadata", "atomic_write", "FORMAT_VERSION"]
@@ -89,6 +90,10 @@ def _from_safetensors(path: Path, overrides: dict[str, Any]) -> tuple[BHViT, dic
         meta = read_metadata(path)
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {str(path)!r} as safetensors: {exc}") from None
+    if meta.get("format") == "bhvit-packed":
+        if meta.get("format_version") == "1":
+            raise CheckpointError(version_1_refusal(path))
+        raise CheckpointError(f"{path} is a packed model file, not a checkpoint; run it with `bhvit predict --packed`")
     if meta.get("format") != "bhvit":
         return load_upstream(path, **overrides), {}  # a bare upstream state dict in safetensors
     config = BHViTConfig.from_dict({**meta["config"], **overrides})

@@ -1,49 +1,32 @@
 #!/usr/bin/env bash
-# Builds the packed engine's native code with AddressSanitizer and UndefinedBehaviorSanitizer, with
-# setup.py's per-file ISA flags, never over the regular builds:
+# Builds the native runtime libbhvit_runtime.so (the C API of runtime/) with AddressSanitizer and
+# UndefinedBehaviorSanitizer, with setup.py's per-file ISA flags, never over the regular builds:
 #
-#   scripts/build_sanitized.sh [OUT_DIR]             # the pybind11 extension (default build/sanitized);
-#                                                     # prints the path of the built module
-#   scripts/build_sanitized.sh --runtime [OUT_DIR]   # libbhvit_runtime.so, the C API of runtime/ (default
-#                                                     # build/sanitized-runtime); prints the library's path
+#   scripts/build_sanitized.sh --runtime [OUT_DIR]   # default build/sanitized-runtime; prints the library's path
 #
 # The Python interpreter itself is not instrumented: preload the ASan runtime, and libstdc++ beside it
 # (otherwise ASan's __cxa_throw interceptor finds no real __cxa_throw and aborts on the first C++ exception):
-#   BHVIT_NATIVE_EXT=$(scripts/build_sanitized.sh) \
+#   BHVIT_RUNTIME_LIB=$(scripts/build_sanitized.sh --runtime) \
 #   LD_PRELOAD="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libstdc++.so)" \
 #   ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 python ...
-# and for the runtime library BHVIT_RUNTIME_LIB=$(scripts/build_sanitized.sh --runtime) instead of
-# BHVIT_NATIVE_EXT. tests/engine/test_sanitized.py and tests/runtime/test_sanitized_runtime.py (slow) run
-# the fuzz corpora of scripts/fuzz_packed.py this way.
+# tests/runtime/test_sanitized_runtime.py (slow) runs the fuzz corpora of tests/fuzz this way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-.venv/bin/python}
 CXX=${CXX:-g++}
-RUNTIME=0
-if [[ "${1:-}" == "--runtime" ]]; then
-  RUNTIME=1
-  shift
+if [[ "${1:-}" != "--runtime" ]]; then
+  echo "usage: scripts/build_sanitized.sh --runtime [OUT_DIR]" >&2
+  exit 2
 fi
-if ((RUNTIME)); then OUT=${1:-build/sanitized-runtime}; else OUT=${1:-build/sanitized}; fi
+shift
+OUT=${1:-build/sanitized-runtime}
 mkdir -p "$OUT/obj"
 SANITIZE=(-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1)
 FLAGS=(-std=c++17 -fPIC -pthread -ffp-contract=off -fvisibility=hidden "${SANITIZE[@]}" -Iruntime/kernels)
 ENGINE=(runtime/kernels/drivers.cpp runtime/kernels/float_drivers.cpp runtime/kernels/parallel.cpp runtime/kernels/isa_generic.cpp runtime/kernels/isa_neon.cpp runtime/kernels/isa_popcnt.cpp runtime/kernels/isa_avx2.cpp
         runtime/kernels/isa_avx512bw.cpp runtime/kernels/isa_avx512vpopcnt.cpp)
-if ((RUNTIME)); then
-  FLAGS+=(-Iruntime/include -Iruntime/src)
-  SOURCES=("${ENGINE[@]}" runtime/src/*.cpp)
-  TARGET="$OUT/libbhvit_runtime.so"
-else
-  SUFFIX=$("$PYTHON" -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
-  PYINC=$("$PYTHON" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
-  # pybind11's headers: the pybind11 package (the build requirement), else the copy torch ships
-  PBINC=$("$PYTHON" -c "import pybind11; print(pybind11.get_include())" 2>/dev/null ||
-          "$PYTHON" -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'include'))")
-  FLAGS+=("-I$PBINC" "-I$PYINC")
-  SOURCES=("${ENGINE[@]}" csrc/bindings.cpp)
-  TARGET="$OUT/_C$SUFFIX"
-fi
+FLAGS+=(-Iruntime/include -Iruntime/src)
+SOURCES=("${ENGINE[@]}" runtime/src/*.cpp)
+TARGET="$OUT/libbhvit_runtime.so"
 isa_flags() {
   case "$(uname -m)-$(basename "$1")" in
     x86_64-isa_popcnt.cpp) echo "-mpopcnt" ;;

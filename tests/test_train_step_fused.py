@@ -84,7 +84,7 @@ def test_rprelu_on_a_channels_last_view() -> None:
 def test_prelu_grads_native_pass(shape: tuple[int, int]) -> None:
     """The engine's one-pass PReLU backward: ∂t bit for bit as torch's kernel (t = 0 included), the three
     column sums within rounding of torch's, in place too, and the same bits on 1 and 2 threads."""
-    from bhvit.engine import is_available, num_threads
+    from bhvit.engine._native import is_available, native
 
     if not is_available():
         pytest.skip("the native extension is not built")
@@ -93,11 +93,15 @@ def test_prelu_grads_native_pass(shape: tuple[int, int]) -> None:
     t.view(-1)[::7] = 0.0
     want_dt, want_ga = torch.ops.aten._prelu_kernel_backward(g, t, a)
     want = (want_ga.sum(0), want_dt.sum(0), g.sum(0))
-    with num_threads(1):
+    previous = native().get_num_threads()  # the extension's own OpenMP team (a training kernel's setting)
+    try:
+        native().set_num_threads(1)
         one = prelu_grads(g, t, a)
-    with num_threads(2):
+        native().set_num_threads(2)
         two = prelu_grads(g, t, a)
         inplace = prelu_grads(g.clone(), t, a, in_place=True)
+    finally:
+        native().set_num_threads(previous)
     assert torch.equal(one[0], want_dt) and torch.equal(inplace[0], want_dt)
     for x, y, z, w in zip(one[1:], two[1:], inplace[1:], want):
         assert torch.equal(x, y) and torch.equal(x, z)

@@ -12,8 +12,8 @@ import torch
 from bhvit import runtime
 from bhvit.checkpoint import atomic_write, load_model
 from bhvit.cli.errors import CommandParser
-from bhvit.engine import bench, kernels
-from bhvit.engine.api import agreement, load_packed, pack, save_packed, size_report, zero_audit
+from bhvit.engine import bench
+from bhvit.engine.api import agreement, pack, save_packed, size_report, zero_audit
 from bhvit.models.bhvit import BINARY_PRECISIONS
 from bhvit.predict import Preprocess
 
@@ -22,19 +22,12 @@ def cmd_pack(argv: list[str] | None = None) -> int:
     """Pack a checkpoint, write the file, print its size next to the fp32 checkpoint and a check of the
     packed logits against the float model's on random images."""
     p = CommandParser(prog="bhvit pack", description="write a packed 1-bit model file (format version 2)")
-    p.add_argument(
-        "checkpoint",
-        help="a bhvit checkpoint or one of the authors' (.pth / .safetensors), or a version-1 packed file to convert",
-    )
+    p.add_argument("checkpoint", help="a bhvit checkpoint or one of the authors' (.pth / .safetensors)")
     p.add_argument("-o", "--output", required=True, help="packed file to write (docs/packed-format.md)")
     p.add_argument(
         "--check", type=int, default=4, metavar="N", help="compare packed and float logits on N random images (0: skip)"
     )
     args = p.parse_args(argv)
-    if _is_packed_v1(args.checkpoint):
-        path = save_packed(load_packed(args.checkpoint), args.output)
-        print(json.dumps({"output": str(path), "converted_from": args.checkpoint, "format_version": 2}, indent=2))
-        return 0
     model, meta = load_model(args.checkpoint)
     packed = pack(model)
     path = save_packed(
@@ -49,18 +42,6 @@ def cmd_pack(argv: list[str] | None = None) -> int:
         info["check_exact_zeros_before_sign"] = sum(zero_audit(model, x).values())
     print(json.dumps({"output": str(path), **info}, indent=2))
     return 0
-
-
-def _is_packed_v1(path: str) -> bool:
-    """Whether ``path`` is a version-1 packed file (a safetensors file whose metadata says so)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(path, framework="numpy") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError):
-        return False
-    return meta.get("format") == "bhvit-packed" and meta.get("format_version") == "1"
 
 
 def _preprocess(model: torch.nn.Module, stored: Any) -> dict[str, Any] | None:
@@ -82,17 +63,15 @@ def cmd_bench(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--no-onnx", action="store_true", help="skip onnxruntime even when installed")
-    p.add_argument("--isa", default=None, help="kernel path to force, e.g. avx2 (default: the best this CPU has)")
+    p.add_argument("--isa", default=None, help="the runtime's kernel path, e.g. avx2 (default: the best this CPU has)")
     p.add_argument(
         "--profile",
         action="store_true",
         help="also print the runtime's time per op kind and its share of the ideal binary time",
     )
-    p.add_argument("--no-legacy", action="store_true", help="skip the version-1 (torch-mixed) packed path")
     p.add_argument("--json", default="out/bench_e2e.json")
     args = p.parse_args(argv)
     if args.isa:
-        kernels.set_isa(args.isa)
         runtime.set_isa(args.isa)
     path = Path(args.json)
     rows = bench.bench_grid(
@@ -104,7 +83,6 @@ def cmd_bench(argv: list[str] | None = None) -> int:
         checkpoint=args.checkpoint,
         onnx=not args.no_onnx,
         workdir=path.parent,
-        legacy=not args.no_legacy,
     )
     print(f"isa={runtime.isa()} load={os.getloadavg()[0]:.2f}")
     print(bench.report(rows, profile=args.profile))

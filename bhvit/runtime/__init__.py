@@ -30,6 +30,7 @@ __all__ = [
     "Model",
     "PackedFormatError",
     "available",
+    "available_isas",
     "get_num_threads",
     "isa",
     "load",
@@ -243,6 +244,14 @@ def get_num_threads() -> int:
 def isa() -> str:
     """The kernel path in use, e.g. ``avx2``."""
     return _library().bhvit_isa().decode()
+
+
+def available_isas() -> list[str]:
+    """The kernel paths this CPU and build offer, best first (ends with ``generic``): the list the runtime gives
+    when it refuses an ISA name."""
+    err = ctypes.create_string_buffer(ERR_LEN)
+    _library().bhvit_set_isa(b"?", err, ERR_LEN)  # refused: no kernel path is named "?"
+    return err.value.decode().rsplit("use one of: ", 1)[-1].split(", ")
 
 
 def set_isa(name: str) -> None:
