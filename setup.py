@@ -1,4 +1,4 @@
-"""Build of the packed-engine extension ``bhvit.engine._C`` and of the runtime library
+"""Build of the training extension ``bhvit._C`` and of the runtime library
 ``bhvit/runtime/libbhvit_runtime.so`` (the C API of runtime/include/bhvit_runtime.h; runtime/CMakeLists.txt
 builds the same library without Python). All metadata lives in pyproject.toml.
 
@@ -29,7 +29,7 @@ from pathlib import Path
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-CSRC = Path("csrc")  # the Python extension's bindings
+CSRC = Path("csrc")  # the Python extension bhvit._C (training kernels)
 RUNTIME = Path("runtime")
 KERNELS = RUNTIME / "kernels"
 RUNTIME_EXT = "bhvit.runtime.libbhvit_runtime"
@@ -142,9 +142,10 @@ def _native(name: str, sources: list[str], link_args: list[str]) -> Extension:
 
 
 def _extensions() -> list[Extension]:
-    """``_C`` (engine + bindings.cpp) and, when runtime/src has its sources, the runtime library."""
+    """``bhvit._C`` (training kernels) and, when runtime/src has its sources, the runtime library."""
     engine = [str(KERNELS / s) for s in ENGINE_SOURCES]
-    exts = [_native("bhvit.engine._C", engine[:1] + [str(CSRC / "bindings.cpp")] + engine[1:], [])]
+    # bhvit._C: the training kernel (csrc/training.cpp) on the kernels' thread pool, not the inference library
+    exts = [_native("bhvit._C", [str(CSRC / "training.cpp"), str(KERNELS / "parallel.cpp")], [])]
     runtime = sorted(str(p) for p in (RUNTIME / "src").glob("*.cpp"))
     if not runtime:
         print("warning: runtime/src/ has no sources; skipping libbhvit_runtime")

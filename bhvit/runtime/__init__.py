@@ -74,6 +74,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "bhvit_set_num_threads": (None, [c_int]),
         "bhvit_get_num_threads": (c_int, []),
         "bhvit_isa": (c_char_p, []),
+        "bhvit_isas": (c_char_p, []),
         "bhvit_set_isa": (c_int, [c_char_p, c_char_p, c_size_t]),
         "bhvit_profile_kinds": (c_int, [c_void_p, ctypes.POINTER(c_char_p), c_int]),
         "bhvit_run_profiled": (
@@ -247,11 +248,8 @@ def isa() -> str:
 
 
 def available_isas() -> list[str]:
-    """The kernel paths this CPU and build offer, best first (ends with ``generic``): the list the runtime gives
-    when it refuses an ISA name."""
-    err = ctypes.create_string_buffer(ERR_LEN)
-    _library().bhvit_set_isa(b"?", err, ERR_LEN)  # refused: no kernel path is named "?"
-    return err.value.decode().rsplit("use one of: ", 1)[-1].split(", ")
+    """The kernel paths this CPU and build offer, best first (ends with ``generic``)."""
+    return _library().bhvit_isas().decode().split(",")
 
 
 def set_isa(name: str) -> None:

@@ -66,6 +66,8 @@ BHVIT_API int bhvit_get_num_threads(void);
 /* The kernel path in use ("avx512vpopcnt", "avx512bw", "avx2", "popcnt", "neon", "generic") and a way to
  * choose another one the CPU supports (also read from the BHVIT_ISA environment variable at load). */
 BHVIT_API const char *bhvit_isa(void);
+/* The kernel paths this CPU and build offer, best first and comma-separated, e.g. "avx2,popcnt,generic". */
+BHVIT_API const char *bhvit_isas(void);
 BHVIT_API int bhvit_set_isa(const char *name, char *err, size_t errlen);
 /* The kinds of operation a profiled run of this model times ("blinear", "attention.core", ...): writes up to n
  * names (static strings) to kinds and returns how many there are (-1 if m is NULL). */

@@ -153,6 +153,15 @@ const char* bhvit_isa(void) {
   return name.c_str();
 }
 
+const char* bhvit_isas(void) {
+  static const std::string list = [] {  // fixed for the process: the CPU and the build decide it
+    std::string s;
+    for (const std::string& isa : bhv::available_isas()) s += (s.empty() ? "" : ",") + isa;
+    return s;
+  }();
+  return list.c_str();
+}
+
 int bhvit_set_isa(const char* name, char* err, size_t errlen) {
   if (!name) return set_err(err, errlen, "bhvit_set_isa: name is NULL"), -1;
   return guarded("bhvit_set_isa", err, errlen, [&] {

@@ -2,7 +2,7 @@
 // sizes: the kernels themselves (pack_rows, popc_block, nibble_block), then the drivers of drivers.cpp
 // run on each ISA against the same calls on "generic" (bgemm with every output-transform step, with and
 // without the nibble layout, batched weights, accumulate mode; grouped dilated and 2x2 stride-2 convs;
-// masked A.v; the shift branches). Needs no Python, so it also runs under an emulator for other
+// the shift branches; every float op). Needs no Python, so it also runs under an emulator for other
 // architectures, e.g.
 //   aarch64-linux-gnu-g++ -O2 -std=c++17 -ffp-contract=off -static -Iruntime/kernels runtime/tests/selftest.cpp \
 //       runtime/kernels/drivers.cpp runtime/kernels/isa_*.cpp -o selftest && qemu-aarch64 ./selftest
@@ -177,24 +177,6 @@ int check_bconv(const std::string& isa, Rand& r) {
   return failures;
 }
 
-int check_masked_av(const std::string& isa, Rand& r) {
-  int failures = 0;
-  for (int64_t S : {1, 50, 64, 65, 130})
-    for (int64_t D : {8, 13, 32}) {
-      const int64_t G = 3, R = 3, SW = bhv::words_for(S);
-      const std::vector<uint64_t> masks = r.rows(G * R * S, S);
-      const std::vector<float> v = r.normal(G * S * D), w = r.normal(G * R);
-      std::vector<uint64_t> vp(G * bhv::panels_for(D) * SW * 8);
-      bhv::pack_cols_panels(v.data(), G, S, D, nullptr, vp.data());
-      failures += same_on(isa, "masked_av", [&] {
-        std::vector<float> out(G * S * D);
-        bhv::masked_av(masks.data(), vp.data(), w.data(), G, R, S, D, out.data());
-        return out;
-      });
-    }
-  return failures;
-}
-
 // Window attention over a 6 x 4 map in 2 x 2 windows (6 windows, L = 10 tokens), 2 heads: the four phases.
 int check_attention(const std::string& isa, Rand& r, int64_t C, bool lsq) {
   bhv::WindowAttn a;
@@ -329,7 +311,7 @@ int main() {
     if (isa == "generic") continue;
     for (int threads : {1, 2}) {
       bhv::set_num_threads(threads);
-      failures += check_bgemm(isa, r) + check_bconv(isa, r) + check_masked_av(isa, r) + check_shift(isa, r) +
+      failures += check_bgemm(isa, r) + check_bconv(isa, r) + check_shift(isa, r) +
                   check_float(isa, r);
     }
     std::printf("checked drivers on %s\n", isa.c_str());

@@ -184,25 +184,6 @@ def test_zero_policy_audit_and_effect() -> None:
     assert not torch.allclose(engine.pack(model)(x), want, atol=LOGIT_ATOL)
 
 
-def test_missing_extension_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib
-
-    from bhvit.engine import _native
-
-    real = importlib.import_module
-
-    def fake(name: str, *a: object, **k: object) -> object:
-        if name == "bhvit.engine._C":
-            raise ImportError("no module named bhvit.engine._C")
-        return real(name, *a, **k)
-
-    monkeypatch.setattr(_native, "_module", None)
-    monkeypatch.setattr(_native.importlib, "import_module", fake)
-    with pytest.raises(_native.EngineUnavailableError, match=r"pip install -e \."):
-        _native.native()
-    assert not _native.is_available()
-
-
 # End to end on 224-pixel inputs, float summation order can flip the sign of a few values that sit within
 # rounding error of 0 (or a pixel across an LSQ level); each flip moves logits by ~1e-4: the logits of the whole
 # network agree to END_TO_END_ATOL, with the same top-1.

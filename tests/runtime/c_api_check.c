@@ -97,6 +97,8 @@ static void check_run_errors(bhvit_model *m, const float *images, float *logits)
   check(bhvit_set_isa("no-such-isa", err, sizeof err) == -1 && err[0], "set_isa(bad name)");
   check(bhvit_set_isa(NULL, err, sizeof err) == -1, "set_isa(NULL)");
   check(strcmp(bhvit_isa(), isa) == 0, "a refused set_isa keeps the kernel path");
+  check(strncmp(bhvit_isas(), isa, strlen(isa)) == 0, "bhvit_isas lists the best path first");
+  check(strstr(bhvit_isas(), "generic") != NULL, "bhvit_isas lists generic");
   check(bhvit_num_classes(NULL) == -1, "num_classes(NULL)");
   check(bhvit_input_dims(NULL, &c, &h, &w) == -1, "input_dims(NULL model)");
   h = w = resize = -7; /* a NULL output is skipped (0, the others written) or refused (-1), never written */
