@@ -2,7 +2,9 @@
 
 ``log.jsonl`` holds one object per line: ``{"kind": "step", "step", "epoch", "lr", "loss", …}`` every
 ``log_every`` steps and ``{"kind": "epoch", "epoch", "train_loss", "test_acc1", "test_acc5", …}`` after
-each epoch. Only rank 0 writes. Lines are flushed at once, so a killed run keeps its log (its last
+each epoch; at step 0 a run also logs ``{"kind": "split", …}`` (a flat folder's hold-out split, see
+:func:`bhvit.data.folder.split_flat`), ``{"kind": "warning", "message"}`` and ``{"kind": "init", …}``
+(what ``--init-from`` copied). Only rank 0 writes. Lines are flushed at once, so a killed run keeps its log (its last
 line may be cut short: :func:`read_jsonl` skips such a line, :func:`trim_log` removes it).
 
 A resumed run continues the log of its checkpoint: :func:`trim_log` first drops what the killed run

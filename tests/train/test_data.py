@@ -102,7 +102,7 @@ def test_random_resized_crop_box_in_bounds():
             assert top >= 0 and left >= 0 and top + ch <= h and left + cw <= w and ch > 0 and cw > 0
     out = RandomResizedCrop(32)(torch.zeros(3, 50, 70, dtype=torch.uint8), g)
     assert out.shape == (3, 32, 32)
-    assert ResizeCenterCrop(32)(torch.zeros(3, 50, 70, dtype=torch.uint8)).shape == (3, 32, 32)
+    assert ResizeCenterCrop(32, 36)(torch.zeros(3, 50, 70, dtype=torch.uint8)).shape == (3, 32, 32)
 
 
 def test_data_config_validation():
