@@ -10,20 +10,29 @@ and choices from the annotation), so a new field is a new flag. Run it with ``to
 --nproc_per_node N -m bhvit train …`` for N processes.
 """
 
+# ruff: noqa: E402  (the OpenMP setting below must precede the imports that load torch)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import re
 import sys
 import types
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from bhvit.train import threads
+
+threads.prefer_passive_waits()  # libgomp reads its wait policy once, when the imports below load torch
 
 from bhvit.checkpoint import atomic_write
 from bhvit.cli.errors import CommandParser, error_line
 from bhvit.data import DataConfig, DatasetNotFoundError
+from bhvit.text import printable
 from bhvit.train import checkpoint as ckpt_io
 from bhvit.train import demo as demo_lib
 from bhvit.train.auto_teacher import train_with_auto_teacher
@@ -168,10 +177,29 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(base)
 
 
+@contextlib.contextmanager
+def one_line_warnings(command: str) -> Iterator[None]:
+    """Inside the block every Python warning (ours, torch's, matplotlib's) is one line on stderr,
+    ``bhvit COMMAND: warning: <message>``, never the source line Python's default display adds; each
+    message once."""
+    seen: set[str] = set()
+
+    def show(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+        text = printable(" ".join(str(message).split()))
+        if text not in seen:
+            seen.add(text)
+            print(f"bhvit {command}: warning: {text}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
 def cmd_train(argv: list[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
     try:
-        summary = train_with_auto_teacher(config_from_args(args))
+        with one_line_warnings("train"):
+            summary = train_with_auto_teacher(config_from_args(args))
     except (ValueError, FileNotFoundError, NonFiniteLossError, TeacherUnavailableError) as e:
         print(error_line("train", e), file=sys.stderr)
         return 2
@@ -240,8 +268,9 @@ def eval_data(args: argparse.Namespace) -> tuple[DataConfig, int]:
 def cmd_eval(argv: list[str] | None = None) -> int:
     args = eval_args(argv)
     try:
-        data, seed = eval_data(args)
-        metrics = evaluate_checkpoint(args.checkpoint, data, args.device, args.ema, args.threads, seed=seed)
+        with one_line_warnings("eval"):
+            data, seed = eval_data(args)
+            metrics = evaluate_checkpoint(args.checkpoint, data, args.device, args.ema, args.threads, seed=seed)
     except (ValueError, FileNotFoundError) as e:
         print(error_line("eval", e), file=sys.stderr)
         return 2
@@ -300,7 +329,8 @@ def cmd_demo(argv: list[str] | None = None) -> int:
     if args.only_binary:
         cfg = dataclasses.replace(cfg, precisions=("binary",))
     try:
-        result = demo_lib.demo(cfg)
+        with one_line_warnings("demo"):
+            result = demo_lib.demo(cfg)
     except (DatasetNotFoundError, ValueError) as e:
         print(error_line("demo", e), file=sys.stderr)
         return 2

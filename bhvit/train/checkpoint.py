@@ -1,21 +1,31 @@
 """Training checkpoints: what one holds, written atomically, loaded with ``torch.load(weights_only=True)``.
 
 A training checkpoint is a dict of tensors and plain Python values, built by :func:`checkpoint_dict`
-(the only place that writes one) and read back by :func:`restore`:
+(the only place that writes one) and read back by :func:`restore`; its keys, in order:
 
-``format``: :data:`FORMAT`; ``model_config``: ``BHViTConfig.to_dict()`` (rebuilds the model with
-``bhvit.build_model``); ``model``: the student's state dict; ``optimizer``, ``scheduler``, ``scaler``,
-``ema``: their state dicts (``scaler`` and ``ema`` None when the run has none); ``rng``: the torch CPU
-(and CUDA) and Python ``random`` states; ``step`` (optimizer steps done), ``epoch`` (epochs trained)
-and ``step_in_epoch`` (steps done inside the next one): where to continue; ``train_time``: seconds
-spent in training steps; ``history``: JSON list of the per-epoch records (train and test metrics);
-``train_config``: JSON of ``TrainConfig.to_dict()``; ``metrics``: JSON of the last evaluation;
-``pending_eval``: JSON of the train metrics of an epoch trained but not yet evaluated (``null``
-otherwise; a resume evaluates it first); ``labels``: the class names, in the order of the logits;
-``preprocess``: ``{"mean", "std", "resize"}``, exactly what the evaluation did to an image (resize
-the shorter side to ``resize``, centre-crop the model's input size, normalise), which ``bhvit pack``
-stores in the packed file; ``data_split``: None, or for a folder without a validation split the
-hold-out this run drew (:func:`bhvit.data.folder.split_flat`: seed, fraction, image counts).
+- ``format``: :data:`FORMAT`.
+- ``model_config``: ``BHViTConfig.to_dict()`` (rebuilds the model with ``bhvit.build_model``).
+- ``model``: the student's state dict.
+- ``optimizer``: AdamW's state dict.
+- ``scheduler``: the learning-rate schedule's state dict.
+- ``scaler``: the fp16 GradScaler's state dict, None without one.
+- ``ema``: the EMA weights (a state dict), None without EMA.
+- ``rng``: the torch CPU (and CUDA) and Python ``random`` states.
+- ``step``: optimizer steps done.
+- ``epoch``: epochs trained.
+- ``step_in_epoch``: steps done inside the next epoch (where a resumed run continues).
+- ``train_time``: seconds spent in training steps (evaluation excluded).
+- ``history``: JSON list of the per-epoch records (train and test metrics).
+- ``train_config``: JSON of ``TrainConfig.to_dict()``.
+- ``metrics``: JSON of the last evaluation.
+- ``pending_eval``: JSON of the train metrics of an epoch trained but not yet evaluated (``null``
+  otherwise); a resume evaluates it first.
+- ``labels``: the class names, in the order of the logits.
+- ``preprocess``: ``{"mean", "std", "resize"}``, exactly what the evaluation did to an image: resize
+  the shorter side to ``resize``, centre-crop the model's input size, normalise; ``bhvit pack`` stores
+  it in the packed file.
+- ``data_split``: for a folder without a validation split, the hold-out the run drew
+  (:func:`bhvit.data.folder.split_flat`: seed, fraction, image counts); None otherwise.
 
 Atomic: the dict is written to a temporary file in the same directory, flushed and fsynced, then
 ``os.replace``d over ``path``; a crash mid-write leaves the previous checkpoint intact, and a full disk
@@ -69,7 +79,7 @@ def checkpoint_dict(
     data: DataBundle,
     metrics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The checkpoint of a run at ``state`` (the keys the module docstring lists, in its order)."""
+    """The checkpoint of a run at ``state``: the keys the module docstring lists, in its order."""
     return {
         "format": FORMAT,
         "model_config": model.config.to_dict(),
@@ -118,8 +128,18 @@ def restore(
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``.
+
+    torch writes through a Python file object here: given a path, its C++ writer reports a full disk
+    as "enforce fail at inline_container.cc"; through a file, the ``OSError`` (ENOSPC) itself reaches
+    :func:`bhvit.checkpoint.atomic_write`, which names the path.
+    """
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    return atomic_write(path, write)
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -312,7 +312,7 @@ def few_steps_advice(num_train: int, global_batch: int, epochs: int) -> str | No
     per = steps_per_epoch(num_train, global_batch)
     if per >= FEW_STEPS:
         return None
-    smaller = max(1, num_train // FEW_STEPS)
+    smaller = max(4, num_train // FEW_STEPS)  # batches under 4 make BatchNorm statistics noisy
     fix = (
         f"a smaller --batch-size ({smaller} gives {steps_per_epoch(num_train, smaller)} steps per epoch), "
         if smaller < global_batch

@@ -62,6 +62,7 @@ from bhvit.train.logs import JsonlLogger, Progress, trim_log
 from bhvit.train.losses import LossWeights, combine, loss_weights, reg_weights
 from bhvit.train.schedule import build_scheduler
 from bhvit.train.teacher import FrozenTeacher, load_teacher
+from bhvit.train.threads import torch_threads
 
 
 class NonFiniteLossError(RuntimeError):
@@ -148,8 +149,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 def build(cfg: TrainConfig) -> Components:
     info = init_distributed("cuda" if cfg.run.device in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
     device = resolve_device(cfg.run.device, info)
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
+    torch.set_num_threads(torch_threads(cfg.run.threads))
     if cfg.data.batch_size % info.world_size:
         raise ValueError(f"batch_size {cfg.data.batch_size} (global) is not divisible by {info.world_size} ranks")
     torch.manual_seed(cfg.run.seed)  # same initial weights on every rank
@@ -311,8 +311,7 @@ def evaluate_checkpoint(
     ``data_cfg`` is a :class:`bhvit.data.DataConfig`; its ``img_size`` should be the checkpoint's.
     ``seed`` draws a flat folder's hold-out split: the training run's seed gives the images it held out.
     """
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(torch_threads(threads))
     dev = resolve_device(device, DistInfo())
     model, _ = load_model(path)
     if use_ema:
