@@ -46,8 +46,10 @@ def variant_env(variant: str) -> dict[str, str]:
     return env
 
 
-def worker(variant: str, steps: int) -> dict[str, float]:
-    """Train ``steps`` steps in this process and return the seconds they took (evaluation excluded)."""
+def worker(variant: str, steps: int, budget: float) -> dict[str, float]:
+    """Train up to ``steps`` steps in this process, in chunks of 10, stopping early once ``budget``
+    seconds are spent (a collapsed run still gives its time per step); returns the seconds the
+    training steps took (evaluation excluded) and how many ran."""
     import torch
 
     from bhvit.train.checkpoint import TrainState
@@ -65,17 +67,19 @@ def worker(variant: str, steps: int) -> dict[str, float]:
         c = build(cfg)
         loader, sampler, _ = make_loaders(c)
         state = TrainState()
-        run_epoch(c, state, loader, sampler, JsonlLogger(None))
+        while state.step < steps and state.train_time < budget:
+            c.cfg = cfg.replace(run={"stop_after_steps": state.step + 10})  # run_epoch resumes mid-epoch
+            run_epoch(c, state, loader, sampler, JsonlLogger(None))
     return {"seconds": state.train_time, "steps": state.step, "threads": torch.get_num_threads()}
 
 
-def measure(variant: str, steps: int, busy: int) -> dict[str, float]:
+def measure(variant: str, steps: int, busy: int, budget: float) -> dict[str, float]:
     """One worker run of ``variant``, beside ``busy`` CPU-bound processes."""
     neighbours = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(busy)]
     try:
         time.sleep(0.5 if busy else 0)  # let the neighbours reach full speed
         out = subprocess.run(
-            [sys.executable, __file__, "--worker", variant, "--steps", str(steps)],
+            [sys.executable, __file__, "--worker", variant, "--steps", str(steps), "--budget", str(budget)],
             env=variant_env(variant),
             capture_output=True,
             text=True,
@@ -88,9 +92,9 @@ def measure(variant: str, steps: int, busy: int) -> dict[str, float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def table(results: dict[str, dict[str, list[float]]], steps: int) -> str:
+def table(results: dict[str, dict[str, list[float]]]) -> str:
     """Median ms per step per variant and load, with the ratios the issue asks for."""
-    med = {v: {load: statistics.median(xs) * 1000 / steps for load, xs in r.items()} for v, r in results.items()}
+    med = {v: {load: statistics.median(xs) * 1000 for load, xs in r.items()} for v, r in results.items()}
     lines = [
         f"{'variant':<10} {'idle ms/step':>13} {'busy ms/step':>13} {'busy/idle':>10} {'busy/1-thread idle':>19}",
     ]
@@ -110,10 +114,11 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=2, help="measurements per variant and load (default 2)")
     p.add_argument("--busy", type=int, default=1, help="CPU-bound processes beside the loaded runs (default 1)")
     p.add_argument("--json", default=str(Path(__file__).parent / "results" / "train_load.json"))
+    p.add_argument("--budget", type=float, default=150.0, help="seconds after which a run stops early (default 150)")
     p.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.steps)))
+        print(json.dumps(worker(args.worker, args.steps, args.budget)))
         return 0
     load_before = os.getloadavg()
     results: dict[str, dict[str, list[float]]] = {v: {"idle": [], "busy": []} for v in VARIANTS}
@@ -121,11 +126,15 @@ def main() -> int:
     for r in range(args.rounds):
         for load, busy in (("idle", 0), ("busy", args.busy)):
             for v in VARIANTS if r % 2 == 0 else reversed(VARIANTS):
-                run = measure(v, args.steps, busy)
-                results[v][load].append(run["seconds"])
-                runs.append({"round": r, "variant": v, "load": load, **run})
-                print(f"round {r} {load:<4} {v:<8} {run['seconds']:7.1f} s ({run['threads']} threads)", flush=True)
-    text = table(results, args.steps)
+                run = measure(v, args.steps, busy, args.budget)
+                results[v][load].append(run["seconds"] / run["steps"])
+                runs.append({"round": r, "variant": v, "load": load, "loadavg": os.getloadavg()[0], **run})
+                print(
+                    f"round {r} {load:<4} {v:<8} {run['steps']:4d} steps {run['seconds']:7.1f} s "
+                    f"({run['threads']} threads, load {os.getloadavg()[0]:.1f})",
+                    flush=True,
+                )
+    text = table(results)
     print(text)
     record = {
         "machine": {"cpu": _cpu_name(), "usable_cpus": usable_cpus(), "cpu_count": os.cpu_count()},

@@ -8,6 +8,11 @@ teacher stage for binary models); a recipe sees the dataclass defaults only. The
 from the dataclasses of :class:`bhvit.train.TrainConfig` (one per field, its type
 and choices from the annotation), so a new field is a new flag. Run it with ``torchrun
 --nproc_per_node N -m bhvit train …`` for N processes.
+
+Importing this module sets ``OMP_WAIT_POLICY=PASSIVE`` (unless the user chose a policy) before it
+imports torch (:func:`bhvit.train.threads.prefer_passive_waits`: idle OpenMP threads sleep instead of
+spinning, which keeps training usable beside other CPU-bound work). While a command runs, every Python
+warning is one line, ``bhvit train: warning: …`` (:func:`one_line_warnings`).
 """
 
 # ruff: noqa: E402  (the OpenMP setting below must precede the imports that load torch)

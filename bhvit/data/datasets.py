@@ -14,7 +14,6 @@ Anything else is a :class:`DatasetNotFoundError` that names the layouts expected
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,8 +305,3 @@ def _subset(ds: Augmented, cfg: DataConfig) -> Augmented:
     if cfg.train_subset is not None and cfg.train_subset < len(ds.base):
         ds.base = torch.utils.data.Subset(ds.base, range(cfg.train_subset))
     return ds
-
-
-def default_num_workers() -> int:
-    """Loader workers: none on machines with ≤ 2 cores (they would steal the compute threads)."""
-    return 0 if (os.cpu_count() or 1) <= 2 else min(8, (os.cpu_count() or 1) // 2)
