@@ -60,8 +60,8 @@ FLAG_ALIASES = {
 # ``model.overrides`` (a dict) is filled by the repeatable ``--override KEY=JSON`` instead.
 NO_FLAG = {"model.overrides"}
 THREADS_HELP = (
-    "torch's CPU threads (default: the CPUs this process may use, from its CPU affinity and cgroup quota, "
-    "not the machine's core count)"
+    "torch's CPU threads (default: $BHVIT_NUM_THREADS, else the CPUs this process may use, from its CPU "
+    "affinity and cgroup quota, not the machine's core count)"
 )
 
 
@@ -250,9 +250,9 @@ def eval_data(args: argparse.Namespace) -> tuple[DataConfig, int]:
     not a training checkpoint needs ``--data`` and ``--img-size``."""
     try:
         ck = ckpt_io.load(args.checkpoint)
-    except CheckpointError:
+    except CheckpointError as e:
         if args.data is None or args.img_size is None:
-            raise
+            raise CheckpointError(f"{e}; a model file is evaluated with --data and --img-size given") from None
         ck = None
     trained = json.loads(ck.get("train_config", "{}")) if ck is not None else {}
     data = trained.get("data", {})

@@ -139,9 +139,10 @@ class RunConfig:
     ``amp``: mixed precision (``auto``: fp16 on CUDA, off on CPU). ``ema_decay``: keep an exponential
     moving average of the weights with this decay, scored too (None = off). ``log_every``: a
     ``log.jsonl`` record every n steps. ``resume``: a checkpoint of this run to continue from exactly
-    (``out_dir/checkpoint.pt``). ``threads``: torch's CPU threads (None: the CPUs this process may use,
-    from its CPU affinity and cgroup quota, not the machine's core count). ``progress``: the progress
-    bar and per-epoch lines. ``plots``: PNG plots of the run at its end.
+    (``out_dir/checkpoint.pt``). ``threads``: torch's CPU threads (None: ``$BHVIT_NUM_THREADS``, else
+    the CPUs this process may use, from its CPU affinity and cgroup quota, not the machine's core
+    count). ``progress``: the progress bar and per-epoch lines. ``plots``: PNG plots of the run at its
+    end.
     ``grad_checkpointing`` recomputes each block's activations in the backward pass (about one
     extra forward for a large cut in memory; results unchanged). ``compile``: run the student's forward
     (and so its backward) through ``torch.compile`` with static shapes (the first step, which also sets

@@ -1,9 +1,11 @@
 """Torch's CPU threads in training: how many, and how they wait for work. Imports neither torch nor numpy.
 
-**How many.** :func:`usable_cpus`: the CPUs this process may run on (its affinity mask) and, under a
-cgroup CPU quota (a container given "1.5 CPUs"), no more than the quota allows, rounded down, at
-least 1. ``os.cpu_count()`` (``nproc`` on most systems) counts the machine's CPUs: a container
-limited to 2 CPUs on a 64-core host would start 64 threads that the kernel throttles in turn.
+**How many.** :func:`torch_threads`: ``--threads`` when given, else ``BHVIT_NUM_THREADS`` when set,
+else :func:`usable_cpus`: the CPUs this process may run on (its affinity mask) and, under a cgroup CPU
+quota (a container given "1.5 CPUs"), no more than the quota rounded up. The packed runtime
+(``bhvit_set_num_threads``) has the same default, so torch and the runtime agree in one process.
+``os.cpu_count()`` (``nproc`` on most systems) counts the machine's CPUs: a container limited to 2
+CPUs on a 64-core host would start 64 threads that the kernel throttles in turn.
 
 **How they wait.** Torch's intra-op pool is OpenMP (GNU libgomp in the CPU wheels). Between two
 parallel regions (several per layer, hundreds per training step) an idle thread by default spins
@@ -23,6 +25,7 @@ import os
 from pathlib import Path
 
 WAIT_POLICY_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")  # the user's own choice, left alone if set
+THREADS_ENV = "BHVIT_NUM_THREADS"  # the process's thread count when no --threads is given (the runtime's too)
 
 
 def prefer_passive_waits(environ: dict[str, str] | None = None) -> bool:
@@ -37,12 +40,13 @@ def prefer_passive_waits(environ: dict[str, str] | None = None) -> bool:
 
 
 def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup"), proc_self: Path = Path("/proc/self")) -> int:
-    """CPUs this process may use: its affinity mask, capped by its cgroup's CPU quota (rounded down),
-    at least 1. ``cgroup_root`` and ``proc_self`` are where the kernel shows them (tests pass others)."""
+    """CPUs this process may use: its affinity mask, capped by its cgroup's CPU quota rounded up (1.5
+    CPUs: 2 threads, as the runtime, Go and the JVM count), at least 1. ``cgroup_root`` and
+    ``proc_self`` are where the kernel shows them (tests pass others)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     quota = cgroup_cpu_quota(cgroup_root, proc_self)
     if quota is not None:
-        cpus = min(cpus, max(1, math.floor(quota)))
+        cpus = min(cpus, math.ceil(quota))
     return max(1, cpus)
 
 
@@ -106,7 +110,11 @@ def _ratio(quota: str, period: str) -> float | None:
     return q / p if q > 0 and p > 0 else None
 
 
-def torch_threads(requested: int | None) -> int:
+def torch_threads(requested: int | None, environ: dict[str, str] | None = None) -> int:
     """The intra-op thread count to give torch: ``requested`` (``--threads``) when set, else
+    ``BHVIT_NUM_THREADS`` from ``environ`` (default ``os.environ``) when it is a whole number ≥ 1, else
     :func:`usable_cpus`."""
-    return requested if requested else usable_cpus()
+    if requested:
+        return requested
+    text = (os.environ if environ is None else environ).get(THREADS_ENV, "").strip()
+    return int(text) if text.isdigit() and int(text) >= 1 else usable_cpus()

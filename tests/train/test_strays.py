@@ -184,8 +184,8 @@ def test_usable_cpus_reads_affinity_and_cgroup_quotas(tmp_path, monkeypatch):
     (cg / "job" / "step").mkdir(parents=True)
     (cg / "job" / "step" / "cpu.max").write_text("max 100000\n")
     (cg / "job" / "cpu.max").write_text("250000 100000\n")  # 2.5 CPUs for the parent: binds the child
-    assert threads.cgroup_cpu_quota(cg, proc) == 2.5 and threads.usable_cpus(cg, proc) == 2
-    (cg / "cpu.max").write_text("50000 100000\n")  # half a CPU: still one thread
+    assert threads.cgroup_cpu_quota(cg, proc) == 2.5 and threads.usable_cpus(cg, proc) == 3  # rounded up
+    (cg / "cpu.max").write_text("50000 100000\n")  # half a CPU: one thread
     assert threads.usable_cpus(cg, proc) == 1
     v1 = tmp_path / "v1"
     (v1 / "cpu,cpuacct" / "ci").mkdir(parents=True)
@@ -196,7 +196,10 @@ def test_usable_cpus_reads_affinity_and_cgroup_quotas(tmp_path, monkeypatch):
     (v1 / "cpu,cpuacct" / "ci" / "cpu.cfs_quota_us").write_text("-1\n")  # v1's "no quota"
     assert threads.cgroup_cpu_quota(v1, proc) is None and threads.usable_cpus(v1, proc) == 6
     assert threads.cgroup_cpu_quota(tmp_path / "none", tmp_path / "none") is None
-    assert threads.torch_threads(3) == 3 and threads.torch_threads(None) == threads.usable_cpus()
+    assert threads.torch_threads(3, {"BHVIT_NUM_THREADS": "5"}) == 3  # --threads first
+    assert threads.torch_threads(None, {"BHVIT_NUM_THREADS": "5"}) == 5
+    for unset in ({}, {"BHVIT_NUM_THREADS": "0"}, {"BHVIT_NUM_THREADS": "many"}):
+        assert threads.torch_threads(None, unset) == threads.usable_cpus()
 
 
 def test_passive_waits_unless_the_user_chose(monkeypatch):
@@ -228,6 +231,7 @@ def test_torch_threads_default_to_the_usable_cpus(tmp_path, monkeypatch):
     from bhvit.train.loop import build
 
     monkeypatch.setattr("bhvit.train.threads.usable_cpus", lambda *a: 1)
+    monkeypatch.delenv("BHVIT_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     try:
         cfg = TrainConfig.from_dict(
