@@ -27,12 +27,17 @@ def cmd_pack(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--check", type=int, default=4, metavar="N", help="compare packed and float logits on N random images (0: skip)"
     )
+    p.add_argument(
+        "--labels",
+        metavar="FILE",
+        help="class names to store, one per line or a JSON list, in the order of the logits (default: the "
+        "checkpoint's, which bhvit train records)",
+    )
     args = p.parse_args(argv)
     model, meta = load_model(args.checkpoint)
+    labels = read_labels(args.labels, model.config.num_classes) if args.labels else meta.get("labels")
     packed = pack(model)
-    path = save_packed(
-        packed, args.output, preprocess=_preprocess(model, meta.get("preprocess")), labels=meta.get("labels")
-    )
+    path = save_packed(packed, args.output, preprocess=_preprocess(model, meta.get("preprocess")), labels=labels)
     info = size_report(model, path)
     if args.check:
         x = torch.randn(args.check, model.config.in_chans, *model.config.img_size)
@@ -42,6 +47,28 @@ def cmd_pack(argv: list[str] | None = None) -> int:
         info["check_exact_zeros_before_sign"] = sum(zero_audit(model, x).values())
     print(json.dumps({"output": str(path), **info}, indent=2))
     return 0
+
+
+def read_labels(path: str, num_classes: int) -> list[str]:
+    """Class names from ``path``: a JSON list of strings (the file starts with ``[``), or one name per
+    line (surrounding blanks and blank lines skipped); a ``ValueError`` naming the file when they are not
+    ``num_classes`` non-empty names."""
+    text = Path(path).read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--labels {path}: starts with '[' but is not a JSON list ({e})") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+            raise ValueError(f"--labels {path}: the JSON list must hold non-empty strings")
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(names) != num_classes:
+        raise ValueError(
+            f"--labels {path}: {len(names)} name(s) for a model of {num_classes} classes; give one name per "
+            "class, one per line or as a JSON list, in the order of the logits"
+        )
+    return names
 
 
 def _preprocess(model: torch.nn.Module, stored: Any) -> dict[str, Any] | None:
