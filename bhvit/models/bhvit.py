@@ -1008,7 +1008,18 @@ VARIANTS = {"bhvit_tiny": TINY, "bhvit_small": SMALL, "bhvit_test": TEST}
 default_cfgs = {name: pretrained_cfg(cfg, name) for name, cfg in VARIANTS.items()}
 
 FEATURE_INDICES = (0, 1, 2, 3)
-_BUILD_OPTIONS = ("features_only", "out_indices", "pretrained_cfg", "pretrained_cfg_overlay")
+# The keywords timm's create_model passes to every entrypoint besides the model's own options (timm 1.0.31,
+# timm/models/_factory.py): pretrained_cfg, pretrained_cfg_overlay and cache_dir always (None when not
+# given), pretrained_model_args for a model read from a config.json (``local-dir:`` / ``hf-hub:``);
+# features_only and out_indices are timm's backbone options.
+_BUILD_OPTIONS = (
+    "features_only",
+    "out_indices",
+    "pretrained_cfg",
+    "pretrained_cfg_overlay",
+    "cache_dir",
+    "pretrained_model_args",
+)
 
 
 def _create(name: str, pretrained: bool, options: dict[str, Any]) -> nn.Module:
@@ -1017,6 +1028,8 @@ def _create(name: str, pretrained: bool, options: dict[str, Any]) -> nn.Module:
     ``features_only=True`` returns a :class:`~bhvit.models.features.FeatureGetter` giving the stage
     maps ``out_indices`` (default all four) as NCHW tensors, with ``feature_info``.
     ``pretrained_cfg_overlay`` (or a ``pretrained_cfg`` dict) replaces fields of the input metadata.
+    ``cache_dir`` (where timm would cache downloaded weights) and ``pretrained_model_args`` (the options a
+    saved config recorded, which timm also passes as options) change nothing: there are no weights to fetch.
     """
     if pretrained:
         raise ValueError(
