@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import partial
@@ -813,6 +814,24 @@ class BHViT(nn.Module):
         return AttentionBlock(
             dim, ratio, heads, window=cfg.window_size, aligned_pool=cfg.aligned_pool, attn_quantizer=quantizer, **common
         )
+
+    # -------------------------------------------------------------------- sharing (bhvit.hub)
+    def save_pretrained(self, save_directory: str | os.PathLike, **options: Any) -> str | None:
+        """Write ``config.json``, ``model.safetensors``, the packed ``model.bhvp`` and a model card to a folder
+        (:func:`bhvit.hub.save_pretrained`: ``labels``, ``preprocess``, ``accuracy``, and huggingface_hub's
+        ``push_to_hub=True, repo_id=...``). Needs ``pip install 'bhvit[hub]'``."""
+        from bhvit.hub import save_pretrained
+
+        return save_pretrained(self, save_directory, **options)
+
+    @classmethod
+    def from_pretrained(cls, model_id: str | os.PathLike, **options: Any) -> BHViT:
+        """The model saved by :meth:`save_pretrained` in a folder or a Hub repository (``user/name``), in eval
+        mode; :func:`bhvit.hub.from_pretrained` also gives its labels, preprocessing, accuracy and packed file.
+        Needs ``pip install 'bhvit[hub]'``."""
+        from bhvit.hub import from_pretrained
+
+        return from_pretrained(model_id, **options).model
 
     # -------------------------------------------------------------------- timm's contract
     @property
