@@ -124,3 +124,24 @@ def test_without_huggingface_hub_one_line_says_how_to_get_it(tmp_path):
         "sharing models needs huggingface_hub: pip install 'bhvit[hub]' (or pip install huggingface_hub)\n"
     )
     assert not (tmp_path / "x").exists()
+
+
+def test_pretrained_true_loads_a_shared_folder_as_timm_passes_it(tmp_path):
+    """timm.create_model('local-dir:DIR', pretrained=True) calls the entrypoint with the folder in its
+    pretrained_cfg and config.json's model_args as options (tests/test_timm_real.py does it with timm)."""
+    from support import randomized
+
+    model = randomized("binary")
+    model.save_pretrained(tmp_path / "shared")
+    config = json.loads((tmp_path / "shared" / "config.json").read_text())
+    source = {"source": "local-dir", "file": str(tmp_path / "shared")}
+    args = {**config["model_args"], "pretrained_cfg": source, "cache_dir": None}
+    loaded = bhvit.create_model(config["architecture"], pretrained=True, **args).eval()
+    for (k, v), v2 in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(v, v2), k
+    new_head = bhvit.create_model(config["architecture"], pretrained=True, **{**args, "num_classes": 3})
+    assert new_head.num_classes == 3 and torch.equal(new_head.stem.proj.weight, model.stem.proj.weight)
+    with pytest.raises(FileNotFoundError, match="model.safetensors: no such file"):
+        bhvit.create_model("bhvit_test", pretrained=True, pretrained_cfg={**source, "file": "/nonexistent"})
+    with pytest.raises(ValueError, match="does not fit bhvit_tiny"):
+        bhvit.create_model("bhvit_tiny", pretrained=True, pretrained_cfg=source, img_size=32, window_size=1)
