@@ -13,6 +13,7 @@ timm: after ``import bhvit``, ``timm.create_model("bhvit_tiny", ...)`` works. If
 the variants are registered at once (torch is loaded then anyway); otherwise an import hook registers them
 right after timm itself is first imported (:class:`_RegisterWithTimm`), so that ``import bhvit`` and
 ``import bhvit.runtime`` never import timm or torch, whether or not timm is installed.
+``bhvit.register_with_timm()`` registers them explicitly (e.g. where another import hook loads timm).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {  # public name -> module that defines it (None: the name is a submodule)
     "engine": None,
+    "hub": None,
     "quant": None,
     "runtime": None,
     "load_model": "checkpoint",
@@ -52,7 +54,10 @@ def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'bhvit' has no attribute {name!r}")
     module = _EXPORTS[name]
-    value = importlib.import_module(f".{name}" if module is None else f".{module}", __name__)
+    try:
+        value = importlib.import_module(f".{name}" if module is None else f".{module}", __name__)
+    except ImportError as e:  # an optional part (bhvit.hub without huggingface_hub): its one line, and
+        raise AttributeError(str(e)) from None  # hasattr / inspect see a missing attribute
     return value if module is None else getattr(value, name)
 
 
@@ -74,6 +79,8 @@ class _AfterExec:
         self._then()
 
     def __getattr__(self, name: str) -> Any:  # resource readers, get_filename, ... of the real loader
+        if name == "_loader":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
         return getattr(self._loader, name)
 
 

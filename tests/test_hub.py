@@ -112,6 +112,7 @@ def test_without_huggingface_hub_one_line_says_how_to_get_it(tmp_path):
         "import sys\n"
         "sys.modules['huggingface_hub'] = None  # as if not installed\n"
         "import bhvit\n"
+        "assert not hasattr(bhvit, 'hub')\n"
         "model = bhvit.create_model('bhvit_test')\n"
         "try:\n"
         f"    model.save_pretrained({str(tmp_path / 'x')!r})\n"
