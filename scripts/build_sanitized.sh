@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Builds the packed engine's native code with AddressSanitizer and UndefinedBehaviorSanitizer, with
-# setup.py's per-file ISA flags, never over the regular builds:
+# Builds the native code with AddressSanitizer and UndefinedBehaviorSanitizer: the repository's CMake build
+# (CMakeLists.txt, runtime/CMakeLists.txt, their flags) with -DBHVIT_SANITIZE=ON, in its own folder, never
+# over the regular builds:
 #
-#   scripts/build_sanitized.sh [OUT_DIR]             # the pybind11 extension (default build/sanitized);
+#   scripts/build_sanitized.sh [OUT_DIR]             # the Python extension (default build/sanitized);
 #                                                     # prints the path of the built module
 #   scripts/build_sanitized.sh --runtime [OUT_DIR]   # libbhvit_runtime.so, the C API of runtime/ (default
-#                                                     # build/sanitized-runtime); prints the library's path
+#                                                     # build/sanitized); prints the library's path
 #
 # The Python interpreter itself is not instrumented: preload the ASan runtime, and libstdc++ beside it
 # (otherwise ASan's __cxa_throw interceptor finds no real __cxa_throw and aborts on the first C++ exception):
@@ -14,54 +15,26 @@
 #   ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 python ...
 # and for the runtime library BHVIT_RUNTIME_LIB=$(scripts/build_sanitized.sh --runtime) instead of
 # BHVIT_NATIVE_EXT. tests/engine/test_sanitized.py and tests/runtime/test_sanitized_runtime.py (slow) run
-# the fuzz corpora of scripts/fuzz_packed.py this way.
+# the fuzz corpora of scripts/fuzz_packed.py this way. Needs cmake, g++ and pybind11 (scripts/setup.sh
+# installs pybind11 into .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
-CXX=${CXX:-g++}
-RUNTIME=0
+WHAT=extension
 if [[ "${1:-}" == "--runtime" ]]; then
-  RUNTIME=1
+  WHAT=runtime
   shift
 fi
-if ((RUNTIME)); then OUT=${1:-build/sanitized-runtime}; else OUT=${1:-build/sanitized}; fi
-mkdir -p "$OUT/obj"
-SANITIZE=(-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1)
-FLAGS=(-std=c++17 -fPIC -fopenmp -ffp-contract=off -fvisibility=hidden "${SANITIZE[@]}" -Iruntime/kernels)
-ENGINE=(runtime/kernels/drivers.cpp runtime/kernels/isa_generic.cpp runtime/kernels/isa_neon.cpp runtime/kernels/isa_popcnt.cpp runtime/kernels/isa_avx2.cpp
-        runtime/kernels/isa_avx512bw.cpp runtime/kernels/isa_avx512vpopcnt.cpp)
-if ((RUNTIME)); then
-  FLAGS+=(-Iruntime/include -Iruntime/src)
-  SOURCES=("${ENGINE[@]}" runtime/src/*.cpp)
-  TARGET="$OUT/libbhvit_runtime.so"
-else
-  SUFFIX=$("$PYTHON" -c "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))")
-  PYINC=$("$PYTHON" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
-  # pybind11's headers: the pybind11 package (the build requirement), else the copy torch ships
-  PBINC=$("$PYTHON" -c "import pybind11; print(pybind11.get_include())" 2>/dev/null ||
-          "$PYTHON" -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'include'))")
-  FLAGS+=("-I$PBINC" "-I$PYINC")
-  SOURCES=("${ENGINE[@]}" csrc/bindings.cpp)
-  TARGET="$OUT/_C$SUFFIX"
+OUT=${1:-build/sanitized}
+PATH="$(dirname "$PYTHON"):$PATH"  # a cmake or ninja that setup.sh put into the environment
+GENERATOR=()
+if command -v ninja >/dev/null 2>&1; then GENERATOR=(-G Ninja); fi
+if [ ! -f "$OUT/CMakeCache.txt" ]; then
+  cmake -S . -B "$OUT" "${GENERATOR[@]}" -DCMAKE_BUILD_TYPE=Debug -DBHVIT_SANITIZE=ON \
+    -DPython_EXECUTABLE="$("$PYTHON" -c 'import sys; print(sys.executable)')" \
+    -Dpybind11_DIR="$("$PYTHON" -m pybind11 --cmakedir)" >&2
 fi
-isa_flags() {
-  case "$(uname -m)-$(basename "$1")" in
-    x86_64-isa_popcnt.cpp) echo "-mpopcnt" ;;
-    x86_64-isa_avx2.cpp) echo "-mavx2 -mpopcnt" ;;
-    x86_64-isa_avx512bw.cpp) echo "-mavx512f -mavx512bw -mpopcnt" ;;
-    x86_64-isa_avx512vpopcnt.cpp) echo "-mavx512f -mavx512bw -mavx512vpopcntdq -mpopcnt" ;;
-    *) echo "" ;;
-  esac
-}
-OBJS=()
-PIDS=()
-for src in "${SOURCES[@]}"; do
-  obj="$OUT/obj/$(basename "$(dirname "$src")")_$(basename "${src%.cpp}").o"
-  # shellcheck disable=SC2046
-  "$CXX" "${FLAGS[@]}" $(isa_flags "$src") -c "$src" -o "$obj" &
-  OBJS+=("$obj")
-  PIDS+=($!)
-done
-for pid in "${PIDS[@]}"; do wait "$pid"; done  # set -e: a failed compile stops the script
-"$CXX" -shared "${SANITIZE[@]}" -fopenmp "${OBJS[@]}" -o "$TARGET"
-echo "$(cd "$(dirname "$TARGET")" && pwd)/$(basename "$TARGET")"
+TARGET=bhvit_extension
+if [ "$WHAT" = runtime ]; then TARGET=bhvit_runtime; fi
+cmake --build "$OUT" --target "$TARGET" -j "$(nproc)" >&2
+sed -n "s/^$WHAT=//p" "$OUT/built-files.txt"

@@ -18,9 +18,10 @@ import os
 from types import ModuleType
 
 _BUILD_HINT = (
-    "The packed engine's native extension bhvit.engine._C is not built. Build it by reinstalling the "
-    "package from the repository root with `pip install -e .` (needs a C++17 compiler such as g++ or "
-    "clang++; OpenMP is used when available). Import error: {err}"
+    "The packed engine's native extension bhvit.engine._C is not built. Install bhvit with its native code: "
+    "`bash scripts/setup.sh` or `pip install -e .` in a checkout, or `pip install bhvit` without "
+    "BHVIT_NO_NATIVE (needs CMake >= 3.18 and a C++17 compiler such as g++ or clang++; OpenMP is used when "
+    "available). Import error: {err}"
 )
 
 
