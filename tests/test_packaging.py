@@ -3,7 +3,8 @@ pip into a fresh virtual environment outside the checkout runs a packed model wr
 runtime through Python, through `bhvit predict --packed` and from a C program built with `python -m
 bhvit.runtime --cflags --libs`, the extension imports, and the logits are this checkout's bit for bit. A
 broken compiler fails the install; BHVIT_NO_NATIVE=1 installs the Python package alone, whose engine and
-runtime then say how to build them. `pip install .` from the checkout (not editable) gives the same."""
+runtime then say how to build them. `pip install .` from the checkout (not editable) and the release wheel of
+scripts/build_wheel.sh (stripped, auditwheel-repaired) give the same."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,9 @@ from bhvit.engine.program import write_program_file
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("cc") is None, reason="needs cmake and cc"),
+    pytest.mark.skipif(
+        any(shutil.which(tool) is None for tool in ("cmake", "cc", "readelf")), reason="needs cmake, cc and readelf"
+    ),
 ]
 TIMEOUT = 1800  # one native build from scratch: about 2 minutes on 2 idle cores
 
@@ -126,10 +130,19 @@ def _check_installed(python: Path, outside: Path, tmp: Path) -> None:
     np.testing.assert_array_equal(np.fromfile(tmp / "c.f32", np.float32).reshape(2, -1), np.load(outside / "want.npy"))
 
 
+def _install(python: Path, what: Path, tmp: Path) -> None:
+    """``what`` (an sdist, a wheel, a folder) in place of any bhvit, then the dependencies it declares."""
+    _run([python, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", what], cwd=tmp)
+    declared = (
+        "import importlib.metadata as m; print(*(r for r in m.requires('bhvit') if 'extra ==' not in r), sep='\\n')"
+    )
+    _run([python, "-m", "pip", "install", "-q", *_run([python, "-c", declared], cwd=tmp).stdout.splitlines()], cwd=tmp)
+
+
 def test_sdist_installs_into_a_fresh_venv_and_runs_a_packed_model(
     sdist: Path, venv: Path, outside: Path, tmp_path: Path
 ) -> None:
-    _run([venv, "-m", "pip", "install", "-q", sdist], cwd=tmp_path)  # with its dependencies
+    _install(venv, sdist, tmp_path)
     _check_installed(venv, outside, tmp_path)
 
 
@@ -140,7 +153,26 @@ def test_a_failed_native_build_fails_the_install(sdist: Path, venv: Path, tmp_pa
 
 
 def test_pip_install_of_the_checkout_not_editable(venv: Path, outside: Path, tmp_path: Path) -> None:
-    _run([venv, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", ROOT], cwd=tmp_path)
+    _install(venv, ROOT, tmp_path)
+    _check_installed(venv, outside, tmp_path)
+
+
+def test_release_wheel_is_stripped_repaired_and_runs(venv: Path, outside: Path, tmp_path: Path) -> None:
+    """scripts/build_wheel.sh (its tools go into the fresh environment): the sdist, the wheel built from it,
+    repaired by auditwheel to a manylinux tag with libgomp bundled when the library links OpenMP."""
+    dist = tmp_path / "dist"
+    run = _run(["bash", ROOT / "scripts" / "build_wheel.sh", dist], env=_env(PYTHON=str(venv)), cwd=ROOT)
+    (wheel,) = dist.glob("*.whl")
+    assert wheel.name.startswith(f"bhvit-{bhvit.__version__}-") and "-manylinux_" in wheel.name, wheel.name
+    assert list(dist.glob(f"bhvit-{bhvit.__version__}.tar.gz")) and f"(tag {wheel.stem.split('-', 2)[2]})" in run.stdout
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        z.extract("bhvit/runtime/libbhvit_runtime.so", tmp_path / "unzipped")
+    needed = _run(["readelf", "-d", tmp_path / "unzipped" / "bhvit" / "runtime" / "libbhvit_runtime.so"]).stdout
+    if "libgomp" in needed:  # OpenMP linked: its runtime travels in the wheel, under a hashed name
+        bundled = [n for n in names if n.startswith("bhvit.libs/libgomp")]
+        assert len(bundled) == 1 and Path(bundled[0]).name in needed and "$ORIGIN/../../bhvit.libs" in needed
+    _install(venv, wheel, tmp_path)
     _check_installed(venv, outside, tmp_path)
 
 
