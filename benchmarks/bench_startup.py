@@ -1,16 +1,17 @@
-"""Start-up of `bhvit predict --packed`: process start to printed top-5, the native runtime vs the version-1 path.
+"""Start-up of `bhvit predict`: process start to printed top-5, the packed runtime vs the float checkpoint.
 
 Each measurement is a fresh process (`subprocess.run`, wall clock), the two commands interleaved round by
 round so that background load hits both alike; the median per command counts.
 
-* ``runtime``: ``bhvit predict --packed tiny.bhvp image.jpg`` as shipped (format version 2; the CLI imports
-  neither torch nor the training code, and the forward runs in ``libbhvit_runtime``);
-* ``v1``: the path before the runtime, rebuilt from the kept pieces: the CLI then imported every command
-  module (torch, models, training) at start, read the version-1 file (:func:`bhvit.engine.fileformat.read_parts`)
-  and ran :class:`bhvit.engine.packed_model.LegacyPackedModel` (binary kernels native, float parts in torch).
+* ``runtime``: ``bhvit predict --packed tiny.bhvp image.jpg`` (format version 2; the CLI imports neither torch
+  nor the training code, and the forward runs in ``libbhvit_runtime``);
+* ``float``: ``bhvit predict --checkpoint tiny.safetensors image.jpg``, the same model in PyTorch.
 
     python benchmarks/bench_startup.py                       # bhvit_tiny binary, 224 px, 1000 classes
-    python benchmarks/bench_startup.py --rounds 7 --json benchmarks/results/bench_startup.json
+    python benchmarks/bench_startup.py --rounds 7 --json out/bench_startup.json
+
+(`benchmarks/results/bench_startup.json` records the comparison with the version-1 packed path, retired since:
+0.14 s against 1.31 s.)
 """
 
 from __future__ import annotations
@@ -25,48 +26,23 @@ import tempfile
 import time
 from pathlib import Path
 
-V1_PREDICT = """
-import sys
-import bhvit, bhvit.checkpoint, bhvit.engine, bhvit.profile, bhvit.upstream  # the old eager `import bhvit`
-import bhvit.cli.engine, bhvit.cli.model, bhvit.cli.train  # the old CLI imported every command module
-import torch
-from bhvit.engine.fileformat import read_parts
-from bhvit.engine.packed_model import LegacyPackedModel
-from bhvit.predict import Preprocess, predict_images
-parts = read_parts(sys.argv[1])
-model = LegacyPackedModel(parts)
-prep = Preprocess.for_model(parts.config["img_size"], parts.config["in_chans"], parts.meta.get("preprocess"))
-def run(x):
-    with torch.inference_mode():
-        return model(torch.from_numpy(x)).numpy()
-for r in predict_images(run, sys.argv[2:], prep, 5, parts.meta.get("labels")):
-    print(r["path"])
-    for rank, t in enumerate(r["top"], 1):
-        print(f"  {rank}. {t['label']:<24} {100 * t['prob']:6.2f}%")
-"""
-
 
 def write_models(folder: Path, arch: str) -> tuple[Path, Path, Path]:
-    """A random eval-mode binary model packed in both formats, and a 500x375 JPEG."""
+    """A random eval-mode binary model as a checkpoint and as a packed file, and a 500x375 JPEG."""
     import numpy as np
     from PIL import Image
 
     import bhvit
-    from bhvit.engine import save_packed
-    from bhvit.engine.api import pack
-    from bhvit.engine.fileformat import write_parts
-    from bhvit.engine.packer import extract
+    from bhvit.engine import pack, save_packed
 
     model = bhvit.create_model(arch, precision="binary").eval()
     labels = [f"class {i}" for i in range(model.num_classes)]
-    v2 = save_packed(pack(model), folder / "model_v2.bhvp", labels=labels)
-    parts = extract(model)
-    parts.meta.update({"labels": labels, "preprocess": json.loads(pack(model).program.metadata["preprocess"])})
-    v1 = write_parts(parts, folder / "model_v1.bhvp")
+    checkpoint = bhvit.save_model(model, folder / "model.safetensors", labels=labels)
+    packed = save_packed(pack(model), folder / "model.bhvp", labels=labels)
     image = folder / "image.jpg"
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)).save(image, quality=90)
-    return v1, v2, image
+    return checkpoint, packed, image
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:
@@ -88,10 +64,10 @@ def main() -> None:
     bhvit_cli = str(Path(sys.executable).with_name("bhvit"))
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     with tempfile.TemporaryDirectory() as tmp:
-        v1, v2, image = write_models(Path(tmp), args.arch)
+        checkpoint, packed, image = write_models(Path(tmp), args.arch)
         commands = {
-            "runtime": [bhvit_cli, "predict", "--packed", str(v2), str(image)],
-            "v1": [sys.executable, "-c", V1_PREDICT, str(v1), str(image)],
+            "runtime": [bhvit_cli, "predict", "--packed", str(packed), str(image)],
+            "float": [bhvit_cli, "predict", "--checkpoint", str(checkpoint), str(image)],
         }
         times: dict[str, list[float]] = {k: [] for k in commands}
         for cmd in commands.values():  # warm the file cache once
@@ -109,12 +85,12 @@ def main() -> None:
         "rounds": args.rounds,
         "seconds": times,
         "median_s": med,
-        "speedup": med["v1"] / med["runtime"],
+        "speedup": med["float"] / med["runtime"],
     }
     print(f"{'path':<8} {'median s':>9}  all rounds (s)")
     for k in commands:
         print(f"{k:<8} {med[k]:9.3f}  " + " ".join(f"{t:.3f}" for t in times[k]))
-    print(f"start-up speed-up (v1 / runtime): {record['speedup']:.1f}x")
+    print(f"start-up speed-up (float / runtime): {record['speedup']:.1f}x")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")

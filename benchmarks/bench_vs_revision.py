@@ -1,11 +1,11 @@
 """The native runtime against the packed model of an earlier revision, and against the fp32 model, side by side.
 
-``bhvit bench`` compares the runtime with :class:`~bhvit.engine.packed_model.LegacyPackedModel`, the version-1
-forward kept in this tree. That forward calls this tree's kernels, so every kernel speed-up counts on both
-sides. This script instead runs the packed model exactly as an earlier revision shipped it (its Python, its
-kernels, built from ``git archive REV``) in a worker process, and times it round by round, interleaved, with
-this tree's runtime and the fp32 PyTorch model in the main process. All three get the same weights (the same
-seed) and the same image; the report says whether their top-1 agree.
+It runs the packed model exactly as an earlier revision shipped it (its Python, its kernels, built from
+``git archive REV``) in a worker process, and times it round by round, interleaved, with this tree's runtime
+and the fp32 PyTorch model in the main process. All three get the same weights (the same seed) and the same
+image; the report says whether their top-1 agree. Any revision works: the default, 1cb9152, is the packed
+model before the runtime (its version-1 forward: binary kernels native, float parts in torch); the last
+revision that still had that forward beside the runtime (``LegacyPackedModel``) measured it 1.80x slower.
 
     python benchmarks/bench_vs_revision.py                                  # issue 11's "today": 1cb9152
     MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/bench_vs_revision.py \\
@@ -41,9 +41,12 @@ torch.manual_seed(0)
 model = bhvit.create_model(arch, precision=precision, img_size=int(size)).eval()
 packed = bhvit.engine.pack(model)
 torch.set_num_threads(int(threads))
-bhvit.engine.set_num_threads(int(threads))
-if isa:
-    bhvit.engine.set_isa(isa)
+# thread and ISA settings: the engine's (revisions before the runtime), the runtime's (since), or both
+settings = [m for m in (bhvit.engine, getattr(bhvit, "runtime", None)) if hasattr(m, "set_num_threads")]
+for module in settings:
+    module.set_num_threads(int(threads))
+    if isa:
+        module.set_isa(isa)
 x = torch.from_numpy(np.load(sys.argv[8]))
 import time
 with torch.inference_mode():

@@ -8,6 +8,7 @@ A ``.safetensors`` file whose metadata holds ``format = "bhvit"``, ``format_vers
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -21,9 +22,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .models.bhvit import BHViT, BHViTConfig
+from .runtime.errors import version_1_refusal
 from .upstream import CheckpointError, load_into, load_upstream, safe_torch_load
 
-__all__ = ["save_model", "load_model", "read_metadata", "atomic_write", "FORMAT_VERSION"]
+__all__ = ["save_model", "load_model", "read_metadata", "atomic_write", "NoSpaceError", "FORMAT_VERSION"]
 
 FORMAT_VERSION = "1"
 
@@ -41,13 +43,32 @@ def _new_temp_file(path: Path) -> Path:
     raise FileExistsError(f"could not create a temporary file beside {path}")
 
 
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)  # "no space left on device", "disk quota exceeded"
+
+
+class NoSpaceError(OSError):
+    """The file system (or the user's quota) filled up while writing a file: one line naming it."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(
+            f"no space left on device while writing {path} (any previous version of it is intact): free some "
+            "space or write elsewhere"
+        )
+        self.errno = errno.ENOSPC
+        self.path = str(path)
+
+
 def atomic_write(path: str | Path, write: Any) -> Path:
     """Call ``write(tmp_path)``, fsync, then rename onto ``path``: a reader (or a crash) never sees a
     partial file, and the previous file stays intact until the new one is complete. The file gets the
-    mode a plain ``open(path, "w")`` would give: ``0o666 & ~umask``."""
+    mode a plain ``open(path, "w")`` would give: ``0o666 & ~umask``. A full disk (or quota) while
+    writing raises :class:`NoSpaceError` naming ``path``; the temporary file is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _new_temp_file(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _new_temp_file(path)
+    except OSError as e:
+        raise (NoSpaceError(path) if e.errno in FULL_DISK else e) from None
     mode = stat.S_IMODE(os.stat(tmp).st_mode)  # 0o666 & ~umask, as the kernel applied it
     try:
         write(tmp)
@@ -55,6 +76,10 @@ def atomic_write(path: str | Path, write: Any) -> Path:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno in FULL_DISK:
+            raise NoSpaceError(path) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -89,6 +114,10 @@ def _from_safetensors(path: Path, overrides: dict[str, Any]) -> tuple[BHViT, dic
         meta = read_metadata(path)
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {str(path)!r} as safetensors: {exc}") from None
+    if meta.get("format") == "bhvit-packed":
+        if meta.get("format_version") == "1":
+            raise CheckpointError(version_1_refusal(path))
+        raise CheckpointError(f"{path} is a packed model file, not a checkpoint; run it with `bhvit predict --packed`")
     if meta.get("format") != "bhvit":
         return load_upstream(path, **overrides), {}  # a bare upstream state dict in safetensors
     config = BHViTConfig.from_dict({**meta["config"], **overrides})

@@ -6,6 +6,7 @@ Every tensor here is channels-last: ``(..., C)``, tokens or ``(B, H, W, C)`` map
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Literal, get_args
@@ -57,13 +58,11 @@ class RPReLU(nn.Module):
 
 @functools.cache
 def _native_prelu_backward() -> Callable | None:
-    """The engine's one-pass PReLU backward (``bhvit.engine._C.rprelu_backward``), or None without the
-    extension. Looked up once."""
-    from bhvit.engine._native import EngineUnavailableError, native
-
+    """The one-pass PReLU backward of the training extension (``bhvit._C.rprelu_backward``, csrc/training.cpp),
+    or None when the package was installed without its native code. Looked up once."""
     try:
-        return native().rprelu_backward
-    except (EngineUnavailableError, AttributeError):
+        return importlib.import_module("bhvit._C").rprelu_backward
+    except ImportError:
         return None
 
 
@@ -81,7 +80,8 @@ def prelu_grads(g: Tensor, t: Tensor, a: Tensor, in_place: bool = False) -> tupl
     native = _native_prelu_backward() if g.device.type == "cpu" and not torch.compiler.is_compiling() else None
     if native is not None and g.dtype == t.dtype == a.dtype == torch.float32:
         g, t, a = (v.detach().contiguous() for v in (g, t, a))
-        gx, ga, sgx, sg = native(g.numpy(), t.numpy(), a.numpy(), g.numpy() if in_place else None)
+        out = g.numpy() if in_place else None
+        gx, ga, sgx, sg = native(g.numpy(), t.numpy(), a.numpy(), out, threads=torch.get_num_threads())
         dt = g if in_place else torch.from_numpy(gx)
         return dt, torch.from_numpy(ga), torch.from_numpy(sgx), torch.from_numpy(sg)
     gx, ga = torch.ops.aten._prelu_kernel_backward(g, t, a)  # (M, C) both

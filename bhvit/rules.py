@@ -9,6 +9,8 @@ from __future__ import annotations
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_PCT = 0.875  # evaluation: Resize(size / CROP_PCT) + CenterCrop(size) (SPEC §4)
+STEM_STRIDE = 4  # the stem's patch size and stride
+TOTAL_STRIDE = 32  # stem 4 × three 2× downsamplings
 TOKEN_NORM_EPS = 1e-5  # the attention's token LayerNorm (nn.LayerNorm's default), also in BatchNorm models
 GSB_EPS = 1e-5  # lower bound of the GSB scales α, α2, α3
 # GSB masks on q = A/α: base = clamp(round(q), 0, 1) = [q > 0.5] (round half to even), U = [q > 0.7·max_row q],

@@ -6,7 +6,7 @@
 #   OUT_DIR/bhvit-X.tar.gz                        the source distribution (python -m build)
 #   OUT_DIR/bhvit-X-cpXY-cpXY-manylinux_*.whl    the wheel, built from that sdist (so the sdist is complete)
 #                                                 and repaired by auditwheel: the lowest manylinux tag its
-#                                                 symbols allow, libgomp (when OpenMP is linked) bundled
+#                                                 symbols allow, any library outside that policy bundled
 #                                                 under bhvit.libs/ with the rpaths set
 #
 # The binaries are stripped by the CMake install (scikit-build-core's install.strip); the script checks that

@@ -1,15 +1,17 @@
 """The package as users install it (slow): the sdist (built by the backend, scikit-build-core) installed with
 pip into a fresh virtual environment outside the checkout runs a packed model written by this checkout: the
 runtime through Python, through `bhvit predict --packed` and from a C program built with `python -m
-bhvit.runtime --cflags --libs`, the extension imports, and the logits are this checkout's bit for bit. A
-broken compiler fails the install; BHVIT_NO_NATIVE=1 installs the Python package alone, whose engine and
-runtime then say how to build them. `pip install .` from the checkout (not editable) and the release wheel of
-scripts/build_wheel.sh (stripped, auditwheel-repaired) give the same."""
+bhvit.runtime --cflags --libs`, the training extension imports, and the logits are this checkout's bit for
+bit. A broken compiler fails the install; BHVIT_NO_NATIVE=1 installs the Python package alone, whose runtime
+then says how to build it (training uses torch's ops without the extension). `pip install .` from the
+checkout (not editable) and the release wheel of scripts/build_wheel.sh (stripped, auditwheel-repaired) give
+the same."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from support import ROOT, randomized
 
 import bhvit
@@ -31,34 +34,36 @@ pytestmark = [
     ),
 ]
 TIMEOUT = 1800  # one native build from scratch: about 2 minutes on 2 idle cores
+# the libraries a manylinux wheel may take from the system (auditwheel's policies), as the NEEDED names
+MANYLINUX_SYSTEM = (
+    r"^(libc|libm|libdl|librt|libpthread|libstdc\+\+|libgcc_s|ld-linux-x86-64|ld-linux-aarch64)\.so\.\d+$"
+)
 
 # Run by the fresh environment's Python outside the checkout: the logits of the packed model for the saved
 # batch, and where everything came from.
 CHECK = r"""
 import json, sys
 import numpy as np
-import bhvit, bhvit.runtime as rt
-from bhvit.engine._native import native
+import bhvit, bhvit._C, bhvit.runtime as rt  # bhvit._C: the training extension imports
 from bhvit.runtime import paths
 model, x, out = sys.argv[1:4]
-native()  # the extension imports
 np.save(out, rt.load(model).run(np.load(x)))
 print(json.dumps({"version": bhvit.__version__, "package": bhvit.__file__, "library": str(paths.find_library()),
                   "include": str(paths.include_dir())}))
 """
-# The same environment when installed with BHVIT_NO_NATIVE=1: both native parts missing, each says so.
+# The same environment when installed with BHVIT_NO_NATIVE=1: no training extension (training uses torch's
+# ops), no runtime library, and the runtime says how to build it.
 CHECK_NO_NATIVE = r"""
-import json
+import importlib.util, json
 import bhvit, bhvit.runtime as rt
-from bhvit.engine._native import EngineUnavailableError, native
 from bhvit.runtime.paths import RuntimeLibraryError, find_library
-messages = []
-for fn, error in ((native, EngineUnavailableError), (find_library, RuntimeLibraryError)):
-    try:
-        fn()
-    except error as exc:
-        messages.append(str(exc))
-print(json.dumps({"version": bhvit.__version__, "available": rt.available(), "messages": messages}))
+try:
+    find_library()
+    message = None
+except RuntimeLibraryError as exc:
+    message = str(exc)
+print(json.dumps({"version": bhvit.__version__, "available": rt.available(), "message": message,
+                  "extension": importlib.util.find_spec("bhvit._C") is not None}))
 """
 
 
@@ -87,6 +92,8 @@ def outside(tmp_path_factory: pytest.TempPathFactory) -> Path:
     x = np.random.default_rng(5).standard_normal((2, 3, 32, 32)).astype(np.float32)
     np.save(folder / "x.npy", x)
     np.save(folder / "want.npy", rt.load(folder / "m.bhvp").run(x))
+    pixels = np.random.default_rng(6).integers(0, 256, (40, 36, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / "image.png")
     return folder
 
 
@@ -121,6 +128,9 @@ def _check_installed(python: Path, outside: Path, tmp: Path) -> None:
         assert Path(info[key]).resolve().is_relative_to(site.resolve()), (key, info[key])
     np.testing.assert_array_equal(np.load(tmp / "got.npy"), np.load(outside / "want.npy"))
     assert _run([python.parent / "bhvit", "--version"], cwd=tmp).stdout == f"bhvit {bhvit.__version__}\n"
+    predict = ["predict", outside / "image.png", "--packed", outside / "m.bhvp"]
+    here = _run([Path(sys.executable).parent / "bhvit", *predict], cwd=tmp).stdout
+    assert _run([python.parent / "bhvit", *predict], cwd=tmp).stdout == here and here
     # a C program against the installed header and library
     flags = _run([python, "-m", "bhvit.runtime", "--cflags", "--libs"], cwd=tmp).stdout.split()
     exe = tmp / "c_api_check"
@@ -159,19 +169,19 @@ def test_pip_install_of_the_checkout_not_editable(venv: Path, outside: Path, tmp
 
 def test_release_wheel_is_stripped_repaired_and_runs(venv: Path, outside: Path, tmp_path: Path) -> None:
     """scripts/build_wheel.sh (its tools go into the fresh environment): the sdist, the wheel built from it,
-    repaired by auditwheel to a manylinux tag with libgomp bundled when the library links OpenMP."""
+    repaired by auditwheel to a manylinux tag, every library its binaries need either the system's or in it."""
     dist = tmp_path / "dist"
     run = _run(["bash", ROOT / "scripts" / "build_wheel.sh", dist], env=_env(PYTHON=str(venv)), cwd=ROOT)
     (wheel,) = dist.glob("*.whl")
     assert wheel.name.startswith(f"bhvit-{bhvit.__version__}-") and "-manylinux_" in wheel.name, wheel.name
     assert list(dist.glob(f"bhvit-{bhvit.__version__}.tar.gz")) and f"(tag {wheel.stem.split('-', 2)[2]})" in run.stdout
     with zipfile.ZipFile(wheel) as z:
-        names = z.namelist()
-        z.extract("bhvit/runtime/libbhvit_runtime.so", tmp_path / "unzipped")
-    needed = _run(["readelf", "-d", tmp_path / "unzipped" / "bhvit" / "runtime" / "libbhvit_runtime.so"]).stdout
-    if "libgomp" in needed:  # OpenMP linked: its runtime travels in the wheel, under a hashed name
-        bundled = [n for n in names if n.startswith("bhvit.libs/libgomp")]
-        assert len(bundled) == 1 and Path(bundled[0]).name in needed and "$ORIGIN/../../bhvit.libs" in needed
+        z.extractall(tmp_path / "unzipped")
+    bundled = {p.name for p in (tmp_path / "unzipped").glob("bhvit.libs/*")}
+    for binary in (tmp_path / "unzipped" / "bhvit").rglob("*.so"):
+        needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", _run(["readelf", "-d", binary]).stdout)
+        # each library it needs is the system's (the manylinux policy's list) or travels in the wheel
+        assert all(lib in bundled or re.match(MANYLINUX_SYSTEM, lib) for lib in needed), (binary.name, needed)
     _install(venv, wheel, tmp_path)
     _check_installed(venv, outside, tmp_path)
 
@@ -182,9 +192,8 @@ def test_no_native_opt_out_installs_the_python_package_alone(sdist: Path, venv: 
     (package,) = venv.parent.parent.glob("lib/python*/site-packages/bhvit")
     assert (package / "__init__.py").is_file() and not list(package.rglob("*.so")), "a native file was installed"
     info = json.loads(_run([venv, "-c", CHECK_NO_NATIVE], cwd=tmp_path).stdout)
-    assert info["version"] == bhvit.__version__ and info["available"] is False
-    engine, runtime = info["messages"]
-    assert "not built" in engine and "BHVIT_NO_NATIVE" in engine and "pip install" in engine
-    assert "not built" in runtime and "BHVIT_NO_NATIVE" in runtime and "cmake -S runtime" in runtime
+    assert info["version"] == bhvit.__version__ and info["available"] is False and info["extension"] is False
+    message = info["message"]
+    assert "not built" in message and "BHVIT_NO_NATIVE" in message and "cmake -S runtime" in message
     run = _run([venv, "-m", "bhvit.runtime", "--library"], ok=False, cwd=tmp_path)
     assert run.returncode == 1 and len(run.stderr.splitlines()) == 1 and "BHVIT_NO_NATIVE" in run.stderr

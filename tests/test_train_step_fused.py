@@ -82,22 +82,27 @@ def test_rprelu_on_a_channels_last_view() -> None:
 
 @pytest.mark.parametrize("shape", [(300, 13), (64, 8), (1, 1), (130, 1024)])
 def test_prelu_grads_native_pass(shape: tuple[int, int]) -> None:
-    """The engine's one-pass PReLU backward: ∂t bit for bit as torch's kernel (t = 0 included), the three
-    column sums within rounding of torch's, in place too, and the same bits on 1 and 2 threads."""
-    from bhvit.engine import is_available, num_threads
+    """The training extension's one-pass PReLU backward: ∂t bit for bit as torch's kernel (t = 0 included), the
+    three column sums within rounding of torch's, in place too, and the same bits on 1 and 2 threads (the
+    extension follows torch's thread count)."""
+    from bhvit.layers import _native_prelu_backward
 
-    if not is_available():
-        pytest.skip("the native extension is not built")
+    if _native_prelu_backward() is None:
+        pytest.skip("the native extension bhvit._C is not built")
     torch.manual_seed(4)
     g, t, a = torch.randn(shape), torch.randn(shape), torch.randn(shape[1])
     t.view(-1)[::7] = 0.0
     want_dt, want_ga = torch.ops.aten._prelu_kernel_backward(g, t, a)
     want = (want_ga.sum(0), want_dt.sum(0), g.sum(0))
-    with num_threads(1):
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
         one = prelu_grads(g, t, a)
-    with num_threads(2):
+        torch.set_num_threads(2)
         two = prelu_grads(g, t, a)
         inplace = prelu_grads(g.clone(), t, a, in_place=True)
+    finally:
+        torch.set_num_threads(previous)
     assert torch.equal(one[0], want_dt) and torch.equal(inplace[0], want_dt)
     for x, y, z, w in zip(one[1:], two[1:], inplace[1:], want):
         assert torch.equal(x, y) and torch.equal(x, z)
@@ -142,3 +147,17 @@ def test_model_step_fused_equals_plain(attn_quant: str, checkpointing: bool) -> 
         torch.testing.assert_close(grads_f[name], grads_p[name], rtol=1e-4, atol=atol, msg=name)
     for name in bufs_p:
         assert torch.equal(bufs_f[name], bufs_p[name]), name
+
+
+def test_prelu_grads_without_the_extension(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installed without native code (BHVIT_NO_NATIVE), prelu_grads runs torch's ops: the same ∂t."""
+    import bhvit.layers
+
+    torch.manual_seed(5)
+    g, t, a = torch.randn(70, 9), torch.randn(70, 9), torch.randn(9)
+    native = prelu_grads(g, t, a)
+    monkeypatch.setattr(bhvit.layers, "_native_prelu_backward", lambda: None)
+    fallback = prelu_grads(g, t, a)
+    assert torch.equal(native[0], fallback[0])
+    for x, y in zip(native[1:], fallback[1:]):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)

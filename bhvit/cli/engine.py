@@ -12,8 +12,8 @@ import torch
 from bhvit import runtime
 from bhvit.checkpoint import atomic_write, load_model
 from bhvit.cli.errors import CommandParser
-from bhvit.engine import bench, kernels
-from bhvit.engine.api import agreement, load_packed, pack, save_packed, size_report, zero_audit
+from bhvit.engine import bench
+from bhvit.engine.api import agreement, pack, save_packed, size_report, zero_audit
 from bhvit.models.bhvit import BINARY_PRECISIONS
 from bhvit.predict import Preprocess
 
@@ -22,24 +22,22 @@ def cmd_pack(argv: list[str] | None = None) -> int:
     """Pack a checkpoint, write the file, print its size next to the fp32 checkpoint and a check of the
     packed logits against the float model's on random images."""
     p = CommandParser(prog="bhvit pack", description="write a packed 1-bit model file (format version 2)")
-    p.add_argument(
-        "checkpoint",
-        help="a bhvit checkpoint or one of the authors' (.pth / .safetensors), or a version-1 packed file to convert",
-    )
+    p.add_argument("checkpoint", help="a bhvit checkpoint or one of the authors' (.pth / .safetensors)")
     p.add_argument("-o", "--output", required=True, help="packed file to write (docs/packed-format.md)")
     p.add_argument(
         "--check", type=int, default=4, metavar="N", help="compare packed and float logits on N random images (0: skip)"
     )
-    args = p.parse_args(argv)
-    if _is_packed_v1(args.checkpoint):
-        path = save_packed(load_packed(args.checkpoint), args.output)
-        print(json.dumps({"output": str(path), "converted_from": args.checkpoint, "format_version": 2}, indent=2))
-        return 0
-    model, meta = load_model(args.checkpoint)
-    packed = pack(model)
-    path = save_packed(
-        packed, args.output, preprocess=_preprocess(model, meta.get("preprocess")), labels=meta.get("labels")
+    p.add_argument(
+        "--labels",
+        metavar="FILE",
+        help="class names to store, one per line or a JSON list, in the order of the logits (default: the "
+        "checkpoint's, which bhvit train records)",
     )
+    args = p.parse_args(argv)
+    model, meta = load_model(args.checkpoint)
+    labels = read_labels(args.labels, model.config.num_classes) if args.labels else meta.get("labels")
+    packed = pack(model)
+    path = save_packed(packed, args.output, preprocess=_preprocess(model, meta.get("preprocess")), labels=labels)
     info = size_report(model, path)
     if args.check:
         x = torch.randn(args.check, model.config.in_chans, *model.config.img_size)
@@ -51,16 +49,26 @@ def cmd_pack(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _is_packed_v1(path: str) -> bool:
-    """Whether ``path`` is a version-1 packed file (a safetensors file whose metadata says so)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(path, framework="numpy") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError):
-        return False
-    return meta.get("format") == "bhvit-packed" and meta.get("format_version") == "1"
+def read_labels(path: str, num_classes: int) -> list[str]:
+    """Class names from ``path``: a JSON list of strings (the file starts with ``[``), or one name per
+    line (surrounding blanks and blank lines skipped); a ``ValueError`` naming the file when they are not
+    ``num_classes`` non-empty names."""
+    text = Path(path).read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--labels {path}: starts with '[' but is not a JSON list ({e})") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+            raise ValueError(f"--labels {path}: the JSON list must hold non-empty strings")
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(names) != num_classes:
+        raise ValueError(
+            f"--labels {path}: {len(names)} name(s) for a model of {num_classes} classes; give one name per "
+            "class, one per line or as a JSON list, in the order of the logits"
+        )
+    return names
 
 
 def _preprocess(model: torch.nn.Module, stored: Any) -> dict[str, Any] | None:
@@ -82,17 +90,15 @@ def cmd_bench(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--no-onnx", action="store_true", help="skip onnxruntime even when installed")
-    p.add_argument("--isa", default=None, help="kernel path to force, e.g. avx2 (default: the best this CPU has)")
+    p.add_argument("--isa", default=None, help="the runtime's kernel path, e.g. avx2 (default: the best this CPU has)")
     p.add_argument(
         "--profile",
         action="store_true",
         help="also print the runtime's time per op kind and its share of the ideal binary time",
     )
-    p.add_argument("--no-legacy", action="store_true", help="skip the version-1 (torch-mixed) packed path")
     p.add_argument("--json", default="out/bench_e2e.json")
     args = p.parse_args(argv)
     if args.isa:
-        kernels.set_isa(args.isa)
         runtime.set_isa(args.isa)
     path = Path(args.json)
     rows = bench.bench_grid(
@@ -104,7 +110,6 @@ def cmd_bench(argv: list[str] | None = None) -> int:
         checkpoint=args.checkpoint,
         onnx=not args.no_onnx,
         workdir=path.parent,
-        legacy=not args.no_legacy,
     )
     print(f"isa={runtime.isa()} load={os.getloadavg()[0]:.2f}")
     print(bench.report(rows, profile=args.profile))

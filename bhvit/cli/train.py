@@ -8,27 +8,42 @@ teacher stage for binary models); a recipe sees the dataclass defaults only. The
 from the dataclasses of :class:`bhvit.train.TrainConfig` (one per field, its type
 and choices from the annotation), so a new field is a new flag. Run it with ``torchrun
 --nproc_per_node N -m bhvit train …`` for N processes.
+
+Importing this module sets ``OMP_WAIT_POLICY=PASSIVE`` (unless the user chose a policy) before it
+imports torch (:func:`bhvit.train.threads.prefer_passive_waits`: idle OpenMP threads sleep instead of
+spinning, which keeps training usable beside other CPU-bound work). While a command runs, every Python
+warning is one line, ``bhvit train: warning: …`` (:func:`one_line_warnings`).
 """
 
+# ruff: noqa: E402  (the OpenMP setting below must precede the imports that load torch)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import re
 import sys
 import types
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from bhvit.train import threads
+
+threads.prefer_passive_waits()  # libgomp reads its wait policy once, when the imports below load torch
 
 from bhvit.checkpoint import atomic_write
 from bhvit.cli.errors import CommandParser, error_line
 from bhvit.data import DataConfig, DatasetNotFoundError
+from bhvit.text import printable
 from bhvit.train import checkpoint as ckpt_io
 from bhvit.train import demo as demo_lib
+from bhvit.train.auto_teacher import train_with_auto_teacher
 from bhvit.train.config import TrainConfig, load_recipe, no_recipe_defaults
 from bhvit.train.loop import NonFiniteLossError, evaluate_checkpoint
-from bhvit.train.teacher import TeacherUnavailableError, train_with_auto_teacher
+from bhvit.train.teacher import TeacherUnavailableError
 from bhvit.upstream import CheckpointError
 
 # Flags spelled other than their field (``--FIELD-NAME``): the short names bhvit train has always
@@ -44,6 +59,10 @@ FLAG_ALIASES = {
 }
 # ``model.overrides`` (a dict) is filled by the repeatable ``--override KEY=JSON`` instead.
 NO_FLAG = {"model.overrides"}
+THREADS_HELP = (
+    "torch's CPU threads (default: $BHVIT_NUM_THREADS, else the CPUs this process may use, from its CPU "
+    "affinity and cgroup quota, not the machine's core count)"
+)
 
 
 def _field_help(doc: str, name: str) -> str:
@@ -163,10 +182,29 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(base)
 
 
+@contextlib.contextmanager
+def one_line_warnings(command: str) -> Iterator[None]:
+    """Inside the block every Python warning (ours, torch's, matplotlib's) is one line on stderr,
+    ``bhvit COMMAND: warning: <message>``, never the source line Python's default display adds; each
+    message once."""
+    seen: set[str] = set()
+
+    def show(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+        text = printable(" ".join(str(message).split()))
+        if text not in seen:
+            seen.add(text)
+            print(f"bhvit {command}: warning: {text}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
 def cmd_train(argv: list[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
     try:
-        summary = train_with_auto_teacher(config_from_args(args))
+        with one_line_warnings("train"):
+            summary = train_with_auto_teacher(config_from_args(args))
     except (ValueError, FileNotFoundError, NonFiniteLossError, TeacherUnavailableError) as e:
         print(error_line("train", e), file=sys.stderr)
         return 2
@@ -178,13 +216,17 @@ def eval_parser() -> argparse.ArgumentParser:
     p = CommandParser(prog="bhvit eval", description="Evaluate a checkpoint on a test split.")
     p.add_argument("checkpoint", nargs="?", help="a bhvit training checkpoint (or give it as --checkpoint)")
     p.add_argument("--checkpoint", dest="checkpoint_flag", metavar="CHECKPOINT", help="the same, as a flag")
-    p.add_argument("--data", default="fashion_mnist", help="fashion-mnist (default), cifar10, synthetic or a directory")
-    p.add_argument("--data-root")
-    p.add_argument("--img-size", type=int, help="default: the checkpoint's")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument(
+        "--data",
+        help="fashion-mnist, cifar10, synthetic or a directory (default: the data the checkpoint was trained "
+        "on; a folder without train/ and val/ is split as its training run split it)",
+    )
+    p.add_argument("--data-root", help="where to look first for a named dataset (default: the checkpoint's)")
+    p.add_argument("--img-size", type=int, help="input side in pixels (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, default=500, help="images per evaluation batch (default 500)")
     p.add_argument("--ema", action="store_true", help="score the EMA weights")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda (default auto)")
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
     p.add_argument("--json", help="also write the metrics to this file")
     return p
 
@@ -202,12 +244,38 @@ def eval_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def eval_data(args: argparse.Namespace) -> tuple[DataConfig, int]:
+    """The data ``bhvit eval`` scores on and the seed of a flat folder's split: the flags given, the rest
+    from the training checkpoint (its data, input size, hold-out fraction and seed). A model file that is
+    not a training checkpoint needs ``--data`` and ``--img-size``."""
+    try:
+        ck = ckpt_io.load(args.checkpoint)
+    except CheckpointError as e:
+        if args.data is None or args.img_size is None:
+            raise CheckpointError(f"{e}; a model file is evaluated with --data and --img-size given") from None
+        ck = None
+    trained = json.loads(ck.get("train_config", "{}")) if ck is not None else {}
+    data = trained.get("data", {})
+    if args.data is None and not data:
+        raise ValueError(f"{args.checkpoint} does not say what it was trained on: pass --data")
+    same = args.data is None or (bool(data) and DataConfig(name=args.data).name == data["name"])
+    split = ((ck or {}).get("data_split") or {}) if same else {}
+    cfg = DataConfig(
+        name=args.data or data["name"],
+        root=args.data_root if args.data else data.get("root"),
+        img_size=args.img_size or _checkpoint_img_size(ck, args.checkpoint),
+        eval_batch_size=args.batch_size,
+        val_fraction=split.get("val_fraction"),
+    )
+    return cfg, int(split.get("seed", trained.get("run", {}).get("seed", 0)))
+
+
 def cmd_eval(argv: list[str] | None = None) -> int:
     args = eval_args(argv)
     try:
-        img = args.img_size or _checkpoint_img_size(ckpt_io.load(args.checkpoint), args.checkpoint)
-        data = DataConfig(name=args.data, root=args.data_root, img_size=img, eval_batch_size=args.batch_size)
-        metrics = evaluate_checkpoint(args.checkpoint, data, args.device, args.ema, args.threads)
+        with one_line_warnings("eval"):
+            data, seed = eval_data(args)
+            metrics = evaluate_checkpoint(args.checkpoint, data, args.device, args.ema, args.threads, seed=seed)
     except (ValueError, FileNotFoundError) as e:
         print(error_line("eval", e), file=sys.stderr)
         return 2
@@ -230,16 +298,21 @@ def demo_parser() -> argparse.ArgumentParser:
     p = CommandParser(
         prog="bhvit demo", description=demo_lib.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--preset", choices=sorted(demo_lib.PRESETS), default="quick")
+    p.add_argument(
+        "--preset",
+        choices=sorted(demo_lib.PRESETS),
+        default="quick",
+        help="quick: one epoch per model, under 15 min on 2 cores; long: about an hour (default quick)",
+    )
     p.add_argument("--out", help="output directory (default runs/demo)")
     p.add_argument("--data", help="dataset name or directory (default fashion_mnist)")
     p.add_argument("--data-root", help="where to look first for Fashion-MNIST")
     p.add_argument("--init-epochs", type=int, help="> 0: students start from a separate fp run of this many epochs")
-    p.add_argument("--teacher-epochs", type=int)
-    p.add_argument("--student-epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--threads", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--teacher-epochs", type=int, help="epochs of the fp teacher (default: the preset's)")
+    p.add_argument("--student-epochs", type=int, help="epochs of each student (default: the preset's)")
+    p.add_argument("--batch-size", type=int, help="images per optimizer step (default: the preset's, 128)")
+    p.add_argument("--threads", type=int, help=THREADS_HELP)
+    p.add_argument("--seed", type=int, help="initial weights, data order and augmentation (default 0)")
     p.add_argument("--only-binary", action="store_true", help="skip the some-fp student")
     return p
 
@@ -261,7 +334,8 @@ def cmd_demo(argv: list[str] | None = None) -> int:
     if args.only_binary:
         cfg = dataclasses.replace(cfg, precisions=("binary",))
     try:
-        result = demo_lib.demo(cfg)
+        with one_line_warnings("demo"):
+            result = demo_lib.demo(cfg)
     except (DatasetNotFoundError, ValueError) as e:
         print(error_line("demo", e), file=sys.stderr)
         return 2

@@ -69,9 +69,20 @@ def read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(data.copy()), torch.tensor(labels, dtype=torch.long)
 
 
+def local_dir(directory: str | os.PathLike) -> Path | None:
+    """``directory`` or its ``cifar-10-batches-py`` subfolder when it holds the six batches, else None
+    (for ``--data DIR``: that directory only, never the cache)."""
+    return next((d for d in (Path(directory), Path(directory) / SUBDIR) if _complete(d)), None)
+
+
 def load(root: str | os.PathLike | None = None, download: bool = False) -> dict[str, torch.Tensor]:
-    """``train_images`` (50000, 3, 32, 32) uint8, ``train_labels``, ``test_images``, ``test_labels``."""
-    d = locate(root, download)
+    """The arrays from where :func:`locate` finds them (:func:`read_dir`)."""
+    return read_dir(locate(root, download))
+
+
+def read_dir(d: Path) -> dict[str, torch.Tensor]:
+    """``train_images`` (50000, 3, 32, 32) uint8, ``train_labels``, ``test_images``, ``test_labels``
+    from the batches in ``d``."""
     out: dict[str, torch.Tensor] = {}
     for split, names in (("train", TRAIN_BATCHES), ("test", TEST_BATCHES)):
         parts = [read_batch(d / n) for n in names]

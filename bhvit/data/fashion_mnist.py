@@ -119,9 +119,20 @@ def locate(root: str | os.PathLike | None = None, download: bool = False) -> Pat
     )
 
 
+def local_dir(directory: str | os.PathLike) -> Path | None:
+    """``directory`` or its ``fashion-mnist`` subfolder when it holds the four files, else None (for
+    ``--data DIR``: that directory only, never the other places :func:`locate` searches)."""
+    return next((d for d in (Path(directory), Path(directory) / "fashion-mnist") if _complete(d)), None)
+
+
 def load(root: str | os.PathLike | None = None, download: bool = False) -> dict[str, torch.Tensor]:
-    """Load the four arrays: ``train_images`` (60000, 28, 28) uint8, ``train_labels`` (60000,) int64, …"""
-    d = locate(root, download)
+    """Load the four arrays from where :func:`locate` finds them (:func:`read_dir`)."""
+    return read_dir(locate(root, download))
+
+
+def read_dir(d: Path) -> dict[str, torch.Tensor]:
+    """The four arrays of directory ``d``: ``train_images`` (60000, 28, 28) uint8, ``train_labels``
+    (60000,) int64, …"""
     out = {}
     for key, stem in FILES.items():
         t = read_idx(_find_file(d, stem))

@@ -9,9 +9,16 @@ reproduce an uninterrupted single-process run.
 Two families of defaults:
 
 * ``imagenet`` (SPEC §4, the released models): RandomResizedCrop(scale 0.08–1, ratio 3/4–4/3) +
-  horizontal flip for training; Resize(img/0.875) + CenterCrop(img) for evaluation.
-* ``small`` (28–32 px data such as Fashion-MNIST and CIFAR-10): resize to the model size, zero-pad by
-  img/8 and random-crop back, horizontal flip; evaluation only resizes.
+  horizontal flip for training; the shorter side resized to ``⌊img/0.875⌋`` + CenterCrop(img) for
+  evaluation.
+* ``small`` (28–32 px data such as Fashion-MNIST and CIFAR-10): the shorter side resized to the model
+  size and centre-cropped, zero-pad by img/8 and random-crop back, horizontal flip; evaluation only
+  resizes and centre-crops.
+
+Evaluation is always "resize the shorter side to :func:`eval_resize`, centre-crop ``img``", the one
+geometry a model file's ``preprocess`` can state (``resize``; the crop is the model's input size), and
+:func:`resize` is Pillow's bicubic filter, which ``bhvit predict`` uses: the preprocessing stored with
+a trained model is the one its evaluation applied, to the pixel (tests/train/test_user_data.py).
 
 The horizontal flip is part of both families as the recipes and the paper use them (``hflip=None``);
 ``hflip=False`` drops it (a flipped digit or letter is another symbol: ``bhvit train`` without a recipe
@@ -42,15 +49,28 @@ def _rng(g: Rng | None) -> Rng:
 
 
 def resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear (antialiased) resize of a ``(C, H, W)`` or ``(N, C, H, W)`` tensor; keeps the dtype."""
+    """Bicubic (antialiased) resize of a ``(C, H, W)`` or ``(N, C, H, W)`` tensor to ``size = (H', W')``;
+    keeps the dtype.
+
+    uint8 images are resized as Pillow's ``Image.resize(..., BICUBIC)`` does (``bhvit predict``, so a
+    trained model is served the pixels it was evaluated on): the width first, then the height, each pass
+    rounded and clamped to 0..255. Measured against Pillow on noise images of 20–300 px: equal but for
+    a few pixels 1 apart (Pillow's fixed-point weights); one pass without the 8-bit step in between
+    differed by up to 15.
+    """
     if tuple(img.shape[-2:]) == tuple(size):
         return img
     batch = img if img.ndim == 4 else img[None]
-    out = F.interpolate(batch.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
-    out = out if img.ndim == 4 else out[0]
+    out = batch.float()
     if img.dtype == torch.uint8:
-        return out.round_().clamp_(0, 255).to(torch.uint8)
-    return out
+        for step in ((out.shape[-2], size[1]), tuple(size)):  # (H, W'), then (H', W')
+            if tuple(out.shape[-2:]) != step:
+                out = F.interpolate(out, size=step, mode="bicubic", align_corners=False, antialias=True)
+                out = out.round_().clamp_(0, 255)
+        out = out.to(torch.uint8)
+    else:
+        out = F.interpolate(out, size=size, mode="bicubic", align_corners=False, antialias=True)
+    return out if img.ndim == 4 else out[0]
 
 
 def resize_shorter(img: torch.Tensor, shorter: int) -> torch.Tensor:
@@ -144,22 +164,15 @@ class PadRandomCrop:
 
 
 @dataclass(frozen=True)
-class Resize:
-    size: int
-
-    def __call__(self, img: torch.Tensor, g: Rng | None = None) -> torch.Tensor:
-        return resize(img, (self.size, self.size))
-
-
-@dataclass(frozen=True)
 class ResizeCenterCrop:
-    """Resize the shorter side to ``round(size / crop_pct)``, then centre-crop ``size`` (SPEC §4 eval)."""
+    """Resize the shorter side to ``resize``, then centre-crop ``size × size`` (a model file's
+    ``preprocess``: ``resize`` with the crop at the input size)."""
 
     size: int
-    crop_pct: float = CROP_PCT
+    resize: int
 
     def __call__(self, img: torch.Tensor, g: Rng | None = None) -> torch.Tensor:
-        return center_crop(resize_shorter(img, round(self.size / self.crop_pct)), self.size)
+        return center_crop(resize_shorter(img, self.resize), self.size)
 
 
 @dataclass(frozen=True)
@@ -201,9 +214,9 @@ def train_transform(kind: str, img_size: int, hflip: bool | None = None) -> Comp
     if kind == "imagenet":
         steps: list[Transform] = [RandomResizedCrop(img_size)]
     elif kind == "small":
-        steps = [Resize(img_size), PadRandomCrop(img_size, max(1, img_size // 8))]
+        steps = [ResizeCenterCrop(img_size, img_size), PadRandomCrop(img_size, max(1, img_size // 8))]
     elif kind == "none":
-        steps = [Resize(img_size)]
+        steps = [ResizeCenterCrop(img_size, img_size)]
     else:
         raise ValueError(f"unknown augmentation {kind!r}; expected imagenet, small or none")
     if hflip if hflip is not None else kind != "none":
@@ -211,8 +224,14 @@ def train_transform(kind: str, img_size: int, hflip: bool | None = None) -> Comp
     return Compose(steps)
 
 
+def eval_resize(kind: str, img_size: int) -> int:
+    """The shorter side an image is resized to before the centre crop of ``img_size`` at evaluation:
+    ``⌊img_size / CROP_PCT⌋`` for ``imagenet`` (224 -> 256, 32 -> 36; timm's and ``bhvit predict``'s
+    rule), ``img_size`` for ``small`` and ``none`` (training saw the whole image)."""
+    return math.floor(img_size / CROP_PCT) if kind == "imagenet" else img_size
+
+
 def eval_transform(kind: str, img_size: int) -> Compose:
-    """The evaluation transform matching the training ``kind`` (uint8 out)."""
-    if kind == "imagenet":
-        return Compose([ResizeCenterCrop(img_size)])
-    return Compose([Resize(img_size)])
+    """The evaluation transform matching the training ``kind`` (uint8 out): :class:`ResizeCenterCrop`
+    at :func:`eval_resize`."""
+    return Compose([ResizeCenterCrop(img_size, eval_resize(kind, img_size))])

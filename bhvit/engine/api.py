@@ -2,7 +2,7 @@
 
 :class:`PackedModel` is the torch-facing handle of a packed model: the whole forward runs in the native
 runtime (``libbhvit_runtime``, :mod:`bhvit.runtime`) from the version-2 program that
-:mod:`bhvit.engine.program` builds; tensors in, tensors out. Version-1 files are converted on load.
+:mod:`bhvit.engine.program` builds; tensors in, tensors out.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from torch import nn
 
 from bhvit import runtime
 from bhvit.engine.program import Program, build_program, model_preprocess, write_program
-from bhvit.engine.schema import PackedFormatError
 
 
 class PackedModel:
@@ -111,8 +110,7 @@ def save_packed(
 ) -> Path:
     """Writes a version-2 packed file (docs/packed-format.md), atomically; ``preprocess`` (``{mean, std,
     resize}``, completed from the model's) and ``labels`` are stored for ``bhvit predict --packed``."""
-    from bhvit.engine.program import full_preprocess
-    from bhvit.engine.schema import check_labels, check_preprocess
+    from bhvit.engine.program import check_labels, check_preprocess, full_preprocess
 
     program = packed.program
     meta = dict(program.metadata)
@@ -127,23 +125,12 @@ def save_packed(
 
 
 def load_packed(path: str | Path) -> PackedModel:
-    """Loads a packed model file (version 2; a version-1 file is converted to version 2 on load)."""
-    from safetensors import SafetensorError, safe_open
-
+    """Loads a version-2 packed model file; the runtime validates the whole file (a version-1 file is refused
+    with the command that re-packs it)."""
     path = Path(path)
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            version = (f.metadata() or {}).get("format_version")
-    except (SafetensorError, OSError, ValueError) as e:
-        if isinstance(e, FileNotFoundError) or not path.exists():
-            raise FileNotFoundError(f"{path}: no such file") from e
-        raise PackedFormatError(f"{path}: not a packed model file ({e}); write one with `bhvit pack`") from e
-    if version == "1":
-        from bhvit.engine.fileformat import read_parts
-
-        parts = read_parts(path)
-        return PackedModel(build_program(parts, parts.meta.get("preprocess"), parts.meta.get("labels")))
-    return PackedModel(path, runtime.load(path))  # the runtime validates the whole file
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    return PackedModel(path, runtime.load(path))
 
 
 def _read_program(path: Path) -> Program:

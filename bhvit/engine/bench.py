@@ -5,8 +5,6 @@ For each model and batch size, in one run and on the same number of threads, it 
 
 * ``fp32_sim``: the PyTorch model with binarization simulated in fp32 (what training produces);
 * ``packed``: ``bhvit.engine.pack(model)``, the whole forward in the native runtime (``libbhvit_runtime``);
-* ``packed_v1``: the version-1 path kept for comparison (:class:`~bhvit.engine.packed_model.LegacyPackedModel`:
-  binary ops in native kernels, the float parts in torch);
 * ``int8_dynamic``: the same architecture at full precision with its linear layers quantized to int8 by
   ``torch.ao.quantization.quantize_dynamic`` (the usual CPU deployment baseline);
 * ``onnxruntime_fp32``: the simulated model exported to ONNX, when onnx and onnxruntime are installed.
@@ -15,11 +13,14 @@ Methods run in interleaved rounds (background load hits all alike) and the best 
 process CPU time per call is recorded too (on one thread it ignores time spent waiting for a core on a
 shared machine). Also a per-op-kind profile of one packed forward, and the share of the ideal time it
 reaches: the model's binary multiply-accumulates (BOPs, :func:`bhvit.profile_model`) at the peak rate of
-the binary GEMM kernel measured in the same run (:func:`kernel_peak`). Prints a table and writes JSON.
+the runtime's binary GEMM measured in the same run (:func:`kernel_peak`: a one-layer program, profiled).
+Prints a table and writes JSON. (The packed model as an earlier revision shipped it, e.g. the version-1
+forward: ``benchmarks/bench_vs_revision.py``.)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import tempfile
@@ -28,14 +29,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from bhvit import runtime
-from bhvit.engine import kernels
 from bhvit.engine.api import pack
-from bhvit.engine.packed_model import LegacyPackedModel
-from bhvit.engine.packer import extract
+from bhvit.engine.program import Program
+from bhvit.runtime import ops
+from bhvit.runtime.reference import pack as pack_bits
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], rounds: int = 3, min_round: float = 0.05) -> dict[str, float]:
@@ -70,8 +72,8 @@ def machine_info() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "engine_isa": kernels.current_isa(),
-        "engine_isas": kernels.available_isas(),
+        "engine_isa": runtime.isa(),
+        "engine_isas": runtime.available_isas(),
         "load_avg": os.getloadavg(),
     }
 
@@ -125,17 +127,66 @@ def build(name: str, precision: str, checkpoint: str | None) -> tuple[nn.Module,
     return (bhvit.create_model(name, precision=precision).eval(), bhvit.create_model(name, precision="fp").eval())
 
 
-def kernel_peak(threads: int, m: int = 3136, k: int = 512, n: int = 512, seconds: float = 0.3) -> float:
-    """Binary multiply-accumulates per second of the XOR-popcount GEMM kernel on an (m, k) x (k, n) problem
-    (a stage-1 sized MLP layer), on the engine's current ISA and ``threads`` threads; the best of 3 rounds."""
-    import numpy as np
+GEMM_CHANNELS = 64  # image channels of blinear_program's input (the runtime takes at most 64)
 
-    rng = np.random.default_rng(0)
-    a = kernels.pack_rows(rng.standard_normal((m, k), dtype=np.float32))
-    bp = kernels.to_panels(kernels.pack_rows(rng.standard_normal((n, k), dtype=np.float32)))
-    with kernels.num_threads(threads):
-        best = min(interleaved({"g": lambda: kernels.bgemm(a, bp, n, k)}, rounds=3, min_round=seconds / 3).values())
-    return m * k * n / best
+
+def blinear_program(m: int, k: int, n: int, seed: int = 0) -> tuple[runtime.Model, np.ndarray]:
+    """The runtime's model of a program around one binary linear layer, and its input: m images of
+    (64, 1, 1) floats become k channels (``patch_conv``), their signs (``sign_pack``) and the layer's n
+    outputs (``blinear`` with random weights and scale). Profiled, the ``blinear`` kind times the binary GEMM
+    of m rows alone; ``sign_pack`` the packing of its input."""
+    from safetensors.numpy import save
+
+    rng = np.random.default_rng(seed)
+    tensors = {
+        "proj": rng.standard_normal((k, GEMM_CHANNELS, 1, 1), dtype=np.float32),
+        "weight": pack_bits(rng.random((n, k)) < 0.5),
+        "scale": rng.random(n, dtype=np.float32),
+    }
+    layer = [
+        {"op": ops.PATCH_CONV.name, "in": "input", "out": "x", "kernel": 1, "weight": "proj"},
+        {"op": ops.SIGN_PACK.name, "in": "x", "out": "xb"},
+        {
+            "op": ops.BLINEAR.name,
+            "in": "xb",
+            "out": "y",
+            "in_features": k,
+            "out_features": n,
+            "weight": "weight",
+            "scale": "scale",
+        },
+    ]
+    for op in layer:
+        ops.check(op)
+    program = {"input": [GEMM_CHANNELS, 1, 1], "output": "y", "num_classes": n, "ops": layer}
+    prep = {"mean": [0.0] * GEMM_CHANNELS, "std": [1.0] * GEMM_CHANNELS, "resize": 1}
+    meta = Program(program, tensors, {"preprocess": json.dumps(prep)}).file_metadata()
+    model = runtime.load_bytes(save(tensors, metadata=meta), f"blinear {m}x{k}x{n}")
+    return model, rng.standard_normal((m, GEMM_CHANNELS, 1, 1), dtype=np.float32)
+
+
+def op_seconds(model: runtime.Model, x: np.ndarray, seconds: float) -> dict[str, float]:
+    """Per op kind, the least seconds of profiled runs of ``model`` on ``x`` over about ``seconds`` (after a
+    warm-up run)."""
+    model.run(x)
+    best: dict[str, float] = {}
+    start = time.perf_counter()
+    while not best or time.perf_counter() - start < seconds:
+        for kind, t in model.run_profiled(x)[1].items():
+            best[kind] = min(t, best.get(kind, float("inf")))
+    return best
+
+
+def kernel_peak(threads: int, m: int = 3136, k: int = 512, n: int = 512, seconds: float = 0.3) -> float:
+    """Binary multiply-accumulates per second of the runtime's binary GEMM on an (m, k) x (k, n) problem (a
+    stage-1 sized MLP layer, :func:`blinear_program`), on the current ISA and ``threads`` threads."""
+    model, x = blinear_program(m, k, n)
+    previous = runtime.get_num_threads()
+    runtime.set_num_threads(threads)
+    try:
+        return m * k * n / op_seconds(model, x, seconds)[ops.BLINEAR.name]
+    finally:
+        runtime.set_num_threads(previous)
 
 
 def bench_one(
@@ -147,7 +198,6 @@ def bench_one(
     checkpoint: str | None = None,
     onnx: bool = True,
     workdir: Path = Path("out"),
-    legacy: bool = True,
 ) -> dict[str, Any]:
     """One row: latencies of the compared methods, speedups, top-1 agreement, the runtime's per-op-kind
     profile and its share of the ideal binary time."""
@@ -165,9 +215,6 @@ def bench_one(
             "packed": lambda: packed(x),
             "int8_dynamic": lambda: q8(x),
         }
-        if legacy:
-            old = LegacyPackedModel(extract(model))
-            fns["packed_v1"] = lambda: old(x)
         ort = onnx_runner(model, x, workdir) if onnx else None
         if ort is not None:
             fns["onnxruntime_fp32"] = ort
@@ -192,8 +239,6 @@ def bench_one(
     row["speedup_vs_fp32"] = times["fp32_sim"] / times["packed"]
     row["speedup_vs_int8"] = times["int8_dynamic"] / times["packed"]
     row["cpu_speedup_vs_fp32"] = times["fp32_sim_cpu"] / times["packed_cpu"]
-    if legacy:
-        row["speedup_vs_v1"] = times["packed_v1"] / times["packed"]
     return row
 
 
@@ -219,8 +264,6 @@ def report(rows: list[dict[str, Any]], profile: bool = True) -> str:
     """The table of rows, plus (``profile``) one line per row: the runtime's time per op kind and its
     share of the ideal binary time."""
     cols = list(COLUMNS)
-    if all("packed_v1_ms" in r for r in rows):
-        cols[7:7] = [("packed_v1_ms", "v1 ms", ".1f"), ("speedup_vs_v1", "x v1", ".2f")]
     if all("onnxruntime_fp32_ms" in r for r in rows):
         cols.insert(6, ("onnxruntime_fp32_ms", "ort ms", ".1f"))
     if not profile:
@@ -249,21 +292,17 @@ def bench_grid(
     checkpoint: str | None = None,
     onnx: bool = True,
     workdir: Path = Path("out"),
-    legacy: bool = True,
 ) -> list[dict[str, Any]]:
     """:func:`bench_one` over threads x models x precisions x batches; with ``checkpoint`` the one model is
     that checkpoint at its own precision (``names`` and ``precisions`` are ignored)."""
     rows = []
     for t in threads:
         torch.set_num_threads(t)
-        kernels.set_num_threads(t)
         runtime.set_num_threads(t)
         for name in [checkpoint] if checkpoint else names:
             for precision in ["binary"] if checkpoint else precisions:
                 rows += [
-                    bench_one(
-                        name, precision, b, t, rounds, checkpoint=checkpoint, onnx=onnx, workdir=workdir, legacy=legacy
-                    )
+                    bench_one(name, precision, b, t, rounds, checkpoint=checkpoint, onnx=onnx, workdir=workdir)
                     for b in batches
                 ]
     return rows

@@ -1,31 +1,30 @@
-"""Packing a float-simulated BHViT into its packed form (SPEC §6).
+"""Packing a float-simulated BHViT into its packed form (SPEC §6), first half: the model's tensors and bits.
 
-:func:`extract` reads an eval-mode model and returns the parts of a packed model: the config, every
-float tensor the packed forward needs (keyed as in the model's state dict) and, for every binary layer,
-its sign bits (row-packed, bit set = -1) and per-output-channel scale α, plus layer metadata. Nothing
-else of the model is needed afterwards: :class:`bhvit.engine.packed_model.PackedModel` runs from these
-parts alone, and :mod:`bhvit.engine.fileformat` stores them.
+:func:`extract` reads an eval-mode model and returns its :class:`PackedParts`: the config, every float tensor
+(keyed as in the model's state dict) and, for every binary layer, its sign bits (row-packed, bit set = −1,
+docs/packed-format.md §3) and per-output-channel scale α, plus layer metadata. :mod:`bhvit.engine.program`
+turns them into the version-2 program; nothing else of the model is needed afterwards.
 
-The binary weight is taken from the model's own weight quantizer, ``Wq = α_c·sign(Wc)``, so packing
-agrees with whatever the quantizer computes (centring, ReCU): bits = ``Wq < 0``, ``α_c = max|Wq_c|``.
+The binary weight is taken from the model's own weight quantizer, ``Wq = α_c·sign(Wc)``, so packing agrees
+with whatever the quantizer computes (centring, ReCU): bits = ``Wq < 0``, ``α_c = max|Wq_c|``.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from bhvit.engine import kernels
+from bhvit.runtime.reference import conv_rows, pack
 
 
 @dataclass
 class BinaryLayer:
-    """One binary layer: ``bits`` (N, KW) uint64 rows over K (conv rows ordered (tap, channel)),
+    """One binary layer: ``bits`` (N, ceil(K/64)) uint64 rows over K (conv rows ordered (tap, channel)),
     ``alpha`` (N,) float32 and ``meta`` (kind, sizes, conv geometry)."""
 
     bits: np.ndarray
@@ -35,13 +34,11 @@ class BinaryLayer:
 
 @dataclass
 class PackedParts:
-    """Everything a packed model is made of (what the packed file stores)."""
+    """Everything a packed model is made of: the config, the float tensors, the binary layers."""
 
     config: dict[str, Any]
     floats: dict[str, np.ndarray]
     binary: dict[str, BinaryLayer]
-    info: dict[str, Any] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)  # optional "preprocess" and "labels" for predict
 
 
 def _is_binary(module: nn.Module) -> bool:
@@ -61,9 +58,8 @@ def _layer_meta(module: nn.Module) -> dict[str, Any]:
             "padding": module.padding[0],
             "dilation": module.dilation[0],
             "groups": module.groups,
-            "bias": module.bias is not None,
         }
-    return {"kind": "linear", "in": module.in_features, "out": module.out_features, "bias": module.bias is not None}
+    return {"kind": "linear", "in": module.in_features, "out": module.out_features}
 
 
 @torch.no_grad()
@@ -73,8 +69,8 @@ def binarize_layer(module: nn.Module) -> tuple[BinaryLayer, int]:
     alpha = wq.abs().flatten(1).amax(1).numpy().astype(np.float32)
     zeros = int((wq == 0).sum())
     signs = wq.numpy()
-    rows = kernels.conv_weight_rows(signs) if signs.ndim == 4 else np.ascontiguousarray(signs, dtype=np.float32)
-    return BinaryLayer(kernels.pack_rows(rows), alpha, _layer_meta(module)), zeros
+    rows = conv_rows(signs) if signs.ndim == 4 else signs  # (N, K)
+    return BinaryLayer(pack(rows < 0), alpha, _layer_meta(module)), zeros
 
 
 def extract(model: nn.Module) -> PackedParts:
@@ -93,10 +89,10 @@ def extract(model: nn.Module) -> PackedParts:
     if zeros:
         warnings.warn(f"{zeros} binary weights are exactly 0 (sign(0) = 0); the engine packs them as +1", stacklevel=2)
     skip = {f"{name}.weight" for name in binary}
-    # 0-d parameters (the GSB quantizer's scalars) are stored with shape (1,), as in every version-1 file
+    # 0-d parameters (the GSB quantizer's scalars) are stored with shape (1,)
     floats = {
         k: v.detach().float().reshape(v.shape or (1,)).contiguous().numpy().copy()
         for k, v in model.state_dict().items()
         if k not in skip and v.is_floating_point()
     }
-    return PackedParts(config, floats, binary, {"zero_weights": zeros})
+    return PackedParts(config, floats, binary)

@@ -1,10 +1,9 @@
 """The packer's second half: a BHViT's packed parts as a version-2 program (docs/packed-format.md §4–§6).
 
 :func:`build_program` turns :class:`~bhvit.engine.packer.PackedParts` (the float model's tensors under their
-state-dict names, and the binary layers' bits) into a typed list of operations over activation registers. It
-is the only code that knows BHViT's module names; the runtime (``libbhvit_runtime``,
-:mod:`bhvit.runtime.reference`) knows only the operations. Version-1 files hold the same parts, so they are
-converted by reading their parts and building the program.
+state-dict names, and the binary layers' bits) into a typed list of operations over activation registers,
+each checked against the op table :mod:`bhvit.runtime.ops`. It is the only code that knows BHViT's module
+names; the runtime (``libbhvit_runtime``, :mod:`bhvit.runtime.reference`) knows only the operations.
 
 Register names used here (any name would do): ``x`` the block stream, ``xn`` a normalised copy, ``xb`` /
 ``hb`` / ``ob`` packed signs, ``h`` / ``o`` / ``t`` / ``r`` / ``y`` float temporaries, ``pooled``, ``logits``.
@@ -20,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from bhvit.engine.schema import PackedFormatError
 from bhvit.rules import GSB_BASE, GSB_EPS, GSB_T2, GSB_U, TOKEN_NORM_EPS, pool_padding, pooled_side
+from bhvit.runtime import ops
+from bhvit.runtime.errors import PackedFormatError
 
 FORMAT = "bhvit-packed"
 FORMAT_VERSION = 2
@@ -107,16 +107,18 @@ class _Builder:
         return fields
 
     # ---- ops ----------------------------------------------------------------------------------
-    def op(self, kind: str, **fields: Any) -> None:
-        self.ops.append({"op": kind, **{k: v for k, v in fields.items() if v is not None}})
+    def op(self, kind: ops.OpKind, **fields: Any) -> None:
+        op = {"op": kind.name, **{k: v for k, v in fields.items() if v is not None}}
+        ops.check(op)
+        self.ops.append(op)
 
     def sign_pack(self, src: str, dst: str, move: str | None) -> None:
-        self.op("sign_pack", **{"in": src, "out": dst, "move": None if move is None else self.t(move)})
+        self.op(ops.SIGN_PACK, **{"in": src, "out": dst, "move": None if move is None else self.t(move)})
 
     def blinear(self, layer: str, norm: str, src: str, **fields: Any) -> None:
         meta = self.binary[layer].meta
         self.op(
-            "blinear",
+            ops.BLINEAR,
             **{
                 "in": src,
                 "in_features": meta["in"],
@@ -129,7 +131,7 @@ class _Builder:
     def bconv(self, layer: str, norm: str | None, src: str, dst: str, **fields: Any) -> None:
         m = self.binary[layer].meta
         self.op(
-            "bconv",
+            ops.BCONV,
             **{
                 "in": src,
                 "out": dst,
@@ -149,7 +151,7 @@ class _Builder:
     def stem(self) -> None:
         w = self.f["stem.proj.weight"]  # (C, in, k, k), kernel = stride
         self.op(
-            "patch_conv",
+            ops.PATCH_CONV,
             **{
                 "in": "input",
                 "out": "x",
@@ -160,7 +162,7 @@ class _Builder:
         )
         pos = self.f["stem.pos_embed"][0].transpose(1, 2, 0)  # (1, C, H, W) -> (H, W, C)
         self.op(
-            "affine",
+            ops.AFFINE,
             **{
                 "in": "x",
                 "out": "x",
@@ -173,12 +175,12 @@ class _Builder:
     def downsample(self, pre: str, hw: tuple[int, int]) -> None:
         """fp: ``norm(Conv2x2(norm_in(x))) + pos``;
         binary: ``RPReLU(norm(BConv2x2(t + move)) + tile(avg2(t))) + pos``."""
-        self.op("affine", **{"in": "x", "out": "t", **self.affine_fields(f"{pre}.norm_in")})
+        self.op(ops.AFFINE, **{"in": "x", "out": "t", **self.affine_fields(f"{pre}.norm_in")})
         pos_name = f"{pre}.pos_embed"
         pos = self.f[pos_name].reshape(hw[0], hw[1], -1)  # (1, H·W, C2) -> (H, W, C2)
         if f"{pre}.conv" not in self.binary:
             self.op(
-                "patch_conv",
+                ops.PATCH_CONV,
                 **{
                     "in": "t",
                     "out": "y",
@@ -188,7 +190,7 @@ class _Builder:
                 },
             )
             self.op(
-                "affine",
+                ops.AFFINE,
                 **{
                     "in": "y",
                     "out": "x",
@@ -198,17 +200,17 @@ class _Builder:
                 },
             )
             return
-        self.op("avg_pool", **{"in": "t", "out": "r", "kernel": 2})
+        self.op(ops.AVG_POOL, **{"in": "t", "out": "r", "kernel": 2})
         self.sign_pack("t", "tb", f"{pre}.move")
         self.bconv(
             f"{pre}.conv", f"{pre}.norm", "tb", "y", residual="r", rprelu=self.rprelu(f"{pre}.act"), accumulate=False
         )
-        self.op("affine", **{"in": "y", "out": "x", "act": "none", "add": self.t(f"{pos_name}.hwc", pos)})
+        self.op(ops.AFFINE, **{"in": "y", "out": "x", "act": "none", "add": self.t(f"{pos_name}.hwc", pos)})
 
     def conv_mixer(self, pre: str) -> None:
         """``x += norm(Σ_d RPReLU_d(BConv_d(xn + move)))``, the norm ``a·s + b`` applied per branch (``b`` once)."""
         mix = f"{pre}.mixer"
-        self.op("affine", **{"in": "x", "out": "xn", **self.affine_fields(f"{pre}.norm1"), "act": "none"})
+        self.op(ops.AFFINE, **{"in": "x", "out": "xn", **self.affine_fields(f"{pre}.norm1"), "act": "none"})
         self.sign_pack("xn", "xb", f"{mix}.move")
         a, b = self.fold(f"{mix}.norm")
         scale = self.t(f"{mix}.norm.fold_scale", a)
@@ -229,7 +231,7 @@ class _Builder:
     def mlp_and_shift(self, pre: str) -> None:
         """``x += LS(MLP(norm2(x))) + Shift(norm2(x))`` with fc1 writing fc2's packed input and pooled residual."""
         mlp = f"{pre}.mlp"
-        self.op("affine", **{"in": "x", "out": "xn", **self.affine_fields(f"{pre}.norm2"), "act": "none"})
+        self.op(ops.AFFINE, **{"in": "x", "out": "xn", **self.affine_fields(f"{pre}.norm2"), "act": "none"})
         self.sign_pack("xn", "xb", f"{mlp}.move1")
         c, n1 = self.binary[f"{mlp}.fc1"].meta["in"], self.binary[f"{mlp}.fc1"].meta["out"]
         self.blinear(
@@ -259,7 +261,7 @@ class _Builder:
                 for a in "hwc"
             ]
             self.op(
-                "shift_add",
+                ops.SHIFT_ADD,
                 **{"in": "xn", "out": "x", "kernels": kernels, "scales": self.t(f"{pre}.shift.scales", np.stack(ls))},
             )
 
@@ -284,9 +286,9 @@ class _Builder:
                 "rprelu": self.rprelu(f"{attn}.act_{n}"),
                 "move2": self.t(f"{attn}.move_{n}2"),
             }
-        self.op("affine", **{"in": "x", "out": "xn", **self.affine_fields(f"{pre}.norm1"), "act": "none"})
+        self.op(ops.AFFINE, **{"in": "x", "out": "xn", **self.affine_fields(f"{pre}.norm1"), "act": "none"})
         self.op(
-            "window_attention",
+            ops.WINDOW_ATTENTION,
             **{
                 "in": "xn",
                 "out": "o",
@@ -339,12 +341,12 @@ class _Builder:
         }
 
     def head(self) -> str:
-        self.op("affine", **{"in": "x", "out": "x", **self.affine_fields("norm"), "act": "none"})
-        self.op("mean_tokens", **{"in": "x", "out": "pooled"})
+        self.op(ops.AFFINE, **{"in": "x", "out": "x", **self.affine_fields("norm"), "act": "none"})
+        self.op(ops.MEAN_TOKENS, **{"in": "x", "out": "pooled"})
         if "head.weight" not in self.f:
             return "pooled"
         self.op(
-            "linear",
+            ops.LINEAR,
             **{
                 "in": "pooled",
                 "out": "logits",
@@ -404,6 +406,43 @@ def full_preprocess(pre: dict[str, Any] | None, config: dict[str, Any]) -> dict[
         "std": per_channel(pre.get("std"), IMAGENET_STD),
         "resize": int(pre.get("resize") or math.floor(side / CROP_PCT)),
     }
+
+
+def check_preprocess(pre: Any, in_chans: int) -> None:
+    """``preprocess`` as given to :func:`bhvit.engine.save_packed`: an object with optional ``mean``, ``std`` (a
+    number, or a list of 1 or in_chans finite numbers; std > 0) and ``resize`` (an integer in the range
+    ``bhvit predict`` accepts), nothing else; raises :class:`PackedFormatError` naming the field."""
+    from bhvit.predict import MAX_SIDE  # predict's own limit: a resize it would refuse is refused here
+
+    if not isinstance(pre, dict):
+        raise PackedFormatError(f"preprocess: expected a JSON object, got {type(pre).__name__}")
+    unknown = sorted(set(pre) - {"mean", "std", "resize"})
+    if unknown:
+        raise PackedFormatError(f"preprocess has unknown keys {unknown} (known: mean, std, resize)")
+    for key in ("mean", "std"):
+        if key not in pre:
+            continue
+        values = pre[key] if isinstance(pre[key], list) else [pre[key]]
+        ok = len(values) in (1, in_chans) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+        )
+        if not ok:
+            raise PackedFormatError(
+                f"preprocess.{key} = {pre[key]!r}: expected 1 or in_chans = {in_chans} finite numbers"
+            )
+        if key == "std" and min(values) <= 0:
+            raise PackedFormatError(f"preprocess.std = {pre[key]!r}: every value must be > 0")
+    resize = pre.get("resize", 1)
+    if isinstance(resize, bool) or not isinstance(resize, int) or not 1 <= resize <= 2 * MAX_SIDE:
+        raise PackedFormatError(f"preprocess.resize = {resize!r}: expected an integer in 1..{2 * MAX_SIDE}")
+
+
+def check_labels(labels: Any, num_classes: int) -> None:
+    """``labels``: a list of num_classes strings; raises :class:`PackedFormatError`."""
+    if not isinstance(labels, list) or not all(isinstance(s, str) for s in labels):
+        raise PackedFormatError("labels: expected a JSON list of strings")
+    if len(labels) != num_classes:
+        raise PackedFormatError(f"labels: {len(labels)} names for num_classes = {num_classes}")
 
 
 def write_program(program: Program, path: str | Path) -> Path:

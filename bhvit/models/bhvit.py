@@ -53,7 +53,7 @@ from ..layers import (
 )
 from ..quant import QuantConv2d, QuantLinear, SignQuantizer, WeightBinarizer, get_quantizer, sign_ste
 from ..registry import register_model
-from ..rules import CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, TOKEN_NORM_EPS, pool_padding
+from ..rules import CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, STEM_STRIDE, TOKEN_NORM_EPS, TOTAL_STRIDE, pool_padding
 from .features import FeatureGetter, feature_take_indices
 
 __all__ = [
@@ -80,8 +80,6 @@ AttnQuant = Literal["lsq", "gsb"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 ATTN_QUANTS: tuple[str, ...] = get_args(AttnQuant)
 BINARY_PRECISIONS: tuple[str, ...] = tuple(p for p in PRECISIONS if p != "fp")  # with binary layers: packable
-STEM_STRIDE = 4
-TOTAL_STRIDE = 32  # stem 4 × three 2× downsamplings
 MAX_WINDOW = 7  # the authors' window; also the largest :func:`choose_window_size` picks
 
 NormLayer = Callable[[int], nn.Module]  # width -> norm over the last dim

@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import json
 import os
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,7 @@ __all__ = [
     "Model",
     "PackedFormatError",
     "available",
+    "available_isas",
     "get_num_threads",
     "isa",
     "load",
@@ -65,9 +67,13 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "bhvit_set_num_threads": (None, [c_int]),
         "bhvit_get_num_threads": (c_int, []),
         "bhvit_isa": (c_char_p, []),
+        "bhvit_isas": (c_char_p, []),
         "bhvit_set_isa": (c_int, [c_char_p, c_char_p, c_size_t]),
-        "bhvit_set_profiling": (c_int, [c_void_p, c_int]),
-        "bhvit_profile": (c_int, [c_void_p, ctypes.POINTER(c_char_p), ctypes.POINTER(ctypes.c_double), c_int]),
+        "bhvit_profile_kinds": (c_int, [c_void_p, ctypes.POINTER(c_char_p), c_int]),
+        "bhvit_run_profiled": (
+            c_int,
+            [c_void_p, f32p, c_int, f32p, ctypes.POINTER(ctypes.c_double), c_int, c_char_p, c_size_t],
+        ),
         "bhvit_free": (None, [c_void_p]),
     }
     for name, (restype, argtypes) in sigs.items():
@@ -91,11 +97,17 @@ def _check(status: int, err: ctypes.Array, error: type[Exception] = ValueError) 
 
 
 class Model:
-    """A loaded packed model. ``run(images)``: (B, C, H, W) float32, already normalised -> (B, num_classes)."""
+    """A loaded packed model. ``run(images)``: (B, C, H, W) float32, already normalised -> (B, num_classes).
+
+    Thread-safe: any number of threads may call :meth:`run` on one model at once (the native calls run in
+    parallel; each computes in buffers of its own and gives the bits of the same call made alone).
+    :meth:`close` waits for the calls in progress, and calls after it raise ``ValueError``."""
 
     def __init__(self, handle: int, source: str) -> None:
         self._handle = ctypes.c_void_p(handle)
         self.source = source
+        self._calls = 0  # native calls in progress (under _lock); close() waits for them
+        self._lock = threading.Condition()
         lib = _library()
         c, h, w = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
         err = ctypes.create_string_buffer(ERR_LEN)
@@ -111,13 +123,63 @@ class Model:
         labels = [lib.bhvit_label(self._handle, i) for i in range(self.num_classes)]
         self.labels: list[str] | None = None if labels and labels[0] is None else [s.decode("utf-8") for s in labels]
 
+    @contextlib.contextmanager
+    def _open_handle(self) -> Any:
+        """The native handle for one call; the model cannot be freed until the call has returned."""
+        with self._lock:
+            if not self._handle:
+                raise ValueError(f"{self.source}: the model is closed")
+            self._calls += 1
+        try:
+            yield self._handle
+        finally:
+            with self._lock:
+                self._calls -= 1
+                if self._calls == 0:
+                    self._lock.notify_all()
+
     def metadata(self, key: str) -> Any:
         """A metadata entry of the file as parsed JSON (``config``, ``preprocess``, ``labels``), None if absent."""
-        raw = _library().bhvit_metadata(self._handle, key.encode())
-        return None if raw is None else json.loads(raw.decode("utf-8"))
+        with self._open_handle() as handle:
+            raw = _library().bhvit_metadata(handle, key.encode())
+            return None if raw is None else json.loads(raw.decode("utf-8"))
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """Logits (B, num_classes) for images (B, C, H, W) (a single (C, H, W) image is taken as B = 1)."""
+        return self._run(images, None)
+
+    __call__ = run
+
+    def run_profiled(self, images: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        """``run(images)`` and the seconds this call spent per operation kind, plus ``total``."""
+        lib = _library()
+        with self._open_handle() as handle:
+            n = lib.bhvit_profile_kinds(handle, None, 0)
+            kinds = (ctypes.c_char_p * n)()
+            lib.bhvit_profile_kinds(handle, kinds, n)
+        seconds = (ctypes.c_double * n)()
+        logits = self._run(images, seconds)
+        times = {k.decode(): float(v) for k, v in zip(kinds, seconds)}
+        times["total"] = sum(times.values())
+        return logits, times
+
+    def _run(self, images: np.ndarray, seconds: ctypes.Array | None) -> np.ndarray:
+        x = self._batch(images)
+        out = np.empty((x.shape[0], self.num_classes), dtype=np.float32)
+        err = ctypes.create_string_buffer(ERR_LEN)
+        f32p = ctypes.POINTER(ctypes.c_float)
+        lib = _library()
+        with self._open_handle() as handle:
+            args = (handle, x.ctypes.data_as(f32p), x.shape[0], out.ctypes.data_as(f32p))
+            if seconds is None:
+                status = lib.bhvit_run(*args, err, ERR_LEN)
+            else:
+                status = lib.bhvit_run_profiled(*args, seconds, len(seconds), err, ERR_LEN)
+        _check(status, err)
+        return out
+
+    def _batch(self, images: np.ndarray) -> np.ndarray:
+        """images as a contiguous float32 (B, C, H, W) array of this model's input shape."""
         x = np.asarray(images)
         if x.ndim == 3:
             x = x[None]
@@ -131,39 +193,15 @@ class Model:
             raise ValueError(f"expected real-valued images, got dtype {x.dtype}")
         if x.shape[0] > np.iinfo(np.int32).max:
             raise ValueError("batch too large: run at most 2**31 - 1 images per call")
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        out = np.empty((x.shape[0], self.num_classes), dtype=np.float32)
-        err = ctypes.create_string_buffer(ERR_LEN)
-        f32p = ctypes.POINTER(ctypes.c_float)
-        _check(
-            _library().bhvit_run(
-                self._handle, x.ctypes.data_as(f32p), x.shape[0], out.ctypes.data_as(f32p), err, ERR_LEN
-            ),
-            err,
-        )
-        return out
-
-    __call__ = run
-
-    def run_profiled(self, images: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
-        """``run(images)`` and its seconds per operation kind, plus ``total``."""
-        lib = _library()
-        lib.bhvit_set_profiling(self._handle, 1)
-        try:
-            logits = self.run(images)
-            n = lib.bhvit_profile(self._handle, None, None, 0)
-            kinds, secs = (ctypes.c_char_p * n)(), (ctypes.c_double * n)()
-            lib.bhvit_profile(self._handle, kinds, secs, n)
-        finally:
-            lib.bhvit_set_profiling(self._handle, 0)
-        times = {k.decode(): float(v) for k, v in zip(kinds, secs)}
-        times["total"] = sum(times.values())
-        return logits, times
+        return np.ascontiguousarray(x, dtype=np.float32)
 
     def close(self) -> None:
-        if self._handle:
-            _library().bhvit_free(self._handle)
-            self._handle = ctypes.c_void_p(None)
+        """Frees the native model after the calls in progress have returned; later calls raise ValueError."""
+        with self._lock:
+            handle, self._handle = self._handle, ctypes.c_void_p(None)
+            self._lock.wait_for(lambda: self._calls == 0)
+        if handle:
+            _library().bhvit_free(handle)
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # interpreter shutdown: the library may be gone already
@@ -200,6 +238,11 @@ def get_num_threads() -> int:
 def isa() -> str:
     """The kernel path in use, e.g. ``avx2``."""
     return _library().bhvit_isa().decode()
+
+
+def available_isas() -> list[str]:
+    """The kernel paths this CPU and build offer, best first (ends with ``generic``)."""
+    return _library().bhvit_isas().decode().split(",")
 
 
 def set_isa(name: str) -> None:

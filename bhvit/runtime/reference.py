@@ -1,8 +1,12 @@
-"""A numpy interpreter of the version-2 packed program (docs/packed-format.md §4–§6), op by op.
+"""A numpy interpreter of the version-2 packed program (docs/packed-format.md §3–§6), op by op: the one Python
+description of the format's maths (the float model in bhvit/ and the native runtime are the other two).
 
-The executable form of the specification, for tests and for reading: slow, plain numpy, float32, no
-bit tricks (binary operands are unpacked to ±1 floats; their integer dot products are exact in float32
-up to 2²⁴). The native runtime (``libbhvit_runtime``) must agree with it to float rounding.
+The executable form of the specification, for tests and for reading: slow, plain numpy, float32, no bit tricks
+(binary operands are unpacked to ±1 floats; their integer dot products are exact in float32 up to 2²⁴). Where
+the spec fixes the float operations and their order (the output transform of the binary layers, sign packing,
+``pack``'s means, ``avg_pool``, ``shift_add``, the LSQ levels) this interpreter performs the same ones, so the
+native runtime (``libbhvit_runtime``) must agree with it bit for bit; elsewhere (GEMM and reduction orders,
+``erf``, ``exp``) to float rounding. It dispatches by the op table :mod:`bhvit.runtime.ops`.
 
     logits = reference.run("model.bhvp", images)                  # (B, C, H, W) float32 -> (B, classes)
     logits, trace = reference.run("model.bhvp", images, trace=True)  # trace: op index -> its output(s)
@@ -12,24 +16,43 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bhvit.runtime import ops
+from bhvit.runtime.errors import PackedFormatError, version_1_refusal
+
 F32 = np.float32
+Op = dict[str, Any]
+Regs = dict[str, np.ndarray]
+Tensors = dict[str, np.ndarray]
 
 
-def load(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, str]]:
+def load(path: str | Path) -> tuple[dict[str, Any], Tensors, dict[str, str]]:
     """(program, tensors, metadata) of a version-2 file."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="numpy") as f:
         meta = f.metadata() or {}
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
-    if meta.get("format_version") != "2":
-        raise ValueError(f"{path}: not a version-2 packed file (format_version {meta.get('format_version')!r})")
+    version = meta.get("format_version")
+    if version == "1":
+        raise PackedFormatError(version_1_refusal(path))
+    if version != "2":
+        raise PackedFormatError(f"{path}: not a version-2 packed file (format_version {version!r})")
     return json.loads(meta["program"]), tensors, meta
+
+
+# ---- bits (§3): uint64 words along K, element k at bit k % 64 of word k // 64, set bit = −1, padding 0 ----
+def pack(negative: np.ndarray) -> np.ndarray:
+    """(..., K) bool (True: −1) -> (..., ceil(K/64)) uint64 words, padding bits 0."""
+    k = negative.shape[-1]
+    padded = np.zeros((*negative.shape[:-1], -(-k // 64) * 64), dtype=bool)
+    padded[..., :k] = negative
+    return np.packbits(padded, axis=-1, bitorder="little").view("<u8").astype(np.uint64)
 
 
 def unpack(bits: np.ndarray, k: int) -> np.ndarray:
@@ -39,12 +62,25 @@ def unpack(bits: np.ndarray, k: int) -> np.ndarray:
     return (1.0 - 2.0 * flat).astype(F32)
 
 
-def rprelu(z: np.ndarray, f: dict[str, str], t: dict[str, np.ndarray]) -> np.ndarray:
+def signs(x: np.ndarray) -> np.ndarray:
+    """The ±1 values a sign packing of x stores: −1 where x < 0; +1 for 0, −0 and NaN (§8)."""
+    return np.where(x < 0, F32(-1), F32(1))
+
+
+def conv_rows(weight: np.ndarray) -> np.ndarray:
+    """A conv weight (Cout, Cin/groups, kh, kw) as the rows a ``bconv`` weight packs (§3): (Cout, kh·kw·Cin/groups),
+    element k = tap ``k div (Cin/groups)`` (``tap = ky·kw + kx``), channel ``k mod (Cin/groups)``."""
+    return np.ascontiguousarray(weight.transpose(0, 2, 3, 1).reshape(weight.shape[0], -1))
+
+
+# ---- the ops' maths --------------------------------------------------------------------------------------
+def rprelu(z: np.ndarray, f: dict[str, str], t: Tensors) -> np.ndarray:
+    """``(z − b1 > 0 ? z − b1 : slope·(z − b1)) + b2`` per channel (§4)."""
     y = z - t[f["b1"]]
     return (np.where(y > 0, y, y * t[f["slope"]]) + t[f["b2"]]).astype(F32)
 
 
-def transform(dot: np.ndarray, op: dict[str, Any], t: dict[str, np.ndarray], regs: dict[str, np.ndarray]) -> np.ndarray:
+def transform(dot: np.ndarray, op: Op, t: Tensors, regs: Regs) -> np.ndarray:
     """The binary layers' output transform (§4): scale·dot + bias, + residual (tiled), RPReLU, post."""
     z = dot * t[op["scale"]]
     if op.get("bias"):
@@ -59,24 +95,25 @@ def transform(dot: np.ndarray, op: dict[str, Any], t: dict[str, np.ndarray], reg
     return z.astype(F32)
 
 
-def patch_conv(x: np.ndarray, op: dict[str, Any], t: dict[str, np.ndarray], nchw: bool) -> np.ndarray:
-    w, k = t[op["weight"]], int(op["kernel"])  # (Cout, C, k, k)
-    x = x.transpose(0, 2, 3, 1) if nchw else x  # -> (B, H, W, C)
+def patch_conv(op: Op, regs: Regs, t: Tensors) -> None:
+    """``y[oh,ow,o] = bias[o] + Σ_{c,ky,kx} weight[o,c,ky,kx]·x[c, oh·k+ky, ow·k+kx]``; ``input`` is NCHW."""
+    x, w, k = regs[op["in"]], t[op["weight"]], int(op["kernel"])  # weight (Cout, C, k, k)
+    x = x.transpose(0, 2, 3, 1) if op["in"] == "input" else x  # -> (B, H, W, C)
     b, h, wd, c = x.shape
     oh, ow = h // k, wd // k
     patches = x[:, : oh * k, : ow * k].reshape(b, oh, k, ow, k, c).transpose(0, 1, 3, 5, 2, 4).reshape(b, oh, ow, -1)
     y = patches @ w.reshape(w.shape[0], -1).T
-    return (y + t[op["bias"]] if op.get("bias") else y).astype(F32)
+    regs[op["out"]] = (y + t[op["bias"]] if op.get("bias") else y).astype(F32)
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
-    from math import erf
+    """``x·(1 + erf(x/√2))/2``."""
+    return (x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0))) / 2.0).astype(F32)
 
-    return (x * (1.0 + np.vectorize(erf)(x / math.sqrt(2.0))) / 2.0).astype(F32)
 
-
-def bconv(x: np.ndarray, op: dict[str, Any], t: dict[str, np.ndarray]) -> np.ndarray:
-    """Grouped binary conv: ±1 input with zero padding (padded taps add 0), weight rows (tap, channel)."""
+def bconv(x: np.ndarray, op: Op, t: Tensors) -> np.ndarray:
+    """Grouped binary conv of ±1 inputs (B, H, W, Cin): exact integer dots (B, OH, OW, Cout); taps in the zero
+    padding add 0; weight rows as :func:`conv_rows` orders them."""
     cin, cout, g = int(op["in_channels"]), int(op["out_channels"]), int(op["groups"])
     (kh, kw), s, p, d = op["kernel"], int(op["stride"]), int(op["padding"]), int(op["dilation"])
     cg = cin // g
@@ -96,8 +133,9 @@ def bconv(x: np.ndarray, op: dict[str, Any], t: dict[str, np.ndarray]) -> np.nda
     return out
 
 
-def shift_add(out: np.ndarray, x: np.ndarray, op: dict[str, Any], t: dict[str, np.ndarray]) -> np.ndarray:
-    scales = t[op["scales"]]
+def shift_add(op: Op, regs: Regs, t: Tensors) -> None:
+    """``out += LS(S_h,k(x)); out += LS(S_w,k(x)); out += LS(S_c,k(x))`` per kernel k, in this order (§5)."""
+    out, x, scales = regs[op["out"]], regs[op["in"]], t[op["scales"]]
     i = 0
     for k in op["kernels"]:
         for axis in (1, 2):
@@ -115,7 +153,7 @@ def shift_add(out: np.ndarray, x: np.ndarray, op: dict[str, Any], t: dict[str, n
         ]
         out = out + (np.concatenate(parts, axis=-1) * scales[i, 0] + scales[i, 1])
         i += 1
-    return out.astype(F32)
+    regs[op["out"]] = out.astype(F32)
 
 
 def softmax(s: np.ndarray) -> np.ndarray:
@@ -123,8 +161,8 @@ def softmax(s: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=-1, keepdims=True)).astype(F32)
 
 
-def attn_masks(a: np.ndarray, quant: dict[str, Any], t: dict[str, np.ndarray], numel: int) -> np.ndarray:
-    """Â = Σ_r w_r T_r for A (..., heads, L, L)."""
+def attn_masks(a: np.ndarray, quant: dict[str, Any], t: Tensors, numel: int) -> np.ndarray:
+    """Â = Σ_r w_r T_r for A (..., heads, L, L) (§6): LSQ levels ``[l ≥ r]`` with weight a_j, or GSB's thresholds."""
     heads = a.shape[-3]
     if quant["kind"] == "lsq":
         step, zero = t[quant["step"]].astype(F32), t[quant["zero"]].astype(F32)
@@ -141,7 +179,9 @@ def attn_masks(a: np.ndarray, quant: dict[str, Any], t: dict[str, np.ndarray], n
     return (w[0] * (q > th[0]) + w[1] * (q > th[1] * rowmax) + w[2] * (q > th[2] * rowmax)).astype(F32)
 
 
-def window_attention(x: np.ndarray, op: dict[str, Any], t: dict[str, np.ndarray]) -> np.ndarray:
+def window_attention(op: Op, regs: Regs, t: Tensors) -> None:
+    """§6, steps 1–6."""
+    x = regs[op["in"]]
     b, h, wd, c = x.shape
     w, heads, p = int(op["window"]), int(op["heads"]), int(op["pool_padding"])
     nh, nw = h // w, wd // w
@@ -162,16 +202,15 @@ def window_attention(x: np.ndarray, op: dict[str, Any], t: dict[str, np.ndarray]
     var = ((tok - mean) ** 2).mean(-1, keepdims=True)
     hs = ((tok - mean) / np.sqrt(var + F32(tn["eps"])) * t[tn["weight"]] + t[tn["bias"]]).astype(F32)
     # 3. q, k, v
-    mixed, signs = {}, {}
+    mixed, sgn = {}, {}
     for n in "qkv":
         br = op[n]
-        xs = np.where(hs + t[br["move"]] < 0, F32(-1), F32(1))
-        dot = xs @ unpack(t[br["weight"]], c).T
-        mixed[n] = _branch(dot, hs, br, t)
-        signs[n] = np.where(mixed[n] + t[br["move2"]] < 0, F32(-1), F32(1))
+        dot = signs(hs + t[br["move"]]) @ unpack(t[br["weight"]], c).T
+        mixed[n] = transform(dot, {**br, "residual": "hs"}, t, {"hs": hs})
+        sgn[n] = signs(mixed[n] + t[br["move2"]])
     length = w * w + nwin
     split = lambda z: z.reshape(b, nwin, length, heads, d).transpose(0, 1, 3, 2, 4)  # noqa: E731
-    q, k, v = split(signs["q"]), split(signs["k"]), split(signs["v"])  # (B, nW, heads, L, d)
+    q, k, v = split(sgn["q"]), split(sgn["k"]), split(sgn["v"])  # (B, nW, heads, L, d)
     a = softmax((q @ k.swapaxes(-1, -2)) / F32(op["score_divisor"]))
     ctx = attn_masks(a, op["quant"], t, b * nwin * heads * length * length) @ v
     ctx = ctx.transpose(0, 1, 3, 2, 4).reshape(b, nwin, length, c)
@@ -182,57 +221,81 @@ def window_attention(x: np.ndarray, op: dict[str, Any], t: dict[str, np.ndarray]
     g = y[:, :, w * w :].mean(axis=1).reshape(b, nh, 1, nw, 1, c)
     g = np.broadcast_to(g, (b, nh, w, nw, w, c)).reshape(b, h, wd, c)
     mix = t[op["mix"]]
-    return (local * mix + g * (F32(1) - mix)).astype(F32)
+    regs[op["out"]] = (local * mix + g * (F32(1) - mix)).astype(F32)
 
 
-def _branch(dot: np.ndarray, hs: np.ndarray, br: dict[str, Any], t: dict[str, np.ndarray]) -> np.ndarray:
-    z = dot * t[br["scale"]]
-    if br.get("bias"):
-        z = z + t[br["bias"]]
-    return rprelu(z + hs, br["rprelu"], t)
+def affine(op: Op, regs: Regs, t: Tensors) -> None:
+    """``y = act(x·scale + bias) + add``."""
+    x = regs[op["in"]]
+    y = x * t[op["scale"]] if op.get("scale") else x
+    y = y + t[op["bias"]] if op.get("bias") else y
+    y = gelu(y) if op.get("act") == "gelu" else y
+    regs[op["out"]] = (y + t[op["add"]] if op.get("add") else y).astype(F32)
 
 
-def step(op: dict[str, Any], regs: dict[str, np.ndarray], t: dict[str, np.ndarray]) -> None:
-    """Runs one op on the registers (float maps (B, H, W, C); bits held as ±1 floats)."""
-    kind, src = op["op"], regs.get(op.get("in", ""))
-    if kind == "patch_conv":
-        regs[op["out"]] = patch_conv(src, op, t, nchw=op["in"] == "input")
-    elif kind == "affine":
-        y = src * t[op["scale"]] if op.get("scale") else src
-        y = y + t[op["bias"]] if op.get("bias") else y
-        y = gelu(y) if op.get("act") == "gelu" else y
-        regs[op["out"]] = (y + t[op["add"]] if op.get("add") else y).astype(F32)
-    elif kind == "sign_pack":
-        y = src + t[op["move"]] if op.get("move") else src
-        regs[op["out"]] = np.where(y < 0, F32(-1), F32(1))
-    elif kind == "avg_pool":
-        k = int(op["kernel"])
-        b, h, wd, c = src.shape
-        regs[op["out"]] = (
-            src[:, : h // k * k, : wd // k * k].reshape(b, h // k, k, wd // k, k, c).sum(axis=(2, 4)) / F32(k * k)
-        ).astype(F32)
-    elif kind in ("bconv", "blinear"):
-        dot = bconv(src, op, t) if kind == "bconv" else src @ unpack(t[op["weight"]], int(op["in_features"])).T
-        z = transform(dot, {**op, "post": None if op.get("pack") else op.get("post")}, t, regs)
-        if op.get("pack"):
-            pk = op["pack"]
-            zz = z + t[pk["move"]] if pk.get("move") else z
-            regs[pk["out"]] = np.where(zz < 0, F32(-1), F32(1))
-            r = int(pk["mean_r"])
-            regs[pk["means"]] = (z.reshape(*z.shape[:-1], -1, r).sum(-1) / F32(r)).astype(F32)
-        else:
-            regs[op["out"]] = regs[op["out"]] + z if op.get("accumulate") else z
-    elif kind == "shift_add":
-        regs[op["out"]] = shift_add(regs[op["out"]], src, op, t)
-    elif kind == "window_attention":
-        regs[op["out"]] = window_attention(src, op, t)
-    elif kind == "mean_tokens":
-        regs[op["out"]] = src.mean(axis=(1, 2), keepdims=True).astype(F32)
-    elif kind == "linear":
-        y = src @ t[op["weight"]].T
-        regs[op["out"]] = (y + t[op["bias"]] if op.get("bias") else y).astype(F32)
+def sign_pack(op: Op, regs: Regs, t: Tensors) -> None:
+    x = regs[op["in"]]
+    regs[op["out"]] = signs(x + t[op["move"]] if op.get("move") else x)
+
+
+def avg_pool(op: Op, regs: Regs, t: Tensors) -> None:
+    """The k×k block summed in row-major order, divided by k²."""
+    x, k = regs[op["in"]], int(op["kernel"])
+    b, h, w, c = x.shape
+    blocks = x[:, : h // k * k, : w // k * k].reshape(b, h // k, k, w // k, k, c)
+    s = blocks[:, :, 0, :, 0]
+    for i in range(1, k * k):
+        s = s + blocks[:, :, i // k, :, i % k]
+    regs[op["out"]] = (s / F32(k * k)).astype(F32)
+
+
+def binary_layer(op: Op, regs: Regs, t: Tensors) -> None:
+    """``bconv`` / ``blinear``: exact ±1 dots, the output transform, then ``out`` (or ``+= out``), or with
+    ``pack`` the bits of ``z + pack.move`` and the group means of z (summed left to right, divided by r)."""
+    x = regs[op["in"]]
+    dot = bconv(x, op, t) if op["op"] == ops.BCONV.name else x @ unpack(t[op["weight"]], int(op["in_features"])).T
+    z = transform(dot, {**op, "post": None if op.get("pack") else op.get("post")}, t, regs)
+    pk = op.get("pack")
+    if pk:
+        regs[pk["out"]] = signs(z + t[pk["move"]] if pk.get("move") else z)
+        r = int(pk["mean_r"])
+        s = z[..., 0::r]
+        for i in range(1, r):
+            s = s + z[..., i::r]
+        regs[pk["means"]] = (s / F32(r)).astype(F32)
     else:
-        raise ValueError(f"unknown op {kind!r}")
+        regs[op["out"]] = regs[op["out"]] + z if op.get("accumulate") else z
+
+
+def mean_tokens(op: Op, regs: Regs, t: Tensors) -> None:
+    regs[op["out"]] = regs[op["in"]].mean(axis=(1, 2), keepdims=True).astype(F32)
+
+
+def linear(op: Op, regs: Regs, t: Tensors) -> None:
+    y = regs[op["in"]] @ t[op["weight"]].T
+    regs[op["out"]] = (y + t[op["bias"]] if op.get("bias") else y).astype(F32)
+
+
+# op kind (bhvit.runtime.ops) -> its step; tests check that it covers ops.OPS
+STEPS: dict[str, Callable[[Op, Regs, Tensors], None]] = {
+    ops.PATCH_CONV.name: patch_conv,
+    ops.AFFINE.name: affine,
+    ops.SIGN_PACK.name: sign_pack,
+    ops.AVG_POOL.name: avg_pool,
+    ops.BCONV.name: binary_layer,
+    ops.BLINEAR.name: binary_layer,
+    ops.SHIFT_ADD.name: shift_add,
+    ops.WINDOW_ATTENTION.name: window_attention,
+    ops.MEAN_TOKENS.name: mean_tokens,
+    ops.LINEAR.name: linear,
+}
+
+
+def step(op: Op, regs: Regs, t: Tensors) -> None:
+    """Runs one op on the registers (float maps (B, H, W, C); bits held as ±1 floats)."""
+    if op["op"] not in STEPS:
+        raise ValueError(f"unknown op {op['op']!r}")
+    STEPS[op["op"]](op, regs, t)
 
 
 def run(path: str | Path, images: np.ndarray, trace: bool = False) -> Any:

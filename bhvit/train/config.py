@@ -27,10 +27,18 @@ AMP_MODES: tuple[str, ...] = get_args(AmpMode)
 class ModelSpec:
     """The student: arguments of ``bhvit.create_model`` (``img_size``/classes/channels come from data).
 
-    ``window_size = None`` picks :func:`choose_window_size`. ``overrides`` are extra fields of
-    ``BHViTConfig`` (e.g. ``{"depths": [1, 1, 2, 1]}``) for small experimental variants.
-    ``init_from``: a checkpoint whose tensors of matching name and shape initialise the student (e.g.
-    the fp teacher for a binary student, the two-step recipe of binary-network training).
+    ``arch``: a registered model name (``bhvit_tiny``, ``bhvit_small``, …; ``bhvit profile`` lists
+    their sizes). ``precision``: ``fp`` (all full precision), ``some_fp`` (binary blocks, fp stem,
+    downsampling and head: the paper's †) or ``binary`` (downsampling binary too). ``attn_quant``:
+    how attention's activations are quantized (``lsq``: learned step size, ``gsb``: the paper's
+    group-wise binarisation). ``window_size``: the attention window in tokens (None picks
+    :func:`choose_window_size` for the input size). ``norm``: ``bn`` (token BatchNorm, the released
+    models) or ``ln`` (LayerNorm). ``drop_path_rate``: stochastic depth at the last block (0 = off).
+    ``recu``: binarize weights with ReCU's rescaled, clipped straight-through estimator instead of the
+    plain one. ``overrides`` are extra fields of ``BHViTConfig`` (e.g. ``{"depths": [1, 1, 2, 1]}``)
+    for small experimental variants. ``init_from``: a checkpoint whose tensors of matching name and
+    shape initialise the student (e.g. the fp teacher for a binary student, the two-step recipe of
+    binary-network training).
     """
 
     arch: str = "bhvit_tiny"
@@ -55,17 +63,21 @@ class ModelSpec:
 class LossConfig:
     """The loss mix (SPEC §4).
 
-    ``paper``: ``(1−λ−β)·CE + λ·KD + β·L_re`` with β switched on for the last ``reg_fraction`` of the
-    steps (0 before); ``kd``: pure KD (the authors' default script); ``kd_reg``: ``(1−β)·KD + β·L_re``
-    throughout (the authors' ``--regularization_loss``, β = 0.1); ``ce``: ``(1−β_t)·CE + β_t·L_re``
-    with β_t as in ``paper`` (no teacher; set ``reg_weight = 0`` for plain CE). ``teacher`` is a path
-    to one of our checkpoints or ``timm:<name>``; KD modes require one. ``reg_form``: ``paper``
+    ``mode``: ``paper`` is ``(1−λ−β)·CE + λ·KD + β·L_re`` with β switched on for the last
+    ``reg_fraction`` of the steps (0 before), ``kd`` pure KD (the authors' default script), ``kd_reg``
+    ``(1−β)·KD + β·L_re`` throughout (the authors' ``--regularization_loss``, β = 0.1), ``ce``
+    ``(1−β_t)·CE + β_t·L_re`` with β_t as in ``paper`` (no teacher; set ``reg_weight = 0`` for plain
+    CE). ``kd_weight``: λ, the weight of the distillation term. ``reg_weight``: β, the weight of the
+    regularization loss L_re that pulls latent weights away from 0. ``reg_fraction``: the share of
+    the steps, at the end, during which β is on. ``label_smoothing``: of the CE term. ``teacher`` is a
+    path to one of our checkpoints or ``timm:<name>``; KD modes require one. ``reg_form``: ``paper``
     averages over all weights, ``authors`` averages per-tensor means and skips the downsampling convs.
     ``auto_teacher``: a binary or some-fp run given neither a teacher nor ``init_from`` first trains an
     fp model of the same architecture for ``auto_teacher_epochs`` of the run's epochs (None: a third,
     at least 1), then starts the student from it and distils from it with the ``paper`` loss for the
-    remaining epochs (:func:`bhvit.train.teacher.train_with_auto_teacher`; on by default for
-    ``bhvit train`` without a recipe).
+    remaining epochs (:func:`bhvit.train.auto_teacher.train_with_auto_teacher`; on by default for
+    ``bhvit train`` without a recipe). ``auto_teacher_epochs``: the fp stage's share of ``epochs``
+    (None: a third, at least 1).
     """
 
     mode: LossMode = "paper"
@@ -94,7 +106,11 @@ class OptimConfig:
     """AdamW and a per-step cosine schedule with linear warm-up.
 
     ``lr`` is the base rate for a global batch of 512 (scaled linearly, as the authors do) when
-    ``scale_lr`` is true, else used as given. ``clip_grad``: max global grad norm (None = off).
+    ``scale_lr`` is true, else used as given. ``scale_lr``: scale ``lr`` by batch/512.
+    ``weight_decay``: AdamW's decoupled decay (biases, norms, scales and position embeddings get none).
+    ``betas``: AdamW's two moment decays. ``eps``: AdamW's denominator term. ``warmup_epochs``: the
+    linear warm-up from 0, in epochs (fractions allowed). ``min_lr``: where the cosine ends.
+    ``clip_grad``: max global grad norm (None = off).
     """
 
     lr: float = 5e-4
@@ -117,6 +133,16 @@ class OptimConfig:
 class RunConfig:
     """Length, bookkeeping and hardware of a run.
 
+    ``epochs``: passes over the training set. ``out_dir``: where the checkpoint, ``log.jsonl``,
+    ``summary.json`` and plots go. ``seed``: initial weights, data order, augmentation and a flat
+    folder's hold-out split. ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    ``amp``: mixed precision (``auto``: fp16 on CUDA, off on CPU). ``ema_decay``: keep an exponential
+    moving average of the weights with this decay, scored too (None = off). ``log_every``: a
+    ``log.jsonl`` record every n steps. ``resume``: a checkpoint of this run to continue from exactly
+    (``out_dir/checkpoint.pt``). ``threads``: torch's CPU threads (None: ``$BHVIT_NUM_THREADS``, else
+    the CPUs this process may use, from its CPU affinity and cgroup quota, not the machine's core
+    count). ``progress``: the progress bar and per-epoch lines. ``plots``: PNG plots of the run at its
+    end.
     ``grad_checkpointing`` recomputes each block's activations in the backward pass (about one
     extra forward for a large cut in memory; results unchanged). ``compile``: run the student's forward
     (and so its backward) through ``torch.compile`` with static shapes (the first step, which also sets
@@ -269,6 +295,36 @@ def steps_per_epoch(num_train: int, global_batch: int) -> int:
     return max(1, num_train // global_batch) if num_train >= global_batch else 1
 
 
+FEW_STEPS = 30  # an epoch of fewer optimizer steps than this gets a warning (a few dozen)
+
+
+def fitted_batch(batch: int, num_train: int, world_size: int = 1) -> int:
+    """The global batch a run can use: ``batch``, or, when the training set is smaller, the largest
+    multiple of ``world_size`` that fits it (at least ``world_size``): a larger batch would only repeat
+    images, at a memory cost that grows with the batch asked for."""
+    if batch <= num_train:
+        return batch
+    return max(world_size, num_train - num_train % world_size)
+
+
+def few_steps_advice(num_train: int, global_batch: int, epochs: int) -> str | None:
+    """None, or when an epoch is fewer than :data:`FEW_STEPS` optimizer steps, what it is and what to
+    change (short runs on a small folder end at chance otherwise: 40 images at batch 32 is one step)."""
+    per = steps_per_epoch(num_train, global_batch)
+    if per >= FEW_STEPS:
+        return None
+    smaller = max(4, num_train // FEW_STEPS)  # batches under 4 make BatchNorm statistics noisy
+    fix = (
+        f"a smaller --batch-size ({smaller} gives {steps_per_epoch(num_train, smaller)} steps per epoch), "
+        if smaller < global_batch
+        else ""
+    )
+    return (
+        f"an epoch is only {per} optimizer step(s) ({num_train} training images at batch {global_batch}), "
+        f"{per * epochs} in all: too few to learn much; use {fix}more --epochs, or more images"
+    )
+
+
 def scaled_lr(optim: OptimConfig, global_batch: int) -> float:
     """``lr · batch / 512`` when ``scale_lr`` (the authors' linear scaling), else ``lr``."""
     return optim.lr * global_batch / 512 if optim.scale_lr else optim.lr
@@ -281,6 +337,8 @@ __all__ = [
     "RunConfig",
     "TrainConfig",
     "choose_window_size",
+    "few_steps_advice",
+    "fitted_batch",
     "load_recipe",
     "no_recipe_defaults",
     "scaled_lr",

@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bhvit.checkpoint import atomic_write
 from bhvit.data import DataConfig
 from bhvit.models.bhvit import BINARY_PRECISIONS
 from bhvit.train.config import LossConfig, ModelSpec, OptimConfig, RunConfig, TrainConfig
+from bhvit.train.loop import train
 from bhvit.train.report import write_report
 
 
@@ -112,12 +114,10 @@ def stage_config(
 
 def demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the three stages and write the report; returns ``{precision: summary}`` plus timings."""
-    from bhvit.train.loop import train
-
     start = time.time()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "demo_config.json").write_text(json.dumps(cfg.__dict__, indent=2, default=list) + "\n")
+    write_text(out / "demo_config.json", json.dumps(cfg.__dict__, indent=2, default=list) + "\n")
     init = train(stage_config(cfg, "fp", None, stage="fp_init")) if cfg.init_epochs else None
     summaries = {"fp": train(stage_config(cfg, "fp", None))}
     teacher = summaries["fp"]["checkpoint"]
@@ -129,5 +129,10 @@ def demo(cfg: DemoConfig) -> dict[str, Any]:
     wall = time.time() - start
     report = write_report(out, summaries, cfg.name, wall, init)
     result = {"summaries": summaries, "init": init, "wall_time_s": round(wall, 1), "report": str(report)}
-    (out / "demo_summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text(out / "demo_summary.json", json.dumps(result, indent=2) + "\n")
     return result
+
+
+def write_text(path: Path, text: str) -> Path:
+    """``text`` at ``path``, atomically (a full disk names the file)."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))

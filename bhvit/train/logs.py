@@ -2,7 +2,9 @@
 
 ``log.jsonl`` holds one object per line: ``{"kind": "step", "step", "epoch", "lr", "loss", …}`` every
 ``log_every`` steps and ``{"kind": "epoch", "epoch", "train_loss", "test_acc1", "test_acc5", …}`` after
-each epoch. Only rank 0 writes. Lines are flushed at once, so a killed run keeps its log (its last
+each epoch; at step 0 a run also logs ``{"kind": "split", …}`` (a flat folder's hold-out split, see
+:func:`bhvit.data.folder.split_flat`), ``{"kind": "warning", "message"}`` and ``{"kind": "init", …}``
+(what ``--init-from`` copied). Only rank 0 writes. Lines are flushed at once, so a killed run keeps its log (its last
 line may be cut short: :func:`read_jsonl` skips such a line, :func:`trim_log` removes it).
 
 A resumed run continues the log of its checkpoint: :func:`trim_log` first drops what the killed run
@@ -11,32 +13,55 @@ logged after that checkpoint, so no step appears twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 
 class JsonlLogger:
+    """Appends records to ``path`` (None: a silent logger, for ranks other than 0); a full disk is a
+    :class:`bhvit.checkpoint.NoSpaceError` naming the log."""
+
     def __init__(self, path: str | Path | None, append: bool = False) -> None:
-        self.file: TextIO | None = None
+        self.file: BinaryIO | None = None
+        self.path = path
         if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(path, "a" if append else "w")  # noqa: SIM115 (kept open for the whole run)
+            with _no_space_named(path):
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                # unbuffered: a record is on disk when log() returns, and a failed write leaves no
+                # buffer for the interpreter to retry (and fail at) when it exits
+                self.file = open(path, "ab" if append else "wb", buffering=0)  # noqa: SIM115 (open for the run)
 
     def log(self, kind: str, **fields: Any) -> None:
         if self.file is None:
             return
         record = {"kind": kind, "time": round(time.time(), 3), **{k: _plain(v) for k, v in fields.items()}}
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        rest = memoryview((json.dumps(record) + "\n").encode())
+        with _no_space_named(self.path):
+            while rest:  # a raw write may be short
+                rest = rest[self.file.write(rest) :]
 
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
+
+
+@contextlib.contextmanager
+def _no_space_named(path: str | Path | None) -> Iterator[None]:
+    """Turn a full disk (ENOSPC, EDQUOT) inside the block into :class:`NoSpaceError` naming ``path``."""
+    from bhvit.checkpoint import FULL_DISK, NoSpaceError
+
+    try:
+        yield
+    except OSError as e:
+        if e.errno in FULL_DISK:
+            raise NoSpaceError(str(path)) from None
+        raise
 
 
 def _plain(v: Any) -> Any:

@@ -23,7 +23,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,19 @@ from torch import Tensor, nn
 
 from bhvit.checkpoint import atomic_write, load_model
 from bhvit.data import DataBundle, DatasetError, build_datasets
+from bhvit.data.folder import describe_split
 from bhvit.data.transforms import normalize_batch
-from bhvit.models.bhvit import BHViTConfig
 from bhvit.text import printable
 from bhvit.train import checkpoint as ckpt_io
-from bhvit.train.config import TrainConfig, choose_window_size, scaled_lr, steps_per_epoch
+from bhvit.train.checkpoint import TrainState
+from bhvit.train.config import (
+    TrainConfig,
+    choose_window_size,
+    few_steps_advice,
+    fitted_batch,
+    scaled_lr,
+    steps_per_epoch,
+)
 from bhvit.train.distributed import (
     DistInfo,
     EvalSampler,
@@ -49,27 +57,16 @@ from bhvit.train.distributed import (
 )
 from bhvit.train.ema import ModelEMA
 from bhvit.train.flips import FlipTracker
+from bhvit.train.init_from import InitReport, init_from_checkpoint
 from bhvit.train.logs import JsonlLogger, Progress, trim_log
 from bhvit.train.losses import LossWeights, combine, loss_weights, reg_weights
 from bhvit.train.schedule import build_scheduler
 from bhvit.train.teacher import FrozenTeacher, load_teacher
-from bhvit.upstream import resize_pos_embeds
+from bhvit.train.threads import torch_threads
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped without touching its last checkpoint."""
-
-
-@dataclass
-class TrainState:
-    """Where the run is: optimizer steps done, current epoch, steps done inside it."""
-
-    step: int = 0
-    epoch: int = 0
-    step_in_epoch: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    train_time: float = 0.0  # seconds spent in training steps (evaluation excluded)
-    pending: dict[str, float] | None = None  # train metrics of epoch ``epoch``, trained but not yet evaluated
 
 
 @dataclass
@@ -91,6 +88,7 @@ class Components:
     total_steps: int
     steps_per_epoch: int
     init: InitReport | None = None  # what ``model.init_from`` copied
+    warnings: tuple[str, ...] = ()  # what the run changed or doubts about its setup (printed and logged)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,116 +124,6 @@ def build_student(cfg: TrainConfig, data: DataBundle) -> nn.Module:
     )
 
 
-# BHViTConfig fields an --init-from checkpoint may differ in: they change the quantizers (and the
-# tensors only a quantizer has), regularisation, the classifier head, or no tensor at all.
-INIT_FREE_FIELDS = (
-    "precision",
-    "attn_quant",
-    "recu",
-    "drop_path_rate",
-    "norm_eps",
-    "num_classes",
-    "img_size",
-    "window_size",
-)
-HEAD_PREFIX = "head."  # the classifier: BHViT.head
-
-
-class InitMismatchError(ValueError):
-    """An ``--init-from`` checkpoint of another architecture; the message says what differs."""
-
-
-@dataclass(frozen=True)
-class InitReport:
-    """Which of the student's tensors ``init_from_checkpoint`` copied and which it left as initialised."""
-
-    path: str
-    copied: tuple[str, ...]
-    head_skipped: tuple[str, ...]  # classifier tensors the checkpoint lacks or has in another shape
-    fresh: tuple[str, ...]  # student tensors the checkpoint lacks (a quantizer its precision has not)
-    unused: tuple[str, ...]  # checkpoint tensors the student lacks
-
-    def summary(self) -> str:
-        total = len(self.copied) + len(self.head_skipped) + len(self.fresh)
-        parts = [f"init from {printable(self.path)}: copied {len(self.copied)} of {total} tensors"]
-        if self.head_skipped:
-            parts.append(f"classifier kept its initialisation (another class count): {', '.join(self.head_skipped)}")
-        if self.fresh:
-            parts.append(f"{len(self.fresh)} tensor(s) the checkpoint lacks kept theirs: {_first(self.fresh)}")
-        if self.unused:
-            parts.append(f"{len(self.unused)} checkpoint tensor(s) unused: {_first(self.unused)}")
-        return "; ".join(parts)
-
-
-def _first(names: tuple[str, ...] | list[str], n: int = 4) -> str:
-    return ", ".join(names[:n]) + (f", … ({len(names) - n} more)" if len(names) > n else "")
-
-
-def match_init(
-    own: dict[str, Tensor], source: dict[str, Tensor], path: str, quantizers_differ: bool
-) -> tuple[InitReport, list[str]]:
-    """Sort the tensors of ``source`` for copying into a model whose state dict is ``own``.
-
-    Returns the report and the differences that make ``source`` another architecture (empty when
-    it may be copied). Rules: a tensor both have must have the same shape, except the classifier
-    head (fine-tuning to another class count: the head keeps its initialisation); a tensor only one
-    side has is allowed only when the models' precision or attention quantizer differ
-    (``quantizers_differ``: it belongs to a quantizer one of them lacks).
-    """
-    copied = tuple(k for k in own if k in source and own[k].shape == source[k].shape)
-    body = [k for k in own if not k.startswith(HEAD_PREFIX)]
-    bad = [f"{k} {tuple(source[k].shape)} vs {tuple(own[k].shape)}" for k in body if k in source and k not in copied]
-    fresh = tuple(k for k in body if k not in source)
-    unused = tuple(k for k in source if k not in own and not k.startswith(HEAD_PREFIX))
-    if not quantizers_differ:
-        bad += [f"{k} only in the model" for k in fresh] + [f"{k} only in the checkpoint" for k in unused]
-    head = tuple(k for k in own if k.startswith(HEAD_PREFIX) and k not in copied)
-    return InitReport(str(path), copied, head, fresh, unused), bad
-
-
-def _config_differences(source: dict[str, Any], own: dict[str, Any]) -> list[str]:
-    """``field checkpoint-value vs model-value`` for every architecture field that differs."""
-    return [f"{k} {source.get(k)} vs {v}" for k, v in own.items() if k not in INIT_FREE_FIELDS and source.get(k) != v]
-
-
-def read_init_source(path: str, student: BHViTConfig) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """Config (as a dict) and state dict of any checkpoint :func:`bhvit.checkpoint.load_model` reads: ours
-    (safetensors or a training checkpoint) or the authors' ``.pth``, with the position embeddings
-    resized (bicubic) to ``student``'s input size when the checkpoint was trained at another size."""
-    source, _ = load_model(path)
-    state = source.state_dict()
-    if source.config.img_size != student.img_size:
-        resize_pos_embeds(state, student)
-    return source.config.to_dict(), state
-
-
-def init_from_checkpoint(model: nn.Module, path: str) -> InitReport:
-    """Copy the tensors of the checkpoint at ``path`` into ``model``: an fp teacher into a binary
-    student, or a pretrained model (ours or the authors') into one fine-tuned on new data.
-
-    The checkpoint must describe the same architecture: its config may differ from the model's only in
-    :data:`INIT_FREE_FIELDS` (a new input size resizes the position embeddings, a new class count keeps
-    the fresh head), and its tensors must pass :func:`match_init`; otherwise
-    :class:`InitMismatchError` names what differs and how many tensors match.
-    """
-    src_cfg, src_state = read_init_source(path, model.config)
-    own_cfg = model.config.to_dict()
-    differ = any(src_cfg.get(k) != own_cfg[k] for k in ("precision", "attn_quant"))
-    own = model.state_dict()
-    report, bad = match_init(own, src_state, path, differ)
-    fields = _config_differences(src_cfg, own_cfg)
-    if fields or bad:
-        what = f" ({'; '.join(fields[:4])}; checkpoint vs model)" if fields else ""
-        shapes = f"; {len(bad)} differ: {_first(bad, 3)}" if bad else ""
-        raise InitMismatchError(
-            f"--init-from {printable(path)}: another architecture{what}: {len(report.copied)} of the model's "
-            f"{len(own)} tensors match the checkpoint's by name and shape{shapes}. Only precision, quantizers, "
-            "the input size and the classifier head may differ"
-        )
-    model.load_state_dict({k: src_state[k] for k in report.copied}, strict=False)
-    return report
-
-
 def amp_setup(mode: str, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
     """``auto``: fp16 + GradScaler on CUDA, off on CPU; ``bf16``: bf16 autocast (no scaler)."""
     if mode == "auto":
@@ -261,12 +149,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 def build(cfg: TrainConfig) -> Components:
     info = init_distributed("cuda" if cfg.run.device in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
     device = resolve_device(cfg.run.device, info)
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
+    torch.set_num_threads(torch_threads(cfg.run.threads))
     if cfg.data.batch_size % info.world_size:
         raise ValueError(f"batch_size {cfg.data.batch_size} (global) is not divisible by {info.world_size} ranks")
     torch.manual_seed(cfg.run.seed)  # same initial weights on every rank
     data = build_datasets(cfg.data, seed=cfg.run.seed)
+    cfg, warnings = fit_to_data(cfg, len(data.train), info.world_size)
     model = build_student(cfg, data)
     init = init_from_checkpoint(model, cfg.model.init_from) if cfg.model.init_from else None
     if cfg.run.grad_checkpointing:
@@ -315,7 +203,23 @@ def build(cfg: TrainConfig) -> Components:
         total,
         per_epoch,
         init,
+        warnings,
     )
+
+
+def fit_to_data(cfg: TrainConfig, num_train: int, world_size: int) -> tuple[TrainConfig, tuple[str, ...]]:
+    """``cfg`` with its batch clamped to the training set (:func:`fitted_batch`), and the warnings to give:
+    the clamp, and an epoch of too few steps (:func:`few_steps_advice`)."""
+    warnings = []
+    batch = fitted_batch(cfg.data.batch_size, num_train, world_size)
+    if batch != cfg.data.batch_size:
+        warnings.append(
+            f"--batch-size {cfg.data.batch_size} is larger than the {num_train} training images: using {batch}"
+        )
+        cfg = cfg.replace(data={"batch_size": batch})
+    if advice := few_steps_advice(num_train, batch, cfg.run.epochs):
+        warnings.append(advice)
+    return cfg, tuple(warnings)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,15 +298,20 @@ def evaluate(
 
 
 def evaluate_checkpoint(
-    path: str, data_cfg: Any, device: str = "auto", use_ema: bool = False, threads: int | None = None
+    path: str,
+    data_cfg: Any,
+    device: str = "auto",
+    use_ema: bool = False,
+    threads: int | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Load a checkpoint with :func:`bhvit.load_model` and score it on the test split of ``data_cfg``
     (``use_ema``: the EMA weights a training checkpoint carries).
 
     ``data_cfg`` is a :class:`bhvit.data.DataConfig`; its ``img_size`` should be the checkpoint's.
+    ``seed`` draws a flat folder's hold-out split: the training run's seed gives the images it held out.
     """
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(torch_threads(threads))
     dev = resolve_device(device, DistInfo())
     model, _ = load_model(path)
     if use_ema:
@@ -410,18 +319,21 @@ def evaluate_checkpoint(
         if not ema:
             raise ValueError(f"{path} holds no EMA weights")
         model.load_state_dict(ema)
-    data = build_datasets(data_cfg)
+    data = build_datasets(data_cfg, seed=seed)
     if data.num_classes != model.config.num_classes or data.in_chans != model.config.in_chans:
         raise ValueError(
             f"{path}: model has {model.config.num_classes} classes / {model.config.in_chans} channels, "
-            f"data {data.name} has {data.num_classes} / {data.in_chans}"
+            f"data {data.name} has {data.num_classes} / {data.in_chans}: evaluate on data of the model's "
+            "classes (bhvit eval without --data uses the data it was trained on)"
         )
     loader = torch.utils.data.DataLoader(
         data.test, batch_size=data_cfg.eval_batch_size, num_workers=data_cfg.num_workers
     )
     start = time.time()
     metrics = evaluate(model.to(dev), loader, data, dev)
-    return metrics | {"checkpoint": str(path), "dataset": data.name, "eval_time_s": round(time.time() - start, 2)}
+    seconds = round(time.time() - start, 2)
+    split = {"split": data.split} if data.split is not None else {}
+    return metrics | {"checkpoint": str(path), "dataset": data.name, **split, "eval_time_s": seconds}
 
 
 def make_loaders(c: Components) -> tuple[torch.utils.data.DataLoader, TrainSampler, torch.utils.data.DataLoader]:
@@ -452,34 +364,22 @@ def checkpoint_path(cfg: TrainConfig) -> Path:
 
 
 def save_checkpoint(c: Components, state: TrainState, metrics: dict[str, Any] | None = None) -> Path | None:
-    """Rank 0 writes the full training state atomically; other ranks only wait.
-
-    ``pending_eval`` is the JSON of ``state.pending``: the train metrics of the epoch just finished
-    when the checkpoint is written before that epoch's evaluation, else ``null``.
-    """
+    """Rank 0 writes the run's checkpoint (:func:`bhvit.train.checkpoint.checkpoint_dict`) atomically;
+    other ranks only wait."""
     path = checkpoint_path(c.cfg)
     if c.info.is_main:
-        ckpt_io.atomic_save(
-            {
-                "format": ckpt_io.FORMAT,
-                "model_config": c.model.config.to_dict(),
-                "model": c.model.state_dict(),
-                "optimizer": c.optimizer.state_dict(),
-                "scheduler": c.scheduler.state_dict(),
-                "scaler": c.scaler.state_dict() if c.scaler is not None else None,
-                "ema": c.ema.state_dict() if c.ema is not None else None,
-                "rng": ckpt_io.rng_state(),
-                "step": state.step,
-                "epoch": state.epoch,
-                "step_in_epoch": state.step_in_epoch,
-                "train_time": state.train_time,
-                "history": json.dumps(state.history),
-                "train_config": json.dumps(c.cfg.to_dict()),
-                "metrics": json.dumps(metrics or {}),
-                "pending_eval": json.dumps(state.pending),
-            },
-            path,
+        ck = ckpt_io.checkpoint_dict(
+            model=c.model,
+            optimizer=c.optimizer,
+            scheduler=c.scheduler,
+            scaler=c.scaler,
+            ema=c.ema,
+            state=state,
+            train_config=c.cfg.to_dict(),
+            data=c.data,
+            metrics=metrics,
         )
+        ckpt_io.atomic_save(ck, path)
     barrier(c.info)
     return path
 
@@ -487,17 +387,7 @@ def save_checkpoint(c: Components, state: TrainState, metrics: dict[str, Any] | 
 def restore(c: Components, path: str) -> TrainState:
     """Load a training checkpoint into the components; returns where to continue."""
     ck = ckpt_io.load(path, map_location=c.device)
-    c.model.load_state_dict(ck["model"])
-    c.optimizer.load_state_dict(ck["optimizer"])
-    c.scheduler.load_state_dict(ck["scheduler"])
-    if c.scaler is not None and ck.get("scaler"):
-        c.scaler.load_state_dict(ck["scaler"])
-    if c.ema is not None and ck.get("ema"):
-        c.ema.load_state_dict(ck["ema"])
-    ckpt_io.set_rng_state({k: (v.cpu() if isinstance(v, Tensor) else v) for k, v in ck["rng"].items()})
-    history = json.loads(ck.get("history", "[]"))
-    pending = json.loads(ck.get("pending_eval", "null"))
-    return TrainState(ck["step"], ck["epoch"], ck["step_in_epoch"], history, float(ck.get("train_time", 0.0)), pending)
+    return ckpt_io.restore(ck, model=c.model, optimizer=c.optimizer, scheduler=c.scheduler, scaler=c.scaler, ema=c.ema)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -666,6 +556,15 @@ def open_run_dir(c: Components, state: TrainState) -> JsonlLogger:
         _note(c, f"dropped {dropped} log.jsonl record(s) written after the checkpoint's step {state.step}")
     logger = JsonlLogger(out_dir / "log.jsonl", append=bool(cfg.run.resume))
     _write_json(out_dir / "config.json", cfg.to_dict())
+    if c.data.split is not None:
+        _note(c, describe_split(c.data.name, c.data.split))
+    for warning in c.warnings:
+        _note(c, f"warning: {warning}")
+    if not cfg.run.resume:
+        if c.data.split is not None:
+            logger.log("split", step=0, **c.data.split)
+        for warning in c.warnings:
+            logger.log("warning", step=0, message=warning)
     if c.init is not None and not cfg.run.resume:
         _note(c, c.init.summary())
         logger.log(

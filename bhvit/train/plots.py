@@ -25,6 +25,13 @@ def _pyplot() -> Any | None:
     return plt
 
 
+def save_png(fig: Any, path: Path) -> Path:
+    """``fig`` as a PNG at ``path``, written atomically (a full disk names the file)."""
+    from bhvit.checkpoint import atomic_write
+
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+
+
 def _series(records: list[dict], kind: str, x: str, y: str) -> tuple[list, list]:
     pts = [(r[x], r[y]) for r in records if r["kind"] == kind and isinstance(r.get(y), int | float)]
     return [p[0] for p in pts], [p[1] for p in pts]
@@ -56,7 +63,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             ax.grid(alpha=0.3)
             ax.legend()
             fig.tight_layout()
-            fig.savefig(run_dir / name, dpi=100)
+            save_png(fig, run_dir / name)
             written.append(run_dir / name)
         plt.close(fig)
     return written

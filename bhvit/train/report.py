@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bhvit.checkpoint import atomic_write
 from bhvit.models.bhvit import PRECISIONS
 from bhvit.train.logs import read_jsonl
-from bhvit.train.plots import _pyplot
+from bhvit.train.plots import _pyplot, save_png
 
 LABELS = {p: "fp (teacher)" if p == "fp" else f"{p.replace('_', '-')} student" for p in PRECISIONS}
 
@@ -62,7 +63,7 @@ def comparison_plots(out: Path, runs: dict[str, Path], profiles: dict[str, dict]
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=100)
+    save_png(fig, out / "accuracy.png")
     plt.close(fig)
     names.append("accuracy.png")
 
@@ -77,7 +78,7 @@ def comparison_plots(out: Path, runs: dict[str, Path], profiles: dict[str, dict]
     a2.bar(precs, ops, color=["#888", "#48c", "#c64"][: len(precs)])
     a2.set(ylabel="MOPs per image", title="OPs = BOPs/64 + FLOPs")
     fig.tight_layout()
-    fig.savefig(out / "comparison.png", dpi=100)
+    save_png(fig, out / "comparison.png")
     plt.close(fig)
     names.append("comparison.png")
 
@@ -93,7 +94,7 @@ def comparison_plots(out: Path, runs: dict[str, Path], profiles: dict[str, dict]
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(out / "flips.png", dpi=100)
+        save_png(fig, out / "flips.png")
         names.append("flips.png")
     plt.close(fig)
     return names
@@ -136,6 +137,5 @@ def write_report(out: Path, summaries: dict[str, dict], preset: str, wall_s: flo
     lines += ["", f"OPs rule: {rule}." if rule else "", ""]
     lines += [f"![{name}]({name})" for name in plots]
     lines += ["", "Per-run logs, plots and checkpoints: " + ", ".join(f"`{p}/`" for p in runs.values()), ""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+    text = "\n".join(lines)
+    return atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(text))

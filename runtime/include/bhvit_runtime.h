@@ -13,7 +13,12 @@
  *   if (bhvit_run(m, image, 1, logits, err, sizeof err)) { ... }
  *   bhvit_free(m);
  *
- * Thread safety: a model may be run from one thread at a time; different models may run concurrently.
+ * Threads: bhvit_run may be called on one model from any number of threads at once, with any batch sizes;
+ * each call computes in activation buffers of its own (kept by the model for later calls) while the
+ * weights are shared read-only, and gives the same bits as the same call made alone. Every other function
+ * taking a model is safe to call concurrently with runs too, except bhvit_free, which must come after the
+ * last call on that model has returned. Inside one call, the work runs on a process-wide pool of threads
+ * (bhvit_set_num_threads) that the calls share.
  */
 #ifndef BHVIT_RUNTIME_H
 #define BHVIT_RUNTIME_H
@@ -63,17 +68,25 @@ BHVIT_API const char *bhvit_metadata(const bhvit_model *m, const char *key);
 BHVIT_API int bhvit_preprocess(const bhvit_model *m, float *mean, float *std, int *resize, char *err, size_t errlen);
 /* The name of class i, or NULL when the file has no labels or i is out of range. */
 BHVIT_API const char *bhvit_label(const bhvit_model *m, int i);
-/* Threads used by bhvit_run (process-wide); n < 1 means one per core. */
+/* Threads a bhvit_run may use, the calling thread included (process-wide, shared by concurrent calls).
+ * The default is the number of CPUs this process may run on (its affinity mask, capped by a cgroup CPU
+ * quota), or BHVIT_NUM_THREADS when set; n < 1 restores that default. Idle pool threads wait passively
+ * after a short spin, and a thread descheduled by the OS has its work taken over by the others, so other
+ * processes on the same cores do not make a run wait for them. */
 BHVIT_API void bhvit_set_num_threads(int n);
 BHVIT_API int bhvit_get_num_threads(void);
 /* The kernel path in use ("avx512vpopcnt", "avx512bw", "avx2", "popcnt", "neon", "generic") and a way to
  * choose another one the CPU supports (also read from the BHVIT_ISA environment variable at load). */
 BHVIT_API const char *bhvit_isa(void);
+/* The kernel paths this CPU and build offer, best first and comma-separated, e.g. "avx2,popcnt,generic". */
+BHVIT_API const char *bhvit_isas(void);
 BHVIT_API int bhvit_set_isa(const char *name, char *err, size_t errlen);
-/* Seconds per operation kind of the last bhvit_run when profiling is on (bhvit_set_profiling(m, 1)):
- * writes up to n (kind, seconds) pairs and returns how many kinds there are. */
-BHVIT_API int bhvit_set_profiling(bhvit_model *m, int on);
-BHVIT_API int bhvit_profile(const bhvit_model *m, const char **kinds, double *seconds, int n);
+/* The kinds of operation a profiled run of this model times ("blinear", "attention.core", ...): writes up to n
+ * names (static strings) to kinds and returns how many there are (-1 if m is NULL). */
+BHVIT_API int bhvit_profile_kinds(const bhvit_model *m, const char **kinds, int n);
+/* bhvit_run, also writing the seconds this call spent in each kind of bhvit_profile_kinds to seconds[0..n). */
+BHVIT_API int bhvit_run_profiled(bhvit_model *m, const float *images, int batch, float *logits, double *seconds,
+                                 int n, char *err, size_t errlen);
 BHVIT_API void bhvit_free(bhvit_model *m);
 
 #ifdef __cplusplus

@@ -52,39 +52,4 @@ inline int64_t words_for(int64_t k) { return (k + kWordBits - 1) / kWordBits; }
 inline int64_t panels_for(int64_t n) { return (n + kPanel - 1) / kPanel; }
 inline int64_t quads_for(int64_t n) { return (n + kQuad - 1) / kQuad; }
 
-struct Epilogue;  // kernels.h
-
-// One ISA's kernels. popc_block fills P[i * ldp + 8 * (p - p0) + j] (i < M, p0 <= p < p1, j < 8) with
-//   sum_k popcount(op(A[i * lda + k], Bp[(p * KW + k) * 8 + j])),  op = XOR, or AND if op_and.
-struct IsaKernels {
-  const char* name;
-  void (*popc_block)(const uint64_t* A, int64_t lda, int64_t M, const uint64_t* Bp, int64_t p0,
-                     int64_t p1, int64_t KW, bool op_and, int32_t* P, int64_t ldp);
-  // Packs rows of x (M x K floats, row stride ldx) into out (M x KW words, row stride KW):
-  // bit = (x[i, k] + bias[k] < 0); bias may be null.
-  void (*pack_rows)(const float* x, int64_t ldx, int64_t M, int64_t K, const float* bias,
-                    uint64_t* out);
-  // Output transform (convention 6) of rows [m0, m0 + rows) of batch g on columns [n0, n1): v[i * ldv + n - n0]
-  // are dots, or raw popcounts when kdot >= 0 (then dot = kdot - 2 v). Compiled per ISA so that it vectorises.
-  void (*apply_rows)(const Epilogue& e, int64_t g, int64_t m0, int64_t rows, const int32_t* v, int64_t ldv,
-                     int32_t kdot, int64_t n0, int64_t n1);
-  // Optional (null when this ISA has no table lookup): the XOR popcounts of popc_block from the nibble
-  // layout (convention 8) of quads [q0, q1) of one weight, P[i * ldp + 32 * (q - q0) + j]; ldp must leave
-  // room for whole quads.
-  void (*nibble_block)(const uint64_t* A, int64_t lda, int64_t M, const uint8_t* nib, int64_t q0, int64_t q1,
-                       int64_t KW, int32_t* P, int64_t ldp) = nullptr;
-  // The MLP's shift branches added into output row (b, i) of (B, H, W, C) maps (kernels.h, shift_add),
-  // compiled per ISA so that the channel loops run at its vector width (float_ops.inc).
-  void (*shift_row)(float* out, const float* x, int64_t b, int64_t i, int64_t H, int64_t W, int64_t C,
-                    const int* kernels, int64_t nk, const float* ls) = nullptr;
-};
-
-// Returns the kernels of an ISA, or null when this build or this CPU lacks it.
-const IsaKernels* isa_generic();
-const IsaKernels* isa_popcnt();
-const IsaKernels* isa_avx2();
-const IsaKernels* isa_avx512bw();
-const IsaKernels* isa_avx512vpopcnt();
-const IsaKernels* isa_neon();
-
 }  // namespace bhv

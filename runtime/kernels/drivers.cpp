@@ -1,14 +1,14 @@
 // Drivers: ISA dispatch, threading, blocking, im2col of packed bits (the output transform is epilogue.inc).
 #include "kernels.h"
-#include "parallel_for.h"
+#include "parallel.h"
 #include "rowops.inc"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <utility>
 #include <stdexcept>
-#include <thread>
 
 namespace bhv {
 namespace {
@@ -50,17 +50,15 @@ const std::vector<const IsaKernels*>& isas() {
   return v;
 }
 
-const IsaKernels*& active() {
-  static const IsaKernels* k = isas().front();
+// The ISA in use: process-wide, read by every call (set_isa may run while other threads compute).
+std::atomic<const IsaKernels*>& active_slot() {
+  static std::atomic<const IsaKernels*> k{isas().front()};
   return k;
 }
 
-int& threads() {
-  static int n = std::max(1u, std::thread::hardware_concurrency());
-  return n;
-}
+const IsaKernels* active() { return active_slot().load(std::memory_order_relaxed); }
 
-// Runs f(task) for task in [0, n); in parallel when there is enough work (parallel_for.h).
+// Runs f(task) for task in [0, n); in parallel when there is enough work (parallel.h).
 template <class F>
 void parallel_for(int64_t n, int64_t work, F&& f) {
   parallel_tasks(n, work, kSerialWork, f);
@@ -80,12 +78,6 @@ uint64_t* scratch_u64(size_t n) {
 
 int32_t* scratch_dots(size_t n) {  // a second int32 scratch, live beside scratch_i32's
   thread_local std::vector<int32_t> buf;
-  if (buf.size() < n) buf.resize(n);
-  return buf.data();
-}
-
-float* scratch_f32(size_t n) {
-  thread_local std::vector<float> buf;
   if (buf.size() < n) buf.resize(n);
   return buf.data();
 }
@@ -262,7 +254,7 @@ std::string current_isa() { return active()->name; }
 void set_isa(const std::string& name) {
   for (const IsaKernels* k : isas())
     if (name == k->name) {
-      active() = k;
+      active_slot().store(k, std::memory_order_relaxed);
       return;
     }
   throw std::invalid_argument("ISA '" + name + "' is not available on this CPU/build");
@@ -270,12 +262,6 @@ void set_isa(const std::string& name) {
 
 const IsaKernels& active_kernels() { return *active(); }
 
-int get_num_threads() { return threads(); }
-
-void set_num_threads(int n) {
-  if (n < 1) throw std::invalid_argument("num_threads must be >= 1");
-  threads() = n;
-}
 
 // ---- packing ----------------------------------------------------------------------------------
 void pack_rows(const float* x, int64_t ldx, int64_t M, int64_t K, const float* bias, uint64_t* out) {
@@ -296,28 +282,6 @@ void to_panels(const uint64_t* rows, int64_t G, int64_t N, int64_t KW, uint64_t*
   }
 }
 
-void pack_cols_panels(const float* x, int64_t G, int64_t S, int64_t D, const float* bias, uint64_t* out) {
-  const int64_t NP = panels_for(D), SW = words_for(S), per_g = NP * SW * kPanel;
-  parallel_for(G, G * S * D / 8, [&](int64_t g) {
-    uint64_t* og = out + g * per_g;
-    std::memset(og, 0, sizeof(uint64_t) * per_g);
-    const float* xg = x + g * S * D;
-    // word sw of every column d assembled in acc[d] (a loop over d the compiler vectorises), then stored
-    uint64_t* acc = scratch_u64(D);
-    for (int64_t sw = 0; sw < SW; ++sw) {
-      std::memset(acc, 0, sizeof(uint64_t) * D);
-      for (int64_t s = sw * 64; s < std::min(S, sw * 64 + 64); ++s) {
-        const float* row = xg + s * D;
-        const int sh = static_cast<int>(s & 63);
-        if (bias)
-          for (int64_t d = 0; d < D; ++d) acc[d] |= static_cast<uint64_t>(row[d] + bias[d] < 0.0f) << sh;
-        else
-          for (int64_t d = 0; d < D; ++d) acc[d] |= static_cast<uint64_t>(row[d] < 0.0f) << sh;
-      }
-      for (int64_t d = 0; d < D; ++d) og[((d / kPanel) * SW + sw) * kPanel + d % kPanel] = acc[d];
-    }
-  });
-}
 
 bool nibbles_pay(int64_t N, int64_t KW) { return KW <= kNibbleMaxWords && N >= 2 * kQuad; }
 
@@ -334,31 +298,8 @@ void to_nibbles(const uint64_t* panels, int64_t NP, int64_t KW, uint8_t* out) {
     }
 }
 
-void pack_nonzero(const uint8_t* m, int64_t M, int64_t K, uint64_t* out) {
-  const int64_t KW = words_for(K);
-  parallel_for(M, M * K / 8, [&](int64_t i) {
-    for (int64_t w = 0; w < KW; ++w) {
-      const int64_t k0 = w * 64, n = std::min<int64_t>(64, K - k0);
-      uint64_t word = 0;
-      for (int64_t j = 0; j < n; ++j) word |= uint64_t(m[i * K + k0 + j] != 0) << j;
-      out[i * KW + w] = word;
-    }
-  });
-}
 
 // ---- binary products --------------------------------------------------------------------------
-void popcount_gemm(const uint64_t* A, int64_t M, const uint64_t* Bp, int64_t N, int64_t KW, int64_t G,
-                   bool op_and, int32_t* P) {
-  const int64_t NP = panels_for(N), nrb = (M + kRowBlock - 1) / kRowBlock;
-  parallel_for(G * nrb, G * M * NP * kPanel * KW, [&](int64_t t) {
-    const int64_t g = t / nrb, m0 = (t % nrb) * kRowBlock, mlen = std::min(kRowBlock, M - m0);
-    int32_t* buf = scratch_i32(kRowBlock * NP * kPanel);
-    active()->popc_block(A + (g * M + m0) * KW, KW, mlen, Bp + g * NP * KW * kPanel, 0, NP, KW, op_and, buf,
-                         NP * kPanel);
-    for (int64_t i = 0; i < mlen; ++i)
-      std::memcpy(P + (g * M + m0 + i) * N, buf + i * NP * kPanel, sizeof(int32_t) * N);
-  });
-}
 
 void bgemm(const uint64_t* A, int64_t M, const uint64_t* Bp, int64_t b_gstride, int64_t N, int64_t KW,
            int64_t K, int64_t G, const Epilogue& e_in, const uint8_t* nib) {
@@ -446,149 +387,6 @@ void bconv(const uint64_t* xp, const ConvGeom& c, const uint64_t* Bp, const int3
       }
     }
   });
-}
-
-void masked_av(const uint64_t* masks, const uint64_t* vp, const float* w, int64_t G, int64_t R, int64_t S,
-               int64_t D, float* out) {
-  const int64_t SW = words_for(S), NP = panels_for(D), ldp = NP * kPanel;
-  parallel_for(G, G * R * S * ldp * SW, [&](int64_t g) {
-    const uint64_t* mg = masks + g * R * S * SW;
-    int32_t* P = scratch_i32(R * S * ldp);
-    active()->popc_block(mg, SW, R * S, vp + g * NP * SW * kPanel, 0, NP, SW, true, P, ldp);
-    for (int64_t s = 0; s < S; ++s) {
-      float* o = out + (g * S + s) * D;
-      for (int64_t d = 0; d < D; ++d) o[d] = 0.0f;
-      for (int64_t r = 0; r < R; ++r) {
-        const uint64_t* mrow = mg + (r * S + s) * SW;
-        int32_t pc = 0;
-        for (int64_t k = 0; k < SW; ++k) pc += __builtin_popcountll(mrow[k]);
-        const float wr = w[g * R + r];
-        const int32_t* prow = P + (r * S + s) * ldp;
-        for (int64_t d = 0; d < D; ++d) o[d] = o[d] + wr * static_cast<float>(pc - 2 * prow[d]);
-      }
-    }
-  });
-}
-
-namespace {
-// nearbyint (round half to even) for x >= 0 in the default rounding mode, without the libm call that a
-// baseline x86-64 build (no SSE4.1 roundss) makes: below 2^23, (x + 2^23) - 2^23 rounds x to an integer
-// in the float addition itself; from 2^23 up every float is an integer.
-inline float round_even_nonneg(float x) {
-  constexpr float kMagic = 8388608.0f;  // 2^23
-  const float r = (x + kMagic) - kMagic;
-  return x < kMagic ? r : x;
-}
-}  // namespace
-
-void lsq_masks(const float* attn, const float* a, const float* z, int64_t G, int64_t L, uint64_t* out) {
-  const int64_t LW = words_for(L);
-  parallel_for(G, G * L * L, [&](int64_t g) {
-    uint64_t* og = out + g * 3 * L * LW;
-    const float ag = a[g], zg = z[g];
-    for (int64_t i = 0; i < L; ++i) {
-      const float* row = attn + (g * L + i) * L;
-      for (int64_t w = 0; w < LW; ++w) {
-        uint64_t t1 = 0, t2 = 0, t3 = 0;  // the three level masks of this word, in registers
-        for (int64_t j = w * 64; j < std::min(L, w * 64 + 64); ++j) {
-          const float x = row[j] * 3.0f / ag + zg;
-          // levels below 1 (x < 0.5, NaN included) set no bit, so only x >= 0 needs rounding
-          const float lvl = x >= 0.0f ? round_even_nonneg(x) : 0.0f;
-          const int sh = static_cast<int>(j & 63);
-          t1 |= static_cast<uint64_t>(lvl >= 1.0f) << sh;
-          t2 |= static_cast<uint64_t>(lvl >= 2.0f) << sh;
-          t3 |= static_cast<uint64_t>(lvl >= 3.0f) << sh;
-        }
-        og[0 * L * LW + i * LW + w] = t1;
-        og[1 * L * LW + i * LW + w] = t2;
-        og[2 * L * LW + i * LW + w] = t3;
-      }
-    }
-  });
-}
-
-// ---- fused float helpers ---------------------------------------------------------------------
-void group_mean(const float* x, int64_t M, int64_t C, int64_t r, float* out) {
-  parallel_for((M + 63) / 64, M * C * r, [&](int64_t t) {
-    for (int64_t m = t * 64; m < std::min(M, t * 64 + 64); ++m) group_means(x + m * C * r, C, r, out + m * C);
-  });
-}
-
-void shift_add(float* out, const float* x, int64_t B, int64_t H, int64_t W, int64_t C, const int* kernels,
-               int64_t nk, const float* ls) {
-  const IsaKernels* isa = active();
-  parallel_for(B * H, B * H * W * C * 8 * nk, [&](int64_t t) {
-    isa->shift_row(out, x, t / H, t % H, H, W, C, kernels, nk, ls);
-  });
-}
-
-// ---- training helpers --------------------------------------------------------------------------
-namespace {
-// Eight floats as one value (GCC/Clang vector extensions; two SSE registers at the x86-64 baseline, NEON on
-// aarch64): the select below must stay a blend, since a branch on the sign of t mispredicts half the time
-// (measured on a (25088, 512) map, 1 thread: 58 ms for the branchy scalar loop GCC made of the plain
-// version, 28 ms blended; torch's _prelu_kernel_backward and three sums 126 ms). The helpers are always
-// inlined, so the ABI note about 32-byte vectors without AVX (-Wpsabi) concerns no real call.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-typedef float vf8 __attribute__((vector_size(32)));
-typedef int32_t vi8 __attribute__((vector_size(32)));
-
-inline __attribute__((always_inline)) vf8 load8(const float* p) {
-  vf8 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline __attribute__((always_inline)) void store8(float* p, const vf8& v) { std::memcpy(p, &v, sizeof v); }
-
-// One row of rprelu_backward: d = g or a g, and the row's terms added to the block's column sums. gx may
-// be g (each element read before it is written).
-void prelu_backward_row(const float* g, const float* t, const float* a, int64_t C, float* gx, float* pa,
-                        float* px, float* pg) {
-  int64_t c = 0;
-  for (; c + 8 <= C; c += 8) {
-    const vf8 gv = load8(g + c), tv = load8(t + c);
-    const vi8 pos = tv > 0.0f;  // all ones where t > 0; the selects are bitwise (GCC turns ?: into branches)
-    const vf8 ag = load8(a + c) * gv, tg = tv * gv;
-    const vf8 d = (vf8)(((vi8)gv & pos) | ((vi8)ag & ~pos));
-    const vf8 w = (vf8)((vi8)tg & ~pos);
-    store8(gx + c, d);
-    store8(pa + c, load8(pa + c) + w);
-    store8(px + c, load8(px + c) + d);
-    store8(pg + c, load8(pg + c) + gv);
-  }
-  for (; c < C; ++c) {
-    const float gv = g[c], tv = t[c];
-    const bool pos = tv > 0.0f;
-    const float d = pos ? gv : a[c] * gv;
-    gx[c] = d;
-    pa[c] = pa[c] + (pos ? 0.0f : tv * gv);
-    px[c] = px[c] + d;
-    pg[c] = pg[c] + gv;
-  }
-}
-}  // namespace
-
-void rprelu_backward(const float* g, const float* t, const float* a, int64_t M, int64_t C, float* gx, float* ga,
-                     float* sum_gx, float* sum_g) {
-  constexpr int64_t kRows = 64;  // rows per block: the unit of the fixed summation order
-  const int64_t nb = (M + kRows - 1) / kRows;
-  std::vector<float> part(static_cast<size_t>(nb * 3 * C), 0.0f);  // per block: ga, sum_gx, sum_g
-  parallel_for(nb, M * C * 4, [&](int64_t blk) {
-    float* pa = part.data() + blk * 3 * C;
-    for (int64_t m = blk * kRows; m < std::min(M, (blk + 1) * kRows); ++m)
-      prelu_backward_row(g + m * C, t + m * C, a, C, gx + m * C, pa, pa + C, pa + 2 * C);
-  });
-  for (int64_t c = 0; c < C; ++c) ga[c] = sum_gx[c] = sum_g[c] = 0.0f;
-  for (int64_t blk = 0; blk < nb; ++blk) {
-    const float* pa = part.data() + blk * 3 * C;
-    for (int64_t c = 0; c < C; ++c) {
-      ga[c] = ga[c] + pa[c];
-      sum_gx[c] = sum_gx[c] + pa[C + c];
-      sum_g[c] = sum_g[c] + pa[2 * C + c];
-    }
-  }
 }
 
 }  // namespace bhv

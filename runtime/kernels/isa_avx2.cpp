@@ -2,7 +2,7 @@
 // Popcount of 256-bit vectors by nibble lookup (vpshufb), counts accumulated in bytes for up to 31
 // words (31 * 8 = 248 < 256) and then summed per 64-bit lane with vpsadbw, so each lane stays one
 // output column of the 8-wide weight panel.
-#include "bitpack.h"
+#include "isa.h"
 #include "isa_portable.inc"
 
 #if defined(__x86_64__) && defined(__AVX2__)
@@ -218,7 +218,7 @@ void avx2_nibble_block(const uint64_t* A, int64_t lda, int64_t M, const uint8_t*
 namespace bhv {
 const IsaKernels* isa_avx2() {
   static const IsaKernels k{"avx2", avx2_popc_block, simd_pack_rows, epilogue_apply_rows, avx2_nibble_block,
-                            float_shift_row};
+                            float_kernels()};
   return (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt")) ? &k : nullptr;
 }
 }  // namespace bhv

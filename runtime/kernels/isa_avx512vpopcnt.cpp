@@ -1,5 +1,5 @@
 // AVX-512 VPOPCNTDQ kernels (compiled with -mavx512f -mavx512bw -mavx512vpopcntdq -mpopcnt).
-#include "bitpack.h"
+#include "isa.h"
 #include "isa_portable.inc"
 
 #if defined(__x86_64__) && defined(__AVX512VPOPCNTDQ__)
@@ -9,7 +9,7 @@
 namespace bhv {
 const IsaKernels* isa_avx512vpopcnt() {
   static const IsaKernels k{"avx512vpopcnt", avx512_popc_block, simd_pack_rows, epilogue_apply_rows, nullptr,
-                            float_shift_row};
+                            float_kernels()};
   const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                   __builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("popcnt");
   return ok ? &k : nullptr;

@@ -1,11 +1,11 @@
 // Baseline kernels: plain C++ compiled with the default (portable) flags.
-#include "bitpack.h"
+#include "isa.h"
 #include "isa_portable.inc"
 
 namespace bhv {
 const IsaKernels* isa_generic() {
   static const IsaKernels k{"generic", portable_popc_block, portable_pack_rows, epilogue_apply_rows, nullptr,
-                            float_shift_row};
+                            float_kernels()};
   return &k;
 }
 }  // namespace bhv

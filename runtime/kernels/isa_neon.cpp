@@ -1,7 +1,7 @@
 // NEON kernels (aarch64 only; NEON is part of the aarch64 baseline, so no extra flags).
 // Two words (two output columns) per 128-bit register; vcnt counts bits per byte, byte counters are
 // widened every 31 words (31 * 8 = 248 < 256).
-#include "bitpack.h"
+#include "isa.h"
 #include "isa_portable.inc"
 
 #if defined(__aarch64__) && defined(__ARM_NEON)
@@ -49,7 +49,7 @@ void neon_popc_block(const uint64_t* A, int64_t lda, int64_t M, const uint64_t* 
 namespace bhv {
 const IsaKernels* isa_neon() {
   static const IsaKernels k{"neon", neon_popc_block, portable_pack_rows, epilogue_apply_rows, nullptr,
-                            float_shift_row};
+                            float_kernels()};
   return &k;
 }
 }  // namespace bhv

@@ -1,12 +1,12 @@
 // Scalar kernels compiled with -mpopcnt (x86-64 only; chosen when cpuid reports POPCNT).
-#include "bitpack.h"
+#include "isa.h"
 #include "isa_portable.inc"
 
 namespace bhv {
 const IsaKernels* isa_popcnt() {
 #if defined(__x86_64__) && defined(__POPCNT__)
   static const IsaKernels k{"popcnt", portable_popc_block, portable_pack_rows, epilogue_apply_rows, nullptr,
-                            float_shift_row};
+                            float_kernels()};
   return __builtin_cpu_supports("popcnt") ? &k : nullptr;
 #else
   return nullptr;

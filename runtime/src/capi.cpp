@@ -9,7 +9,6 @@
 #include <mutex>
 #include <new>
 #include <string>
-#include <thread>
 
 #include "bhvit_runtime.h"
 #include "kernels.h"
@@ -69,6 +68,16 @@ void apply_env_isa() {
   applied = true;
 }
 
+// A run after the argument checks every run entry shares.
+int run_checked(const char* where, bhvit_model* m, const float* images, int batch, float* logits, bhr::Profile* prof,
+                char* err, size_t errlen) {
+  const std::string w(where);
+  if (!m) return set_err(err, errlen, w + ": model is NULL; load one with bhvit_load"), -1;
+  if (!images || !logits) return set_err(err, errlen, w + ": images and logits must not be NULL"), -1;
+  if (batch < 1) return set_err(err, errlen, w + ": batch must be >= 1, got " + std::to_string(batch)), -1;
+  return guarded(where, err, errlen, [&] { m->m->run(images, batch, logits, prof); }) ? 0 : -1;
+}
+
 bhvit_model* load_with(const char* where, char* err, size_t errlen, const std::function<bhr::SafeTensors()>& read) {
   bhvit_model* out = nullptr;
   guarded(where, err, errlen, [&] {
@@ -108,10 +117,7 @@ int bhvit_input_dims(const bhvit_model* m, int* channels, int* height, int* widt
 int bhvit_num_classes(const bhvit_model* m) { return m ? static_cast<int>(m->m->num_classes) : -1; }
 
 int bhvit_run(bhvit_model* m, const float* images, int batch, float* logits, char* err, size_t errlen) {
-  if (!m) return set_err(err, errlen, "bhvit_run: model is NULL; load one with bhvit_load"), -1;
-  if (!images || !logits) return set_err(err, errlen, "bhvit_run: images and logits must not be NULL"), -1;
-  if (batch < 1) return set_err(err, errlen, "bhvit_run: batch must be >= 1, got " + std::to_string(batch)), -1;
-  return guarded("bhvit_run", err, errlen, [&] { m->m->run(images, batch, logits); }) ? 0 : -1;
+  return run_checked("bhvit_run", m, images, batch, logits, nullptr, err, errlen);
 }
 
 const char* bhvit_metadata(const bhvit_model* m, const char* key) {
@@ -133,10 +139,7 @@ const char* bhvit_label(const bhvit_model* m, int i) {
   return m->m->labels[static_cast<size_t>(i)].c_str();
 }
 
-void bhvit_set_num_threads(int n) {
-  if (n < 1) n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  bhv::set_num_threads(n);
-}
+void bhvit_set_num_threads(int n) { bhv::set_num_threads(n < 1 ? bhv::default_num_threads() : n); }
 
 int bhvit_get_num_threads(void) { return bhv::get_num_threads(); }
 
@@ -148,6 +151,15 @@ const char* bhvit_isa(void) {
     return "unknown";
   }
   return name.c_str();
+}
+
+const char* bhvit_isas(void) {
+  static const std::string list = [] {  // fixed for the process: the CPU and the build decide it
+    std::string s;
+    for (const std::string& isa : bhv::available_isas()) s += (s.empty() ? "" : ",") + isa;
+    return s;
+  }();
+  return list.c_str();
 }
 
 int bhvit_set_isa(const char* name, char* err, size_t errlen) {
@@ -165,24 +177,30 @@ int bhvit_set_isa(const char* name, char* err, size_t errlen) {
              : -1;
 }
 
-int bhvit_set_profiling(bhvit_model* m, int on) {
-  if (!m) return -1;
-  m->m->prof.on = on != 0;
-  return 0;
-}
-
-int bhvit_profile(const bhvit_model* m, const char** kinds, double* seconds, int n) {
+int bhvit_profile_kinds(const bhvit_model* m, const char** kinds, int n) {
   if (!m) return -1;
   int count = 0;
   for (int k = 0; k < bhr::kNumProf; ++k) {
     if (!m->m->kinds_used[k]) continue;
-    if (count < n) {
-      if (kinds) kinds[count] = bhr::kProfNames[k];
-      if (seconds) seconds[count] = m->m->prof.seconds[k];
-    }
+    if (kinds && count < n) kinds[count] = bhr::kProfNames[k];
     ++count;
   }
   return count;
+}
+
+int bhvit_run_profiled(bhvit_model* m, const float* images, int batch, float* logits, double* seconds, int n,
+                       char* err, size_t errlen) {
+  if (n > 0 && !seconds) return set_err(err, errlen, "bhvit_run_profiled: seconds is NULL but n > 0"), -1;
+  bhr::Profile prof;
+  const int status = run_checked("bhvit_run_profiled", m, images, batch, logits, &prof, err, errlen);
+  if (status != 0) return status;
+  int count = 0;
+  for (int k = 0; k < bhr::kNumProf; ++k) {
+    if (!m->m->kinds_used[k]) continue;
+    if (count < n) seconds[count] = prof.seconds[k];
+    ++count;
+  }
+  return 0;
 }
 
 void bhvit_free(bhvit_model* m) { delete m; }

@@ -381,8 +381,8 @@ std::unique_ptr<Model> load_model(const SafeTensors& st) {
     bad_file("metadata 'format' is '" + format + "', not 'bhvit-packed': not a packed BHViT file");
   const std::string& version = meta_str(m->metadata, "format_version");
   if (version == "1")
-    fail("this is a version-1 packed file; the native runtime reads version 2: convert it with "
-         "`bhvit pack` (or load it in Python with bhvit.runtime, which converts version 1)");
+    fail("the file is a version-1 packed file, which this bhvit no longer reads; re-pack it from its checkpoint "
+         "with `bhvit pack CHECKPOINT -o NEW.bhvp`");
   if (version != "2") bad_file("metadata 'format_version' is '" + version + "'; this runtime reads version 2");
   Loader L(st, *m);
   read_program(*m, L, meta_str(m->metadata, "program"));

@@ -45,7 +45,30 @@ static int64_t physical_memory_bytes() {
   return INT64_MAX;
 }
 
-void Model::run(const float* images, int64_t batch, float* logits) {
+// A free workspace for `batch` images: the smallest idle one that holds them, else the largest idle one (grown
+// by the caller), else a new one.
+std::unique_ptr<Workspace> Model::take_workspace(int64_t batch) {
+  const auto better = [batch](int64_t b, int64_t best) {  // is an idle workspace of b images the better pick?
+    const bool fits = b >= batch, best_fits = best >= batch;
+    if (fits != best_fits) return fits;
+    return fits ? b < best : b > best;
+  };
+  std::lock_guard<std::mutex> lock(mu_);
+  if (idle_.empty()) return std::make_unique<Workspace>();
+  size_t best = 0;
+  for (size_t i = 1; i < idle_.size(); ++i)
+    if (better(idle_[i]->batch, idle_[best]->batch)) best = i;
+  std::unique_ptr<Workspace> ws = std::move(idle_[best]);
+  idle_.erase(idle_.begin() + static_cast<std::ptrdiff_t>(best));
+  return ws;
+}
+
+void Model::give_back(std::unique_ptr<Workspace> ws) {
+  std::lock_guard<std::mutex> lock(mu_);
+  idle_.push_back(std::move(ws));
+}
+
+void Model::run(const float* images, int64_t batch, float* logits, Profile* prof) {
   int64_t need = 0;
   if (__builtin_mul_overflow(bytes_per_image, batch, &need))
     fail("batch " + std::to_string(batch) + " needs more than 2^63 bytes of activations; run a smaller batch");
@@ -53,36 +76,37 @@ void Model::run(const float* images, int64_t batch, float* logits) {
   if (need > memory)
     fail("batch " + std::to_string(batch) + " needs " + std::to_string(need >> 20) + " MiB of activations, more than "
          "this machine's " + std::to_string(memory >> 20) + " MiB of memory; run a smaller batch");
-  if (batch > alloc_batch) {  // grow once; smaller batches reuse the buffers
-    alloc_batch = 0;
-    slots.clear();
+  std::unique_ptr<Workspace> ws = take_workspace(batch);
+  if (batch > ws->batch) {  // grow once; smaller batches reuse the buffers
+    ws->batch = 0;
+    ws->slots.clear();
     try {
-      slots.resize(slot_bytes.size());
-      for (size_t s = 0; s < slots.size(); ++s) slots[s].allocate(static_cast<size_t>(slot_bytes[s] * batch));
+      ws->slots.resize(slot_bytes.size());
+      for (size_t s = 0; s < ws->slots.size(); ++s) ws->slots[s].allocate(static_cast<size_t>(slot_bytes[s] * batch));
     } catch (const std::bad_alloc&) {
-      slots.clear();
       fail("not enough memory for batch " + std::to_string(batch) + " (" + std::to_string(need >> 20) +
            " MiB of activations); run a smaller batch");
     }
-    alloc_batch = batch;
+    ws->batch = batch;
   }
   Exec x;
   x.batch = batch;
-  x.prof = &prof;
+  x.prof = prof;
   x.ptr.resize(values.size());
   for (size_t v = 0; v < values.size(); ++v)
-    x.ptr[v] = values[v].slot < 0 ? const_cast<float*>(images) : slots[static_cast<size_t>(values[v].slot)].p;
-  for (double& s : prof.seconds) s = 0.0;
+    x.ptr[v] = values[v].slot < 0 ? const_cast<float*>(images) : ws->slots[static_cast<size_t>(values[v].slot)].p;
+  if (prof) *prof = Profile{true, {}};
   for (const auto& op : ops) {
     const int kind = op->prof_kind();
     if (kind >= 0) {
-      ProfScope scope(&prof, kind);
+      ProfScope scope(prof, kind);
       op->run(x);
     } else {
       op->run(x);
     }
   }
   std::memcpy(logits, x.f(output_value), sizeof(float) * static_cast<size_t>(batch * num_classes));
+  give_back(std::move(ws));
 }
 
 }  // namespace bhr

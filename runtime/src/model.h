@@ -4,10 +4,16 @@
 // Registers are planned at load: every definition of a register is a *value* with a per-image shape; values
 // whose lifetimes do not overlap share a buffer *slot*, so a run allocates only the slots (batch x the
 // largest value each slot holds) and reuses them across runs.
+//
+// Concurrency: after loading, the model is read-only; each run takes a *workspace* (the slots and the run's
+// profile) that no other run uses at the same time, from a free list it returns it to. So any number of
+// threads may run one model at once, holding a lock only to take and return a workspace.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -28,7 +34,7 @@ struct RegShape {
 
 std::string describe(const RegShape& s);  // "float (56, 56, 64)"
 
-// Profiled kinds of work (bhvit_profile); window_attention splits into its phases.
+// Profiled kinds of work (bhvit_profile_kinds); window_attention splits into its phases.
 enum ProfKind {
   kProfPatchConv, kProfAffine, kProfSignPack, kProfAvgPool, kProfBConv, kProfBLinear, kProfShiftAdd,
   kProfAttnPool, kProfAttnQkv, kProfAttnCore, kProfAttnMerge, kProfMeanTokens, kProfLinear, kNumProf
@@ -93,6 +99,12 @@ struct AlignedBuffer {
   void allocate(size_t bytes);  // throws Error when memory runs out
 };
 
+// The buffers of one run at a time: the slots for up to `batch` images.
+struct Workspace {
+  int64_t batch = 0;
+  std::vector<AlignedBuffer> slots;
+};
+
 struct Model {
   std::map<std::string, std::string> metadata;
   int64_t in_c = 0, in_h = 0, in_w = 0, num_classes = 0;
@@ -109,11 +121,16 @@ struct Model {
 
   std::map<std::string, std::vector<float>> floats;  // F32 tensors the ops point into (converted once)
 
-  int64_t alloc_batch = 0;  // the slots hold this many images
-  std::vector<AlignedBuffer> slots;
-  Profile prof;
+  // Runs a batch; safe from any number of threads at once (each run on its own workspace). With prof, the
+  // seconds of this run per kind of work are written to prof->seconds.
+  void run(const float* images, int64_t batch, float* logits, Profile* prof = nullptr);
 
-  void run(const float* images, int64_t batch, float* logits);
+ private:
+  std::mutex mu_;  // guards idle_
+  std::vector<std::unique_ptr<Workspace>> idle_;
+
+  std::unique_ptr<Workspace> take_workspace(int64_t batch);
+  void give_back(std::unique_ptr<Workspace> ws);
 };
 
 // Loads and validates a whole file (safetensors bytes) into a model; throws Error / FileError.

@@ -1,13 +1,11 @@
-// Binary ops (§5): bconv and blinear on packed signs through the engine's kernels (runtime/kernels/kernels.h), weights
+// Binary ops (§5): bconv and blinear on packed signs through the kernels (runtime/kernels/kernels.h), weights
 // converted once at load: rows -> 8-row panels (bitpack.h convention 7), per-tap popcounts for the exact
 // zero padding of convolutions, and the nibble layout of small-K linears (convention 8).
 #include <algorithm>
 #include <cstring>
 
 #include "kernels.h"
-#include "floatk.h"
 #include "ops.h"
-#include "parallel.h"
 
 namespace bhr {
 namespace {
@@ -114,17 +112,7 @@ class BLinear final : public Op {
     e.out_ld = N;
     bhv::bgemm(x.u(in), M, panels.data(), 0, N, KW, K, 1, e, nb);
     bhv::pack_rows(z, N, M, N, move, x.u(pack_out));
-    float* mo = x.f(means);
-    const int64_t G = N / mean_r;
-    const float r = static_cast<float>(mean_r);
-    parallel_for(M, M * N, [&](int64_t m) {
-      for (int64_t j = 0; j < G; ++j) {
-        const float* zz = z + m * N + j * mean_r;
-        float s = zz[0];
-        for (int64_t i = 1; i < mean_r; ++i) s = s + zz[i];
-        mo[m * G + j] = s / r;
-      }
-    });
+    bhv::means_of_groups(z, M, N, mean_r, x.f(means));
   }
 };
 

@@ -2,7 +2,7 @@
 // sizes: the kernels themselves (pack_rows, popc_block, nibble_block), then the drivers of drivers.cpp
 // run on each ISA against the same calls on "generic" (bgemm with every output-transform step, with and
 // without the nibble layout, batched weights, accumulate mode; grouped dilated and 2x2 stride-2 convs;
-// masked A.v; the shift branches). Needs no Python, so it also runs under an emulator for other
+// the shift branches; every float op). Needs no Python, so it also runs under an emulator for other
 // architectures. Built by runtime/CMakeLists.txt with the flags of every build:
 //   cmake -S runtime -B build-test -DBHVIT_BUILD_TESTS=ON && cmake --build build-test -j && ctest --test-dir build-test
 //   cmake -S runtime -B build-arm -DBHVIT_BUILD_TESTS=ON -DCMAKE_TOOLCHAIN_FILE=runtime/cmake/aarch64-linux-gnu.cmake
@@ -177,22 +177,47 @@ int check_bconv(const std::string& isa, Rand& r) {
   return failures;
 }
 
-int check_masked_av(const std::string& isa, Rand& r) {
-  int failures = 0;
-  for (int64_t S : {1, 50, 64, 65, 130})
-    for (int64_t D : {8, 13, 32}) {
-      const int64_t G = 3, R = 3, SW = bhv::words_for(S);
-      const std::vector<uint64_t> masks = r.rows(G * R * S, S);
-      const std::vector<float> v = r.normal(G * S * D), w = r.normal(G * R);
-      std::vector<uint64_t> vp(G * bhv::panels_for(D) * SW * 8);
-      bhv::pack_cols_panels(v.data(), G, S, D, nullptr, vp.data());
-      failures += same_on(isa, "masked_av", [&] {
-        std::vector<float> out(G * S * D);
-        bhv::masked_av(masks.data(), vp.data(), w.data(), G, R, S, D, out.data());
-        return out;
-      });
-    }
-  return failures;
+// Window attention over a 6 x 4 map in 2 x 2 windows (6 windows, L = 10 tokens), 2 heads: the four phases.
+int check_attention(const std::string& isa, Rand& r, int64_t C, bool lsq) {
+  bhv::WindowAttn a;
+  a.H = 6, a.W = 4, a.C = C, a.w = 2, a.heads = 2, a.d = C / 2, a.pad = 0, a.nW = 6, a.L = 10;
+  const int64_t B = 2, rows = B * a.nW * a.L, CW = bhv::words_for(C), NP = bhv::panels_for(C);
+  std::vector<std::vector<float>> keep;  // every parameter vector, alive for the checks
+  auto vec = [&](int64_t n) { return keep.emplace_back(r.normal(n)).data(); };
+  a.alpha = vec(C), a.one_minus_alpha = vec(C), a.ln_w = vec(C), a.ln_b = vec(C), a.eps = 1e-5f, a.divisor = 3.0f;
+  std::vector<std::vector<uint64_t>> panels(3);
+  for (int n = 0; n < 3; ++n) {
+    bhv::AttnBranch& br = a.br[n];
+    br.move = vec(C), br.scale = vec(C), br.bias = vec(C), br.move2 = vec(C), br.slope = vec(C), br.b1 = vec(C);
+    br.b2 = vec(C);
+    const std::vector<uint64_t> w = r.rows(C, C);
+    panels[n].resize(NP * CW * 8);
+    bhv::to_panels(w.data(), 1, C, CW, panels[n].data());
+    br.panels = panels[n].data();
+  }
+  a.lsq = lsq, a.grad_scale = true;
+  std::vector<float> step = {0.3f, 0.7f}, zero = {0.1f, -0.2f};
+  a.step = step.data(), a.zero = zero.data(), a.gsb_alpha = 0.05f;
+  a.gsb_w[0] = 0.2f, a.gsb_w[1] = 0.5f, a.gsb_w[2] = 0.9f, a.theta[0] = 1e-5f, a.theta[1] = 0.7f, a.theta[2] = 0.9f;
+  a.ctx_scale = vec(C), a.ctx_bias = vec(C), a.ctx_slope = vec(C), a.ctx_b1 = vec(C), a.ctx_b2 = vec(C);
+  a.mix = vec(C), a.one_minus_mix = vec(C);
+  const std::vector<float> x = r.normal(B * a.H * a.W * C);
+  return same_on(isa, lsq ? "window attention (LSQ)" : "window attention (GSB)", [&] {
+    // glob, hs, m[3], ctx, bits (as floats), out
+    std::vector<float> all(B * a.nW * C + 5 * rows * C + rows * CW * 2 + B * a.H * a.W * C);
+    bhv::AttnBuffers buf;
+    float* p = all.data();
+    buf.glob = p, p += B * a.nW * C;
+    buf.hs = p, p += rows * C;
+    for (float*& m : buf.m) m = p, p += rows * C;
+    buf.ctx = p, p += rows * C;
+    buf.bits = reinterpret_cast<uint64_t*>(p), p += rows * CW * 2;
+    bhv::attention_pool_norm(a, x.data(), B, buf);
+    bhv::attention_qkv(a, B, buf);
+    bhv::attention_core(a, B, buf);
+    bhv::attention_merge(a, B, buf, p);
+    return all;
+  });
 }
 
 int check_shift(const std::string& isa, Rand& r) {
@@ -208,6 +233,63 @@ int check_shift(const std::string& isa, Rand& r) {
         return out;
       });
     }
+  return failures;
+}
+
+// The float ops' drivers (float_kernels.inc) on each ISA against generic: affine with every option, the
+// stem, pooling, means, the classifier, and window attention (LSQ and GSB) with awkward sizes.
+int check_float(const std::string& isa, Rand& r) {
+  int failures = 0;
+  for (int64_t C : {1, 17, 64, 72}) {
+    const int64_t B = 2, HW = 5, M = B * HW, words = bhv::words_for(C);
+    const std::vector<float> x = r.normal(M * C), s = r.normal(C), b = r.normal(C), add = r.normal(HW * C),
+                             mv = r.normal(C);
+    for (int gelu = 0; gelu < 2; ++gelu)
+      failures += same_on(isa, "affine", [&] {
+        bhv::Affine p;
+        p.C = C, p.HW = HW, p.scale = s.data(), p.bias = b.data(), p.add = add.data(), p.gelu = gelu;
+        p.pack_move = mv.data();
+        std::vector<float> y(M * C + M * words * 2);  // the floats, then the sign words
+        bhv::affine(p, x.data(), B, y.data(), reinterpret_cast<uint64_t*>(y.data() + M * C));
+        return y;
+      });
+    const std::vector<float> w = r.normal(13 * C), wb = r.normal(13);
+    failures += same_on(isa, "linear", [&] {
+      std::vector<float> y(B * 13);
+      bhv::linear(x.data(), B, C, 13, w.data(), wb.data(), y.data());
+      return y;
+    });
+  }
+  for (int64_t cout : {16, 17, 64})
+    for (bool nchw : {true, false}) {
+      bhv::PatchConv p;
+      p.nchw = nchw, p.C = 3, p.H = 12, p.W = 8, p.k = 4, p.cout = cout, p.oh = 3, p.ow = 2, p.K = 48;
+      const std::vector<float> x = r.normal(2 * 3 * 12 * 8), wt = r.normal(48 * cout), bias = r.normal(cout);
+      p.wt = wt.data(), p.bias = bias.data();
+      failures += same_on(isa, "patch_conv", [&] {
+        std::vector<float> y(2 * 3 * 2 * cout);
+        bhv::patch_conv(p, x.data(), 2, y.data());
+        return y;
+      });
+    }
+  const std::vector<float> map = r.normal(2 * 6 * 4 * 24);
+  failures += same_on(isa, "avg_pool", [&] {
+    std::vector<float> y(2 * 3 * 2 * 24);
+    bhv::avg_pool(map.data(), 2, 6, 4, 24, 2, y.data());
+    return y;
+  });
+  failures += same_on(isa, "mean_tokens", [&] {
+    std::vector<float> y(2 * 24);
+    bhv::mean_tokens(map.data(), 2, 24, 24, y.data());
+    return y;
+  });
+  failures += same_on(isa, "means_of_groups", [&] {
+    std::vector<float> y(48 * 8);
+    bhv::means_of_groups(map.data(), 48, 24, 3, y.data());
+    return y;
+  });
+  for (int64_t C : {16, 24})
+    for (bool lsq : {true, false}) failures += check_attention(isa, r, C, lsq);
   return failures;
 }
 
@@ -229,7 +311,8 @@ int main() {
     if (isa == "generic") continue;
     for (int threads : {1, 2}) {
       bhv::set_num_threads(threads);
-      failures += check_bgemm(isa, r) + check_bconv(isa, r) + check_masked_av(isa, r) + check_shift(isa, r);
+      failures += check_bgemm(isa, r) + check_bconv(isa, r) + check_shift(isa, r) +
+                  check_float(isa, r);
     }
     std::printf("checked drivers on %s\n", isa.c_str());
   }

@@ -1,6 +1,6 @@
 """The standalone C++ self-test (runtime/tests/selftest.cpp): every ISA's kernels, and the engine's drivers run
 on every ISA, against the portable ones bit for bit. Built by runtime/CMakeLists.txt with
--DBHVIT_BUILD_TESTS=ON (the flags of every other build: per-file ISA flags, -ffp-contract=off, OpenMP) and
+-DBHVIT_BUILD_TESTS=ON (the flags of every other build: per-file ISA flags, -ffp-contract=off, threads) and
 run by ctest; also cross-built for aarch64 with runtime/cmake/aarch64-linux-gnu.cmake and run under qemu
 when those tools are installed (the NEON path: ``apt-get install g++-aarch64-linux-gnu qemu-user``)."""
 

@@ -97,6 +97,8 @@ static void check_run_errors(bhvit_model *m, const float *images, float *logits)
   check(bhvit_set_isa("no-such-isa", err, sizeof err) == -1 && err[0], "set_isa(bad name)");
   check(bhvit_set_isa(NULL, err, sizeof err) == -1, "set_isa(NULL)");
   check(strcmp(bhvit_isa(), isa) == 0, "a refused set_isa keeps the kernel path");
+  check(strncmp(bhvit_isas(), isa, strlen(isa)) == 0, "bhvit_isas lists the best path first");
+  check(strstr(bhvit_isas(), "generic") != NULL, "bhvit_isas lists generic");
   check(bhvit_num_classes(NULL) == -1, "num_classes(NULL)");
   check(bhvit_input_dims(NULL, &c, &h, &w) == -1, "input_dims(NULL model)");
   h = w = resize = -7; /* a NULL output is skipped (0, the others written) or refused (-1), never written */
@@ -134,11 +136,11 @@ static void check_same_logits(bhvit_model *m, const unsigned char *file, size_t 
   }
   const char *kinds[64];
   double seconds[64];
-  check(bhvit_set_profiling(m, 1) == 0, "set_profiling");
-  check(bhvit_run(m, images, batch, got, err, sizeof err) == 0 && memcmp(got, want, bytes) == 0,
-        "the same logits with profiling on");
-  int n = bhvit_profile(m, kinds, seconds, 64);
-  check(n >= 1 && kinds[0] != NULL && seconds[0] >= 0.0, "profile after a run");
+  const int n = bhvit_profile_kinds(m, kinds, 64);
+  check(n >= 1 && n <= 64 && kinds[0] != NULL, "profile kinds");
+  check(bhvit_run_profiled(m, images, batch, got, seconds, n, err, sizeof err) == 0 && memcmp(got, want, bytes) == 0,
+        "the same logits when profiled");
+  check(seconds[0] >= 0.0, "seconds of a profiled run");
 }
 
 /* Reads batch x C x H x W floats from path; NULL (with a message) on error. */

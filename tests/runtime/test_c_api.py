@@ -102,7 +102,7 @@ def test_library_exports_the_c_api_only() -> None:
     run = _run(["nm", "-D", "--defined-only", paths.find_library()])
     assert run.returncode == 0, run.stderr
     exported = {line.split()[-1] for line in run.stdout.splitlines() if line.strip()}
-    assert len(_api_names()) == 15
+    assert {"bhvit_load", "bhvit_run", "bhvit_run_profiled", "bhvit_isas", "bhvit_free"} <= _api_names()  # parsed
     assert exported == _api_names()  # no engine symbol, no std:: template instance (bhvit_runtime.map)
 
 

@@ -1,5 +1,5 @@
-"""Fuzzing of the native runtime (issue 11): a few hundred hostile version-2 files and direct C API calls,
-each case in a worker subprocess that names the case it was running if it dies (scripts/fuzz_packed.py).
+"""Fuzzing of the native runtime (issue 11): a few hundred hostile packed files and direct C API calls, each
+case in a worker subprocess that names the case it was running if it dies (the package tests/fuzz).
 
 Every file must load and run on batch 1 and 2 with logits (B, num_classes) (finite where the mutation kept the
 values; bit for bit the seed's where the file is equivalent to it) or be refused with PackedFormatError /
@@ -9,23 +9,21 @@ allocation (the workers run under a 2 GiB address-space limit) or a write past a
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
-from support import load_script
 
 import bhvit.runtime as rt
+from tests.fuzz import capi, driver, program
 
 pytestmark = pytest.mark.skipif(not rt.available(), reason="needs the native runtime library (bash scripts/setup.sh)")
 
 
-fuzz = load_script("fuzz_packed")
-
-
 @pytest.fixture(scope="module")
 def seed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("v2seeds")
-    fuzz.build_v2_seeds(out)
+    out = tmp_path_factory.mktemp("seeds")
+    driver.build_seeds(out)
     return out
 
 
@@ -34,14 +32,14 @@ def _findings(report) -> str:  # noqa: ANN001
 
 
 def test_program_fuzz(seed_dir: Path) -> None:
-    report = fuzz.run_program(sorted(seed_dir.glob("v2seed*.bhvp")), 640, seed=11, timeout=120)
+    report = program.run_program(sorted(seed_dir.glob("seed*.bhvp")), 640, seed=11, timeout=120)
     assert not report.findings, _findings(report)
     # both endings occur in numbers: the corpus is neither all-valid nor all-refused
     assert report.outcomes.get("REJECTED", 0) > 300 and report.outcomes.get("LOADED", 0) > 120, report.outcomes
 
 
 def test_c_api_fuzz(seed_dir: Path) -> None:
-    report = fuzz.run_capi(seed_dir, 320, seed=11, timeout=120)
+    report = capi.run_capi(seed_dir, 320, seed=11, timeout=120)
     assert not report.findings, _findings(report)
     assert report.outcomes.get("REFUSED", 0) > 100 and report.outcomes.get("RETURNED", 0) > 100, report.outcomes
 
@@ -49,14 +47,31 @@ def test_c_api_fuzz(seed_dir: Path) -> None:
 def test_the_oracle_sees_a_wrong_outcome() -> None:
     """The judge itself: a refusal of an equivalent file, a load of a file that must be refused and non-finite
     logits where the values were kept are findings; the allowed endings are not."""
-    case = fuzz.ProgramCase
-    assert not fuzz._judge_program(case("x", b"", "same"), "REJECTED")
-    assert not fuzz._judge_program(case("x", b"", "reject"), "LOADED")
-    assert not fuzz._judge_program(case("x", b"", "either"), "NONFINITE")
-    assert not fuzz._judge_program(case("x", b"", "either"), "RUNFAIL")
-    assert fuzz._judge_program(case("x", b"", "either", nonfinite_ok=True), "NONFINITE")
-    assert fuzz._judge_program(case("x", b"", "reject"), "REJECTED")
-    assert fuzz._judge_program(case("x", b"", "same"), "LOADED")
+    case, judge = program.ProgramCase, program._judge_program
+    assert not judge(case("x", b"", "same"), "REJECTED")
+    assert not judge(case("x", b"", "reject"), "LOADED")
+    assert not judge(case("x", b"", "either"), "NONFINITE")
+    assert not judge(case("x", b"", "either"), "RUNFAIL")
+    assert judge(case("x", b"", "either", nonfinite_ok=True), "NONFINITE")
+    assert judge(case("x", b"", "reject"), "REJECTED")
+    assert judge(case("x", b"", "same"), "LOADED")
+
+
+def test_a_crash_is_caught_and_named(tmp_path: Path) -> None:
+    """The driver's crash detection itself: a worker killed by a signal mid-case blames that case and the
+    next worker resumes after it."""
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "for i in range(int(sys.argv[1]), 5):\n"
+        "    print(f'START {i:05d} case', flush=True)\n"
+        "    if i == 2:\n"
+        "        os.kill(os.getpid(), signal.SIGSEGV)\n"
+        "    print(f'END {i:05d} RETURNED case', flush=True)\n"
+    )
+    outcomes, findings = driver.run_workers([sys.executable, str(script)], 5, 30, None, lambda *a: None)
+    assert outcomes == {"RETURNED": 4, "CRASH": 1}
+    assert list(findings) == ["00002"] and "CRASH" in findings["00002"]
 
 
 def test_register_flow_checker_finds_reads_before_writes() -> None:
@@ -72,10 +87,10 @@ def test_register_flow_checker_finds_reads_before_writes() -> None:
             {"op": "mean_tokens", "in": "x", "out": "p"},
         ],
     }
-    assert fuzz.flow_broken(ok) is None
+    assert program.flow_broken(ok) is None
     early = {**ok, "ops": [ok["ops"][1], ok["ops"][0], *ok["ops"][2:]]}
-    assert "before it is written" in fuzz.flow_broken(early)
+    assert "before it is written" in program.flow_broken(early)
     kind = {**ok, "ops": [ok["ops"][0], {**ok["ops"][2], "in": "x"}, ok["ops"][3]]}
-    assert "float register" in fuzz.flow_broken(kind)
+    assert "float register" in program.flow_broken(kind)
     same = {**ok, "ops": [*ok["ops"][:3], {"op": "mean_tokens", "in": "x", "out": "x"}]}
-    assert "writes one of its inputs" in fuzz.flow_broken(same)
+    assert "writes one of its inputs" in program.flow_broken(same)

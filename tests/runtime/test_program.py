@@ -1,5 +1,5 @@
 """The version-2 program (bhvit/engine/program.py) against the float model, through the numpy reference
-interpreter of the spec (bhvit/runtime/reference.py); version-1 conversion; packing refusals."""
+interpreter of the spec (bhvit/runtime/reference.py); packing refusals."""
 
 from __future__ import annotations
 
@@ -10,24 +10,10 @@ import pytest
 import torch
 
 import bhvit
-from bhvit.engine.fileformat import write_parts
 from bhvit.engine.packer import extract
-from bhvit.engine.program import build_program, write_program, write_program_file
-from bhvit.engine.schema import PackedFormatError
-from bhvit.runtime import reference
-
-OP_KINDS = {
-    "patch_conv",
-    "affine",
-    "sign_pack",
-    "avg_pool",
-    "bconv",
-    "blinear",
-    "shift_add",
-    "window_attention",
-    "mean_tokens",
-    "linear",
-}
+from bhvit.engine.program import build_program, write_program_file
+from bhvit.runtime import ops, reference
+from bhvit.runtime.errors import PackedFormatError
 
 
 def trained_like(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -63,7 +49,7 @@ def test_reference_matches_the_float_model(tmp_path, precision, attn_quant):
     assert (got.argmax(1) == want.argmax(1)).all()
     program, tensors, meta = reference.load(path)
     kinds = {op["op"] for op in program["ops"]}
-    assert kinds == OP_KINDS - ({"avg_pool"} if precision == "some_fp" else set())
+    assert kinds == set(ops.OPS) - ({ops.AVG_POOL.name} if precision == "some_fp" else set())
     assert program["input"] == [3, 32, 32] and program["num_classes"] == 7 and len(trace) == len(program["ops"])
     assert json.loads(meta["labels"]) == [f"c{i}" for i in range(7)]
     assert {v.dtype for v in tensors.values()} <= {np.dtype(np.float32), np.dtype(np.uint64)}
@@ -95,24 +81,62 @@ def test_preprocess_is_always_complete(tmp_path):
     assert pre["mean"] == [0.25] and len(pre["std"]) == 1 and pre["resize"] == 36  # 32 / 0.875
 
 
-def test_a_version1_file_gives_the_same_program(tmp_path):
-    """Version-1 files hold the model's named parts, so converting one builds the very same program."""
+# ---- the oracle's attention masks and shifts against the torch model's own functions -----------------------
+def _attention(seed: int, shape: tuple[int, ...], scale: float = 3.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g) * scale).softmax(-1)
+
+
+def test_oracle_lsq_levels_are_the_model_quantizers():
+    """The LSQ levels ``clamp(round(3A/a + z), 0, 3)`` with the grad-scaled step and offset: the oracle's masks
+    times their weight equal the float model's quantizer bit for bit, exact .5 ties included."""
+    from bhvit.quant import lsq_attention
+
+    attn = _attention(0, (2, 3, 53, 53))
+    attn[0, 0, 0, :4] = torch.tensor([1 / 6, 0.5, 0.25, 0.0])  # 3A/a + z = .5, 1.5, .75, 0 at a = 1, z = 0
+    alpha, zero = torch.tensor([1.0, 0.4, 0.13]), torch.tensor([0.0, 0.3, -0.2])
+    want = lsq_attention(attn * 3, alpha, zero).detach().numpy()
+    quant = {"kind": "lsq", "step": "a", "zero": "z", "grad_scale": True}
+    got = reference.attn_masks(attn.numpy(), quant, {"a": alpha.numpy(), "z": zero.numpy()}, attn.numel())
+    np.testing.assert_array_equal(got, want)
+
+
+def test_oracle_gsb_masks_follow_the_model_quantizer():
+    """GSB through the packer's weights (``α, α(α2−1), α(α3−α2)`` on masks ``[q > θ]``), against the float
+    model's ``α(T0 + α2·T1 + α3·T2)``, also where T0 = −1 (q > 0.7·rowmax but round(q) = 0)."""
     model = trained_like(bhvit.create_model("bhvit_test", precision="binary", attn_quant="gsb"))
-    parts = extract(model)
-    from bhvit.engine.fileformat import read_parts
+    quantizer = model.stages[2].blocks[0].attn.attn_quant
+    with torch.no_grad():
+        quantizer.alpha.fill_(0.01), quantizer.alpha2.fill_(1.3), quantizer.alpha3.fill_(2.1)
+    program = build_program(extract(model))
+    op = next(op for op in program.program["ops"] if op["op"] == ops.WINDOW_ATTENTION.name)
+    attn = _attention(1, (2, 2, 50, 50)) * 0.006  # q = A/α < 0.6: round(q) = 0 where q > 0.7·rowmax
+    want = quantizer(attn).detach().numpy()
+    got = reference.attn_masks(attn.numpy(), op["quant"], program.tensors, attn.numel())
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+    q = attn.numpy() / 0.01
+    assert ((q > 0.7 * q.max(-1, keepdims=True)) & (q < 0.5)).any()  # T0 = −1 occurs
 
-    v1 = read_parts(write_parts(parts, tmp_path / "v1.bhvp"))
-    a, b = build_program(parts), build_program(v1)
-    assert a.program == b.program and a.tensors.keys() == b.tensors.keys()
-    assert all(np.array_equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
-    path = write_program(b, tmp_path / "v2.bhvp")
-    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
-    assert rel_err(reference.run(path, x), model(torch.from_numpy(x)).detach().numpy()) < 1e-4
 
+def test_oracle_shift_add_is_the_models_shift_branches():
+    """``shift_add`` (order h, w, c per kernel) against the model's ShiftBranches with random LayerScales."""
+    from bhvit.models.bhvit import ShiftBranches
 
-def test_packed_files_are_no_larger_than_version1(tmp_path):
-    model = bhvit.create_model("bhvit_tiny", precision="binary").eval()
-    parts = extract(model)
-    v1 = write_parts(parts, tmp_path / "v1.bhvp").stat().st_size
-    v2 = write_program(build_program(parts), tmp_path / "v2.bhvp").stat().st_size
-    assert v2 <= v1, (v1, v2)
+    torch.manual_seed(0)
+    branches = ShiftBranches(8, shift3=True, shift5=True)
+    with torch.no_grad():
+        for p in branches.parameters():
+            p.normal_()
+    x, out = torch.randn(2, 5, 6, 8), torch.randn(2, 5, 6, 8)
+    with torch.no_grad():
+        want = branches.add_to(out.clone(), x).numpy()
+    scales = np.stack(
+        [
+            np.stack([getattr(branches, f"ls_{a}{k}").alpha.detach(), getattr(branches, f"ls_{a}{k}").move.detach()])
+            for k in (3, 5)
+            for a in "hwc"
+        ]
+    ).astype(np.float32)
+    regs = {"x": x.numpy(), "acc": out.numpy()}
+    reference.shift_add({"in": "x", "out": "acc", "kernels": [3, 5], "scales": "s"}, regs, {"s": scales})
+    np.testing.assert_allclose(regs["acc"], want, rtol=1e-6, atol=1e-6)

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +24,7 @@ import torch
 import bhvit
 import bhvit.runtime as rt
 from bhvit.engine.program import write_program_file
-from bhvit.runtime import reference
+from bhvit.runtime import ops, reference
 
 pytestmark = pytest.mark.skipif(not rt.available(), reason="libbhvit_runtime is not built (pip install -e .)")
 
@@ -97,7 +100,7 @@ def test_widths_off_the_fast_paths(widths: tuple[int, ...], tmp_path: Path) -> N
     assert not (off & ~near_zero_signs(model, x)).any(), np.abs(got - want).max(axis=1)
     previous = rt.isa()
     try:
-        for isa in [n for n in ("avx512vpopcnt", "avx2", "generic") if _isa_ok(n)]:
+        for isa in rt.available_isas():
             rt.set_isa(isa)
             assert np.array_equal(packed.run(x), got), isa
     finally:
@@ -172,17 +175,7 @@ def test_every_float_register_matches_the_reference(files, tmp_path: Path, quant
             scale = max(float(np.abs(want).max()), 1e-6)
             assert np.abs(got - want).max() <= 1e-5 * scale, (k, op["op"], reg)
             checked.add(op["op"])
-    assert checked >= {
-        "patch_conv",
-        "affine",
-        "avg_pool",
-        "bconv",
-        "blinear",
-        "shift_add",
-        "window_attention",
-        "mean_tokens",
-        "linear",
-    }
+    assert checked == set(ops.OPS) - {ops.SIGN_PACK.name}  # every op that writes floats
 
 
 # ---- determinism -------------------------------------------------------------------------------------------
@@ -193,7 +186,7 @@ def test_isas_threads_and_batches_agree(files) -> None:
     model, x = rt.load(path), images(5)
     ref = model.run(x)
     previous_isa, previous_threads = rt.isa(), rt.get_num_threads()
-    isas = [n for n in ("avx512vpopcnt", "avx512bw", "avx2", "popcnt", "neon", "generic") if _isa_ok(n)]
+    isas = rt.available_isas()
     try:
         for isa in isas:
             rt.set_isa(isa)
@@ -206,16 +199,6 @@ def test_isas_threads_and_batches_agree(files) -> None:
     assert np.array_equal(model.run(x[:1]), ref[:1])  # buffers of batch 5 reused
     assert np.array_equal(model.run(x[2:5]), ref[2:5])
     assert "generic" in isas
-
-
-def _isa_ok(name: str) -> bool:
-    try:
-        previous = rt.isa()
-        rt.set_isa(name)
-        rt.set_isa(previous)
-    except ValueError:
-        return False
-    return True
 
 
 def test_profile_names_the_op_kinds(files) -> None:
@@ -348,81 +331,6 @@ def test_register_size_limit(tmp_path: Path) -> None:
     np.testing.assert_allclose(rt.load(path).run(x), np.full((1, 32), 31.5, np.float32))
 
 
-def _bits(rng: np.random.Generator, rows: int, k: int) -> np.ndarray:
-    """Random ±1 weight rows packed as U64 words, padding bits 0."""
-    signs = rng.random((rows, -(-k // 64) * 64)) < 0.5
-    signs[:, k:] = False
-    return np.packbits(signs, axis=1, bitorder="little").view("<u8").reshape(rows, -1)
-
-
-@pytest.mark.parametrize("mean_r", [3, 4])  # 3: z, then its bits and means; 4: packed in the output transform
-def test_uncommon_geometry_matches_the_reference(tmp_path: Path, mean_r: int) -> None:
-    """Ops the model variants do not reach: an unaligned conv group (80 channels), a dilated strided 2x2
-    kernel with padding, pack with any mean_r, a tiled residual; runtime against the numpy reference."""
-    rng = np.random.default_rng(mean_r)
-    f = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
-    t = {
-        "pw": f(80, 3, 1, 1),
-        "cw": _bits(rng, 20, 4 * 80),
-        "cs": f(20),
-        "cb": f(20),
-        "lw": _bits(rng, 12, 20),
-        "ls": f(12),
-        "lm": f(12),
-        "l2": _bits(rng, 12, 12),
-        "l2s": f(12),
-        "slope": f(12),
-        "b1": f(12),
-        "b2": f(12),
-        "ro": np.eye(192, dtype=np.float32).reshape(192, 12, 4, 4),
-    }
-    ops = [
-        {"op": "patch_conv", "in": "input", "out": "x", "kernel": 1, "weight": "pw"},
-        {"op": "sign_pack", "in": "x", "out": "xb"},
-        {
-            "op": "bconv",
-            "in": "xb",
-            "out": "y",
-            "in_channels": 80,
-            "out_channels": 20,
-            "kernel": [2, 2],
-            "stride": 2,
-            "padding": 1,
-            "dilation": 2,
-            "groups": 1,
-            "weight": "cw",
-            "scale": "cs",
-            "bias": "cb",
-        },
-        {"op": "sign_pack", "in": "y", "out": "yb"},
-        {
-            "op": "blinear",
-            "in": "yb",
-            "in_features": 20,
-            "out_features": 12,
-            "weight": "lw",
-            "scale": "ls",
-            "pack": {"out": "hb", "move": "lm", "mean_r": mean_r, "means": "h"},
-        },
-        {
-            "op": "blinear",
-            "in": "hb",
-            "out": "z",
-            "in_features": 12,
-            "out_features": 12,
-            "weight": "l2",
-            "scale": "l2s",
-            "residual": "h",
-            "rprelu": {"slope": "slope", "b1": "b1", "b2": "b2"},
-        },
-        {"op": "patch_conv", "in": "z", "out": "out", "kernel": 4, "weight": "ro"},
-    ]
-    path = _tiny(tmp_path, {"input": [3, 8, 8], "output": "out", "num_classes": 192, "ops": ops}, t)
-    x = f(2, 3, 8, 8)
-    want = reference.run(path, x)
-    np.testing.assert_allclose(rt.load(path).run(x), want, rtol=0, atol=1e-5 * np.abs(want).max())
-
-
 def _with_header(files, tmp_path: Path, edit) -> Path:  # noqa: ANN001
     raw = Path(files["binary", "lsq"][0]).read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
@@ -482,3 +390,21 @@ def test_run_arguments_are_checked(files) -> None:
     assert b"must not be NULL" in err.value
     assert lib.bhvit_run(None, x.ctypes.data_as(f32p), 1, out.ctypes.data_as(f32p), err, 256) == -1
     assert lib.bhvit_set_isa(b"sse9", err, 256) == -1 and b"use one of" in err.value
+
+
+def test_bhvit_isa_sets_the_process_path(files) -> None:
+    """``BHVIT_ISA``, the process's one kernel-path setting from the environment: applied at the first load, and
+    a path this CPU lacks refuses the load with the paths it offers."""
+    path = files["binary", "gsb"][0]
+    probe = f"import bhvit.runtime as rt; rt.load({str(path)!r}); print(rt.isa(), rt.available_isas())"
+
+    def run(isa: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "BHVIT_ISA": isa}
+        return subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+
+    done = run("generic")
+    assert done.returncode == 0 and done.stdout.startswith("generic "), done.stderr
+    assert done.stdout.strip().endswith("'generic']") and rt.isa() in rt.available_isas()
+    refused = run("sse9")
+    assert refused.returncode != 0
+    assert "BHVIT_ISA=sse9 is not available on this CPU/build; use one of: " in refused.stderr

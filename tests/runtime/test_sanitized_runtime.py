@@ -1,4 +1,4 @@
-"""The version-2 and C API fuzz corpora of scripts/fuzz_packed.py against libbhvit_runtime built with
+"""The fuzz corpora of tests/fuzz (packed files, C API) against libbhvit_runtime built with
 AddressSanitizer and UndefinedBehaviorSanitizer (``scripts/build_sanitized.sh --runtime``): every case must
 run clean (issue 11, item 5). The workers get no address-space limit (ASan reserves terabytes of it); an
 absurd allocation is caught by ASan itself ("requested allocation size exceeds maximum supported size").
@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import ROOT, load_script, sanitized_build
+from support import ROOT, sanitized_build
+
+from tests.fuzz import capi, driver, program
 
 pytestmark = pytest.mark.slow
 
@@ -37,11 +39,10 @@ def sanitized_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def test_runtime_fuzz_corpora_are_clean_under_asan_and_ubsan(sanitized_env: dict[str, str], tmp_path: Path) -> None:
-    fuzz = load_script("fuzz_packed")
-    seeds = fuzz.build_v2_seeds(tmp_path)
+    seeds = driver.build_seeds(tmp_path)
     reports = {
-        "program": fuzz.run_program(seeds, 800, seed=21, timeout=600, env=sanitized_env, memory_limit=0),
-        "C API": fuzz.run_capi(tmp_path, 600, seed=21, timeout=600, env=sanitized_env, memory_limit=0),
+        "program": program.run_program(seeds, 800, seed=21, timeout=600, env=sanitized_env, memory_limit=0),
+        "C API": capi.run_capi(tmp_path, 600, seed=21, timeout=600, env=sanitized_env, memory_limit=0),
     }
     for name, report in reports.items():
         assert not report.findings, name + ":\n" + "\n".join(f"{k}: {v}" for k, v in sorted(report.findings.items()))

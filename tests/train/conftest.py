@@ -42,6 +42,12 @@ def make_fashion_mnist(root: Path, n_train: int = 64, n_test: int = 32, seed: in
     return root
 
 
+@pytest.fixture(scope="session")
+def fake_fashion_mnist():
+    """:func:`make_fashion_mnist`, for tests that write the files where they need them."""
+    return make_fashion_mnist
+
+
 @pytest.fixture
 def fmnist_dir(tmp_path: Path) -> Path:
     return make_fashion_mnist(tmp_path / "fmnist")

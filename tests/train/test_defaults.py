@@ -15,9 +15,9 @@ from bhvit.cli.train import cmd_train, config_from_args, train_parser
 from bhvit.data import DataConfig, build_datasets, folder
 from bhvit.data.transforms import RandomHorizontalFlip, train_transform
 from bhvit.train import checkpoint as ckpt_io
+from bhvit.train.auto_teacher import AUTO_TEACHER_DIR, auto_teacher_split
 from bhvit.train.config import TrainConfig, load_recipe
 from bhvit.train.logs import read_jsonl
-from bhvit.train.teacher import AUTO_TEACHER_DIR, auto_teacher_split
 
 RECIPES = sorted((Path(__file__).parents[2] / "recipes").glob("*.toml"))
 
@@ -127,7 +127,7 @@ def test_auto_augmentation_of_a_folder_follows_its_image_size(tmp_path, make_fol
     for name, root in (("small", small), ("large", large)):
         steps = build_datasets(DataConfig(name=str(root), hflip=False)).train.transform.transforms
         kinds[name] = type(steps[0]).__name__
-    assert kinds == {"small": "Resize", "large": "RandomResizedCrop"}
+    assert kinds == {"small": "ResizeCenterCrop", "large": "RandomResizedCrop"}
 
 
 # ---------------------------------------------------------------------------------------------

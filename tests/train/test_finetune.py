@@ -12,8 +12,8 @@ import torch
 import bhvit
 from bhvit.cli.train import cmd_train
 from bhvit.train import checkpoint as ckpt_io
+from bhvit.train.init_from import InitMismatchError, init_from_checkpoint
 from bhvit.train.logs import read_jsonl
-from bhvit.train.loop import InitMismatchError, init_from_checkpoint
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "make_reference_fixtures.py"

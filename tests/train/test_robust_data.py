@@ -156,7 +156,8 @@ def test_evaluation_of_nothing_is_an_error_not_zero_percent():
     from bhvit.data.datasets import DataBundle, TensorImages
 
     empty = TensorImages(torch.zeros(0, 3, 32, 32, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64))
-    data = DataBundle("none", empty, empty, 10, 3, tuple("abcdefghij"), (0.5,) * 3, (0.25,) * 3)
+    pre = {"mean": [0.5] * 3, "std": [0.25] * 3, "resize": 32}
+    data = DataBundle("none", empty, empty, 10, 3, tuple("abcdefghij"), (0.5,) * 3, (0.25,) * 3, pre)
     model = bhvit.create_model("bhvit_test")
     with pytest.raises(DatasetError, match="the evaluation split holds no images"):
         evaluate(model, torch.utils.data.DataLoader(empty, batch_size=4), data, torch.device("cpu"), DistInfo())

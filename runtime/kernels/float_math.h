@@ -1,7 +1,9 @@
-// Float helpers of the runtime, written as straight branch-free loops that -O3 vectorises at the portable
-// baseline (SSE2 on x86-64, NEON on aarch64): reductions keep 8 independent partial sums (a float sum
-// is only vectorised when its order is spelled out), and exp/erf are polynomials instead of libm calls.
-// The library is built with -ffp-contract=off, so a*b + c stays two roundings as in torch's eager ops.
+// Float helpers of the kernels (float_kernels.inc, compiled once per ISA file), written as straight
+// branch-free loops the compiler vectorises at that file's flags: reductions keep 8 independent partial sums
+// (a float sum is only vectorised when its order is spelled out), and exp/erf are polynomials instead of libm
+// calls. The kernels are built with -ffp-contract=off, so a*b + c stays two roundings as in torch's eager
+// ops, and every ISA's compile gives the same bits. Internal linkage: each translation unit keeps the code
+// its flags compile.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -13,57 +15,11 @@
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 
-// Hot float loops are compiled twice, for AVX2 and the baseline, and the loader picks by the CPU (GCC
-// function multi-versioning, an ifunc): 8-float vectors in one register instead of two. No FMA either way
-// and the same operation order, so both give the same bits.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && !defined(BHR_NO_CLONES)
-#define BHR_FLOAT_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define BHR_FLOAT_CLONES
-#endif
-
-// Every helper here is always inlined: the vf8 ones must be, since an out-of-line copy compiled for the
-// baseline passes vf8 in memory while an AVX2 clone passes it in a register (the -Wpsabi note below).
+// Every helper here is always inlined (an out-of-line copy would pass vf8 in memory or in a register
+// depending on the flags of the file that compiled it).
 #define BHR_INLINE inline __attribute__((always_inline))
 
-namespace bhr {
-
-// x[0] + ... + x[n-1] as 8 interleaved partial sums, combined pairwise.
-BHR_INLINE float sum_lanes(const float* __restrict x, int64_t n) {
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int l = 0; l < 8; ++l) acc[l] += x[i + l];
-  float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-  for (; i < n; ++i) s += x[i];
-  return s;
-}
-
-// sum of (x[i] - m)^2, the same way.
-BHR_INLINE float sum_sq_dev(const float* __restrict x, float m, int64_t n) {
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int l = 0; l < 8; ++l) {
-      const float d = x[i + l] - m;
-      acc[l] += d * d;
-    }
-  float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-  for (; i < n; ++i) s += (x[i] - m) * (x[i] - m);
-  return s;
-}
-
-BHR_INLINE float max_lanes(const float* __restrict x, int64_t n) {
-  float acc[8];
-  for (int l = 0; l < 8; ++l) acc[l] = x[0];
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int l = 0; l < 8; ++l) acc[l] = x[i + l] > acc[l] ? x[i + l] : acc[l];
-  float m = acc[0];
-  for (int l = 1; l < 8; ++l) m = acc[l] > m ? acc[l] : m;
-  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
-  return m;
-}
+namespace {
 
 // Eight floats as one value (GCC/Clang vector extensions): the compiler maps it to two SSE or one AVX
 // register, or to NEON, so the polynomials below run in vectors at any baseline. Loops that call scalar
@@ -77,6 +33,59 @@ BHR_INLINE vf8 load8(const float* p) {
   return v;
 }
 BHR_INLINE void store8(float* p, const vf8& v) { std::memcpy(p, &v, sizeof v); }
+
+// The reductions keep 8 interleaved partial sums in one vf8 (lane l sums x[i + l]): spelled as vectors, not
+// as a loop over an array of 8 floats, which GCC at AVX-512 flags "vectorised" across 16 iterations with
+// permutes (LayerNorm rows 2x slower than at AVX2 flags, measured on bhvit_small's attention).
+// The lanes combined pairwise: ((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7)).
+BHR_INLINE float combine8(const vf8& a) { return ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])); }
+
+// x[0] + ... + x[n-1] as 8 interleaved partial sums, combined pairwise, then the tail in order.
+BHR_INLINE float sum_lanes(const float* __restrict x, int64_t n) {
+  vf8 acc{};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) acc += load8(x + i);
+  float s = combine8(acc);
+  for (; i < n; ++i) s += x[i];
+  return s;
+}
+
+// sum of (x[i] - m)^2, the same way.
+BHR_INLINE float sum_sq_dev(const float* __restrict x, float m, int64_t n) {
+  vf8 acc{};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const vf8 d = load8(x + i) - m;
+    acc += d * d;
+  }
+  float s = combine8(acc);
+  for (; i < n; ++i) s += (x[i] - m) * (x[i] - m);
+  return s;
+}
+
+// a . b the same way: lane l sums a[i + l] b[i + l].
+BHR_INLINE float dot_lanes(const float* __restrict a, const float* __restrict b, int64_t n) {
+  vf8 acc{};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) acc = acc + load8(a + i) * load8(b + i);
+  float s = combine8(acc);
+  for (; i < n; ++i) s = s + a[i] * b[i];
+  return s;
+}
+
+// The maximum, lane-wise from x[0], then the lanes in order, then the tail.
+BHR_INLINE float max_lanes(const float* __restrict x, int64_t n) {
+  vf8 acc = vf8{} + x[0];
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const vf8 v = load8(x + i);
+    acc = v > acc ? v : acc;
+  }
+  float m = acc[0];
+  for (int l = 1; l < 8; ++l) m = acc[l] > m ? acc[l] : m;
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
 
 // e^x within ~1 ulp for x in [-87, 88] (clamped there; NaN gives e^-87): x = n ln2 + r with |r| <= ln2/2
 // (ln2 split in two so n ln2 is exact), e^r by its Taylor series to r^7 (truncation r^8/8! < 6e-9), times
@@ -158,4 +167,4 @@ BHR_INLINE float rprelu1(float z, float slope, float b1, float b2) {
   return ((y > 0.0f ? y : 0.0f) + slope * (y < 0.0f ? y : 0.0f)) + b2;
 }
 
-}  // namespace bhr
+}  // namespace
