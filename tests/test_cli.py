@@ -140,7 +140,7 @@ def test_predict_matches_direct_model_call(tmp_path, checkpoint):
 def test_predict_with_a_missing_checkpoint_is_one_clear_line(tmp_path, capsys):
     png = _images(tmp_path)[0]
     assert main(["predict", str(png), "--checkpoint", str(tmp_path / "none.safetensors")]) == 1
-    assert "does not exist" in capsys.readouterr().err
+    assert "no such file" in capsys.readouterr().err
 
 
 def test_help_and_unknown_command(capsys):

@@ -103,6 +103,7 @@ def test_library_exports_the_c_api_only() -> None:
     assert run.returncode == 0, run.stderr
     exported = {line.split()[-1] for line in run.stdout.splitlines() if line.strip()}
     assert {"bhvit_load", "bhvit_run", "bhvit_run_profiled", "bhvit_isas", "bhvit_free"} <= _api_names()  # parsed
+    assert {"bhvit_default_limits", "bhvit_load_ex", "bhvit_load_memory_ex", "bhvit_get_cost"} <= _api_names()
     assert exported == _api_names()  # no engine symbol, no std:: template instance (bhvit_runtime.map)
 
 
