@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import stat
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,7 +46,16 @@ from PIL import Image, UnidentifiedImageError
 from bhvit.data.images import value_range
 from bhvit.rules import CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["Preprocess", "load_image", "predict_images", "class_labels", "ImageError", "MAX_PIXELS", "MAX_SIDE"]
+__all__ = [
+    "Preprocess",
+    "load_image",
+    "predict_images",
+    "class_labels",
+    "file_problem",
+    "ImageError",
+    "MAX_PIXELS",
+    "MAX_SIDE",
+]
 
 MAX_PIXELS = 2**25  # decoded pixels per image: 8K UHD (7680 x 4320 = 33.2 M) fits
 MAX_SIDE = 4096  # model input side (the crop); resize may be up to 2 * MAX_SIDE
@@ -204,6 +214,22 @@ def _channels(arr: np.ndarray, grayscale: bool) -> np.ndarray:
     return arr
 
 
+def file_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be read as a file, found without opening it (opening a FIFO, a terminal or
+    ``/dev/stdin`` waits for a writer): no such file, a directory, or not a regular file; None when it is one."""
+    try:
+        mode = Path(path).stat().st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as exc:
+        return f"cannot read it ({exc.strerror or exc})"
+    if stat.S_ISDIR(mode):
+        return "is a directory"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a FIFO, terminal, device or socket); pass the path of a file"
+    return None
+
+
 def load_image(path: str | Path, decode_size: SizeFn | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open and fully decode an image of at most ``max_pixels`` pixels; :class:`ImageError` says what
     is wrong with a bad file (missing, not an image, corrupt, a decompression bomb, ...).
@@ -212,10 +238,9 @@ def load_image(path: str | Path, decode_size: SizeFn | None = None, max_pixels: 
     large is decoded at 1/2, 1/4 or 1/8 scale and the pixel limit applies to what is decoded.
     """
     path = Path(path)
-    if not path.exists():
-        raise ImageError(f"{path}: no such file")
-    if path.is_dir():
-        raise ImageError(f"{path}: is a directory, not an image")
+    problem = file_problem(path)
+    if problem is not None:
+        raise ImageError(f"{path}: {problem}" + (", not an image" if problem == "is a directory" else ""))
     try:
         with open(path, "rb") as f, warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is lower
@@ -274,7 +299,9 @@ def predict_images(
     topk: int = 5,
     labels: Any = None,
 ) -> list[dict[str, Any]]:
-    """Top-k classes of each image. A bad file yields ``{"path", "error"}`` and the rest go on.
+    """Top-k classes of each image. A bad file, or an image whose logits are not finite (the model raises
+    ``ValueError``, as :mod:`bhvit.runtime` does, or returns NaN or Inf), yields ``{"path", "error"}`` and
+    the rest go on.
 
     ``model``: images (1, C, H, W) float32 -> logits (1, classes), numpy (a packed model of
     :mod:`bhvit.runtime`, or a float model wrapped by the caller). ``labels``: class names; a class beyond
@@ -290,7 +317,13 @@ def predict_images(
         except ImageError as exc:
             results.append({"path": str(path), "error": str(exc)})
             continue
-        logits = np.asarray(model(x), dtype=np.float64)[0]
+        try:
+            logits = np.asarray(model(x), dtype=np.float64)[0]
+            if not np.isfinite(logits).all():
+                raise ValueError("the model's logits for this image are not finite (NaN or Inf)")
+        except ValueError as exc:
+            results.append({"path": str(path), "error": f"{path}: {exc}"})
+            continue
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
         order = np.argsort(-probs, kind="stable")[: min(topk, probs.size)]

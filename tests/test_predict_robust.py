@@ -3,6 +3,8 @@ bad preprocessing metadata and labels. Each bad input is one line; the good ones
 
 from __future__ import annotations
 
+import json
+import os
 import struct
 import subprocess
 import sys
@@ -275,7 +277,67 @@ def test_packed_path_uses_the_same_checks(tmp_path, monkeypatch, capsys, shape, 
             return np.zeros((len(x), 10), np.float32)
 
     monkeypatch.setattr(bhvit.runtime, "load", lambda path: FakeRuntimeModel())
-    png = _good(tmp_path)[0]
-    assert main(["predict", str(png), "--packed", "m.bhvp"]) == 1
+    png, packed = _good(tmp_path)[0], tmp_path / "m.bhvp"
+    packed.write_bytes(b"")  # predict checks that the model path is a regular file before loading it
+    assert main(["predict", str(png), "--packed", str(packed)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+@pytest.fixture()
+def packed_model(tmp_path):
+    from bhvit.engine.program import write_program_file
+
+    torch.manual_seed(0)
+    model = bhvit.create_model("bhvit_test", precision="binary").eval()
+    preprocess = {"mean": [0.5] * 3, "std": [0.25] * 3, "resize": 36}
+    return write_program_file(model, tmp_path / "m.bhvp", preprocess=preprocess)
+
+
+def _predict(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    """``bhvit predict ARGS`` in a subprocess whose stdin is an open pipe nobody writes to (reading it, or
+    opening a FIFO, would wait forever: the timeout turns that into a failure)."""
+    return subprocess.run(
+        [sys.executable, "-m", "bhvit", "predict", *args],
+        stdin=subprocess.PIPE,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize("source", ["--packed", "--checkpoint"])
+def test_fifo_and_stdin_are_refused_unopened_and_the_rest_classified(tmp_path, packed_model, checkpoint, source):
+    png, jpg = _good(tmp_path)
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    model = packed_model if source == "--packed" else checkpoint
+    run = _predict([str(png), str(fifo), "/dev/stdin", str(jpg), source, str(model), "--json"])
+    assert run.returncode == 1, run.stderr
+    results = {r["path"]: r for r in json.loads(run.stdout)}
+    assert "top" in results[str(png)] and "top" in results[str(jpg)]
+    for bad in (str(fifo), "/dev/stdin"):
+        assert "not a regular file" in results[bad]["error"], results[bad]
+    # the model path itself
+    run = _predict([str(png), source, str(fifo)])
+    assert run.returncode == 1 and run.stderr.count("\n") == 1 and "not a regular file" in run.stderr, run.stderr
+
+
+def test_nonfinite_logits_are_an_error_per_image(tmp_path, capsys):
+    """A packed model whose weights overflow float32 (3e38, tests/runtime/hostile_files.py): one error line
+    per image and exit status 1, never 'nan%'; a float model's NaN logits the same."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "runtime"))
+    import hostile_files
+
+    packed = tmp_path / "big.bhvp"
+    packed.write_bytes(hostile_files.huge_weights().data)  # a 1 x 2 x 2 input: grey images
+    png, jpg = _good(tmp_path)
+    assert main(["predict", str(png), str(jpg), "--packed", str(packed)]) == 1
+    captured = capsys.readouterr()
+    assert "%" not in captured.out
+    lines = captured.err.splitlines()
+    assert len(lines) == 2 and all("logits of image 0 are not finite" in line for line in lines), lines
+    prep = Preprocess.for_model(32, 3, {"mean": [0.5] * 3, "std": [0.25] * 3, "resize": 36})
+    nan_model = lambda x: np.full((len(x), 10), np.nan, np.float32)  # noqa: E731
+    (result,) = predict_images(nan_model, [png], prep)
+    assert "not finite" in result["error"] and "top" not in result

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from bhvit.cli.errors import CommandParser
-from bhvit.predict import Preprocess, predict_images
+from bhvit.predict import Preprocess, file_problem, predict_images
 from bhvit.text import printable
 
 # Choices of the model options, spelled here as in bhvit.models.bhvit (PRECISIONS, ATTN_QUANTS, NORMS; a test
@@ -107,6 +107,10 @@ def cmd_predict(argv: list[str]) -> int:
     p.add_argument("--window-size", type=int, default=None, help="for authors' checkpoints (default 7)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = p.parse_args(argv)
+    model_path = args.packed or args.checkpoint
+    problem = file_problem(model_path)
+    if problem is not None:  # checked before anything opens it: a FIFO would block the open
+        raise ValueError(f"{model_path}: {problem}")
     if args.packed:
         model, meta, img_size, in_chans, cfg = _packed_model(args.packed)
     else:

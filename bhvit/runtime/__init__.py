@@ -3,8 +3,15 @@
 >>> import numpy as np, bhvit.runtime as rt
 >>> model = rt.load("tiny.bhvp")              # validates the whole file (docs/packed-format.md §7)
 >>> model.input_shape, model.num_classes       # ((3, 224, 224), 1000)
+>>> model.cost                                 # Cost(activation_bytes=..., weight_bytes=..., binary_macs=..., ...)
 >>> logits = model.run(images)                 # (B, 3, 224, 224) float32, normalised -> (B, 1000)
 >>> rt.set_num_threads(2)
+>>> big = rt.load("huge.bhvp", limits=rt.default_limits(binary_macs=10**12))  # a model beyond the defaults
+
+A load refuses a file whose program needs more than its :class:`Limits` (header size, activation memory and
+multiply-accumulates per image; docs/packed-format.md §7) with a :class:`PackedFormatError` naming the numbers
+and the limit to raise. ``run`` refuses images holding NaN or Inf and raises ``ValueError`` when the logits are
+not finite.
 
 Importing this module and running a model import neither torch nor the rest of bhvit's training code
 (``tests/runtime`` checks ``sys.modules``). ``BHVIT_RUNTIME_LIB=/path/libbhvit_runtime.so`` selects another
@@ -15,11 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
+import errno
 import json
 import os
+import stat
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,10 +36,13 @@ import numpy as np
 from bhvit.runtime.errors import PackedFormatError
 
 __all__ = [
+    "Cost",
+    "Limits",
     "Model",
     "PackedFormatError",
     "available",
     "available_isas",
+    "default_limits",
     "get_num_threads",
     "isa",
     "load",
@@ -43,19 +55,44 @@ ERR_LEN = 1024
 _lib_handle: ctypes.CDLL | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What a load accepts (``bhvit_limits``): the JSON header's bytes and, per image, activation bytes and
+    binary and float multiply-accumulates. :func:`default_limits` gives the defaults, which pass every
+    BHViT at 224 and 448 px."""
+
+    header_bytes: int
+    activation_bytes: int
+    binary_macs: int
+    float_macs: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """What a loaded model costs (``bhvit_cost``): activation bytes per image (a batch of B allocates B
+    times this), bytes held for weights, and binary and float multiply-accumulates per image."""
+
+    activation_bytes: int
+    weight_bytes: int
+    binary_macs: int
+    float_macs: int
+
+
+class _CLimits(ctypes.Structure):
+    _fields_ = [(f.name, ctypes.c_uint64) for f in dataclasses.fields(Limits)]
+
+
+class _CCost(ctypes.Structure):
+    _fields_ = [(f.name, ctypes.c_uint64) for f in dataclasses.fields(Cost)]
+
+
 def _library() -> ctypes.CDLL:
     """The loaded library with argument and result types declared (loaded once)."""
     global _lib_handle
     if _lib_handle is None:
-        from bhvit.runtime.paths import library_path
+        from bhvit.runtime.paths import find_library
 
-        path = library_path()
-        if not Path(path).is_file():
-            raise OSError(
-                f"the native runtime library is missing ({path}); build it with `bash scripts/setup.sh` "
-                "or `pip install -e .` (needs a C++ compiler), or set BHVIT_RUNTIME_LIB"
-            )
-        _lib_handle = _declare(ctypes.CDLL(str(path)))
+        _lib_handle = _declare(ctypes.CDLL(str(find_library())))  # RuntimeLibraryError says how to build it
     return _lib_handle
 
 
@@ -65,6 +102,10 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     sigs = {
         "bhvit_load": (c_void_p, [c_char_p, c_char_p, c_size_t]),
         "bhvit_load_memory": (c_void_p, [c_void_p, c_size_t, c_char_p, c_size_t]),
+        "bhvit_default_limits": (_CLimits, []),
+        "bhvit_load_ex": (c_void_p, [c_char_p, ctypes.POINTER(_CLimits), c_char_p, c_size_t]),
+        "bhvit_load_memory_ex": (c_void_p, [c_void_p, c_size_t, ctypes.POINTER(_CLimits), c_char_p, c_size_t]),
+        "bhvit_get_cost": (c_int, [c_void_p, ctypes.POINTER(_CCost)]),
         "bhvit_input_dims": (c_int, [c_void_p, intp, intp, intp]),
         "bhvit_num_classes": (c_int, [c_void_p]),
         "bhvit_run": (c_int, [c_void_p, f32p, c_int, f32p, c_char_p, c_size_t]),
@@ -104,7 +145,9 @@ def _check(status: int, err: ctypes.Array, error: type[Exception] = ValueError) 
 
 
 class Model:
-    """A loaded packed model. ``run(images)``: (B, C, H, W) float32, already normalised -> (B, num_classes).
+    """A loaded packed model. ``run(images)``: (B, C, H, W) float32, already normalised -> (B, num_classes);
+    ``ValueError`` for images holding NaN or Inf (naming image, channel, row and column) and for logits that
+    are not finite. ``input_shape``, ``num_classes``, ``labels``, ``preprocess``; ``cost``: its :class:`Cost`.
 
     Thread-safe: any number of threads may call :meth:`run` on one model at once (the native calls run in
     parallel; each computes in buffers of its own and gives the bits of the same call made alone).
@@ -129,6 +172,10 @@ class Model:
         self.preprocess: dict[str, Any] = {"mean": list(mean), "std": list(std), "resize": resize.value}
         labels = [lib.bhvit_label(self._handle, i) for i in range(self.num_classes)]
         self.labels: list[str] | None = None if labels and labels[0] is None else [s.decode("utf-8") for s in labels]
+        cost = _CCost()
+        if lib.bhvit_get_cost(self._handle, ctypes.byref(cost)) != 0:
+            raise PackedFormatError(f"{source}: cannot read the model's cost")
+        self.cost = Cost(*(int(getattr(cost, f.name)) for f in dataclasses.fields(Cost)))
 
     @contextlib.contextmanager
     def _open_handle(self) -> Any:
@@ -146,10 +193,16 @@ class Model:
                     self._lock.notify_all()
 
     def metadata(self, key: str) -> Any:
-        """A metadata entry of the file as parsed JSON (``config``, ``preprocess``, ``labels``), None if absent."""
+        """A metadata entry of the file as parsed JSON (``config``, ``preprocess``, ``labels``), None if absent;
+        :class:`PackedFormatError` if the entry is not JSON."""
         with self._open_handle() as handle:
             raw = _library().bhvit_metadata(handle, key.encode())
-            return None if raw is None else json.loads(raw.decode("utf-8"))
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except ValueError as exc:  # json.JSONDecodeError, UnicodeDecodeError
+            raise PackedFormatError(f"{self.source}: metadata {key!r} is not valid JSON ({exc})") from None
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """Logits (B, num_classes) for images (B, C, H, W) (a single (C, H, W) image is taken as B = 1)."""
@@ -215,19 +268,65 @@ class Model:
             self.close()
 
 
-def load(path: str | os.PathLike) -> Model:
-    """Loads and validates a version-2 packed file (``bhvit pack`` writes them)."""
+def default_limits(**changes: int) -> Limits:
+    """The runtime's default :class:`Limits`, with ``changes`` (e.g. ``binary_macs=10**12``) applied."""
+    c = _library().bhvit_default_limits()
+    return dataclasses.replace(Limits(*(int(getattr(c, f.name)) for f in dataclasses.fields(Limits))), **changes)
+
+
+def _c_limits(limits: Limits | None) -> Any:
+    """A pointer to the C struct of ``limits`` (NULL for the defaults); each field a whole number >= 1."""
+    if limits is None:
+        return None
+    if not isinstance(limits, Limits):
+        raise TypeError(f"limits must be a bhvit.runtime.Limits (see default_limits()), got {type(limits).__name__}")
+    values = []
+    for f in dataclasses.fields(Limits):
+        v = getattr(limits, f.name)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v < 2**64:
+            raise ValueError(f"limits.{f.name}={v!r}: expected a whole number in 1..2**64-1")
+        values.append(v)
+    return ctypes.byref(_CLimits(*values))
+
+
+def _native_path(path: str | os.PathLike) -> bytes:
+    """``path`` as bytes for the C API, refused in Python where the C string would mislead: a NUL byte (C
+    would read a shorter path); checked to be an existing regular file, which is never opened otherwise (a
+    FIFO or a terminal would block)."""
+    raw = os.fsencode(path)
+    if b"\0" in raw:
+        raise ValueError(f"{os.fsdecode(raw)!r}: a path cannot contain a NUL byte")
+    try:
+        mode = os.stat(raw).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, "no such file (check the path)", os.fsdecode(raw)) from None
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "a directory, not a packed model file", os.fsdecode(raw))
+    if not stat.S_ISREG(mode):
+        raise OSError(
+            errno.EINVAL, "not a regular file (a FIFO, device or socket); pass a .bhvp file", os.fsdecode(raw)
+        )
+    return raw
+
+
+def load(path: str | os.PathLike, limits: Limits | None = None) -> Model:
+    """Loads and validates a version-2 packed file (``bhvit pack`` writes them) within ``limits`` (None: the
+    defaults). A missing path is ``FileNotFoundError``; a file that is not a packed model, or whose program
+    needs more than the limits, is :class:`PackedFormatError` naming the problem."""
+    raw = _native_path(path)
+    c_limits = _c_limits(limits)
     err = ctypes.create_string_buffer(ERR_LEN)
-    handle = _library().bhvit_load(os.fsencode(path), err, ERR_LEN)
+    handle = _library().bhvit_load_ex(raw, c_limits, err, ERR_LEN)
     if not handle:
         raise PackedFormatError(err.value.decode("utf-8", "replace"))
-    return Model(handle, str(path))
+    return Model(handle, os.fsdecode(raw))
 
 
-def load_bytes(data: bytes, source: str = "<memory>") -> Model:
+def load_bytes(data: bytes, source: str = "<memory>", limits: Limits | None = None) -> Model:
     """Like :func:`load`, from a file's bytes."""
+    c_limits = _c_limits(limits)
     err = ctypes.create_string_buffer(ERR_LEN)
-    handle = _library().bhvit_load_memory(data, len(data), err, ERR_LEN)
+    handle = _library().bhvit_load_memory_ex(data, len(data), c_limits, err, ERR_LEN)
     if not handle:
         raise PackedFormatError(f"{source}: {err.value.decode('utf-8', 'replace')}")
     return Model(handle, source)

@@ -32,18 +32,25 @@ Tensors = dict[str, np.ndarray]
 
 
 def load(path: str | Path) -> tuple[dict[str, Any], Tensors, dict[str, str]]:
-    """(program, tensors, metadata) of a version-2 file."""
-    from safetensors import safe_open
+    """(program, tensors, metadata) of a version-2 file; :class:`PackedFormatError` for a file that is not
+    one (the safetensors reader refuses overlapping or out-of-range tensors)."""
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="numpy") as f:
-        meta = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
+    except SafetensorError as exc:
+        raise PackedFormatError(f"{path}: not a packed model file ({exc})") from None
     version = meta.get("format_version")
     if version == "1":
         raise PackedFormatError(version_1_refusal(path))
     if version != "2":
         raise PackedFormatError(f"{path}: not a version-2 packed file (format_version {version!r})")
-    return json.loads(meta["program"]), tensors, meta
+    try:
+        return json.loads(meta["program"]), tensors, meta
+    except (KeyError, ValueError) as exc:
+        raise PackedFormatError(f"{path}: metadata 'program' is missing or not JSON ({exc})") from None
 
 
 # ---- bits (§3): uint64 words along K, element k at bit k % 64 of word k // 64, set bit = −1, padding 0 ----

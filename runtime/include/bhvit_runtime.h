@@ -3,7 +3,16 @@
  * Runs a packed BHViT file (docs/packed-format.md, version 2) on the CPU with 1-bit kernels, without
  * Python or PyTorch. Every function validates its arguments; a file from a stranger gives an error
  * message, never a crash. Functions returning int give 0 on success and -1 on error, with a
- * NUL-terminated message in err (truncated to errlen bytes; err may be NULL when errlen is 0).
+ * NUL-terminated message of one line in err (control bytes in it, such as a NUL or a newline in a name
+ * from the file, are written as \xNN; truncated to errlen bytes; err may be NULL when errlen is 0).
+ *
+ * Bounded cost: a load reads the file once and keeps its bytes (tensors are used in place); each tensor is
+ * converted at most once per layout the kernels read. Its memory stays under the bound of
+ * docs/packed-format.md §7.1 (the file, 8 times its JSON header, 16 times its tensor data and 16 MiB), and a file
+ * whose program needs more than the limits (bhvit_limits: header size, activation memory and
+ * multiply-accumulates per image) is refused in milliseconds, at the first op that goes over a limit.
+ * Runs refuse images holding NaN or Inf (naming the image, channel, row and column) and report logits
+ * that are not finite as an error.
  *
  *   char err[256];
  *   bhvit_model *m = bhvit_load("tiny.bhvp", err, sizeof err);
@@ -24,6 +33,19 @@
 #define BHVIT_RUNTIME_H
 
 #include <stddef.h>
+#include <stdint.h>
+
+/* The version of this header and of the library built with it: the one version number of bhvit (the
+ * Python package, the CMake project and the shared library's SOVERSION read it from these three lines).
+ * BHVIT_VERSION compares as a number: #if BHVIT_VERSION >= 100 (0.1.0). */
+#define BHVIT_VERSION_MAJOR 0
+#define BHVIT_VERSION_MINOR 1
+#define BHVIT_VERSION_PATCH 0
+#define BHVIT_VERSION (BHVIT_VERSION_MAJOR * 10000 + BHVIT_VERSION_MINOR * 100 + BHVIT_VERSION_PATCH)
+#define BHVIT_STRINGIFY_(x) #x
+#define BHVIT_VERSION_TEXT_(a, b, c) BHVIT_STRINGIFY_(a) "." BHVIT_STRINGIFY_(b) "." BHVIT_STRINGIFY_(c)
+/* "0.1.0" */
+#define BHVIT_VERSION_STRING BHVIT_VERSION_TEXT_(BHVIT_VERSION_MAJOR, BHVIT_VERSION_MINOR, BHVIT_VERSION_PATCH)
 
 #ifdef __cplusplus
 extern "C" {
@@ -37,15 +59,47 @@ extern "C" {
 
 typedef struct bhvit_model bhvit_model;
 
-/* Loads and fully validates a packed file; NULL on error (message in err). */
+/* What a load accepts. Start from bhvit_default_limits() and raise a field to load a model that needs
+ * more (the error message of a refused file names the field and the numbers); every field must be >= 1.
+ * The defaults pass every BHViT (tiny and small, binary and some_fp, LSQ and GSB) at 224 and 448 px with
+ * a margin (docs/packed-format.md §7.1). */
+typedef struct bhvit_limits {
+  uint64_t header_bytes;     /* the file's JSON header: default 16 MiB, at most 100000000 (the format's) */
+  uint64_t activation_bytes; /* activation buffers per image: default 1 GiB */
+  uint64_t binary_macs;      /* 1-bit multiply-accumulates per image: default 2e11 */
+  uint64_t float_macs;       /* float multiply-accumulates (and element-wise operations) per image: 1e10 */
+} bhvit_limits;
+BHVIT_API bhvit_limits bhvit_default_limits(void);
+
+/* Loads and fully validates a packed file within the default limits; NULL on error (message in err). */
 BHVIT_API bhvit_model *bhvit_load(const char *path, char *err, size_t errlen);
 /* The same from a file's bytes in memory (copied; data may be freed after the call). */
 BHVIT_API bhvit_model *bhvit_load_memory(const void *data, size_t size, char *err, size_t errlen);
+/* bhvit_load and bhvit_load_memory within the caller's limits (NULL: the defaults). */
+BHVIT_API bhvit_model *bhvit_load_ex(const char *path, const bhvit_limits *limits, char *err, size_t errlen);
+BHVIT_API bhvit_model *bhvit_load_memory_ex(const void *data, size_t size, const bhvit_limits *limits, char *err,
+                                            size_t errlen);
+
+/* What a loaded model costs: activation buffers per image (a run of batch B allocates B times this), the
+ * bytes it holds for weights (the file's tensor data plus the layouts the kernels read), and the
+ * multiply-accumulates of one image (binary: the 1-bit products of bconv, blinear and attention; float: the
+ * rest, counting element-wise work as one per element). */
+typedef struct bhvit_cost {
+  uint64_t activation_bytes;
+  uint64_t weight_bytes;
+  uint64_t binary_macs;
+  uint64_t float_macs;
+} bhvit_cost;
+/* Writes the model's cost; -1 if m or cost is NULL. */
+BHVIT_API int bhvit_get_cost(const bhvit_model *m, bhvit_cost *cost);
 /* The input image shape: channels, height, width (a NULL output pointer is skipped). */
 BHVIT_API int bhvit_input_dims(const bhvit_model *m, int *channels, int *height, int *width);
 /* Width of the output: the number of classes (-1 if m is NULL). */
 BHVIT_API int bhvit_num_classes(const bhvit_model *m);
-/* images: batch x C x H x W float32, already normalised; logits: batch x num_classes. */
+/* images: batch x C x H x W float32, already normalised; logits: batch x num_classes. An image holding
+ * NaN or Inf is refused before any work (the message names image, channel, row and column); logits that
+ * are not finite (the model overflowed float32) give -1 naming the image and class (logits then hold
+ * what was computed). */
 BHVIT_API int bhvit_run(bhvit_model *m, const float *images, int batch, float *logits, char *err, size_t errlen);
 /* A metadata string of the file (e.g. "preprocess", "labels", "config": JSON text), or NULL if absent.
  * The pointer stays valid until bhvit_free(m). */

@@ -21,43 +21,6 @@
 
 namespace {
 
-// x[0] + ... + x[n-1] as 8 interleaved partial sums, combined pairwise.
-BHR_INLINE float sum_lanes(const float* __restrict x, int64_t n) {
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int l = 0; l < 8; ++l) acc[l] += x[i + l];
-  float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-  for (; i < n; ++i) s += x[i];
-  return s;
-}
-
-// sum of (x[i] - m)^2, the same way.
-BHR_INLINE float sum_sq_dev(const float* __restrict x, float m, int64_t n) {
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int l = 0; l < 8; ++l) {
-      const float d = x[i + l] - m;
-      acc[l] += d * d;
-    }
-  float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-  for (; i < n; ++i) s += (x[i] - m) * (x[i] - m);
-  return s;
-}
-
-BHR_INLINE float max_lanes(const float* __restrict x, int64_t n) {
-  float acc[8];
-  for (int l = 0; l < 8; ++l) acc[l] = x[0];
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int l = 0; l < 8; ++l) acc[l] = x[i + l] > acc[l] ? x[i + l] : acc[l];
-  float m = acc[0];
-  for (int l = 1; l < 8; ++l) m = acc[l] > m ? acc[l] : m;
-  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
-  return m;
-}
-
 // Eight floats as one value (GCC/Clang vector extensions): the compiler maps it to two SSE or one AVX
 // register, or to NEON, so the polynomials below run in vectors at any baseline. Loops that call scalar
 // helpers with clamps do not vectorise (comparisons may trap under the default -ftrapping-math).
@@ -70,6 +33,59 @@ BHR_INLINE vf8 load8(const float* p) {
   return v;
 }
 BHR_INLINE void store8(float* p, const vf8& v) { std::memcpy(p, &v, sizeof v); }
+
+// The reductions keep 8 interleaved partial sums in one vf8 (lane l sums x[i + l]): spelled as vectors, not
+// as a loop over an array of 8 floats, which GCC at AVX-512 flags "vectorised" across 16 iterations with
+// permutes (LayerNorm rows 2x slower than at AVX2 flags, measured on bhvit_small's attention).
+// The lanes combined pairwise: ((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7)).
+BHR_INLINE float combine8(const vf8& a) { return ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])); }
+
+// x[0] + ... + x[n-1] as 8 interleaved partial sums, combined pairwise, then the tail in order.
+BHR_INLINE float sum_lanes(const float* __restrict x, int64_t n) {
+  vf8 acc{};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) acc += load8(x + i);
+  float s = combine8(acc);
+  for (; i < n; ++i) s += x[i];
+  return s;
+}
+
+// sum of (x[i] - m)^2, the same way.
+BHR_INLINE float sum_sq_dev(const float* __restrict x, float m, int64_t n) {
+  vf8 acc{};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const vf8 d = load8(x + i) - m;
+    acc += d * d;
+  }
+  float s = combine8(acc);
+  for (; i < n; ++i) s += (x[i] - m) * (x[i] - m);
+  return s;
+}
+
+// a . b the same way: lane l sums a[i + l] b[i + l].
+BHR_INLINE float dot_lanes(const float* __restrict a, const float* __restrict b, int64_t n) {
+  vf8 acc{};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) acc = acc + load8(a + i) * load8(b + i);
+  float s = combine8(acc);
+  for (; i < n; ++i) s = s + a[i] * b[i];
+  return s;
+}
+
+// The maximum, lane-wise from x[0], then the lanes in order, then the tail.
+BHR_INLINE float max_lanes(const float* __restrict x, int64_t n) {
+  vf8 acc = vf8{} + x[0];
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const vf8 v = load8(x + i);
+    acc = v > acc ? v : acc;
+  }
+  float m = acc[0];
+  for (int l = 1; l < 8; ++l) m = acc[l] > m ? acc[l] : m;
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
 
 // e^x within ~1 ulp for x in [-87, 88] (clamped there; NaN gives e^-87): x = n ln2 + r with |r| <= ln2/2
 // (ln2 split in two so n ln2 is exact), e^r by its Taylor series to r^7 (truncation r^8/8! < 6e-9), times

@@ -217,8 +217,8 @@ void avx2_nibble_block(const uint64_t* A, int64_t lda, int64_t M, const uint8_t*
 
 namespace bhv {
 const IsaKernels* isa_avx2() {
-  static const IsaKernels k{"avx2", avx2_popc_block, simd_pack_rows, epilogue_apply_rows, avx2_nibble_block,
-                            float_kernels()};
+  static constexpr IsaKernels k{"avx2", avx2_popc_block, simd_pack_rows, epilogue_apply_rows, avx2_nibble_block,
+                            kFloatKernels};
   return (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt")) ? &k : nullptr;
 }
 }  // namespace bhv

@@ -8,8 +8,8 @@
 
 namespace bhv {
 const IsaKernels* isa_avx512vpopcnt() {
-  static const IsaKernels k{"avx512vpopcnt", avx512_popc_block, simd_pack_rows, epilogue_apply_rows, nullptr,
-                            float_kernels()};
+  static constexpr IsaKernels k{"avx512vpopcnt", avx512_popc_block, simd_pack_rows, epilogue_apply_rows, nullptr,
+                            kFloatKernels};
   const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                   __builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("popcnt");
   return ok ? &k : nullptr;

@@ -4,8 +4,8 @@
 
 namespace bhv {
 const IsaKernels* isa_generic() {
-  static const IsaKernels k{"generic", portable_popc_block, portable_pack_rows, epilogue_apply_rows, nullptr,
-                            float_kernels()};
+  static constexpr IsaKernels k{"generic", portable_popc_block, portable_pack_rows, epilogue_apply_rows, nullptr,
+                            kFloatKernels};
   return &k;
 }
 }  // namespace bhv

@@ -22,10 +22,12 @@ struct bhvit_model {
 
 namespace {
 
+// The message as one line (bhr::one_line: control bytes as \xNN), truncated to errlen - 1 bytes.
 void set_err(char* err, size_t errlen, const std::string& msg) {
   if (!err || errlen == 0) return;
-  const size_t n = std::min(errlen - 1, msg.size());
-  std::memcpy(err, msg.data(), n);
+  const std::string line = bhr::one_line(msg);
+  const size_t n = std::min(errlen - 1, line.size());
+  std::memcpy(err, line.data(), n);
   err[n] = '\0';
 }
 
@@ -78,13 +80,31 @@ int run_checked(const char* where, bhvit_model* m, const float* images, int batc
   return guarded(where, err, errlen, [&] { m->m->run(images, batch, logits, prof); }) ? 0 : -1;
 }
 
-bhvit_model* load_with(const char* where, char* err, size_t errlen, const std::function<bhr::SafeTensors()>& read) {
+// The caller's limits (NULL: the defaults), checked.
+bhr::Limits limits_of(const bhvit_limits* l) {
+  const bhr::Limits d = bhr::default_limits();
+  if (!l) return d;
+  const std::pair<const char*, uint64_t> fields[] = {{"header_bytes", l->header_bytes},
+                                                     {"activation_bytes", l->activation_bytes},
+                                                     {"binary_macs", l->binary_macs},
+                                                     {"float_macs", l->float_macs}};
+  for (const auto& f : fields)
+    if (f.second == 0) bhr::fail(std::string("limits: ") + f.first + " is 0; start from bhvit_default_limits()");
+  if (l->header_bytes > bhr::kMaxHeaderBytes)
+    bhr::fail("limits: header_bytes " + std::to_string(l->header_bytes) + " is over the format's limit of " +
+              std::to_string(bhr::kMaxHeaderBytes));
+  return bhr::Limits{l->header_bytes, l->activation_bytes, l->binary_macs, l->float_macs};
+}
+
+bhvit_model* load_with(const char* where, const bhvit_limits* limits, char* err, size_t errlen,
+                       const std::function<bhr::SafeTensors(uint64_t)>& read) {
   bhvit_model* out = nullptr;
   guarded(where, err, errlen, [&] {
     apply_env_isa();
-    const bhr::SafeTensors st = read();
+    const bhr::Limits l = limits_of(limits);
+    bhr::SafeTensors st = read(l.header_bytes);
     auto m = std::make_unique<bhvit_model>();
-    m->m = bhr::load_model(st);
+    m->m = bhr::load_model(st, l);
     out = m.release();
   });
   return out;
@@ -93,17 +113,38 @@ bhvit_model* load_with(const char* where, char* err, size_t errlen, const std::f
 
 extern "C" {
 
-bhvit_model* bhvit_load(const char* path, char* err, size_t errlen) {
+bhvit_limits bhvit_default_limits(void) {
+  const bhr::Limits d = bhr::default_limits();
+  return bhvit_limits{d.header_bytes, d.activation_bytes, d.binary_macs, d.float_macs};
+}
+
+bhvit_model* bhvit_load_ex(const char* path, const bhvit_limits* limits, char* err, size_t errlen) {
   if (!path) {
     set_err(err, errlen, "bhvit_load: path is NULL; pass the path of a .bhvp file");
     return nullptr;
   }
   const std::string where = std::string("bhvit_load: ") + path;
-  return load_with(where.c_str(), err, errlen, [&] { return bhr::SafeTensors::from_file(path); });
+  return load_with(where.c_str(), limits, err, errlen,
+                   [&](uint64_t max_header) { return bhr::SafeTensors::from_file(path, max_header); });
+}
+
+bhvit_model* bhvit_load(const char* path, char* err, size_t errlen) { return bhvit_load_ex(path, nullptr, err, errlen); }
+
+bhvit_model* bhvit_load_memory_ex(const void* data, size_t size, const bhvit_limits* limits, char* err,
+                                  size_t errlen) {
+  return load_with("bhvit_load_memory", limits, err, errlen,
+                   [&](uint64_t max_header) { return bhr::SafeTensors::from_memory(data, size, max_header); });
 }
 
 bhvit_model* bhvit_load_memory(const void* data, size_t size, char* err, size_t errlen) {
-  return load_with("bhvit_load_memory", err, errlen, [&] { return bhr::SafeTensors::from_memory(data, size); });
+  return bhvit_load_memory_ex(data, size, nullptr, err, errlen);
+}
+
+int bhvit_get_cost(const bhvit_model* m, bhvit_cost* cost) {
+  if (!m || !cost) return -1;
+  const bhr::Cost& c = m->m->cost;
+  *cost = bhvit_cost{c.activation_bytes, c.weight_bytes, c.binary_macs, c.float_macs};
+  return 0;
 }
 
 int bhvit_input_dims(const bhvit_model* m, int* channels, int* height, int* width) {

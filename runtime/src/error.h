@@ -6,9 +6,28 @@
 
 namespace bhr {
 
-// A problem the caller can act on; what() names it and, where there is one, the fix.
+// text as one line: control bytes (a NUL or a newline inside a name from a file) written as \xNN, so that
+// what() (a C string) keeps what follows them.
+inline std::string one_line(const std::string& text) {
+  std::string out;
+  out.reserve(text.size());
+  for (const char ch : text) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c >= 0x20 && c != 0x7F) {
+      out += ch;
+      continue;
+    }
+    const char* hex = "0123456789abcdef";
+    out += "\\x";
+    out += hex[c >> 4];
+    out += hex[c & 15];
+  }
+  return out;
+}
+
+// A problem the caller can act on; what() names it and, where there is one, the fix (one line).
 struct Error : std::runtime_error {
-  using std::runtime_error::runtime_error;
+  explicit Error(const std::string& msg) : std::runtime_error(one_line(msg)) {}
 };
 
 // A problem in a file's content (header, program, tensors): the C API adds how to get a good file.

@@ -1,6 +1,8 @@
-// Strict JSON reader (json.h): recursive descent over the bytes, one pass, errors with positions.
+// Strict JSON reader (json.h): recursive descent over the bytes, one pass, errors with positions, the values
+// written as flat nodes in document order.
 #include "json.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdint>
@@ -10,10 +12,31 @@
 
 namespace bhr {
 
-const Json* Json::find(const std::string& key) const {
-  for (const auto& m : members)
-    if (m.first == key) return &m.second;
-  return nullptr;
+using detail::JsonNode;
+
+double Json::number() const {
+  const JsonNode& n = node();
+  double v = 0.0;
+  const char* p = d_->numbers.data() + n.pos;
+  std::from_chars(p, p + (n.head >> 3), v);  // checked when parsed
+  return v;
+}
+
+std::string_view Json::text() const {
+  const JsonNode& n = node();
+  return std::string_view(d_->strings.data() + n.pos, n.head >> 3);
+}
+
+std::optional<Json> Json::find(std::string_view key) const {
+  for (auto [k, v] : members())
+    if (k == key) return v;
+  return std::nullopt;
+}
+
+Json Json::at(size_t i) const {
+  Json v(d_, i_ + 1);
+  for (size_t k = 0; k < i; ++k) v = v.next();
+  return v;
 }
 
 const char* json_kind_name(Json::Kind k) {
@@ -32,21 +55,33 @@ namespace {
 
 class Parser {
  public:
-  Parser(const char* data, size_t size, const std::string& what) : p_(data), n_(size), what_(what) {}
+  Parser(const char* data, size_t size, const std::string& what, detail::JsonData& out)
+      : p_(data), n_(size), what_(what), out_(out) {}
 
-  Json document() {
+  void document() {
+    // offsets and counts are 32-bit (a header is at most 100,000,000 bytes, §7)
+    if (n_ > (size_t(1) << 31)) error("the text is larger than 2 GiB");
+    // reserved once (untouched pages cost no memory), so that growing never copies: a value and its
+    // separator take at least 2 bytes; strings and numbers are never longer than their text
+    out_.nodes.reserve(n_ / 2 + 2);
+    out_.strings.reserve(n_);
+    out_.numbers.reserve(n_);
     skip_ws();
-    Json v = value(0);
+    value(0);
     skip_ws();
     if (i_ != n_) error("unexpected data after the value");
-    return v;
   }
 
  private:
+  struct Key {
+    uint32_t str, len, at;  // the key's decoded bytes in out_.strings; its byte position in the text
+  };
   const char* p_;
   size_t n_;
   size_t i_ = 0;
   const std::string& what_;
+  detail::JsonData& out_;
+  std::vector<Key> keys_;  // the keys of the objects being read, innermost last
 
   [[noreturn]] void error(const std::string& msg) const {
     bad_file(what_ + ": invalid JSON at byte " + std::to_string(i_) + ": " + msg);
@@ -64,15 +99,20 @@ class Parser {
     i_ += len;
   }
 
-  Json value(int depth) {
-    Json v;
+  size_t push(Json::Kind k, size_t n, size_t pos) {
+    if (n >= (size_t(1) << 29)) error("a string, number or container is too large");
+    out_.nodes.push_back(JsonNode{static_cast<uint32_t>(k) | static_cast<uint32_t>(n << 3), static_cast<uint32_t>(pos)});
+    return out_.nodes.size() - 1;
+  }
+
+  void value(int depth) {
     switch (peek()) {
-      case '{': return object(depth + 1);
-      case '[': return array(depth + 1);
-      case '"': v.kind = Json::Kind::String; v.text = string(); return v;
-      case 't': expect_word("true"); v.kind = Json::Kind::Bool; v.boolean = true; return v;
-      case 'f': expect_word("false"); v.kind = Json::Kind::Bool; return v;
-      case 'n': expect_word("null"); return v;
+      case '{': object(depth + 1); return;
+      case '[': array(depth + 1); return;
+      case '"': string(); return;
+      case 't': expect_word("true"); push(Json::Kind::Bool, 0, 1); return;
+      case 'f': expect_word("false"); push(Json::Kind::Bool, 0, 0); return;
+      case 'n': expect_word("null"); push(Json::Kind::Null, 0, 0); return;
       case -1: error("unexpected end of input");
       default:
         if (peek() == '-' || (peek() >= '0' && peek() <= '9')) return number();
@@ -84,30 +124,55 @@ class Parser {
     if (depth > kJsonMaxDepth) error("nesting deeper than " + std::to_string(kJsonMaxDepth) + " levels");
   }
 
-  Json object(int depth) {
+  // The container node at `self` now holds n children and ends here.
+  void close(size_t self, Json::Kind k, size_t n) {
+    if (n >= (size_t(1) << 29)) error("a container is too large");
+    out_.nodes[self].head = static_cast<uint32_t>(k) | static_cast<uint32_t>(n << 3);
+    out_.nodes[self].pos = static_cast<uint32_t>(out_.nodes.size() - self);
+  }
+
+  std::string_view key_text(const Key& k) const { return std::string_view(out_.strings.data() + k.str, k.len); }
+
+  // Refuses a key that occurs twice among keys_[from, end): sorted by (text, position), equal keys are
+  // neighbours; the error points at the earliest second occurrence.
+  void check_unique(size_t from) {
+    if (keys_.size() - from < 2) return;
+    const auto first = keys_.begin() + static_cast<std::ptrdiff_t>(from);
+    std::sort(first, keys_.end(), [this](const Key& a, const Key& b) {
+      const int c = key_text(a).compare(key_text(b));
+      return c < 0 || (c == 0 && a.at < b.at);
+    });
+    const Key* dup = nullptr;
+    for (auto k = first + 1; k != keys_.end(); ++k)
+      if (key_text(*k) == key_text(*(k - 1)) && (!dup || k->at < dup->at)) dup = &*k;
+    if (dup) {
+      i_ = dup->at;
+      error("duplicate key \"" + std::string(key_text(*dup)) + "\"");
+    }
+  }
+
+  void object(int depth) {
     check_depth(depth);
-    Json v;
-    v.kind = Json::Kind::Object;
+    const size_t self = push(Json::Kind::Object, 0, 0), keys0 = keys_.size();
+    size_t n = 0;
     ++i_;  // '{'
     skip_ws();
     if (peek() == '}') {
       ++i_;
-      return v;
+      return close(self, Json::Kind::Object, 0);
     }
     for (;;) {
       skip_ws();
       if (peek() != '"') error("expected a string key");
       const size_t at = i_;
-      std::string key = string();
-      if (v.find(key)) {
-        i_ = at;
-        error("duplicate key \"" + key + "\"");
-      }
+      const size_t key = string();
+      keys_.push_back(Key{out_.nodes[key].pos, out_.nodes[key].head >> 3, static_cast<uint32_t>(at)});
       skip_ws();
       if (peek() != ':') error("expected ':'");
       ++i_;
       skip_ws();
-      v.members.emplace_back(std::move(key), value(depth));
+      value(depth);
+      ++n;
       skip_ws();
       if (peek() == ',') {
         ++i_;
@@ -115,25 +180,29 @@ class Parser {
       }
       if (peek() == '}') {
         ++i_;
-        return v;
+        break;
       }
       error("expected ',' or '}'");
     }
+    check_unique(keys0);
+    keys_.resize(keys0);
+    close(self, Json::Kind::Object, n);
   }
 
-  Json array(int depth) {
+  void array(int depth) {
     check_depth(depth);
-    Json v;
-    v.kind = Json::Kind::Array;
+    const size_t self = push(Json::Kind::Array, 0, 0);
+    size_t n = 0;
     ++i_;  // '['
     skip_ws();
     if (peek() == ']') {
       ++i_;
-      return v;
+      return close(self, Json::Kind::Array, 0);
     }
     for (;;) {
       skip_ws();
-      v.items.push_back(value(depth));
+      value(depth);
+      ++n;
       skip_ws();
       if (peek() == ',') {
         ++i_;
@@ -141,13 +210,13 @@ class Parser {
       }
       if (peek() == ']') {
         ++i_;
-        return v;
+        return close(self, Json::Kind::Array, n);
       }
       error("expected ',' or ']'");
     }
   }
 
-  Json number() {
+  void number() {
     const size_t start = i_;
     if (peek() == '-') ++i_;
     if (peek() == '0') {
@@ -168,15 +237,15 @@ class Parser {
       if (!(peek() >= '0' && peek() <= '9')) error("expected a digit in the exponent");
       while (peek() >= '0' && peek() <= '9') ++i_;
     }
-    Json v;
-    v.kind = Json::Kind::Number;
     // from_chars: locale-independent; out of range (1e999) is refused rather than read as infinity
-    const auto r = std::from_chars(p_ + start, p_ + i_, v.number);
-    if (r.ec != std::errc() || r.ptr != p_ + i_ || !std::isfinite(v.number)) {
+    double v = 0.0;
+    const auto r = std::from_chars(p_ + start, p_ + i_, v);
+    if (r.ec != std::errc() || r.ptr != p_ + i_ || !std::isfinite(v)) {
       i_ = start;
       error("number out of range");
     }
-    return v;
+    push(Json::Kind::Number, i_ - start, out_.numbers.size());
+    out_.numbers.append(p_ + start, i_ - start);
   }
 
   unsigned hex4() {
@@ -261,23 +330,28 @@ class Parser {
     i_ += static_cast<size_t>(len);
   }
 
-  std::string string() {
+  // A string (at the opening quote) decoded into out_.strings; returns its node.
+  size_t string() {
     ++i_;  // opening quote
-    std::string out;
+    std::string& out = out_.strings;
+    const size_t from = out.size();
     for (;;) {
       const int c = peek();
       if (c < 0) error("unterminated string");
       if (c == '"') {
         ++i_;
-        return out;
+        return push(Json::Kind::String, out.size() - from, from);
       }
       if (c == '\\') {
         escape(out);
       } else if (c < 0x20) {
         error("control character in a string (escape it)");
       } else if (c < 0x80) {
-        out += static_cast<char>(c);
-        ++i_;
+        const size_t run = i_;  // a run of plain ASCII, copied at once
+        while (i_ < n_ && static_cast<unsigned char>(p_[i_]) >= 0x20 && static_cast<unsigned char>(p_[i_]) < 0x80 &&
+               p_[i_] != '"' && p_[i_] != '\\')
+          ++i_;
+        out.append(p_ + run, i_ - run);
       } else {
         utf8_char(out);
       }
@@ -287,8 +361,10 @@ class Parser {
 
 }  // namespace
 
-Json parse_json(const char* data, size_t size, const std::string& what) {
-  return Parser(data, size, what).document();
+JsonDoc parse_json(const char* data, size_t size, const std::string& what) {
+  JsonDoc doc;
+  Parser(data, size, what, *doc.data_).document();
+  return doc;
 }
 
 }  // namespace bhr

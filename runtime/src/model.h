@@ -1,5 +1,6 @@
 // The loaded model: a validated program of typed ops over activation registers (docs/packed-format.md §4),
-// the tensors they use (converted once at load), and the register buffers of the current batch size.
+// the tensors they use (read in place from the file's bytes, or converted once per tensor and layout), what
+// the program costs per image, and the register buffers of the runs.
 //
 // Registers are planned at load: every definition of a register is a *value* with a per-image shape; values
 // whose lifetimes do not overlap share a buffer *slot*, so a run allocates only the slots (batch x the
@@ -18,6 +19,34 @@
 #include <vector>
 
 namespace bhr {
+
+class FileBytes;
+
+// What a load accepts (bhvit_limits): the JSON header's size and, per image, the activation buffers and the
+// multiply-accumulates of the program. Checked while the program is read, so an expensive file is refused
+// at the first op that goes over a limit.
+struct Limits {
+  uint64_t header_bytes = 0, activation_bytes = 0, binary_macs = 0, float_macs = 0;
+};
+Limits default_limits();
+
+// What a loaded program costs (bhvit_cost): activation buffers per image (the planned slots), bytes held
+// for weights (the file's data buffer, read in place, plus the converted layouts), and multiply-accumulates
+// per image: binary (1-bit products of bconv, blinear and attention) and float (everything else, one per
+// element for element-wise work); docs/packed-format.md §7.
+struct Cost {
+  uint64_t activation_bytes = 0, weight_bytes = 0, binary_macs = 0, float_macs = 0;
+};
+
+// a + b and a * b, saturating at 2^64 - 1 (costs of a hostile file can exceed 64 bits before a limit stops them)
+inline uint64_t sat_add(uint64_t a, uint64_t b) {
+  uint64_t r = 0;
+  return __builtin_add_overflow(a, b, &r) ? UINT64_MAX : r;
+}
+inline uint64_t sat_mul(uint64_t a, uint64_t b) {
+  uint64_t r = 0;
+  return __builtin_mul_overflow(a, b, &r) ? UINT64_MAX : r;
+}
 
 enum class RegKind { Nchw, Float, Bits };  // the input images (B, C, H, W); channels-last float; packed signs
 
@@ -99,6 +128,36 @@ struct AlignedBuffer {
   void allocate(size_t bytes);  // throws Error when memory runs out
 };
 
+// The layouts a tensor is converted to at load (loader.cpp): each made once per tensor and parameters and
+// shared by every op that names it.
+enum class Layout {
+  Aligned,     // an F32 or U64 tensor whose bytes in the file are not aligned for its type: a copy
+  Panels,      // binary rows -> 8-row panels, per group count (bitpack.h convention 7)
+  Nibbles,     // panels -> the nibble layout of small-K weights (convention 8)
+  TapPopcounts,  // per row and tap of a convolution, the popcount of its weight bits
+  Transposed,  // a patch_conv weight (Cout, K) -> (K, Cout)
+  OneMinus,    // 1 - x of an F32 vector (attention's pool and mix weights)
+};
+
+class WeightStore {
+ public:
+  // The buffer of (tensor, layout, a, b), or null when not made yet.
+  const void* find(const std::string& tensor, Layout layout, int64_t a, int64_t b) const;
+  // A new buffer of `bytes` (64-byte aligned) for (tensor, layout, a, b).
+  void* add(const std::string& tensor, Layout layout, int64_t a, int64_t b, size_t bytes);
+  uint64_t bytes() const { return bytes_; }
+
+ private:
+  struct Key {
+    std::string tensor;
+    Layout layout;
+    int64_t a, b;
+    bool operator<(const Key& o) const;
+  };
+  std::map<Key, AlignedBuffer> blobs_;
+  uint64_t bytes_ = 0;
+};
+
 // The buffers of one run at a time: the slots for up to `batch` images.
 struct Workspace {
   int64_t batch = 0;
@@ -118,11 +177,14 @@ struct Model {
   std::vector<int64_t> slot_bytes;  // per image, multiples of 64
   int64_t bytes_per_image = 0;      // sum of slot_bytes
   bool kinds_used[kNumProf] = {};
+  Cost cost;
 
-  std::map<std::string, std::vector<float>> floats;  // F32 tensors the ops point into (converted once)
+  std::shared_ptr<const FileBytes> file;  // the tensors the ops read in place
+  WeightStore weights;                     // the converted layouts the ops point into
 
   // Runs a batch; safe from any number of threads at once (each run on its own workspace). With prof, the
-  // seconds of this run per kind of work are written to prof->seconds.
+  // seconds of this run per kind of work are written to prof->seconds. Refuses non-finite pixels (naming the
+  // first: image, channel, y, x) before any work and non-finite logits after it (naming image and class).
   void run(const float* images, int64_t batch, float* logits, Profile* prof = nullptr);
 
  private:
@@ -133,8 +195,9 @@ struct Model {
   void give_back(std::unique_ptr<Workspace> ws);
 };
 
-// Loads and validates a whole file (safetensors bytes) into a model; throws Error / FileError.
+// Loads and validates a whole file (safetensors bytes) into a model within the limits; throws Error /
+// FileError. The model keeps the file's bytes and takes its metadata.
 class SafeTensors;
-std::unique_ptr<Model> load_model(const SafeTensors& st);
+std::unique_ptr<Model> load_model(SafeTensors& st, const Limits& limits);
 
 }  // namespace bhr

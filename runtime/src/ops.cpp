@@ -19,7 +19,7 @@ const Entry kOps[] = {
 };
 }  // namespace
 
-std::unique_ptr<Op> parse_op(const Json& j, int index, Loader& L) {
+std::unique_ptr<Op> parse_op(Json j, int index, Loader& L) {
   const std::string where = "op " + std::to_string(index);
   Fields head(j, where);
   const std::string kind = head.str("op");

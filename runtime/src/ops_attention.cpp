@@ -15,17 +15,10 @@
 namespace bhr {
 namespace {
 
-struct Branch {  // one of q, k, v: its weight in the layouts the kernels read (a.br[n] points into them)
-  std::vector<uint64_t> panels;  // (ceil(C/8), CW, 8)
-  std::vector<uint8_t> nib;
-};
-
 class WindowAttention final : public Op {
  public:
   int in = 0, out = 0;
-  bhv::WindowAttn a;
-  std::vector<float> one_minus_mix, one_minus_alpha;  // a.one_minus_mix, a.one_minus_alpha
-  Branch br[3];
+  bhv::WindowAttn a;  // its weights point into the file's tensors and the model's converted layouts
   // temporaries (values live during this op only)
   int t_glob = 0, t_hs = 0, t_m[3] = {0, 0, 0}, t_ctx = 0, t_bits = 0;
 
@@ -54,25 +47,25 @@ class WindowAttention final : public Op {
   }
 };
 
-void parse_branch(Loader& L, Fields& f, const char* key, int64_t C, Branch& b, bhv::AttnBranch& k) {
+void parse_branch(Loader& L, Fields& f, const char* key, int64_t C, bhv::AttnBranch& k) {
   Fields br = f.object(key);
   k.move = L.f32(br, "move", {C});
-  const std::vector<uint64_t> rows = L.bits(br, "weight", C, C);
+  const BinaryWeight w = L.bits(br, "weight", C, C);
   k.scale = L.f32(br, "scale", {C});
   k.bias = L.f32(br, "bias", {C}, true);
   const RPReLUParams act = parse_rprelu(L, br, "rprelu", C, false);
   k.slope = act.slope, k.b1 = act.b1, k.b2 = act.b2;
   k.move2 = L.f32(br, "move2", {C});
   br.finish();
-  const int64_t KW = (C + 63) / 64, NP = (C + 7) / 8;
-  b.panels.resize(static_cast<size_t>(NP * KW * 8));
-  bhv::to_panels(rows.data(), 1, C, KW, b.panels.data());
-  if (bhv::nibbles_pay(C, KW)) {
-    b.nib.resize(static_cast<size_t>(bhv::quads_for(NP * 8) * KW * 16 * bhv::kQuad));
-    bhv::to_nibbles(b.panels.data(), NP, KW, b.nib.data());
-  }
-  k.panels = b.panels.data();
-  k.nib = b.nib.empty() ? nullptr : b.nib.data();
+  k.panels = L.panels(w, 1);
+  k.nib = L.nibbles(w);
+}
+
+// 1 - x of the F32 vector a field names (made once per tensor).
+const float* one_minus(Loader& L, Fields& f, const std::string& key, const float* x, int64_t c) {
+  return L.converted<float>(L.tensor_name(f, key), Layout::OneMinus, 0, 0, c, [&](float* out) {
+    for (int64_t i = 0; i < c; ++i) out[i] = 1.0f - x[i];
+  });
 }
 
 float positive(Fields& f, const std::string& key) {
@@ -89,20 +82,22 @@ void parse_quant(Loader& L, Fields& f, bhv::WindowAttn& op) {
     op.lsq = true;
     op.step = L.f32(q, "step", {op.heads});
     op.zero = L.f32(q, "zero", {op.heads});
-    const Json& gs = q.req("grad_scale");
+    const Json gs = q.req("grad_scale");
     if (!gs.is(Json::Kind::Bool)) q.error("grad_scale", "expected true or false");
-    op.grad_scale = gs.boolean;
+    op.grad_scale = gs.boolean();
   } else if (kind == "gsb") {
     op.lsq = false;
     op.gsb_alpha = L.f32(q, "alpha", {1})[0];
     const float* w = L.f32(q, "weights", {3});
     std::copy(w, w + 3, op.gsb_w);
-    const Json& th = q.req("thresholds");
-    if (!th.is(Json::Kind::Array) || th.items.size() != 3) q.error("thresholds", "expected 3 numbers");
-    for (int i = 0; i < 3; ++i) {
-      if (!th.items[static_cast<size_t>(i)].is(Json::Kind::Number)) q.error("thresholds", "expected 3 numbers");
-      op.theta[i] = static_cast<float>(th.items[static_cast<size_t>(i)].number);
+    const Json th = q.req("thresholds");
+    if (!th.is(Json::Kind::Array) || th.size() != 3) q.error("thresholds", "expected 3 numbers");
+    int i = 0;
+    for (Json t : th.items()) {
+      if (!t.is(Json::Kind::Number)) q.error("thresholds", "expected 3 numbers");
+      op.theta[i] = static_cast<float>(t.number());
       if (!std::isfinite(op.theta[i])) q.error("thresholds", "expected finite numbers (as float32)");
+      ++i;
     }
   } else {
     q.error("kind", "expected \"lsq\" or \"gsb\", got \"" + kind + "\"");
@@ -135,16 +130,14 @@ std::unique_ptr<Op> parse_window_attention(Fields& f, Loader& L) {
     f.error("window", std::to_string(a.nW) + " windows of " + std::to_string(a.L) + " tokens x " +
                           std::to_string(s.c) + " channels exceed 2^30 elements per image");
   a.alpha = L.f32(f, "pool_alpha", {s.c});
-  op->one_minus_alpha.resize(static_cast<size_t>(s.c));
-  for (int64_t c = 0; c < s.c; ++c) op->one_minus_alpha[static_cast<size_t>(c)] = 1.0f - a.alpha[c];
-  a.one_minus_alpha = op->one_minus_alpha.data();
+  a.one_minus_alpha = one_minus(L, f, "pool_alpha", a.alpha, s.c);
   Fields tn = f.object("token_norm");
   a.ln_w = L.f32(tn, "weight", {s.c});
   a.ln_b = L.f32(tn, "bias", {s.c});
   a.eps = positive(tn, "eps");
   tn.finish();
   const char* names[3] = {"q", "k", "v"};
-  for (int n = 0; n < 3; ++n) parse_branch(L, f, names[n], s.c, op->br[n], a.br[n]);
+  for (int n = 0; n < 3; ++n) parse_branch(L, f, names[n], s.c, a.br[n]);
   a.divisor = positive(f, "score_divisor");
   parse_quant(L, f, a);
   Fields cx = f.object("ctx");
@@ -154,15 +147,20 @@ std::unique_ptr<Op> parse_window_attention(Fields& f, Loader& L) {
   a.ctx_slope = act.slope, a.ctx_b1 = act.b1, a.ctx_b2 = act.b2;
   cx.finish();
   a.mix = L.f32(f, "mix", {s.c});
-  op->one_minus_mix.resize(static_cast<size_t>(s.c));
-  for (int64_t c = 0; c < s.c; ++c) op->one_minus_mix[static_cast<size_t>(c)] = 1.0f - a.mix[c];
-  a.one_minus_mix = op->one_minus_mix.data();
+  a.one_minus_mix = one_minus(L, f, "mix", a.mix, s.c);
   op->out = L.define(f, "out", s);
   op->t_glob = L.temp(a.nW * s.c * 4);
   op->t_hs = L.temp(elems * 4);
   for (int& t : op->t_m) t = L.temp(elems * 4);
   op->t_ctx = L.temp(elems * 4);
   op->t_bits = L.temp(rows * s.words() * 8);
+  // binary: q, k, v (rows x C x C each), per window and head the scores (L x L x d) and the three masks
+  // times v (3 L x L x d); float: pooling, LayerNorm, the branches' transforms, context and merge (a few per
+  // token and channel), softmax and the masks (4 per score)
+  const uint64_t binary = sat_add(product({3, rows, s.c, s.c}), product({4, a.nW, a.L, a.L, s.c}));
+  const uint64_t flt = sat_add(sat_add(product({s.h, s.w, s.c}), product({16, rows, s.c})),
+                               product({4, a.nW, a.heads, a.L, a.L}));
+  L.charge(f, binary, flt);
   for (int k : {kProfAttnPool, kProfAttnQkv, kProfAttnCore, kProfAttnMerge}) L.use(k);
   return op;
 }

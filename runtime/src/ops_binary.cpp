@@ -1,6 +1,7 @@
 // Binary ops (§5): bconv and blinear on packed signs through the kernels (runtime/kernels/kernels.h), weights
-// converted once at load: rows -> 8-row panels (bitpack.h convention 7), per-tap popcounts for the exact
-// zero padding of convolutions, and the nibble layout of small-K linears (convention 8).
+// converted at load once per tensor and layout (loader.h), shared by every op that names the tensor: rows ->
+// 8-row panels (bitpack.h convention 7), per-tap popcounts for the exact zero padding of convolutions, and
+// the nibble layout of small-K linears (convention 8).
 #include <algorithm>
 #include <cstring>
 
@@ -50,19 +51,13 @@ Transform parse_transform(Fields& f, Loader& L, int64_t n, int64_t h, int64_t w)
   return t;
 }
 
-int64_t popcount_range(const uint64_t* row, int64_t b0, int64_t b1) {
-  int64_t n = 0;
-  for (int64_t b = b0; b < b1; ++b) n += (row[b >> 6] >> (b & 63)) & 1;
-  return n;
-}
-
 // ---- bconv ---------------------------------------------------------------------------------------------
 class BConv final : public Op {
  public:
   int in = 0, out = 0;
   bhv::ConvGeom geom{};
-  std::vector<uint64_t> panels;  // (groups, ceil(Ng/8), KWc, 8)
-  std::vector<int32_t> wpop;     // (Cout, taps)
+  const uint64_t* panels = nullptr;  // (groups, ceil(Ng/8), KWc, 8)
+  const int32_t* wpop = nullptr;     // (Cout, taps)
   Transform tr;
 
   int prof_kind() const override { return kProfBConv; }
@@ -72,7 +67,7 @@ class BConv final : public Op {
     bhv::Epilogue e = tr.epilogue(x);
     e.out = x.f(out);
     e.out_ld = g.Cout;
-    bhv::bconv(x.u(in), g, panels.data(), wpop.data(), e);
+    bhv::bconv(x.u(in), g, panels, wpop, e);
   }
 };
 
@@ -81,8 +76,8 @@ class BLinear final : public Op {
  public:
   int in = 0, out = -1;
   int64_t HW = 0, K = 0, N = 0;
-  std::vector<uint64_t> panels;  // (ceil(N/8), KW, 8)
-  std::vector<uint8_t> nib;      // nibble layout when it pays (small K)
+  const uint64_t* panels = nullptr;  // (ceil(N/8), KW, 8)
+  const uint8_t* nib = nullptr;      // nibble layout when it pays (small K), else null
   Transform tr;
   // pack mode: bits of z + move and group means of r columns instead of z
   int pack_out = -1, means = -1, tmp = -1;
@@ -94,23 +89,23 @@ class BLinear final : public Op {
   void run(const Exec& x) const override {
     const int64_t M = x.batch * HW, KW = (K + 63) / 64;
     bhv::Epilogue e = tr.epilogue(x);
-    const uint8_t* nb = nib.empty() ? nullptr : nib.data();
+    const uint8_t* nb = nib;
     if (pack_out < 0) {
       e.out = x.f(out);
       e.out_ld = N;
-      bhv::bgemm(x.u(in), M, panels.data(), 0, N, KW, K, 1, e, nb);
+      bhv::bgemm(x.u(in), M, panels, 0, N, KW, K, 1, e, nb);
       return;
     }
     if (tmp < 0) {  // the engine packs in the output transform (mean_r divides 128)
       e.bits = x.u(pack_out), e.bits_bias = move, e.bits_ld = (N + 63) / 64;
       e.means = x.f(means), e.mean_r = mean_r, e.means_ld = N / mean_r;
-      bhv::bgemm(x.u(in), M, panels.data(), 0, N, KW, K, 1, e, nb);
+      bhv::bgemm(x.u(in), M, panels, 0, N, KW, K, 1, e, nb);
       return;
     }
     float* z = x.f(tmp);  // other mean_r: z first, then its bits and means
     e.out = z;
     e.out_ld = N;
-    bhv::bgemm(x.u(in), M, panels.data(), 0, N, KW, K, 1, e, nb);
+    bhv::bgemm(x.u(in), M, panels, 0, N, KW, K, 1, e, nb);
     bhv::pack_rows(z, N, M, N, move, x.u(pack_out));
     bhv::means_of_groups(z, M, N, mean_r, x.f(means));
   }
@@ -135,20 +130,16 @@ std::unique_ptr<Op> parse_bconv(Fields& f, Loader& L) {
     f.error("kernel", "this runtime supports kernels of at most 16 taps (kh*kw), got " + std::to_string(taps));
   const int64_t span_h = s.h + 2 * pad - dil * (k[0] - 1) - 1, span_w = s.w + 2 * pad - dil * (k[1] - 1) - 1;
   if (span_h < 0 || span_w < 0) f.error("kernel", "the dilated kernel is larger than the padded input " + describe(s));
-  const int64_t oh = span_h / stride + 1, ow = span_w / stride + 1, cg = cin / groups, ng = cout / groups;
-  const int64_t kbits = taps * cg, kwc = (kbits + 63) / 64;
-  const std::vector<uint64_t> rows = L.bits(f, "weight", cout, kbits);
+  const int64_t oh = span_h / stride + 1, ow = span_w / stride + 1, cg = cin / groups;
+  const int64_t kbits = taps * cg;
+  const BinaryWeight w = L.bits(f, "weight", cout, kbits);
   op->tr = parse_transform(f, L, cout, oh, ow);
   const RegShape os{RegKind::Float, oh, ow, cout};
   op->out = op->tr.accumulate ? L.accumulate(f, "out", os) : L.define(f, "out", os);
   op->geom = bhv::ConvGeom{0, s.h, s.w, cin, s.words(), groups, k[0], k[1], stride, pad, dil, oh, ow, cout};
-  op->wpop.resize(static_cast<size_t>(cout * taps));
-  for (int64_t o = 0; o < cout; ++o)
-    for (int64_t t = 0; t < taps; ++t)
-      op->wpop[static_cast<size_t>(o * taps + t)] =
-          static_cast<int32_t>(popcount_range(rows.data() + o * kwc, t * cg, (t + 1) * cg));
-  op->panels.resize(static_cast<size_t>(groups * ((ng + 7) / 8) * kwc * 8));
-  bhv::to_panels(rows.data(), groups, ng, kwc, op->panels.data());
+  L.charge(f, product({oh, ow, cout, kbits}), product({oh, ow, cout}));
+  op->wpop = L.tap_popcounts(w, taps, cg);
+  op->panels = L.panels(w, groups);
   return op;
 }
 
@@ -160,8 +151,7 @@ std::unique_ptr<Op> parse_blinear(Fields& f, Loader& L) {
   op->K = f.integer("in_features", 1, kMaxRegElems);
   op->N = f.integer("out_features", 1, kMaxRegElems);
   if (s.c != op->K) f.error("in", "register holds " + describe(s) + " but in_features is " + std::to_string(op->K));
-  const int64_t KW = (op->K + 63) / 64, NP = (op->N + 7) / 8;
-  const std::vector<uint64_t> rows = L.bits(f, "weight", op->N, op->K);
+  const BinaryWeight w = L.bits(f, "weight", op->N, op->K);
   op->tr = parse_transform(f, L, op->N, s.h, s.w);
   if (f.has("pack")) {
     if (f.has("out")) f.error("out", "with pack the op writes pack.out and pack.means; remove 'out'");
@@ -178,12 +168,9 @@ std::unique_ptr<Op> parse_blinear(Fields& f, Loader& L) {
     const RegShape os{RegKind::Float, s.h, s.w, op->N};
     op->out = op->tr.accumulate ? L.accumulate(f, "out", os) : L.define(f, "out", os);
   }
-  op->panels.resize(static_cast<size_t>(NP * KW * 8));
-  bhv::to_panels(rows.data(), 1, op->N, KW, op->panels.data());
-  if (bhv::nibbles_pay(op->N, KW)) {
-    op->nib.resize(static_cast<size_t>(bhv::quads_for(NP * 8) * KW * 16 * bhv::kQuad));
-    bhv::to_nibbles(op->panels.data(), NP, KW, op->nib.data());
-  }
+  L.charge(f, product({s.h, s.w, op->N, op->K}), product({s.h, s.w, op->N}));
+  op->panels = L.panels(w, 1);
+  op->nib = L.nibbles(w);
   return op;
 }
 

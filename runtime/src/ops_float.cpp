@@ -12,8 +12,7 @@ namespace {
 class PatchConv final : public Op {
  public:
   int in = 0, out = 0;
-  bhv::PatchConv p;
-  std::vector<float> wt;  // (K, Cout): p.wt
+  bhv::PatchConv p;  // p.wt: the weight transposed, (K, Cout), made once per tensor
 
   int prof_kind() const override { return kProfPatchConv; }
   void run(const Exec& x) const override { bhv::patch_conv(p, x.f(in), x.batch, x.f(out)); }
@@ -92,8 +91,8 @@ RegShape float_map(int64_t h, int64_t w, int64_t c) { return RegShape{RegKind::F
 // ---- parse functions -------------------------------------------------------------------------------------
 std::unique_ptr<Op> parse_patch_conv(Fields& f, Loader& L) {
   auto op = std::make_unique<PatchConv>();
-  const Json& in = f.req("in");
-  const Value* v = in.is(Json::Kind::String) ? L.lookup(in.text) : nullptr;
+  const Json in = f.req("in");
+  const Value* v = in.is(Json::Kind::String) ? L.lookup(std::string(in.text())) : nullptr;
   bhv::PatchConv& p = op->p;
   p.nchw = v && v->shape.kind == RegKind::Nchw;  // the images, (C, H, W) per image
   op->in = p.nchw ? L.read(f, "in", RegKind::Nchw) : L.read(f, "in", RegKind::Float);
@@ -108,11 +107,12 @@ std::unique_ptr<Op> parse_patch_conv(Fields& f, Loader& L) {
   p.cout = ws[0];
   p.bias = L.f32(f, "bias", {p.cout}, true);
   p.oh = p.H / p.k, p.ow = p.W / p.k, p.K = p.C * p.k * p.k;
-  op->wt.resize(static_cast<size_t>(p.K * p.cout));
-  for (int64_t o = 0; o < p.cout; ++o)
-    for (int64_t kk = 0; kk < p.K; ++kk) op->wt[static_cast<size_t>(kk * p.cout + o)] = w[o * p.K + kk];
-  p.wt = op->wt.data();
   op->out = L.define(f, "out", float_map(p.oh, p.ow, p.cout));
+  L.charge(f, 0, product({p.oh, p.ow, p.cout, p.K}));
+  p.wt = L.converted<float>(L.tensor_name(f, "weight"), Layout::Transposed, 0, 0, p.K * p.cout, [&](float* wt) {
+    for (int64_t o = 0; o < p.cout; ++o)
+      for (int64_t kk = 0; kk < p.K; ++kk) wt[kk * p.cout + o] = w[o * p.K + kk];
+  });
   return op;
 }
 
@@ -127,8 +127,9 @@ std::unique_ptr<Op> parse_affine(Fields& f, Loader& L) {
   if (act != "none" && act != "gelu") f.error("act", "expected \"none\" or \"gelu\", got \"" + act + "\"");
   op->p.gelu = act == "gelu";
   op->p.add = L.f32(f, "add", {s.h, s.w, s.c}, true);
-  const bool same = f.req("out").is(Json::Kind::String) && f.req("in").text == f.req("out").text;
+  const bool same = f.req("out").is(Json::Kind::String) && f.req("in").text() == f.req("out").text();
   op->out = L.define(f, "out", s, same ? op->in : -1);
+  L.charge(f, 0, product({s.h, s.w, s.c}));
   return op;
 }
 
@@ -140,6 +141,7 @@ std::unique_ptr<Op> parse_sign_pack(Fields& f, Loader& L) {
   op->move = L.f32(f, "move", {s.c}, true);
   s.kind = RegKind::Bits;
   op->out = L.define(f, "out", s);
+  L.charge(f, 0, product({s.h, s.w, s.c}));
   return op;
 }
 
@@ -150,6 +152,7 @@ std::unique_ptr<Op> parse_avg_pool(Fields& f, Loader& L) {
   op->H = s.h, op->W = s.w, op->C = s.c;
   op->k = f.integer("kernel", 1, 16);
   op->out = L.define(f, "out", float_map(s.h / op->k, s.w / op->k, s.c));
+  L.charge(f, 0, product({s.h, s.w, s.c}));
   return op;
 }
 
@@ -159,6 +162,7 @@ std::unique_ptr<Op> parse_mean_tokens(Fields& f, Loader& L) {
   const RegShape s = L.value(op->in).shape;
   op->HW = s.pixels(), op->C = s.c;
   op->out = L.define(f, "out", float_map(1, 1, s.c));
+  L.charge(f, 0, product({s.h, s.w, s.c}));
   return op;
 }
 
@@ -175,6 +179,7 @@ std::unique_ptr<Op> parse_linear(Fields& f, Loader& L) {
   op->N = ws[0];
   op->bias = L.f32(f, "bias", {op->N}, true);
   op->out = L.define(f, "out", float_map(1, 1, op->N));
+  L.charge(f, 0, product({op->K, op->N}));
   return op;
 }
 
@@ -192,6 +197,9 @@ std::unique_ptr<Op> parse_shift_add(Fields& f, Loader& L) {
   }
   op->scales = L.f32(f, "scales", {3 * static_cast<int64_t>(op->kernels.size()), 2, s.c});
   op->out = L.accumulate(f, "out", s);
+  int64_t per_element = 0;  // per k: the h and w sums of k terms and the channel shift, each scaled and added
+  for (int k : op->kernels) per_element += 2 * k + 7;
+  L.charge(f, 0, product({s.h, s.w, s.c, per_element}));
   return op;
 }
 

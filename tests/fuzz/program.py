@@ -773,17 +773,23 @@ def _declared(data: bytes) -> tuple[list, int] | None:
 
 
 def _run_twice(model, expect_same) -> tuple[str, str]:  # noqa: ANN001
-    """Runs batch 1 and 2; the outcome: LOADED, NONFINITE, WRONG (shape) or DIFFERENT (from the seed)."""
+    """Runs batch 1 and 2; the outcome: LOADED, NONFINITE (the run refused its non-finite logits), WRONG (shape,
+    or non-finite logits returned as a result) or DIFFERENT (from the seed)."""
     import numpy as np
 
     for batch in (1, 2):
-        logits = model.run(_images(model.input_shape, batch))
+        try:
+            logits = model.run(_images(model.input_shape, batch))
+        except ValueError as err:
+            if "are not finite" not in str(err):
+                raise
+            return "NONFINITE", f"batch {batch}: {err}"
         if logits.shape != (batch, model.num_classes) or logits.dtype != np.float32:
             return "WRONG", f"logits {logits.shape} {logits.dtype} for batch {batch}"
         if expect_same is not None and not np.array_equal(logits, expect_same[batch]):
             return "DIFFERENT", f"batch {batch}: max |diff| {np.nanmax(np.abs(logits - expect_same[batch]))}"
         if not np.isfinite(logits).all():
-            return "NONFINITE", f"batch {batch}"
+            return "WRONG", f"batch {batch}: non-finite logits returned instead of an error"
     return "LOADED", f"{model.input_shape} -> {model.num_classes}"
 
 
