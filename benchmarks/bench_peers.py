@@ -36,6 +36,7 @@ as they are (their own choice of instructions).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -259,9 +260,11 @@ class Worker:
         self.send(spec)
 
     def send(self, message: dict[str, Any]) -> None:
+        """Writes one request; to a worker that has gone, nothing (:meth:`receive` then reports its exit)."""
         assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps(message) + "\n").encode())
-        self.proc.stdin.flush()
+        with contextlib.suppress(OSError):
+            self.proc.stdin.write((json.dumps(message) + "\n").encode())
+            self.proc.stdin.flush()
 
     def receive(self, timeout: float) -> dict[str, Any]:
         """The next reply; a worker that exits or stays silent past timeout gives ``{"error": ...}``."""
@@ -285,13 +288,15 @@ class Worker:
         return f": {' | '.join(text[-3:])[-400:]}" if text else ""
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()  # type: ignore[union-attr]
-                self.proc.wait(timeout=10)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
+        """Ends the worker: its input closes (it exits when idle); one still busy after 10 s is killed."""
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()  # type: ignore[union-attr]
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()  # type: ignore[union-attr]
 
 
 def missing_modules(name: str) -> str | None:

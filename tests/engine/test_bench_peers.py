@@ -5,6 +5,7 @@ is skipped with its install command."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -66,6 +67,15 @@ def test_a_failing_competitor_is_reported_and_the_others_go_on(tmp_path: Path) -
     assert len(results["good"]["rounds"]) == 1 and peak > 0
     assert results["truncated"]["error"].startswith("PackedFormatError: ")
     assert results["absent"] == {"error": "preparing it failed"}
+
+
+def test_a_worker_that_dies_is_reported_with_its_last_words(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONHOME": str(tmp_path / "absent")}  # the interpreter cannot start
+    worker = bench_peers.Worker({"competitor": "bhvit"}, env, tmp_path / "worker.log")
+    answer = worker.receive(timeout=60)
+    worker.send({"round": 0.0})  # to a worker that has gone: nothing raised
+    worker.close()
+    assert answer["error"].startswith("the worker exited with status 1: ") and "Python" in answer["error"]
 
 
 def test_a_missing_package_is_skipped_with_its_install_command(tmp_path: Path, monkeypatch) -> None:
