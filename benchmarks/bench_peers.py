@@ -441,8 +441,9 @@ def summarise(result: dict[str, Any], batch: int) -> dict[str, Any]:
     }
 
 
-def bench(args: argparse.Namespace, logs: Path) -> list[dict[str, Any]]:
-    """Every configuration: rows of (model, batch, threads) with each competitor's result."""
+def bench(args: argparse.Namespace, logs: Path, save: Callable[[list[dict[str, Any]]], None]) -> list[dict[str, Any]]:
+    """Every configuration: rows of (model, batch, threads) with each competitor's result, printed and
+    saved (``save(rows so far)``) as each is measured."""
     from bhvit import runtime
 
     if args.isa:
@@ -471,6 +472,7 @@ def bench(args: argparse.Namespace, logs: Path) -> list[dict[str, Any]]:
                 row.update(ideal(row, peak))
                 rows.append(row)
                 print(format_rows([row], args.competitors, header=len(rows) == 1), flush=True)
+                save(rows)
     return rows
 
 
@@ -573,8 +575,21 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.json or RESULTS / f"bench_peers{'_' + args.isa if args.isa else ''}.json")
     note = " (OpenVINO and onnxruntime as they are)" if args.isa else ""
     print(f"runtime isa {args.isa or runtime.isa()}{note}; ms per image, median of {args.rounds} interleaved rounds")
+    from bhvit.checkpoint import atomic_write
+
+    def save(rows: list[dict[str, Any]], complete: bool = False) -> None:
+        record = {
+            "machine": machine_info(),
+            "isa": args.isa or runtime.isa(),
+            "statistic": f"median of {args.rounds} interleaved rounds (ms_best: the best round)",
+            "complete": complete,  # False while the run goes on (or after it was stopped)
+            "rows": rows,
+        }
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n"))
+
     with tempfile.TemporaryDirectory(prefix="bench_peers_") as tmp:
-        rows = bench(args, Path(tmp))
+        rows = bench(args, Path(tmp), save)
+    save(rows, complete=True)
     lines = failures(rows)
     if lines:
         print("not measured:\n" + "\n".join(lines))
@@ -585,15 +600,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['kernel_peak_gbops']:.0f} G bit-MAC/s = {r['ideal_share']:.0%} of the runtime's "
                 f"{r['competitors']['bhvit']['ms']:.2f} ms"
             )
-    record = {
-        "machine": machine_info(),
-        "isa": args.isa or runtime.isa(),
-        "statistic": f"median of {args.rounds} interleaved rounds (ms_best: the best round)",
-        "rows": rows,
-    }
-    from bhvit.checkpoint import atomic_write
-
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n"))
     print(f"wrote {path}")
     return 0
 

@@ -26,7 +26,7 @@ def test_every_installed_competitor_is_timed_side_by_side(tmp_path: Path) -> Non
     assert bench_peers.main([*FAST, "--batch", "2", "--calibration", "4", "--json", str(out)]) == 0
     record = json.loads(out.read_text())
     assert record["machine"]["cpu_flags"].keys() == set(bench_peers.CPU_FLAGS)
-    assert record["isa"] == runtime.isa() and "median" in record["statistic"]
+    assert record["isa"] == runtime.isa() and "median" in record["statistic"] and record["complete"]
     (row,) = record["rows"]
     assert (row["model"], row["batch"], row["threads"]) == ("bhvit_test", 2, 1)
     for name, result in row["competitors"].items():
