@@ -3,10 +3,12 @@
 Optional: ``pip install 'bhvit[hub]'`` (``huggingface_hub``); without it, importing this module raises an
 ``ImportError`` of one line that says so.
 
->>> model.save_pretrained("my-bhvit")                       # a BHViT (bhvit.BHViT.save_pretrained)
+>>> bhvit.hub.save_pretrained(model, "my-bhvit")                   # a BHViT
 >>> bhvit.hub.save_pretrained("runs/x/checkpoint.pt", "my-bhvit")   # a checkpoint, with its labels and accuracy
->>> model = bhvit.BHViT.from_pretrained("my-bhvit")          # a folder, or a Hub id "user/name"
->>> shared = bhvit.hub.from_pretrained("user/name")           # .model, .labels, .preprocess, .accuracy, .packed
+>>> shared = bhvit.hub.from_pretrained("user/name")  # or a folder: .model, .labels, .preprocess, .accuracy, .packed
+
+The model class does not import this module (the architecture sits below sharing, packing and the registry),
+so these are functions, not methods of :class:`bhvit.BHViT`.
 
 A shared model is these files:
 
@@ -210,7 +212,7 @@ class PretrainedBHViT(
             "",
             "```python",
             "import bhvit",
-            'model = bhvit.BHViT.from_pretrained("REPO_OR_FOLDER")   # the float model (PyTorch)',
+            'model = bhvit.hub.from_pretrained("REPO_OR_FOLDER").model   # the float model (PyTorch)',
             "```",
         ]
         if packed is not None:

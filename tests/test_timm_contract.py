@@ -17,8 +17,9 @@ import pytest
 import torch
 
 import bhvit
-from bhvit.models.bhvit import PRECISIONS, default_cfgs
+from bhvit.models.bhvit import PRECISIONS
 from bhvit.models.features import feature_take_indices
+from bhvit.models.variants import default_cfgs
 
 SMALL = {"img_size": 32, "window_size": 1}
 # the fields of timm's PretrainedCfg dataclass (timm/models/_pretrained.py): timm builds one from our dicts

@@ -95,15 +95,15 @@ def test_the_readme_lines_with_timm(timm_path, first):
 
 def test_timm_loads_a_shared_folder(timm_path, tmp_path):
     """A folder written by save_pretrained is a timm model source: ``local-dir:DIR`` with its weights."""
-    pytest.importorskip("bhvit.hub", reason="huggingface_hub is not installed (pip install 'bhvit[hub]')")
+    hub = pytest.importorskip("bhvit.hub", reason="huggingface_hub is not installed (pip install 'bhvit[hub]')")
     sys.path.insert(0, str(ROOT / "tests"))
     from support import randomized
 
-    randomized("binary").save_pretrained(tmp_path / "shared")
+    hub.save_pretrained(randomized("binary"), tmp_path / "shared")
     code = TORCHVISION_SCHEMAS + (
         "import bhvit, timm, torch\n"
         f"folder = {str(tmp_path / 'shared')!r}\n"
-        "want = bhvit.BHViT.from_pretrained(folder)\n"
+        "want = bhvit.hub.from_pretrained(folder).model\n"
         "got = timm.create_model('local-dir:' + folder, pretrained=True)\n"
         "print(got.config == want.config, all(torch.equal(a, b) for a, b in zip(got.state_dict().values(), "
         "want.state_dict().values())))\n"
