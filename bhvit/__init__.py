@@ -24,6 +24,8 @@ import importlib.util
 import sys
 from typing import Any
 
+from bhvit.lazy import lazy_attributes
+
 _EXPORTS = {  # public name -> module that defines it (None: the name is a submodule)
     "engine": None,
     "hub": None,
@@ -59,21 +61,13 @@ def _version() -> str:
         return "0+unknown"
 
 
+_exported, __dir__ = lazy_attributes(__name__, _EXPORTS)
+
+
 def __getattr__(name: str) -> Any:
     if name == "__version__":  # looked up on first use: importing bhvit stays cheap
         return _version()
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'bhvit' has no attribute {name!r}")
-    module = _EXPORTS[name]
-    try:
-        value = importlib.import_module(f".{name}" if module is None else f".{module}", __name__)
-    except ImportError as e:  # an optional part (bhvit.hub without huggingface_hub): its one line, and
-        raise AttributeError(str(e)) from None  # hasattr / inspect see a missing attribute
-    return value if module is None else getattr(value, name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+    return _exported(name)
 
 
 class _AfterExec:
