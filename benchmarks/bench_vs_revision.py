@@ -11,7 +11,7 @@ revision that still had that forward beside the runtime (``LegacyPackedModel``) 
     MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/bench_vs_revision.py \\
         --isa avx2 --json benchmarks/results/bench_vs_revision_avx2.json
 
-The earlier revision is unpacked and its extension built once under ``--workdir`` (about 3 minutes on 2
+The earlier revision is unpacked and its native code built once under ``--workdir`` (about 3 minutes on 2
 cores); later runs reuse it.
 """
 
@@ -81,17 +81,31 @@ def prepare(rev: str, workdir: Path) -> Path:
     tree.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", sha], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-    print(f"building the extension of {sha[:12]} in {tree} ...", file=sys.stderr, flush=True)
-    env = {**os.environ, "BHVIT_REQUIRE_EXT": "1"}
-    subprocess.run(
-        [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
-        cwd=tree,
-        env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    print(f"building the native code of {sha[:12]} in {tree} ...", file=sys.stderr, flush=True)
+    build_in_place(tree)
     stamp.write_text(sha + "\n")
     return tree
+
+
+def build_in_place(tree: Path) -> None:
+    """Builds a revision's native code into its own package folders, so that ``PYTHONPATH=tree`` imports it:
+    ``setup.py build_ext --inplace`` for the revisions that had setup.py, else the CMake build of the root
+    CMakeLists.txt installed with the tree itself as the prefix (its destinations are package folders)."""
+    if (tree / "setup.py").is_file():
+        env = {**os.environ, "BHVIT_REQUIRE_EXT": "1"}
+        cmd = [sys.executable, "setup.py", "-q", "build_ext", "--inplace"]
+        subprocess.run(cmd, cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)
+        return
+    import pybind11
+
+    build = tree / "build" / "bench"
+    for cmd in (
+        ["cmake", "-S", tree, "-B", build, "-DCMAKE_BUILD_TYPE=Release", f"-DPython_EXECUTABLE={sys.executable}"]
+        + [f"-Dpybind11_DIR={pybind11.get_cmake_dir()}"],
+        ["cmake", "--build", build, "-j", str(os.cpu_count() or 1)],
+        ["cmake", "--install", build, "--prefix", tree],
+    ):
+        subprocess.run([str(c) for c in cmd], check=True, stdout=subprocess.DEVNULL)
 
 
 class Worker:

@@ -16,8 +16,6 @@ import importlib.util
 import sys
 from typing import Any
 
-__version__ = "0.1.0"
-
 _EXPORTS = {  # public name -> module that defines it
     "quant": None,
     "load_model": "checkpoint",
@@ -39,7 +37,20 @@ _EXPORTS = {  # public name -> module that defines it
 }
 
 
+def _version() -> str:
+    """The installed distribution's version: runtime/include/bhvit_runtime.h's BHVIT_VERSION_* at build time
+    (pyproject.toml reads it there; the one source of the version number)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(__name__)
+    except PackageNotFoundError:  # imported from a checkout that pip never installed
+        return "0+unknown"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # looked up on first use: importing bhvit stays cheap
+        return _version()
     if name not in _EXPORTS:
         raise AttributeError(f"module 'bhvit' has no attribute {name!r}")
     module = _EXPORTS[name]

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,6 +147,19 @@ def test_help_and_unknown_command(capsys):
     assert main(["--help"]) == 0
     assert "profile" in capsys.readouterr().out
     assert main(["frobnicate"]) == 2
+
+
+def test_version_is_the_headers(capsys):
+    """`bhvit --version` (the installed command) and bhvit.__version__ give runtime/include/bhvit_runtime.h's
+    BHVIT_VERSION_MAJOR.MINOR.PATCH, the one source of the version number (pyproject.toml reads it)."""
+    header = (Path(__file__).resolve().parents[1] / "runtime" / "include" / "bhvit_runtime.h").read_text()
+    parts = [re.search(rf"^#define BHVIT_VERSION_{p} (\d+)$", header, re.M) for p in ("MAJOR", "MINOR", "PATCH")]
+    want = ".".join(m.group(1) for m in parts)
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"bhvit {want}\n"
+    assert bhvit.__version__ == want
+    run = subprocess.run([Path(sys.executable).parent / "bhvit", "--version"], capture_output=True, text=True)
+    assert (run.returncode, run.stdout, run.stderr) == (0, f"bhvit {want}\n", "")
 
 
 def test_predict_from_a_training_checkpoint(tmp_path, capsys):

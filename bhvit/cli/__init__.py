@@ -48,18 +48,23 @@ def _silence_stdout() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``bhvit [--debug] COMMAND [options]``. A failure is one line on stderr and status 1 (130 when
-    interrupted, 141 quietly when the reader of stdout went away); ``--debug`` or ``BHVIT_DEBUG=1``
-    also prints the traceback."""
+    """``bhvit [--debug] COMMAND [options]`` or ``bhvit --version``. A failure is one line on stderr and
+    status 1 (130 when interrupted, 141 quietly when the reader of stdout went away); ``--debug`` or
+    ``BHVIT_DEBUG=1`` also prints the traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
     while argv and argv[0] == "--debug":
         debug, argv = True, argv[1:]
+    if argv and argv[0] == "--version":
+        import bhvit
+
+        print(f"bhvit {bhvit.__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
         width = max(map(len, COMMANDS))
         lines = [f"  {name:<{width}}  {text}" for name, (text, _, _) in sorted(COMMANDS.items())]
         print(
-            "usage: bhvit [--debug] COMMAND [options]\n\ncommands:\n"
+            "usage: bhvit [--debug] COMMAND [options]\n       bhvit --version\n\ncommands:\n"
             + "\n".join(lines)
             + f"\n\n--debug (or {DEBUG_ENV}=1): print the traceback of a failure"
         )

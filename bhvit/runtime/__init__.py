@@ -29,7 +29,6 @@ import os
 import stat
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -93,15 +92,9 @@ def _library() -> ctypes.CDLL:
     """The loaded library with argument and result types declared (loaded once)."""
     global _lib_handle
     if _lib_handle is None:
-        from bhvit.runtime.paths import library_path
+        from bhvit.runtime.paths import find_library
 
-        path = library_path()
-        if not Path(path).is_file():
-            raise OSError(
-                f"the native runtime library is missing ({path}); build it with `bash scripts/setup.sh` "
-                "or `pip install -e .` (needs a C++ compiler), or set BHVIT_RUNTIME_LIB"
-            )
-        _lib_handle = _declare(ctypes.CDLL(str(path)))
+        _lib_handle = _declare(ctypes.CDLL(str(find_library())))  # RuntimeLibraryError says how to build it
     return _lib_handle
 
 

@@ -1,11 +1,14 @@
 """Where the native runtime's header and shared library are (for C programs and the ctypes binding).
 
-    include_dir()   the folder of bhvit_runtime.h: the package's copy (bhvit/runtime/include/, put there by
-                    setup.py at build time), else a checkout's runtime/include/ (the one hand-edited copy)
+    include_dir()   the folder of bhvit_runtime.h: include/ in this package (installed there by the pip build,
+                    the root CMakeLists.txt), else a checkout's runtime/include/ (the one hand-edited copy)
     library_path()  libbhvit_runtime.so in this package (built by ``pip install``), or the file named by
                     the environment variable BHVIT_RUNTIME_LIB (e.g. a CMake build: build/libbhvit_runtime.so)
     find_library()  library_path(), checked: RuntimeLibraryError says how to build it when it is missing
     compile_flags() / link_flags()   what a C compiler needs (``python -m bhvit.runtime --cflags --libs``)
+
+"This package" is every folder of ``bhvit.runtime.__path__``: one for an installed package; for an editable
+install (``pip install -e .``) the build's install tree in site-packages first, then the checkout's sources.
 
 Imports neither torch nor numpy: the C side of the project must not need them.
 """
@@ -29,10 +32,11 @@ __all__ = [
 LIBRARY_ENV = "BHVIT_RUNTIME_LIB"
 HEADER = "bhvit_runtime.h"
 LIBRARY = "libbhvit_runtime.dylib" if sys.platform == "darwin" else "libbhvit_runtime.so"
-_PACKAGE = Path(__file__).resolve().parent
+_CHECKOUT_INCLUDE = Path(__file__).resolve().parents[2] / "runtime" / "include"
 _BUILD_HINT = (
-    "run `pip install -e .` from the repository root (needs a C++17 compiler), or build it with "
-    f"`cmake -S runtime -B build && cmake --build build` and set {LIBRARY_ENV}=build/{LIBRARY}"
+    "install bhvit with its native code: `bash scripts/setup.sh` or `pip install -e .` in a checkout, or "
+    "`pip install bhvit` without BHVIT_NO_NATIVE (needs CMake >= 3.18 and a C++17 compiler: g++ or clang++); "
+    f"or build it with `cmake -S runtime -B build && cmake --build build` and set {LIBRARY_ENV}=build/{LIBRARY}"
 )
 
 
@@ -40,22 +44,27 @@ class RuntimeLibraryError(FileNotFoundError):
     """The runtime's header or library is not where it should be; the message says how to get it."""
 
 
+def _package_dirs() -> list[Path]:
+    """The folders of the package bhvit.runtime (imported before this submodule), in import order."""
+    return [Path(folder) for folder in sys.modules[__package__].__path__]
+
+
 def include_dir() -> Path:
     """The folder holding bhvit_runtime.h (for ``-I``)."""
-    for folder in (_PACKAGE / "include", _PACKAGE.parents[1] / "runtime" / "include"):
+    for folder in [*(d / "include" for d in _package_dirs()), _CHECKOUT_INCLUDE]:
         if (folder / HEADER).is_file():
             return folder
-    raise RuntimeLibraryError(
-        f"{HEADER} is not installed with bhvit (looked in {_PACKAGE / 'include'}); "
-        "reinstall bhvit with `pip install .` or use a checkout's runtime/include"
-    )
+    raise RuntimeLibraryError(f"{HEADER} is not installed with bhvit (looked in {_package_dirs()}); {_BUILD_HINT}")
 
 
 def library_path() -> Path:
     """The shared library to load: $BHVIT_RUNTIME_LIB when set, else the one built into this package.
     Not checked (see :func:`find_library`)."""
     override = os.environ.get(LIBRARY_ENV, "")
-    return Path(override).expanduser().absolute() if override else _PACKAGE / LIBRARY
+    if override:
+        return Path(override).expanduser().absolute()
+    candidates = [folder / LIBRARY for folder in _package_dirs()]
+    return next((path for path in candidates if path.is_file()), candidates[0])
 
 
 def find_library() -> Path:

@@ -93,6 +93,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The version of this header and of the library built with it: the one version number of bhvit (the
+ * Python package, the CMake project and the shared library's SOVERSION read it from these three lines).
+ * BHVIT_VERSION compares as a number: #if BHVIT_VERSION >= 100 (0.1.0). */
+#define BHVIT_VERSION_MAJOR 0
+#define BHVIT_VERSION_MINOR 1
+#define BHVIT_VERSION_PATCH 0
+#define BHVIT_VERSION (BHVIT_VERSION_MAJOR * 10000 + BHVIT_VERSION_MINOR * 100 + BHVIT_VERSION_PATCH)
+#define BHVIT_STRINGIFY_(x) #x
+#define BHVIT_VERSION_TEXT_(a, b, c) BHVIT_STRINGIFY_(a) "." BHVIT_STRINGIFY_(b) "." BHVIT_STRINGIFY_(c)
+/* "0.1.0" */
+#define BHVIT_VERSION_STRING BHVIT_VERSION_TEXT_(BHVIT_VERSION_MAJOR, BHVIT_VERSION_MINOR, BHVIT_VERSION_PATCH)
+
 #ifdef __cplusplus
 extern "C" {
 #endif

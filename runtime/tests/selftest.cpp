@@ -3,10 +3,10 @@
 // run on each ISA against the same calls on "generic" (bgemm with every output-transform step, with and
 // without the nibble layout, batched weights, accumulate mode; grouped dilated and 2x2 stride-2 convs;
 // the shift branches; every float op). Needs no Python, so it also runs under an emulator for other
-// architectures, e.g.
-//   aarch64-linux-gnu-g++ -O2 -std=c++17 -ffp-contract=off -static -Iruntime/kernels runtime/tests/selftest.cpp \
-//       runtime/kernels/drivers.cpp runtime/kernels/isa_*.cpp -o selftest && qemu-aarch64 ./selftest
-// (on x86-64, compile isa_avx2.cpp etc. with the flags listed in setup.py).
+// architectures. Built by runtime/CMakeLists.txt with the flags of every build:
+//   cmake -S runtime -B build-test -DBHVIT_BUILD_TESTS=ON && cmake --build build-test -j && ctest --test-dir build-test
+//   cmake -S runtime -B build-arm -DBHVIT_BUILD_TESTS=ON -DCMAKE_TOOLCHAIN_FILE=runtime/cmake/aarch64-linux-gnu.cmake
+//   cmake --build build-arm -j && qemu-aarch64 -L /usr/aarch64-linux-gnu build-arm/bhvit-selftest
 #include <cstdio>
 #include <cstring>
 #include <random>

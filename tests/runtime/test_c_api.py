@@ -2,8 +2,8 @@
 bit (the same library, the same input), bhvit-run classifies PPM/PGM, PNG and JPEG files as Model.predict
 does (libpng and libjpeg against Pillow's decoders, then the same bhvit_run_rgb8), every bad input is one
 error line, a build without the decoders says which formats it reads, `python -m bhvit.runtime` prints the
-paths and flags, the library exports the C API only, and (slow) the CMake build alone gives the same library
-and program."""
+paths and flags, the library exports the C API only. The CMake build alone, its install and its consumers:
+test_cmake_install.py (slow)."""
 
 from __future__ import annotations
 
@@ -422,36 +422,3 @@ def test_bhvit_run_usage_and_model_errors(
 def test_bhvit_run_help_names_the_difference_from_python(bhvit_run: Path) -> None:
     run = _run([bhvit_run, "--help"])
     assert run.returncode == 0 and "bicubic" in run.stdout and "--top K" in run.stdout
-
-
-# ---- the CMake build alone -------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-@needs_cc
-@pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
-def test_cmake_build_install_and_static_library(bhvit_run: Path, rgb_model: Path, tmp_path: Path) -> None:
-    build, prefix = tmp_path / "build", tmp_path / "prefix"
-    for cmd in (
-        ["cmake", "-S", RUNTIME, "-B", build, "-DBHVIT_BUILD_STATIC=ON"],
-        ["cmake", "--build", build, "-j", "2"],
-        ["cmake", "--install", build, "--prefix", prefix],
-    ):
-        run = _run(cmd)
-        assert run.returncode == 0, run.stdout[-3000:] + run.stderr
-    tool = prefix / "bin" / "bhvit-run"
-    assert (prefix / "include" / "bhvit_runtime.h").is_file() and tool.is_file()
-    assert list(prefix.glob("lib*/libbhvit_runtime.so")) and list(prefix.glob("lib*/libbhvit_runtime.a"))
-    rng = np.random.default_rng(7)
-    images = [write_pnm(tmp_path / f"{i}.ppm", rng.integers(0, 256, (50, 41, 3))) for i in range(2)]
-    installed, pip_built = _run([tool, rgb_model, *images]), _run([bhvit_run, rgb_model, *images])
-    assert installed.returncode == 0 and installed.stdout == pip_built.stdout  # the same library, either way
-    # a C program linked statically: the C++ runtime and threads at the final link
-    static = [f"-I{RUNTIME / 'include'}", str(build / "libbhvit_runtime.a"), "-pthread", "-lstdc++"]
-    exe = compile_c([C_API_CHECK_C], tmp_path / "static_check", static)
-    x = np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype(np.float32)
-    x.tofile(tmp_path / "x.f32")
-    run = _run([exe, rgb_model, tmp_path / "x.f32", 2, tmp_path / "y.f32"])
-    assert run.returncode == 0, run.stdout + run.stderr
-    got = np.fromfile(tmp_path / "y.f32", np.float32).reshape(2, 10)
-    np.testing.assert_array_equal(got, rt.load(rgb_model).run(x))
