@@ -5,6 +5,9 @@
 >>> model.input_shape, model.num_classes       # ((3, 224, 224), 1000)
 >>> model.cost                                 # Cost(activation_bytes=..., weight_bytes=..., binary_macs=..., ...)
 >>> logits = model.run(images)                 # (B, 3, 224, 224) float32, normalised -> (B, 1000)
+>>> model.predict("photo.jpg", top_k=3)       # a path, PIL image or uint8 (H, W, 3) array of any size:
+[('sneaker', 0.91), ('sandal', 0.05), ('bag', 0.02)]  # the file's preprocessing and labels
+>>> with rt.Model("tiny.bhvp") as m: ...       # the same load; the native model is freed at the block's end
 >>> rt.set_num_threads(2)
 >>> big = rt.load("huge.bhvp", limits=rt.default_limits(binary_macs=10**12))  # a model beyond the defaults
 
@@ -158,9 +161,31 @@ class Model:
 
     Thread-safe: any number of threads may call :meth:`run` on one model at once (the native calls run in
     parallel; each computes in buffers of its own and gives the bits of the same call made alone).
-    :meth:`close` waits for the calls in progress, and calls after it raise ``ValueError``."""
+    :meth:`close` waits for the calls in progress, and calls after it raise ``ValueError``. A context manager:
+    ``with Model("m.bhvp") as m:`` closes it at the end of the block."""
 
-    def __init__(self, handle: int, source: str) -> None:
+    def __init__(self, path: str | os.PathLike, limits: Limits | None = None) -> None:
+        """Loads and validates a version-2 packed file (``bhvit pack`` writes them) within ``limits`` (None: the
+        defaults). A missing path is ``FileNotFoundError``; a file that is not a packed model, or whose program
+        needs more than the limits, is :class:`PackedFormatError` naming the problem."""
+        raw = _native_path(path)
+        c_limits = _c_limits(limits)
+        err = ctypes.create_string_buffer(ERR_LEN)
+        handle = _library().bhvit_load_ex(raw, c_limits, err, ERR_LEN)
+        if not handle:
+            raise PackedFormatError(err.value.decode("utf-8", "replace"))
+        self._attach(handle, os.fsdecode(raw))
+
+    @classmethod
+    def _from_handle(cls, handle: int, source: str) -> Model:
+        """A model around a native handle loaded elsewhere (:func:`load_bytes`)."""
+        model = cls.__new__(cls)
+        model._attach(handle, source)
+        return model
+
+    def _attach(self, handle: int, source: str) -> None:
+        """Takes ownership of the native model ``handle`` (freed by :meth:`close`) and reads its shape, classes,
+        labels, preprocessing and cost."""
         self._handle = ctypes.c_void_p(handle)
         self.source = source
         self._calls = 0  # native calls in progress (under _lock); close() waits for them
@@ -392,16 +417,8 @@ def _native_path(path: str | os.PathLike) -> bytes:
 
 
 def load(path: str | os.PathLike, limits: Limits | None = None) -> Model:
-    """Loads and validates a version-2 packed file (``bhvit pack`` writes them) within ``limits`` (None: the
-    defaults). A missing path is ``FileNotFoundError``; a file that is not a packed model, or whose program
-    needs more than the limits, is :class:`PackedFormatError` naming the problem."""
-    raw = _native_path(path)
-    c_limits = _c_limits(limits)
-    err = ctypes.create_string_buffer(ERR_LEN)
-    handle = _library().bhvit_load_ex(raw, c_limits, err, ERR_LEN)
-    if not handle:
-        raise PackedFormatError(err.value.decode("utf-8", "replace"))
-    return Model(handle, os.fsdecode(raw))
+    """``Model(path, limits)``: loads and validates a packed file (see :class:`Model`)."""
+    return Model(path, limits)
 
 
 def load_bytes(data: bytes, source: str = "<memory>", limits: Limits | None = None) -> Model:
@@ -411,7 +428,7 @@ def load_bytes(data: bytes, source: str = "<memory>", limits: Limits | None = No
     handle = _library().bhvit_load_memory_ex(data, len(data), c_limits, err, ERR_LEN)
     if not handle:
         raise PackedFormatError(f"{source}: {err.value.decode('utf-8', 'replace')}")
-    return Model(handle, source)
+    return Model._from_handle(handle, source)
 
 
 def set_num_threads(n: int) -> None:

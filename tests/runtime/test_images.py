@@ -279,8 +279,14 @@ def test_model_is_a_context_manager_and_a_missing_file_is_file_not_found(
         assert len(m.predict(np.zeros((9, 9, 3), np.uint8))) == 5
     with pytest.raises(ValueError, match="the model is closed"):
         m.predict(np.zeros((9, 9, 3), np.uint8))
-    with pytest.raises(FileNotFoundError, match="no such file"), rt.load(tmp_path / "missing.bhvp"):
-        pass
+    with rt.Model(models["rgb"]) as m:
+        assert m.predict(np.zeros((9, 9, 3), np.uint8)) == rt.load(models["rgb"]).predict(np.zeros((9, 9, 3), np.uint8))
+    for open_model in (rt.load, rt.Model):
+        with pytest.raises(FileNotFoundError, match="no such file"), open_model(tmp_path / "missing.bhvp"):
+            pass
+    (tmp_path / "empty.bhvp").write_bytes(b"")
+    with pytest.raises(rt.PackedFormatError):
+        rt.Model(tmp_path / "empty.bhvp")
 
 
 def test_predict_from_threads_gives_the_serial_answers(models: dict[str, Path]) -> None:
