@@ -24,7 +24,9 @@
  *
  * Bounded: at most 2^25 decoded pixels per image (as `bhvit predict`; a JPEG source may have up to
  * 178,956,970 pixels, Pillow's decompression-bomb limit, when DCT scaling brings it under); a progressive
- * JPEG at most 1000 scans. Errors are one line on stderr naming the problem and the fix. Exit status: 0 when
+ * JPEG at most 1000 scans and a coefficient buffer (the whole image at full size, 2 bytes per coefficient,
+ * whatever the scale) of at most 256 MiB, refused before decoding as `bhvit predict` refuses it (8K UHD at
+ * 4:4:4 needs 199 MB; a 300-byte header announcing 13000 x 13000 would cost 0.5 GB). Errors are one line on stderr naming the problem and the fix. Exit status: 0 when
  * every image was classified, 1 when the model or any image failed (the other images are still classified),
  * 2 for a usage error.
  */
@@ -51,6 +53,7 @@
 #define MAX_PIXELS (1L << 25)          /* decoded pixels per image, as bhvit predict (8K UHD fits) */
 #define MAX_JPEG_SOURCE 178956970L     /* Pillow's decompression-bomb error: 2 x 89,478,485 pixels */
 #define MAX_JPEG_SCANS 1000            /* a progressive JPEG with more is hostile (each scan re-reads the image) */
+#define MAX_JPEG_COEFFICIENTS (1L << 28) /* bytes of a progressive JPEG's coefficient buffer (as bhvit predict) */
 #define ERRLEN 512
 #define EXIT_USAGE 2
 
@@ -353,6 +356,19 @@ static int jpeg_scale(const model_input *mi, long w, long h) {
   return f >= 8 ? 8 : f >= 4 ? 4 : f >= 2 ? 2 : 1;
 }
 
+/* The bytes of the whole-image coefficient buffer a progressive JPEG is decoded through (libjpeg's
+ * jdcoefct.c): per component its blocks across and down (after jpeg_read_header), each rounded up to a
+ * multiple of its sampling factor, times 64 coefficients of 2 bytes. */
+static double jpeg_coefficient_bytes(const struct jpeg_decompress_struct *cinfo) {
+  double total = 0.0;
+  for (int c = 0; c < cinfo->num_components; ++c) {
+    const jpeg_component_info *comp = &cinfo->comp_info[c];
+    double hs = comp->h_samp_factor, vs = comp->v_samp_factor;
+    total += ceil((double)comp->width_in_blocks / hs) * hs * ceil((double)comp->height_in_blocks / vs) * vs * 128.0;
+  }
+  return total;
+}
+
 static int jpeg_read(FILE *f, const model_input *mi, image8 *im, char *err, size_t errlen) {
   struct jpeg_decompress_struct cinfo;
   jpeg_context ctx;
@@ -386,6 +402,13 @@ static int jpeg_read(FILE *f, const model_input *mi, image8 *im, char *err, size
     cinfo.out_color_space = JCS_CMYK;
   else
     status = fail(err, errlen, "a JPEG of %d colour components; save it as grey, RGB or CMYK", cinfo.num_components);
+  if (!status && cinfo.progressive_mode) {
+    double need = jpeg_coefficient_bytes(&cinfo);
+    if (need > (double)MAX_JPEG_COEFFICIENTS)
+      status = fail(err, errlen, "a progressive %ldx%ld JPEG needs %.0f MiB of coefficients to decode, over the "
+                    "limit of %ld MiB; save it as a baseline JPEG or downscale it first", w, h, need / 1048576.0,
+                    MAX_JPEG_COEFFICIENTS >> 20);
+  }
   if (status) {
     jpeg_destroy_decompress(&cinfo);
     return status;

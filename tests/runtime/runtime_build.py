@@ -5,9 +5,11 @@ reading bhvit-run's output and the Pillow twin of the 8-bit preprocessing. Not a
 from __future__ import annotations
 
 import functools
+import io
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -28,6 +30,10 @@ C_FLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-pedantic", "-Werror"]
 # a label with a control character: bhvit-run must print it escaped
 LABELS = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag\x1b[2J", "ankle boot"]
 PREPROCESS = {3: {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}, 1: {"mean": [0.45], "std": [0.22]}}
+# what bhvit-run and Model.predict say of a progressive 13000 x 13000 4:2:0 JPEG (jpeg_header)
+PROGRESSIVE_REFUSAL = (
+    "a progressive 13000x13000 JPEG needs 484 MiB of coefficients to decode, over the limit of 256 MiB"
+)
 TOP_LINE = re.compile(r"^  (\d+) (.*) \((\d+)\) (\d\.\d{6})$")
 
 
@@ -82,6 +88,17 @@ def write_pnm(path: Path, pixels: np.ndarray, maxval: int = 255) -> Path:
     data = pixels.astype(">u2" if maxval > 255 else np.uint8).tobytes()
     path.write_bytes(f"{magic}\n# written by a test\n{w} {h}\n{maxval}\n".encode() + data)
     return path
+
+
+def jpeg_header(width: int, height: int, progressive: bool = False) -> bytes:
+    """A JPEG whose frame header announces that size: a real 8 x 8 JPEG (4:2:0) with its SOF0 (SOF2) sides
+    rewritten, so that only its header is hostile."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(buffer, "JPEG", progressive=progressive)
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc2" if progressive else b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
 
 
 def parse_top(stdout: str) -> dict[str, list[tuple[int, str, int, float]]]:

@@ -24,9 +24,11 @@ from runtime_build import (
     C_API_CHECK_C,
     CC,
     LABELS,
+    PROGRESSIVE_REFUSAL,
     RUNTIME,
     codec_flags,
     compile_c,
+    jpeg_header,
     parse_top,
     runtime_flags,
     small_model,
@@ -331,7 +333,8 @@ def _bad_images(tmp_path: Path) -> dict[str, tuple[Path, str]]:
             "jpeg_truncated": ("cut.jpg", jpeg[: len(jpeg) // 2], "truncated JPEG"),
             "jpeg_progressive_cut": ("cut_p.jpg", progressive[: len(progressive) // 2], "truncated JPEG"),
             "jpeg_garbage": ("junk.jpg", b"\xff\xd8\xff\xe0" + bytes(200), "corrupt JPEG (libjpeg: "),
-            "jpeg_bomb": ("bomb.jpg", _jpeg_header(60000, 60000), "over the decoding limit of 178956970 pixels"),
+            "jpeg_bomb": ("bomb.jpg", jpeg_header(60000, 60000), "over the decoding limit of 178956970 pixels"),
+            "jpeg_progressive_huge": ("p.jpg", jpeg_header(13000, 13000, progressive=True), PROGRESSIVE_REFUSAL),
         }
         for key, (name, data, reason) in broken.items():
             (tmp_path / name).write_bytes(data)
@@ -345,18 +348,6 @@ def _png_header(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(bytes(1 + 3 * 16))
     return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
-
-
-def _jpeg_header(width: int, height: int) -> bytes:
-    """A JPEG whose frame header announces that size: a real 8 x 8 JPEG with its SOF0 sides rewritten."""
-    from io import BytesIO
-
-    buffer = BytesIO()
-    Image.new("RGB", (8, 8)).save(buffer, "JPEG")
-    data = bytearray(buffer.getvalue())
-    sof = data.index(b"\xff\xc0")
-    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
 
 
 @needs_cc

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from runtime_build import LABELS, pillow_input, small_model
+from runtime_build import LABELS, PROGRESSIVE_REFUSAL, jpeg_header, pillow_input, small_model
 
 import bhvit
 import bhvit.runtime as rt
 from bhvit.engine.program import write_program_file
-from bhvit.predict import Preprocess, predict_images
+from bhvit.predict import MAX_JPEG_COEFFICIENT_BYTES, Preprocess, jpeg_coefficient_bytes, predict_images
 
 pytestmark = pytest.mark.skipif(not rt.available(), reason="libbhvit_runtime is not built (pip install -e .)")
 
@@ -251,6 +251,7 @@ def test_predict_agrees_with_bhvit_predict_packed(name: str, models: dict[str, P
 
 def test_predict_refuses_bad_images_in_one_line(models: dict[str, Path], tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "p.jpg").write_bytes(jpeg_header(13000, 13000, progressive=True))  # 0.5 GB of coefficients
     huge = np.broadcast_to(np.zeros(3, np.uint8), (8000, 8000, 3))  # 192 MB as an array, 24 bytes in memory
     cases = [
         (np.zeros((8, 8, 3), np.float32), ValueError, "expected uint8 pixels"),
@@ -259,6 +260,7 @@ def test_predict_refuses_bad_images_in_one_line(models: dict[str, Path], tmp_pat
         (huge, ValueError, "8000x8000 image is over the limit of 33554432 pixels"),
         (tmp_path / "missing.png", ValueError, "missing.png: no such file"),
         (tmp_path / "notes.txt", ValueError, "notes.txt: not an image file"),
+        (tmp_path / "p.jpg", ValueError, f"p.jpg: {PROGRESSIVE_REFUSAL}; save it as a baseline JPEG"),
         (tmp_path, ValueError, "is a directory"),
         (42, TypeError, "expected an image path, a PIL image or a uint8 numpy array"),
     ]
@@ -270,6 +272,16 @@ def test_predict_refuses_bad_images_in_one_line(models: dict[str, Path], tmp_pat
         for bad in (0, -1, True, 2.5):
             with pytest.raises(ValueError, match="top_k"):
                 m.predict(np.zeros((8, 8, 3), np.uint8), top_k=bad)
+
+
+def test_jpeg_coefficient_bytes_is_libjpegs_buffer() -> None:
+    """The progressive JPEG's buffer that bhvit-run and load_image bound, against numbers worked by hand: 8K
+    UHD at 4:4:4 (960 x 540 blocks x 3) fits; 4:2:0 rounds each plane to whole MCUs (13 x 13 -> 7 x 7 MCUs of
+    2 x 2 luma blocks)."""
+    assert jpeg_coefficient_bytes(7680, 4320, [(1, 1)] * 3) == 960 * 540 * 3 * 128 < MAX_JPEG_COEFFICIENT_BYTES
+    assert jpeg_coefficient_bytes(100, 100, [(2, 2), (1, 1), (1, 1)]) == (14 * 14 + 2 * 7 * 7) * 128
+    assert jpeg_coefficient_bytes(13000, 13000, [(2, 2), (1, 1), (1, 1)]) >> 20 == 484  # PROGRESSIVE_REFUSAL
+    assert jpeg_coefficient_bytes(8, 8, [(1, 1)]) == 128
 
 
 def test_model_is_a_context_manager_and_a_missing_file_is_file_not_found(
