@@ -410,6 +410,7 @@ def test_bhvit_run_usage_and_model_errors(
 
 
 @needs_cc
-def test_bhvit_run_help_names_the_difference_from_python(bhvit_run: Path) -> None:
+def test_bhvit_run_help_says_it_preprocesses_as_python(bhvit_run: Path) -> None:
     run = _run([bhvit_run, "--help"])
-    assert run.returncode == 0 and "bicubic" in run.stdout and "--top K" in run.stdout
+    assert run.returncode == 0 and "--top K" in run.stdout
+    assert "bicubic" in run.stdout and "bhvit.runtime.Model.predict runs (bhvit_run_rgb8)" in run.stdout
