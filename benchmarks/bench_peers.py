@@ -379,8 +379,16 @@ def quantize_openvino(source: Path | str, folder: Path, samples: int, model: Any
     return xml
 
 
+def peer_env() -> dict[str, str]:
+    """This process's environment without the settings that cap torch's instructions: OpenVINO's CPU plugin
+    reads ONEDNN_MAX_CPU_ISA too (capped at AVX2 it finds no MaxPool kernel and fails), and the peers run as
+    they are."""
+    return {k: v for k, v in os.environ.items() if k not in TORCH_AVX2}
+
+
 def worker_env(threads: int, isa: str | None, competitor: str) -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    torch_side = competitor == "bhvit" or competitor.startswith("torch")
+    env = {**(os.environ if torch_side else peer_env()), "OMP_NUM_THREADS": str(threads)}
     if isa == "avx2" and competitor.startswith("torch"):
         env.update(TORCH_AVX2)
     return env
@@ -453,7 +461,7 @@ def bench(args: argparse.Namespace, logs: Path, save: Callable[[list[dict[str, A
     for name in args.models:
         folder = logs / name
         folder.mkdir()
-        files, bops, in_chans = prepare(name, args.img_size, folder, wanted, args.calibration, dict(os.environ))
+        files, bops, in_chans = prepare(name, args.img_size, folder, wanted, args.calibration, peer_env())
         for threads in args.threads:
             for batch in args.batch:
                 specs = {}
