@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -427,6 +427,15 @@ class QuantConv2d(nn.Conv2d):
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
         return self._conv_forward(x, w, self.bias)
+
+
+def is_binary_layer(module: nn.Module) -> TypeGuard[QuantLinear | QuantConv2d]:
+    """A layer whose inputs and weights are both binarized (both quantizers set)."""
+    return (
+        isinstance(module, (QuantLinear, QuantConv2d))
+        and module.weight_quantizer is not None
+        and module.input_quantizer is not None
+    )
 
 
 def binary_weight_layers(model: nn.Module) -> Iterator[tuple[str, QuantLinear | QuantConv2d]]:

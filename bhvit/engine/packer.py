@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from bhvit.quant import QuantConv2d, QuantLinear
+from bhvit.quant import QuantConv2d, QuantLinear, is_binary_layer
 from bhvit.runtime.reference import conv_rows, pack
 
 if TYPE_CHECKING:
@@ -43,15 +43,6 @@ class PackedParts:
     config: dict[str, Any]
     floats: dict[str, np.ndarray]
     binary: dict[str, BinaryLayer]
-
-
-def _is_binary(module: nn.Module) -> TypeGuard[QuantLinear | QuantConv2d]:
-    """A layer whose weights and inputs are both binarized."""
-    return (
-        isinstance(module, (QuantLinear, QuantConv2d))
-        and module.weight_quantizer is not None
-        and module.input_quantizer is not None
-    )
 
 
 def _layer_meta(module: nn.Module) -> dict[str, Any]:
@@ -92,7 +83,7 @@ def extract(model: BHViT) -> PackedParts:
     binary: dict[str, BinaryLayer] = {}
     zeros = 0
     for name, module in model.named_modules():
-        if _is_binary(module):
+        if is_binary_layer(module):
             binary[name], z = binarize_layer(module)
             zeros += z
     if zeros:
