@@ -15,9 +15,10 @@ Anything else is a :class:`DatasetNotFoundError` that names the layouts expected
 from __future__ import annotations
 
 import random
+from collections.abc import Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import torch
 
@@ -150,7 +151,7 @@ class Augmented(torch.utils.data.Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.base)
+        return len(cast(Sized, self.base))  # torch's Dataset declares no __len__; every base here has one
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         img, label = self.base[i]
@@ -302,6 +303,6 @@ def _arrays_bundle(
 
 
 def _subset(ds: Augmented, cfg: DataConfig) -> Augmented:
-    if cfg.train_subset is not None and cfg.train_subset < len(ds.base):
+    if cfg.train_subset is not None and cfg.train_subset < len(ds):
         ds.base = torch.utils.data.Subset(ds.base, range(cfg.train_subset))
     return ds
