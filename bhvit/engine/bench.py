@@ -26,7 +26,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -329,7 +329,7 @@ def bench_grid(
 
 def bench_packed(
     path: str | Path,
-    references: dict[str, str | Path] | None = None,
+    references: Mapping[str, str | Path] | None = None,
     batches: Sequence[int] = (1, 32),
     threads: Sequence[int | None] = (1, None),
     rounds: int = 3,

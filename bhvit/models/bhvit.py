@@ -75,9 +75,9 @@ __all__ = [
 
 Precision = Literal["fp", "some_fp", "binary"]
 AttnQuant = Literal["lsq", "gsb"]
-PRECISIONS: tuple[str, ...] = get_args(Precision)
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 ATTN_QUANTS: tuple[str, ...] = get_args(AttnQuant)
-BINARY_PRECISIONS: tuple[str, ...] = tuple(p for p in PRECISIONS if p != "fp")  # with binary layers: packable
+BINARY_PRECISIONS: tuple[Precision, ...] = tuple(p for p in PRECISIONS if p != "fp")  # with binary layers: packable
 MAX_WINDOW = 7  # the authors' window; also the largest :func:`choose_window_size` picks
 
 NormLayer = Callable[[int], nn.Module]  # width -> norm over the last dim

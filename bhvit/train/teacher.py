@@ -47,6 +47,12 @@ class FrozenTeacher(nn.Module):
     ones the teacher expects; both or neither. ``in_chans`` / ``img_size``: what the teacher takes.
     """
 
+    # buffers (1, C, 1, 1), present when renorm: the student's data statistics and the teacher's
+    data_mean: Tensor
+    data_std: Tensor
+    teacher_mean: Tensor
+    teacher_std: Tensor
+
     def __init__(
         self,
         model: nn.Module,
