@@ -25,7 +25,7 @@ import torch
 from bhvit.data import cifar10, fashion_mnist, folder
 from bhvit.data.download import DatasetNotFoundError
 from bhvit.data.transforms import Compose, center_crop, eval_resize, eval_transform, resize_shorter, train_transform
-from bhvit.models.bhvit import IMAGENET_MEAN, IMAGENET_STD
+from bhvit.rules import IMAGENET_MEAN, IMAGENET_STD
 from bhvit.text import printable
 
 DATASET_NAMES = ("fashion_mnist", "cifar10", "synthetic")
