@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import stat
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -266,7 +267,7 @@ def _progressive_jpeg_problem(image: Image.Image) -> str | None:
     )
 
 
-def load_image(path: str | Path, decode_size: SizeFn | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def load_image(path: str | os.PathLike, decode_size: SizeFn | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open and fully decode an image of at most ``max_pixels`` pixels; :class:`ImageError` says what
     is wrong with a bad file (missing, not an image, corrupt, a decompression bomb, ...).
 
