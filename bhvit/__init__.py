@@ -22,6 +22,7 @@ import importlib
 import importlib.machinery
 import importlib.util
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from bhvit.lazy import lazy_attributes
@@ -73,7 +74,7 @@ def __getattr__(name: str) -> Any:
 class _AfterExec:
     """A module's loader that calls ``then()`` once the module has executed without error."""
 
-    def __init__(self, loader: Any, then: Any) -> None:
+    def __init__(self, loader: Any, then: Callable[[], None]) -> None:
         self._loader, self._then = loader, then
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> Any:
@@ -106,7 +107,8 @@ class _RegisterWithTimm:
         finally:
             self._finding = False
         if spec is not None and spec.loader is not None:
-            spec.loader = _AfterExec(spec.loader, self._register)
+            # a duck-typed loader: subclassing importlib.abc.Loader would add ~15 ms of imports to `import bhvit`
+            spec.loader = _AfterExec(spec.loader, self._register)  # type: ignore[assignment]
         return spec
 
     def _register(self) -> None:

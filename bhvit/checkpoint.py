@@ -13,7 +13,7 @@ import json
 import os
 import secrets
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ class NoSpaceError(OSError):
         self.path = str(path)
 
 
-def atomic_write(path: str | Path, write: Any) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp_path)``, fsync, then rename onto ``path``: a reader (or a crash) never sees a
     partial file, and the previous file stays intact until the new one is complete. The file gets the
     mode a plain ``open(path, "w")`` would give: ``0o666 & ~umask``. A full disk (or quota) while
@@ -131,7 +131,7 @@ def _from_torch(path: Path, overrides: dict[str, Any]) -> tuple[BHViT, dict[str,
     return load_upstream(obj, **overrides), {}
 
 
-def load_model(path: str | Path, **overrides: Any) -> tuple[BHViT, dict[str, Any]]:
+def load_model(path: str | os.PathLike, **overrides: Any) -> tuple[BHViT, dict[str, Any]]:
     """Load any BHViT checkpoint as ``(model in eval mode, metadata)``.
 
     Accepts bhvit safetensors files (:func:`save_model`), bhvit training checkpoints (a torch file

@@ -301,6 +301,7 @@ def save_pretrained(
     labels, preprocessing and, for a training checkpoint, last evaluation are used unless given).
     ``hub_options`` go to ``ModelHubMixin.save_pretrained`` (``push_to_hub=True, repo_id="user/name"``,
     ...); returns the commit URL when pushed."""
+    meta: dict[str, Any]
     if isinstance(source, BHViT):
         model, meta, measured = source, {}, None
     else:
@@ -312,7 +313,7 @@ def save_pretrained(
         preprocess=preprocess if preprocess is not None else meta.get("preprocess"),
         accuracy=accuracy if accuracy is not None else measured,
     )
-    return shared.save_pretrained(save_directory, **hub_options)
+    return shared.save_pretrained(Path(save_directory), **hub_options)
 
 
 def from_pretrained(model_id: str | os.PathLike, **hub_options: Any) -> PretrainedBHViT:

@@ -9,7 +9,7 @@ import functools
 import importlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 import torch.distributed as dist
@@ -96,7 +96,7 @@ class _RPReLU(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, b1: Tensor, a: Tensor, b2: Tensor) -> Tensor:
+    def forward(ctx: Any, x: Tensor, b1: Tensor, a: Tensor, b2: Tensor) -> Tensor:
         t = x - b1
         # (..., C) -> (M, C): F.prelu's channel dim is 1, and its fused kernel beats torch.where
         y = F.prelu(t.reshape(-1, x.shape[-1]), a).reshape(x.shape).add_(b2)
@@ -104,7 +104,7 @@ class _RPReLU(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx, g: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
         t, a = ctx.saved_tensors
         c = t.shape[-1]
         gx, ga, sgx, sg = prelu_grads(g.reshape(-1, c), t.reshape(-1, c), a)
@@ -180,8 +180,17 @@ class TokenBatchNorm(nn.BatchNorm1d):
         checkpoint recomputes (the statistics were already updated by the first pass)."""
         if _RECOMPUTING[0]:
             return 0.0
-        self.num_batches_tracked.add_(1)
-        return self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        return self._count_batch()
+
+    def _count_batch(self) -> float:
+        """Advance the batch counter; the momentum of this batch's running-statistics update: ``momentum``,
+        or 1/n (the cumulative average) when it is None, as ``nn.BatchNorm1d`` does."""
+        counter = self.num_batches_tracked  # None when the module tracks no running statistics
+        if counter is not None:
+            counter.add_(1)
+        if self.momentum is not None:
+            return self.momentum
+        return 1.0 / float(counter) if counter is not None else 0.0
 
     def _batch_norm(self, x: Tensor) -> Tensor:
         """``nn.BatchNorm1d.forward``, except that a checkpoint recomputation leaves the running
@@ -221,10 +230,12 @@ class TokenBatchNorm(nn.BatchNorm1d):
 
     @torch.no_grad()
     def _update_running(self, mean: Tensor, var_unbiased: Tensor) -> None:
-        self.num_batches_tracked.add_(1)
-        m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-        self.running_mean.mul_(1 - m).add_(m * mean)
-        self.running_var.mul_(1 - m).add_(m * var_unbiased)
+        running_mean, running_var = self.running_mean, self.running_var
+        if running_mean is None or running_var is None:  # no running statistics to update
+            return
+        m = self._count_batch()
+        running_mean.mul_(1 - m).add_(m * mean)
+        running_var.mul_(1 - m).add_(m * var_unbiased)
 
 
 _AUTHORS_LAYOUT = [False]
@@ -416,7 +427,7 @@ class _ShiftBranches(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, out: Tensor, x: Tensor, branches: tuple[ShiftBranch, ...], *params: Tensor) -> Tensor:
+    def forward(ctx: Any, out: Tensor, x: Tensor, branches: tuple[ShiftBranch, ...], *params: Tensor) -> Tensor:
         buf = torch.empty_like(x)  # one scratch map for every branch
         y = out
         for j, (axis, k) in enumerate(branches):
@@ -427,7 +438,7 @@ class _ShiftBranches(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx, g: Tensor):
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
         x, *alphas = ctx.saved_tensors
         branches: tuple[ShiftBranch, ...] = ctx.branches
         need = ctx.needs_input_grad
@@ -463,7 +474,8 @@ def _alpha_grad(dot: Callable[[int, int], Tensor], axis: str, k: int) -> Tensor:
         parts = [dot(dim, direction * (k // 2)).chunk(4)[j] for j, (direction, dim) in enumerate(_MIX_ROLLS)]
         return torch.cat(parts)
     dim = 1 if axis == "h" else 2
-    return sum(dot(dim, r) for r in range(-(k // 2), k // 2 + 1)) / k
+    first, *rest = (dot(dim, r) for r in range(-(k // 2), k // 2 + 1))
+    return sum(rest, first) / k
 
 
 def shift_branches(
@@ -510,7 +522,7 @@ class _NormResidualRPReLUSignLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx,
+        ctx: Any,
         z: Tensor,
         x: Tensor,
         gamma: Tensor,
@@ -536,7 +548,7 @@ class _NormResidualRPReLUSignLinear(torch.autograd.Function):
         return y, pooled
 
     @staticmethod
-    def backward(ctx, gy: Tensor, gpooled: Tensor):
+    def backward(ctx: Any, gy: Tensor, gpooled: Tensor) -> tuple[Tensor | None, ...]:
         from .quant import _approx_sign_grad
 
         z, t, mean, invstd, gamma, a, b2, m2, w = ctx.saved_tensors

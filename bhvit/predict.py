@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import stat
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -180,15 +181,15 @@ class Preprocess:
         ch, cw = self.crop
         left, top = (rw - cw) // 2, (rh - ch) // 2
         if rw * rh <= max_resized:
-            return image.resize((rw, rh), Image.BICUBIC).crop((left, top, left + cw, top + ch))
+            return image.resize((rw, rh), Image.Resampling.BICUBIC).crop((left, top, left + cw, top + ch))
         sx, sy = w / rw, h / rh  # source pixels per resized pixel
         box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
-        return image.resize((cw, ch), Image.BICUBIC, box=box)
+        return image.resize((cw, ch), Image.Resampling.BICUBIC, box=box)
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """PIL image (any mode) -> normalised float32 array (C, crop h, crop w), C = 1 or 3."""
         image, (lo, hi) = _working_mode(image, self.grayscale)
-        arr = np.asarray(self.resize_crop(image), dtype=np.float32)
+        arr: np.ndarray = np.asarray(self.resize_crop(image), dtype=np.float32)
         if not (math.isfinite(lo) and math.isfinite(hi) and np.isfinite(arr).all()):
             raise ValueError("the image holds NaN or infinite pixel values")
         arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)  # source range -> [0, 1]
@@ -266,7 +267,7 @@ def _progressive_jpeg_problem(image: Image.Image) -> str | None:
     )
 
 
-def load_image(path: str | Path, decode_size: SizeFn | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def load_image(path: str | os.PathLike, decode_size: SizeFn | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open and fully decode an image of at most ``max_pixels`` pixels; :class:`ImageError` says what
     is wrong with a bad file (missing, not an image, corrupt, a decompression bomb, ...).
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -94,11 +94,7 @@ class Profile:
         return "\n".join(lines + [f"rule: {OPS_RULE}"])
 
 
-def _is_binary(layer: nn.Module) -> bool:
-    return getattr(layer, "weight_quantizer", None) is not None and getattr(layer, "input_quantizer", None) is not None
-
-
-def _layer_macs(layer: nn.Module, out: torch.Tensor) -> int:
+def _layer_macs(layer: nn.Linear | nn.Conv2d, out: torch.Tensor) -> int:
     """MACs of a linear or convolution producing ``out``."""
     from torch import nn
 
@@ -123,7 +119,7 @@ def profile_model(model: BHViT, arch: str = "") -> Profile:
     from torch import nn
 
     from .models.bhvit import BinaryAttention
-    from .quant import QuantConv2d, QuantLinear
+    from .quant import QuantConv2d, QuantLinear, is_binary_layer
 
     cfg = model.config
     prof = Profile(arch=arch or "bhvit", precision=cfg.precision, img_size=cfg.img_size)
@@ -138,10 +134,10 @@ def profile_model(model: BHViT, arch: str = "") -> Profile:
             prof.params_binary += p.numel()
     prof.params_fp = prof.params_total - prof.params_binary
 
-    def on_layer(name: str):
-        def hook(layer: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
+    def on_layer(name: str) -> Callable[[nn.Linear | nn.Conv2d, tuple[Any, ...], torch.Tensor], None]:
+        def hook(layer: nn.Linear | nn.Conv2d, _inp: tuple[Any, ...], out: torch.Tensor) -> None:
             macs = _layer_macs(layer, out)
-            binary = _is_binary(layer)
+            binary = is_binary_layer(layer)
             row = {"name": name, "type": type(layer).__name__, "macs": macs, "binary": binary}
             if getattr(layer, "weight_quantizer", None) is not None:
                 rows_out = layer.weight.shape[0]
@@ -154,8 +150,8 @@ def profile_model(model: BHViT, arch: str = "") -> Profile:
 
         return hook
 
-    def on_attention(name: str):
-        def hook(attn: BinaryAttention, inp: tuple, _out: torch.Tensor) -> None:
+    def on_attention(name: str) -> Callable[[BinaryAttention, tuple[Any, ...], torch.Tensor], None]:
+        def hook(attn: BinaryAttention, inp: tuple[Any, ...], _out: torch.Tensor) -> None:
             b, h, w, _ = inp[0].shape  # (B, H, W, C): B·nW windows of w² window + nW global tokens
             n_win = (h // attn.window) * (w // attn.window)
             bops, flops = _attention_macs(attn, attn.window**2 + n_win, b * n_win)
@@ -305,7 +301,7 @@ def _tensor_names(op: Mapping[str, Any]) -> Iterator[str]:
     yield from walk(op, ops.OPS[op["op"]].fields)
 
 
-def _op_counts(op: Mapping[str, Any], x: tuple[int, int, int], shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+def _op_counts(op: Mapping[str, Any], x: tuple[int, ...], shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
     """For one op reading a register of shape ``x`` = (H, W, C): the shapes of the registers it writes
     (``writes``), its BOPs, FLOPs and binary parameters (docs/packed-format.md §5, §6)."""
     h, w, c = x

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from typing import Any, TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -70,12 +71,12 @@ class _SignApprox(torch.autograd.Function):
     """``y = sign(x)``; ``∂y/∂x = max(0, 2 − 2|x|)`` (Bi-Real Net's ApproxSign)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
+    def forward(ctx: Any, x: Tensor) -> Tensor:
         ctx.save_for_backward(x)
         return torch.sign(x)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
         (x,) = ctx.saved_tensors
         return _approx_sign_grad(x).mul_(grad)
 
@@ -92,12 +93,12 @@ class _ScaledSignSTE(torch.autograd.Function):
     """``y = α·sign(w)``; ``∂y/∂w = [−τ ≤ w ≤ τ]`` (the STE through ``clamp(w, −τ, τ)``)."""
 
     @staticmethod
-    def forward(ctx, w: Tensor, alpha: Tensor, tau: float) -> Tensor:
+    def forward(ctx: Any, w: Tensor, alpha: Tensor, tau: float) -> Tensor:
         ctx.save_for_backward((w >= -tau) & (w <= tau))  # 1-bit mask, not the float weight
         return alpha * torch.sign(w)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
         (inside,) = ctx.saved_tensors
         return grad * inside, None, None
 
@@ -165,14 +166,14 @@ class _GSB(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, a: Tensor, alpha: Tensor, alpha2: Tensor, alpha3: Tensor) -> Tensor:
+    def forward(ctx: Any, a: Tensor, alpha: Tensor, alpha2: Tensor, alpha3: Tensor) -> Tensor:
         t0, t1, t2 = gsb_masks(a, alpha)
         alpha, alpha2, alpha3 = (p.clamp(min=GSB_EPS) for p in (alpha, alpha2, alpha3))
         ctx.save_for_backward(a, alpha, alpha2, alpha3, t0.to(torch.int8), t1.bool(), t2.bool())
         return (t0 + t1 * alpha2 + t2 * alpha3) * alpha
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         a, alpha, alpha2, alpha3, t0, t1, t2 = ctx.saved_tensors
         t0, t1, t2 = t0.to(grad.dtype), t1.to(grad.dtype), t2.to(grad.dtype)
         q = a / alpha
@@ -245,6 +246,7 @@ class LSQAttentionQuantizer(nn.Module):
     """
 
     precision = 2  # four levels, decomposed into three binary masks
+    init_state: Tensor  # buffer (1,): 0 until the first training batch sets α and z
 
     def __init__(self, num_heads: int, levels: int = LSQ_LEVELS) -> None:
         super().__init__()
@@ -303,7 +305,7 @@ QUANTIZERS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def get_quantizer(name: str, *args, **kwargs) -> nn.Module:
+def get_quantizer(name: str, *args: Any, **kwargs: Any) -> nn.Module:
     """Instantiate a registered quantizer by name (see :data:`QUANTIZERS`)."""
     if name not in QUANTIZERS:
         raise ValueError(f"unknown quantizer {name!r}; choose one of {sorted(QUANTIZERS)}")
@@ -318,12 +320,12 @@ class _SignLinear(torch.autograd.Function):
     backward recomputes ``sign(x)`` from the saved input instead of keeping a second float copy."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor) -> Tensor:
+    def forward(ctx: Any, x: Tensor, w: Tensor) -> Tensor:
         ctx.save_for_backward(x, w)
         return F.linear(torch.sign(x), w)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
         x, w = ctx.saved_tensors
         gx = gw = None
         if ctx.needs_input_grad[0]:
@@ -337,13 +339,21 @@ class _SignConv2d(torch.autograd.Function):
     """``conv2d(sign(x), W)`` (no bias) with the backward recomputing ``sign(x)`` from ``x``."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, stride, padding, dilation, groups: int) -> Tensor:
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        w: Tensor,
+        stride: tuple[int, ...],
+        padding: tuple[int, ...],
+        dilation: tuple[int, ...],
+        groups: int,
+    ) -> Tensor:
         ctx.save_for_backward(x, w)
         ctx.conf = (stride, padding, dilation, groups)
         return F.conv2d(torch.sign(x), w, None, stride, padding, dilation, groups)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, w = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conf
         mask = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], False)
@@ -395,10 +405,10 @@ class QuantConv2d(nn.Conv2d):
 
     def __init__(
         self,
-        *args,
+        *args: Any,
         input_quantizer: nn.Module | None = None,
         weight_quantizer: nn.Module | None = None,
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.input_quantizer = input_quantizer
@@ -406,7 +416,12 @@ class QuantConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
-        if isinstance(self.input_quantizer, SignQuantizer) and self.padding_mode == "zeros":
+        # a string padding ("same", "valid") has no explicit size for the backward's convolution_backward
+        if (
+            isinstance(self.input_quantizer, SignQuantizer)
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+        ):
             y = _SignConv2d.apply(x, w, self.stride, self.padding, self.dilation, self.groups)
             return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
         if self.input_quantizer is not None:
@@ -414,7 +429,16 @@ class QuantConv2d(nn.Conv2d):
         return self._conv_forward(x, w, self.bias)
 
 
-def binary_weight_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+def is_binary_layer(module: nn.Module) -> TypeGuard[QuantLinear | QuantConv2d]:
+    """A layer whose inputs and weights are both binarized (both quantizers set)."""
+    return (
+        isinstance(module, (QuantLinear, QuantConv2d))
+        and module.weight_quantizer is not None
+        and module.input_quantizer is not None
+    )
+
+
+def binary_weight_layers(model: nn.Module) -> Iterator[tuple[str, QuantLinear | QuantConv2d]]:
     """Yield ``(name, layer)`` for every layer whose weights are binarized.
 
     Each layer has a latent float ``weight``; what role it plays is the model's to say (e.g.

@@ -17,9 +17,18 @@ from typing import Any
 
 from torch import nn
 
+from .models.bhvit import BHViT
 from .models.variants import BUILTIN, ModelEntry
 
-__all__ = ["ModelEntry", "register_model", "create_model", "list_models", "model_entry", "register_with_timm"]
+__all__ = [
+    "ModelEntry",
+    "register_model",
+    "create_model",
+    "create_classifier",
+    "list_models",
+    "model_entry",
+    "register_with_timm",
+]
 
 
 _REGISTRY: dict[str, ModelEntry] = {entry.name: entry for entry in BUILTIN}  # and register_model's
@@ -67,6 +76,16 @@ def create_model(name: str, **options: Any) -> nn.Module:
     option is a ValueError listing the valid ones.
     """
     return model_entry(name).builder(**options)
+
+
+def create_classifier(name: str, **options: Any) -> BHViT:
+    """:func:`create_model` where the BHViT classifier itself is needed (training, profiling, benchmarks);
+    a ValueError when ``name`` and ``options`` build anything else (a ``features_only`` backbone, a model
+    :func:`register_model` added)."""
+    model = create_model(name, **options)
+    if not isinstance(model, BHViT):
+        raise ValueError(f"{name!r} with these options builds a {type(model).__name__}, not a BHViT classifier")
+    return model
 
 
 def register_with_timm() -> list[str]:

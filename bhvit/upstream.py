@@ -13,8 +13,9 @@ anything else is refused before any of its code can run.
 from __future__ import annotations
 
 import argparse
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,8 @@ __all__ = [
     "CheckpointError",
 ]
 
-SAFE_GLOBALS = [argparse.Namespace]
+# the classes (beside tensors) a torch file may construct, in torch.serialization.safe_globals's form
+SAFE_GLOBALS: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [argparse.Namespace]
 
 
 class CheckpointError(ValueError):
@@ -44,7 +46,7 @@ class CheckpointError(ValueError):
 # ---------------------------------------------------------------------------------------------
 # Safe loading
 # ---------------------------------------------------------------------------------------------
-def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load(path, weights_only=True)`` allowing only ``argparse.Namespace`` beyond tensors.
 
     The one loader of every torch file bhvit reads (models, training checkpoints, teachers). Raises
@@ -232,7 +234,7 @@ def _infer_depths(sd: Mapping[str, Tensor], widths: tuple[int, ...]) -> tuple[in
         if len(matches) != 1:
             raise CheckpointError(f"{key} has width {value.shape[0]}: cannot place it among stage widths {widths}")
         counts[matches[0]] += 1
-    return tuple(counts)  # type: ignore[return-value]
+    return counts[0], counts[1], counts[2], counts[3]
 
 
 def _first_block_key(stage: int, depths: tuple[int, ...], suffix: str) -> str:

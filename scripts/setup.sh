@@ -38,7 +38,7 @@ installed() {
   # the editable install of this checkout, its extension and the dev/plots/onnx/hub extras all import
   "$VPY" - "$PWD" >/dev/null 2>&1 <<'EOF'
 import pathlib, sys
-import bhvit, bhvit._C, pytest, ruff, matplotlib, onnx, onnxruntime, huggingface_hub  # noqa: F401, E401
+import bhvit, bhvit._C, pytest, ruff, mypy, matplotlib, onnx, onnxruntime, huggingface_hub  # noqa: F401, E401
 from bhvit.runtime.paths import find_library
 find_library()  # libbhvit_runtime.so was built
 sys.exit(pathlib.Path(bhvit.__file__).resolve().parent != pathlib.Path(sys.argv[1]).resolve() / "bhvit")

@@ -258,9 +258,10 @@ def test_quantizer_registry():
         get_quantizer("nope")
 
 
-@pytest.mark.parametrize("kind", ["linear", "conv", "conv_stride2"])
+@pytest.mark.parametrize("kind", ["linear", "conv", "conv_stride2", "conv_same"])
 def test_fused_sign_layers_equal_the_composed_form(kind):
-    """QuantLinear/QuantConv2d fuse sign into the layer; values and gradients equal sign_ste + layer."""
+    """QuantLinear/QuantConv2d fuse sign into the layer; values and gradients equal sign_ste + layer
+    (a string padding such as "same" takes the composed path: its backward needs explicit sizes)."""
     torch.manual_seed(6)
     if kind == "linear":
         layer = QuantLinear(12, 5, input_quantizer=SignQuantizer(), weight_quantizer=WeightBinarizer())
@@ -268,7 +269,7 @@ def test_fused_sign_layers_equal_the_composed_form(kind):
         x[0, 0, :3] = torch.tensor([0.0, 1.0, -1.0])
         composed = lambda t: torch.nn.functional.linear(sign_ste(t), binarize_weight(layer.weight))  # noqa: E731
     else:
-        stride, pad, dil = (2, 0, 1) if kind == "conv_stride2" else (1, 3, 3)
+        stride, pad, dil = {"conv": (1, 3, 3), "conv_stride2": (2, 0, 1), "conv_same": (1, "same", 2)}[kind]
         k = 2 if kind == "conv_stride2" else 3
         layer = QuantConv2d(
             8,

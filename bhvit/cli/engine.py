@@ -14,7 +14,7 @@ from bhvit.checkpoint import atomic_write, load_model
 from bhvit.cli.errors import CommandParser
 from bhvit.engine import bench
 from bhvit.engine.api import agreement, pack, save_packed, size_report, zero_audit
-from bhvit.models.bhvit import BINARY_PRECISIONS
+from bhvit.models.bhvit import BINARY_PRECISIONS, BHViT
 from bhvit.predict import Preprocess
 
 
@@ -71,7 +71,7 @@ def read_labels(path: str, num_classes: int) -> list[str]:
     return names
 
 
-def _preprocess(model: torch.nn.Module, stored: Any) -> dict[str, Any] | None:
+def _preprocess(model: BHViT, stored: Any) -> dict[str, Any] | None:
     """What the packed file says about preprocessing: the checkpoint's, completed from the model's
     ``pretrained_cfg`` (for images predict reads: grey or RGB), so ``predict --packed`` needs no model."""
     cfg = model.config

@@ -76,11 +76,11 @@ def cmd_profile(argv: list[str]) -> int:
     from bhvit.profile import profile_model
 
     if kind == "missing":
-        from bhvit.registry import create_model, list_models
+        from bhvit.registry import create_classifier, list_models
 
         if args.model not in list_models() and ("/" in args.model or "." in args.model):
             raise FileNotFoundError(f"{args.model}: no such file (variants: {', '.join(list_models())})")
-        model = create_model(args.model, **_options(args))
+        model = create_classifier(args.model, **_options(args))
     else:
         from bhvit.checkpoint import load_model
 

@@ -342,7 +342,9 @@ def cmd_eval(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _checkpoint_img_size(ck: dict[str, Any], path: str) -> int:
+def _checkpoint_img_size(ck: dict[str, Any] | None, path: str) -> int:
+    if ck is None:
+        raise CheckpointError(f"{path} is not a training checkpoint: pass --img-size")
     size = ck["model_config"].get("img_size")
     side = size[0] if isinstance(size, list | tuple) and size else size
     if isinstance(side, bool) or not isinstance(side, int) or side < 1:

@@ -15,16 +15,17 @@ Anything else is a :class:`DatasetNotFoundError` that names the layouts expected
 from __future__ import annotations
 
 import random
+from collections.abc import Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import torch
 
 from bhvit.data import cifar10, fashion_mnist, folder
 from bhvit.data.download import DatasetNotFoundError
 from bhvit.data.transforms import Compose, center_crop, eval_resize, eval_transform, resize_shorter, train_transform
-from bhvit.models.bhvit import IMAGENET_MEAN, IMAGENET_STD
+from bhvit.rules import IMAGENET_MEAN, IMAGENET_STD
 from bhvit.text import printable
 
 DATASET_NAMES = ("fashion_mnist", "cifar10", "synthetic")
@@ -150,7 +151,7 @@ class Augmented(torch.utils.data.Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.base)
+        return len(cast(Sized, self.base))  # torch's Dataset declares no __len__; every base here has one
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         img, label = self.base[i]
@@ -302,6 +303,6 @@ def _arrays_bundle(
 
 
 def _subset(ds: Augmented, cfg: DataConfig) -> Augmented:
-    if cfg.train_subset is not None and cfg.train_subset < len(ds.base):
+    if cfg.train_subset is not None and cfg.train_subset < len(ds):
         ds.base = torch.utils.data.Subset(ds.base, range(cfg.train_subset))
     return ds

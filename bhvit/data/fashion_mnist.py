@@ -135,7 +135,10 @@ def read_dir(d: Path) -> dict[str, torch.Tensor]:
     (60000,) int64, …"""
     out = {}
     for key, stem in FILES.items():
-        t = read_idx(_find_file(d, stem))
+        path = _find_file(d, stem)
+        if path is None:
+            raise DatasetNotFoundError(f"{d}: {stem} (or {stem}.gz) is missing; Fashion-MNIST needs the four files")
+        t = read_idx(path)
         out[key] = t.long() if key.endswith("labels") else t
     return out
 

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from bhvit.data.download import DatasetNotFoundError
-from bhvit.data.images import DatasetError, is_hidden, printable, read_rgb
+from bhvit.data.images import DatasetError, is_hidden, read_rgb
+from bhvit.text import printable
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 VAL_NAMES = ("val", "validation", "test")

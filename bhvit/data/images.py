@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -113,7 +114,8 @@ def value_range(im: Image.Image) -> tuple[float, float]:
         return 0.0, 65535.0
     if im.mode not in ("I", "F"):
         return 0.0, 255.0
-    lo, hi = (float(v) for v in im.getextrema())
+    extrema = cast(tuple[float, float], im.getextrema())  # one band (modes I, F): (min, max)
+    lo, hi = float(extrema[0]), float(extrema[1])
     full = 65535.0 if im.mode == "I" else 1.0
     if lo >= 0 and hi <= full:
         return 0.0, full

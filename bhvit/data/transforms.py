@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bhvit.models.bhvit import CROP_PCT
+from bhvit.rules import CROP_PCT
 
 Rng = random.Random
 Transform = Callable[[torch.Tensor, Rng | None], torch.Tensor]

@@ -12,13 +12,16 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from bhvit import runtime
 from bhvit.engine.program import Program, build_program, model_preprocess, write_program
+
+if TYPE_CHECKING:
+    from bhvit.models.bhvit import BHViT
 
 
 class PackedModel:
@@ -51,7 +54,7 @@ class PackedModel:
     @property
     def meta(self) -> dict[str, Any]:
         """``preprocess`` and (if stored) ``labels``, as ``bhvit predict`` reads them."""
-        out = {"preprocess": self.runtime.preprocess}
+        out: dict[str, Any] = {"preprocess": self.runtime.preprocess}
         if self.runtime.labels is not None:
             out["labels"] = self.runtime.labels
         return out
@@ -97,7 +100,7 @@ class PackedModel:
             self._times = None
 
 
-def pack(model: nn.Module) -> PackedModel:
+def pack(model: BHViT) -> PackedModel:
     """Packs an eval-mode ``some_fp`` or ``binary`` BHViT (BatchNorm):
     ``bhvit.engine.pack(model)(images) -> logits``."""
     from bhvit.engine.packer import extract

@@ -20,14 +20,15 @@ forward: ``benchmarks/bench_vs_revision.py``.)
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ from bhvit.engine.api import pack
 from bhvit.engine.program import Program
 from bhvit.runtime import ops
 from bhvit.runtime.reference import pack as pack_bits
+
+if TYPE_CHECKING:
+    from bhvit.models.bhvit import BHViT
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], rounds: int = 3, min_round: float = 0.05) -> dict[str, float]:
@@ -130,15 +134,16 @@ def onnx_runner(model: nn.Module, x: torch.Tensor, workdir: Path) -> Callable[[]
     return lambda: sess.run(None, feed)
 
 
-def build(name: str, precision: str, checkpoint: str | None) -> tuple[nn.Module, nn.Module]:
+def build(name: str, precision: str, checkpoint: str | None) -> tuple[BHViT, BHViT]:
     """(the binary model in eval mode, its full-precision twin for the int8 baseline)."""
     import bhvit
+    from bhvit.registry import create_classifier
 
     if checkpoint:
         model, _ = bhvit.load_model(checkpoint)
         config = {**model.config.to_dict(), "precision": "fp"}
         return model.eval(), bhvit.build_model(config).eval()
-    return (bhvit.create_model(name, precision=precision).eval(), bhvit.create_model(name, precision="fp").eval())
+    return create_classifier(name, precision=precision).eval(), create_classifier(name, precision="fp").eval()
 
 
 GEMM_CHANNELS = 64  # image channels of blinear_program's input (the runtime takes at most 64)
@@ -157,7 +162,7 @@ def blinear_program(m: int, k: int, n: int, seed: int = 0) -> tuple[runtime.Mode
         "weight": pack_bits(rng.random((n, k)) < 0.5),
         "scale": rng.random(n, dtype=np.float32),
     }
-    layer = [
+    layer: list[dict[str, Any]] = [
         {"op": ops.PATCH_CONV.name, "in": "input", "out": "x", "kernel": 1, "weight": "proj"},
         {"op": ops.SIGN_PACK.name, "in": "x", "out": "xb"},
         {
@@ -324,7 +329,7 @@ def bench_grid(
 
 def bench_packed(
     path: str | Path,
-    references: dict[str, str | Path] | None = None,
+    references: Mapping[str, str | Path] | None = None,
     batches: Sequence[int] = (1, 32),
     threads: Sequence[int | None] = (1, None),
     rounds: int = 3,
@@ -351,9 +356,9 @@ def bench_packed(
             for b in batches:
                 x = rng.standard_normal((b, *model.input_shape), dtype=np.float32)
                 xt = torch.from_numpy(x)
-                fns: dict[str, Callable[[], Any]] = {"packed": lambda x=x: model.run(x)}
+                fns: dict[str, Callable[[], Any]] = {"packed": functools.partial(model.run, x)}
                 for name, fm in floats.items():
-                    fns[name] = lambda fm=fm, xt=xt: fm(xt)
+                    fns[name] = functools.partial(fm, xt)
                 with torch.inference_mode():
                     times = interleaved(fns, rounds, min_round=min_round if b == 1 else 0.0)
                 row: dict[str, Any] = {"threads": n, "default_threads": is_default or n == default, "batch": b}

@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from bhvit.quant import QuantConv2d, QuantLinear, is_binary_layer
 from bhvit.runtime.reference import conv_rows, pack
+
+if TYPE_CHECKING:
+    from bhvit.models.bhvit import BHViT
 
 
 @dataclass
@@ -41,12 +45,6 @@ class PackedParts:
     binary: dict[str, BinaryLayer]
 
 
-def _is_binary(module: nn.Module) -> bool:
-    """A layer whose weights and inputs are both binarized."""
-    quantizers = (getattr(module, "weight_quantizer", None), getattr(module, "input_quantizer", None))
-    return all(q is not None for q in quantizers)
-
-
 def _layer_meta(module: nn.Module) -> dict[str, Any]:
     if isinstance(module, nn.Conv2d):
         return {
@@ -63,8 +61,10 @@ def _layer_meta(module: nn.Module) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def binarize_layer(module: nn.Module) -> tuple[BinaryLayer, int]:
+def binarize_layer(module: QuantLinear | QuantConv2d) -> tuple[BinaryLayer, int]:
     """Bits and α of one binary layer, and the number of exactly-zero quantized weights."""
+    if module.weight_quantizer is None:
+        raise ValueError(f"{type(module).__name__} has no weight quantizer: it is not a binary layer")
     wq = module.weight_quantizer(module.weight).detach().float()  # α_c·sign(Wc), dim 0 = output
     alpha = wq.abs().flatten(1).amax(1).numpy().astype(np.float32)
     zeros = int((wq == 0).sum())
@@ -73,17 +73,17 @@ def binarize_layer(module: nn.Module) -> tuple[BinaryLayer, int]:
     return BinaryLayer(pack(rows < 0), alpha, _layer_meta(module)), zeros
 
 
-def extract(model: nn.Module) -> PackedParts:
+def extract(model: BHViT) -> PackedParts:
     """The packed parts of an eval-mode BHViT (precision ``some_fp`` or ``binary``)."""
     if model.training:
         raise ValueError("pack an eval-mode model: call model.eval() first (BatchNorm folds running stats)")
-    config = model.config.to_dict() if hasattr(model.config, "to_dict") else dict(model.config)
+    config = model.config.to_dict()
     if config.get("precision") == "fp":
         raise ValueError("a full-precision model has no binary layers to pack; use precision some_fp or binary")
     binary: dict[str, BinaryLayer] = {}
     zeros = 0
     for name, module in model.named_modules():
-        if _is_binary(module):
+        if is_binary_layer(module):
             binary[name], z = binarize_layer(module)
             zeros += z
     if zeros:

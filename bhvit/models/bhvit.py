@@ -31,7 +31,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import partial
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypedDict, cast, get_args, overload
 
 import torch
 import torch.nn.functional as F
@@ -75,9 +75,9 @@ __all__ = [
 
 Precision = Literal["fp", "some_fp", "binary"]
 AttnQuant = Literal["lsq", "gsb"]
-PRECISIONS: tuple[str, ...] = get_args(Precision)
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 ATTN_QUANTS: tuple[str, ...] = get_args(AttnQuant)
-BINARY_PRECISIONS: tuple[str, ...] = tuple(p for p in PRECISIONS if p != "fp")  # with binary layers: packable
+BINARY_PRECISIONS: tuple[Precision, ...] = tuple(p for p in PRECISIONS if p != "fp")  # with binary layers: packable
 MAX_WINDOW = 7  # the authors' window; also the largest :func:`choose_window_size` picks
 
 NormLayer = Callable[[int], nn.Module]  # width -> norm over the last dim
@@ -344,10 +344,11 @@ class BinaryMLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # (B, N, C) -> (B, N, C)
         b, n, c = x.shape
         z = self.fc1(x + self.move1)  # (B, N, rC)
-        if self._fused(z):
-            w2 = self.fc2.weight_quantizer(self.fc2.weight)
+        fused_parts = self._fused_parts(z)
+        if fused_parts is not None:
+            norm1, weight_quantizer = fused_parts
             y, pooled = norm_residual_rprelu_sign_linear(
-                z.view(b * n, -1), x.reshape(b * n, c), self.norm1, self.act1, self.move2, w2
+                z.view(b * n, -1), x.reshape(b * n, c), norm1, self.act1, self.move2, weight_quantizer(self.fc2.weight)
             )
             out = self.norm2(y.view(b, n, c)) + pooled.view(b, n, c)
             return self.drop_path(self.ls(self.act2(out)))
@@ -358,21 +359,25 @@ class BinaryMLP(nn.Module):
         out = self.norm2(self.fc2(h + self.move2)) + pooled
         return self.drop_path(self.ls(self.act2(out)))
 
-    def _fused(self, z: Tensor) -> bool:
-        """The wide middle runs as one Function (training with autograd, batch norm, binary fc2, one dtype):
-        the same values, a third less saved memory and fewer passes over the rC-wide maps."""
-        return (
+    def _fused_parts(self, z: Tensor) -> tuple[TokenBatchNorm, nn.Module] | None:
+        """``(norm1, fc2's weight quantizer)`` when the wide middle runs as one Function (training with
+        autograd, batch norm, binary fc2, one dtype): the same values, a third less saved memory and fewer
+        passes over the rC-wide maps; None when it runs op by op."""
+        norm = self.norm1
+        if (
             fused()
             and torch.is_grad_enabled()
             and self.training
-            and isinstance(self.norm1, TokenBatchNorm)
-            and self.norm1.fusable()
+            and isinstance(norm, TokenBatchNorm)
+            and norm.fusable()
             and isinstance(self.fc2.input_quantizer, SignQuantizer)
-            and self.fc2.weight_quantizer is not None
+            and (weight_quantizer := self.fc2.weight_quantizer) is not None
             and self.fc2.bias is None
             and z.is_contiguous()
-            and all(p.dtype == z.dtype for p in (self.norm1.weight, self.act1.move1, self.move2))
-        )
+            and all(p.dtype == z.dtype for p in (norm.weight, self.act1.move1, self.move2))
+        ):
+            return norm, weight_quantizer
+        return None
 
 
 class MultiScaleConvMixer(nn.Module):
@@ -730,7 +735,7 @@ class Stem(nn.Module):
 class Stage(nn.Module):
     """An optional downsampling followed by ``depth`` blocks."""
 
-    def __init__(self, downsample: nn.Module, blocks: list[nn.Module]) -> None:
+    def __init__(self, downsample: nn.Module, blocks: Sequence[nn.Module]) -> None:
         super().__init__()
         self.downsample = downsample
         self.blocks = nn.ModuleList(blocks)
@@ -745,6 +750,18 @@ class Stage(nn.Module):
 # =============================================================================================
 # Model
 # =============================================================================================
+class _BlockOptions(TypedDict):
+    """The keyword arguments every :class:`HybridBlock` of a model shares."""
+
+    binary: bool
+    recu: bool
+    norm_layer: NormLayer
+    layerscale: bool
+    shift3: bool
+    shift5: bool
+    drop_path: float
+
+
 class BHViT(nn.Module):
     """BHViT image classifier; ``forward`` maps (B, in_chans, H, W) images to (B, classes) logits.
 
@@ -794,7 +811,7 @@ class BHViT(nn.Module):
     def _block(cfg: BHViTConfig, stage: int, norm_layer: NormLayer, drop_path: float) -> HybridBlock:
         """A block of ``stage`` (0–3): MSGDC in stages 0–1, MSMHA in 2–3; binary unless ``fp``."""
         binary = cfg.precision != "fp"
-        common = {
+        common: _BlockOptions = {
             "binary": binary,
             "recu": cfg.recu,
             "norm_layer": norm_layer,
@@ -866,7 +883,7 @@ class BHViT(nn.Module):
 
     def _run_stage(self, i: int, x: Tensor, hidden: dict[str, Tensor] | None) -> Tensor:
         """Stage ``i``: its downsampling (stages 1–3) then its blocks, (B, H, W, C) -> (B, H', W', C')."""
-        stage = self.stages[i]
+        stage = cast(Stage, self.stages[i])  # nn.ModuleList types its items as nn.Module
         x = stage.downsample(x)
         if hidden is not None and i:
             hidden[f"stage{i}"] = to_nchw(x)
@@ -909,6 +926,29 @@ class BHViT(nn.Module):
         """
         x = x.mean(dim=1)
         return x if pre_logits else self.head(x)
+
+    @overload
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = ...,
+        norm: bool = ...,
+        stop_early: bool = ...,
+        output_fmt: str = ...,
+        *,
+        intermediates_only: Literal[True],
+    ) -> list[Tensor]: ...
+
+    @overload
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = ...,
+        norm: bool = ...,
+        stop_early: bool = ...,
+        output_fmt: str = ...,
+        intermediates_only: bool = ...,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]: ...
 
     def forward_intermediates(
         self,

@@ -8,9 +8,12 @@ list of stage maps; :class:`FeatureInfo` answers ``channels()`` and ``reduction(
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from .bhvit import BHViT  # which imports this module
 
 __all__ = ["FeatureGetter", "FeatureInfo", "feature_take_indices"]
 
@@ -26,7 +29,7 @@ def feature_take_indices(num_stages: int, indices: int | Sequence[int] | None = 
             raise ValueError(f"indices={indices}: take between 1 and {num_stages} last stages")
         take = list(range(num_stages - indices, num_stages))
     else:
-        picked = list(indices)
+        picked = [indices] if isinstance(indices, bool) else list(indices)  # a bool is refused below
         bad = [i for i in picked if isinstance(i, bool) or not isinstance(i, int) or not -num_stages <= i < num_stages]
         if bad or not picked:
             raise ValueError(f"indices={indices!r}: stage indices must be ints in [{-num_stages}, {num_stages})")
@@ -77,9 +80,7 @@ class FeatureGetter(nn.Module):
     under the ``model.`` prefix.
     """
 
-    def __init__(
-        self, model: nn.Module, out_indices: int | Sequence[int] = (0, 1, 2, 3), output_fmt: str = "NCHW"
-    ) -> None:
+    def __init__(self, model: BHViT, out_indices: int | Sequence[int] = (0, 1, 2, 3), output_fmt: str = "NCHW") -> None:
         super().__init__()
         info = list(model.feature_info)
         take = model.prune_intermediate_layers(out_indices, prune_norm=True, prune_head=True)

@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from bhvit.runtime.paths import RuntimeLibraryError, compile_flags, find_library, include_dir, link_flags
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]  # one line, not usage + message
+    def error(self, message: str) -> NoReturn:  # one line, not usage + message
         print(f"python -m bhvit.runtime: error: {message} (see --help)", file=sys.stderr)
         sys.exit(2)
 

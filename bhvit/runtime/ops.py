@@ -216,7 +216,8 @@ def check(op: Mapping[str, Any]) -> OpKind:
     """The kind of ``op`` (a program op object) after checking its fields against the table: a known ``op``,
     every required field present and not null, no unknown field (nested objects too). Raises ValueError
     naming the field (the packer's check of what it writes; the runtime checks files itself)."""
-    kind = OPS.get(op.get("op"))  # type: ignore[arg-type]
+    name = op.get("op")
+    kind = OPS.get(name) if isinstance(name, str) else None  # a list or dict name is unhashable
     if kind is None:
         raise ValueError(f"unknown op {op.get('op')!r} (the ops are {', '.join(OPS)})")
     _check_fields(op, kind.fields, f"op {kind.name}", {"op"})
@@ -237,7 +238,8 @@ def _check_fields(given: Mapping[str, Any], fields: tuple[Field, ...], where: st
         if f.kind == OBJECT:
             if not isinstance(member, Mapping):
                 raise ValueError(f"{where}: field {f.name!r} must be an object")
-            members = f.variants.get(member.get("kind"), ()) if f.variants else f.fields
+            variant = member.get("kind")
+            members = (f.variants.get(variant, ()) if isinstance(variant, str) else ()) if f.variants else f.fields
             if f.variants and not members:
                 raise ValueError(f"{where}.{f.name}: kind must be one of {list(f.variants)}")
             _check_fields(member, members, f"{where}.{f.name}", set())

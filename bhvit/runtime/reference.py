@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ Regs = dict[str, np.ndarray]
 Tensors = dict[str, np.ndarray]
 
 
-def load(path: str | Path) -> tuple[dict[str, Any], Tensors, dict[str, str]]:
+def load(path: str | os.PathLike) -> tuple[dict[str, Any], Tensors, dict[str, str]]:
     """(program, tensors, metadata) of a version-2 file; :class:`PackedFormatError` for a file that is not
     one (the safetensors reader refuses overlapping or out-of-range tensors)."""
     from safetensors import SafetensorError, safe_open

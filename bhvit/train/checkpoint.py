@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from bhvit.checkpoint import atomic_write
 from bhvit.data import DataBundle
+from bhvit.models.bhvit import BHViT
 from bhvit.train.ema import ModelEMA
 from bhvit.upstream import CheckpointError, safe_torch_load
 
@@ -69,7 +70,7 @@ class TrainState:
 
 def checkpoint_dict(
     *,
-    model: nn.Module,
+    model: BHViT,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler | None,

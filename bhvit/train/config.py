@@ -7,6 +7,7 @@ A recipe has one table per dataclass: ``[data]`` (:class:`bhvit.data.DataConfig`
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -225,9 +226,9 @@ def _check(ok: bool, message: str) -> None:
 
 def load_recipe(path: str | Path) -> TrainConfig:
     """Parse a TOML recipe into a validated :class:`TrainConfig`."""
-    try:
-        import tomllib  # Python ≥ 3.11
-    except ImportError:  # pragma: no cover - Python 3.10
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
         import tomli as tomllib
     with open(path, "rb") as f:
         return TrainConfig.from_dict(tomllib.load(f))

@@ -31,7 +31,7 @@ from typing import Any
 
 from bhvit.checkpoint import atomic_write
 from bhvit.data import DataConfig
-from bhvit.models.bhvit import BINARY_PRECISIONS
+from bhvit.models.bhvit import BINARY_PRECISIONS, Precision
 from bhvit.train.config import LossConfig, ModelSpec, OptimConfig, RunConfig, TrainConfig
 from bhvit.train.loop import train
 from bhvit.train.report import write_report
@@ -59,7 +59,7 @@ class DemoConfig:
     out_dir: str = "runs/demo"
     threads: int | None = None
     seed: int = 0
-    precisions: tuple[str, ...] = BINARY_PRECISIONS  # the students; the teacher is fp
+    precisions: tuple[Precision, ...] = BINARY_PRECISIONS  # the students; the teacher is fp
     binary_from_some_fp: bool = False  # the binary student starts from the some-fp student (when it ran)
 
     def __post_init__(self) -> None:
@@ -79,7 +79,7 @@ PRESETS = {
 
 
 def stage_config(
-    demo: DemoConfig, precision: str, teacher: str | None, init: str | None = None, stage: str | None = None
+    demo: DemoConfig, precision: Precision, teacher: str | None, init: str | None = None, stage: str | None = None
 ) -> TrainConfig:
     """The TrainConfig of one demo stage: a student of ``teacher`` initialised from ``init`` (default: the
     teacher), or with ``teacher`` None an fp stage: the teacher, or the students' init when ``stage`` is

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from bhvit.checkpoint import load_model
-from bhvit.models.bhvit import BHViTConfig
+from bhvit.models.bhvit import BHViT, BHViTConfig
 from bhvit.text import printable
 from bhvit.upstream import resize_pos_embeds
 
@@ -101,7 +101,7 @@ def read_init_source(path: str, student: BHViTConfig) -> tuple[dict[str, Any], d
     return source.config.to_dict(), state
 
 
-def init_from_checkpoint(model: nn.Module, path: str) -> InitReport:
+def init_from_checkpoint(model: BHViT, path: str) -> InitReport:
     """Copy the tensors of the checkpoint at ``path`` into ``model``: an fp teacher into a binary
     student, or a pretrained model (ours or the authors') into one fine-tuned on new data.
 

@@ -23,6 +23,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from bhvit.checkpoint import atomic_write, load_model
 from bhvit.data import DataBundle, DatasetError, build_datasets
 from bhvit.data.folder import describe_split
 from bhvit.data.transforms import normalize_batch
+from bhvit.models.bhvit import BHViT
 from bhvit.text import printable
 from bhvit.train import checkpoint as ckpt_io
 from bhvit.train.checkpoint import TrainState
@@ -77,8 +79,8 @@ class Components:
     info: DistInfo
     device: torch.device
     data: DataBundle
-    model: nn.Module  # the bare student
-    wrapped: nn.Module  # DDP(student) when distributed, else the student
+    model: BHViT  # the bare student
+    wrapped: Callable[[Tensor], Tensor]  # the student's forward: DDP(student) when distributed, compiled if asked
     teacher: FrozenTeacher | None
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -103,13 +105,13 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
     return torch.device(name)
 
 
-def build_student(cfg: TrainConfig, data: DataBundle) -> nn.Module:
+def build_student(cfg: TrainConfig, data: DataBundle) -> BHViT:
     """``bhvit.create_model`` with the data's classes/channels and a window that fits the image size."""
-    import bhvit
+    from bhvit.registry import create_classifier
 
     spec = cfg.model
     window = spec.window_size or choose_window_size(cfg.data.img_size)
-    return bhvit.create_model(
+    return create_classifier(
         spec.arch,
         precision=spec.precision,
         attn_quant=spec.attn_quant,
@@ -139,7 +141,8 @@ def amp_setup(mode: str, device: torch.device) -> tuple[torch.dtype | None, torc
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """No weight decay on biases, norms, scales and position embeddings (1-D or ``pos_embed``)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 or name.endswith("pos_embed") else decay).append(p)
@@ -164,7 +167,7 @@ def build(cfg: TrainConfig) -> Components:
 
         convert_sync_batchnorm(model)
     model.to(device)
-    wrapped = model
+    wrapped: Callable[[Tensor], Tensor] = model
     if info.enabled:
         wrapped = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
@@ -410,7 +413,9 @@ def _nan_message(state: TrainState, values: dict[str, float], c: Components) -> 
     )
 
 
-def run_epoch(c: Components, state: TrainState, loader, sampler, logger: JsonlLogger) -> tuple[dict[str, float], str]:
+def run_epoch(
+    c: Components, state: TrainState, loader: torch.utils.data.DataLoader, sampler: TrainSampler, logger: JsonlLogger
+) -> tuple[dict[str, float], str]:
     """Train from ``state`` to the end of the epoch or a stop condition.
 
     Returns the epoch's mean train metrics and why it returned: ``"epoch"`` (end of the epoch),
@@ -623,7 +628,12 @@ def finish_epoch(
 
 
 def train_epoch(
-    c: Components, state: TrainState, loader, sampler, logger: JsonlLogger, metrics: dict[str, float]
+    c: Components,
+    state: TrainState,
+    loader: torch.utils.data.DataLoader,
+    sampler: TrainSampler,
+    logger: JsonlLogger,
+    metrics: dict[str, float],
 ) -> tuple[dict[str, float], str]:
     """:func:`run_epoch`; an unreadable training image stops the run with the file named, after the
     state reached is checkpointed (one process: all steps before the bad batch are complete)."""

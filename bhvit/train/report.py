@@ -15,7 +15,7 @@ from bhvit.models.bhvit import PRECISIONS
 from bhvit.train.logs import read_jsonl
 from bhvit.train.plots import _pyplot, save_png
 
-LABELS = {p: "fp (teacher)" if p == "fp" else f"{p.replace('_', '-')} student" for p in PRECISIONS}
+LABELS: dict[str, str] = {p: "fp (teacher)" if p == "fp" else f"{p.replace('_', '-')} student" for p in PRECISIONS}
 
 
 def model_profile(checkpoint: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ Without a teacher, :mod:`bhvit.train.auto_teacher` makes one (``loss.auto_teache
 
 from __future__ import annotations
 
+import types
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bhvit.checkpoint import load_model
-from bhvit.models.bhvit import IMAGENET_MEAN, IMAGENET_STD
+from bhvit.rules import IMAGENET_MEAN, IMAGENET_STD
 from bhvit.upstream import CheckpointError, safe_torch_load
 
 Stats = tuple[Sequence[float], Sequence[float]]  # (mean, std) per channel
@@ -46,6 +47,12 @@ class FrozenTeacher(nn.Module):
     ``data_stats`` / ``teacher_stats``: the (mean, std) the student's batches were normalised with and the
     ones the teacher expects; both or neither. ``in_chans`` / ``img_size``: what the teacher takes.
     """
+
+    # buffers (1, C, 1, 1), present when renorm: the student's data statistics and the teacher's
+    data_mean: Tensor
+    data_std: Tensor
+    teacher_mean: Tensor
+    teacher_std: Tensor
 
     def __init__(
         self,
@@ -102,7 +109,7 @@ def load_teacher(
     return FrozenTeacher(model).to(device)
 
 
-def _import_timm():  # noqa: ANN202
+def _import_timm() -> types.ModuleType:
     try:
         import timm
     except Exception as e:  # ImportError, or a timm that fails to import beside this torch

@@ -130,6 +130,18 @@ def test_check_refuses_what_the_table_does_not_describe() -> None:
             ops.check(bad)
 
 
+def test_check_refuses_unhashable_names_in_one_line(programs: list[Program]) -> None:
+    """An op name or a variant ``kind`` that is a list (JSON allows it) is refused as unknown, not a TypeError."""
+    with pytest.raises(ValueError, match=r"unknown op \['sign_pack'\]"):
+        ops.check({"op": ["sign_pack"], "in": "x", "out": "xb"})
+    attention = next(op for op in programs[0].program["ops"] if op["op"] == "window_attention")
+    ops.check(attention)
+    bad = copy.deepcopy(attention)
+    bad["quant"]["kind"] = ["lsq"]
+    with pytest.raises(ValueError, match="quant: kind must be one of"):
+        ops.check(bad)
+
+
 # ---- the docs ------------------------------------------------------------------------------------------------
 def _table_rows(text: str, heading: str) -> list[list[str]]:
     """The cells of the markdown table that follows ``heading``."""
