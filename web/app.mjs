@@ -39,7 +39,9 @@ function loadModel(bytes, name) {
 
 /** Decodes an image file (Blob) to RGBA pixels exactly as stored (no colour management, no premultiplication). */
 async function decode(blob) {
-  if (blob.size > MAX_FILE_BYTES) throw new Error(`the file is ${mib(blob.size)}, over the page's ${mib(MAX_FILE_BYTES)}`);
+  if (blob.size > MAX_FILE_BYTES) {
+    throw new Error(`the file is ${mib(blob.size)}, over the page's ${mib(MAX_FILE_BYTES)}`);
+  }
   let bitmap;
   try {
     bitmap = await createImageBitmap(blob, { premultiplyAlpha: "none", colorSpaceConversion: "none" });
@@ -49,7 +51,10 @@ async function decode(blob) {
   const { width, height } = bitmap;
   if (width * height > 2 ** 25) {
     bitmap.close();
-    throw new Error(`the image is ${width}x${height} (${(width * height).toLocaleString("en")} pixels), over the limit of 33,554,432 pixels: downscale it first`);
+    const pixels = (width * height).toLocaleString("en");
+    throw new Error(
+      `the image is ${width}x${height} (${pixels} pixels), over the limit of 33,554,432 pixels: downscale it first`,
+    );
   }
   const canvas = new OffscreenCanvas(width, height);
   const ctx = canvas.getContext("2d", { willReadFrequently: true });
@@ -87,7 +92,11 @@ function showResult(model, logits, seconds, ms) {
   $("kinds").tBodies[0].innerHTML = Object.entries(seconds)
     .filter(([, s]) => s > 0)
     .sort((a, b) => b[1] - a[1])
-    .map(([k, s]) => `<tr><td>${k}</td><td class="num">${(1000 * s).toFixed(2)} ms</td><td class="num">${((100 * s) / total).toFixed(0)} %</td></tr>`)
+    .map(
+      ([k, s]) =>
+        `<tr><td>${k}</td><td class="num">${(1000 * s).toFixed(2)} ms</td>` +
+        `<td class="num">${((100 * s) / total).toFixed(0)} %</td></tr>`,
+    )
     .join("");
 }
 
@@ -101,7 +110,8 @@ async function classify(blob) {
   const model = state.model;
   if (!model) throw new Error("load a model (.bhvp) first");
   const image = await decode(blob);
-  const input = preprocess(image, { ...model.preprocess, channels: model.channels, height: model.height, width: model.width });
+  const spec = { ...model.preprocess, channels: model.channels, height: model.height, width: model.width };
+  const input = preprocess(image, spec);
   const t0 = performance.now();
   const { logits, seconds } = model.run(input);
   const ms = performance.now() - t0;

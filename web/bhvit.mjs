@@ -142,7 +142,8 @@ export class Model {
         throw this.rt.error();
       }
       const f = mod.HEAPF32.subarray(buf >>> 2, (buf >>> 2) + 2 * c);
-      return { mean: Array.from(f.subarray(0, c)), std: Array.from(f.subarray(c)), resize: mod.HEAP32[(buf + 8 * c) >>> 2] };
+      const resize = mod.HEAP32[(buf + 8 * c) >>> 2];
+      return { mean: Array.from(f.subarray(0, c)), std: Array.from(f.subarray(c)), resize };
     } finally {
       mod._free(buf);
     }

@@ -169,7 +169,9 @@ export function preprocess(image, spec) {
     );
   }
   const { channels, height: ch, width: cw, mean, std, resize } = spec;
-  if (channels !== 1 && channels !== 3) throw new Error(`the model takes ${channels} channels; the page handles 1 or 3`);
+  if (channels !== 1 && channels !== 3) {
+    throw new Error(`the model takes ${channels} channels; the page handles 1 or 3`);
+  }
   const scale = resize / Math.min(w, h);
   const rw = Math.max(cw, roundHalfEven(w * scale));
   const rh = Math.max(ch, roundHalfEven(h * scale));
