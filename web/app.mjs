@@ -27,6 +27,9 @@ function loadModel(bytes, name) {
   const model = state.runtime.load(bytes);
   if (state.model) state.model.free();
   state.model = model;
+  // one run on a blank image: the engine compiles the kernels' optimised code on first use (about 200 ms for
+  // bhvit_small in Chromium 156), which the latency shown for the user's image should not include
+  model.run(new Float32Array(model.channels * model.height * model.width));
   const c = model.cost;
   $("model-info").textContent =
     `${name}: ${model.channels}x${model.height}x${model.width} input, ${model.numClasses} classes, ` +

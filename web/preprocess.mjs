@@ -1,10 +1,9 @@
 // The preprocessing of a packed file (bhvit_preprocess: mean, std, resize) in JavaScript, the same maths as
 // bhvit.predict.Preprocess (Pillow): resize the shorter side to `resize` with Pillow's 8-bit bicubic filter
 // (two passes, horizontal then vertical, 22-bit fixed-point coefficients, each pass rounded and clipped to
-// 8 bits), centre-crop, scale to [0, 1] and normalise, in float32 operation by operation. The pixels agree with
-// Pillow's to one step of 255: Pillow 13 sometimes runs its vertical pass first, and the rounding between the
-// passes then differs by one (tests/web/test_preprocess_js.py). Translucent pixels are premultiplied by alpha
-// as Pillow's RGBA -> RGBa conversion does.
+// 8 bits, in Pillow 13's order), centre-crop, scale to [0, 1] and normalise, in float32 operation by operation:
+// the same bits as Pillow 13 for the same decoded pixels (tests/web/test_preprocess_js.py). Translucent pixels
+// are premultiplied by alpha as Pillow's RGBA -> RGBa conversion does.
 //
 //   const x = preprocess({ data, width, height }, { channels, height, width, mean, std, resize });
 //
@@ -12,7 +11,7 @@
 
 /** Decoded pixels per image, as bhvit.predict.MAX_PIXELS: larger images are refused. */
 export const MAX_PIXELS = 2 ** 25;
-/** Resized pixels up to which bhvit.predict resizes the whole image (MAX_SIDE ** 2); the page refuses more. */
+/** Resized pixels up to which the whole image is resized (bhvit.predict.MAX_SIDE ** 2); beyond, only the crop. */
 const MAX_RESIZED = 4096 * 4096;
 const PRECISION_BITS = 32 - 8 - 2; // Pillow's Resample.c
 
@@ -73,60 +72,67 @@ function clip8(v) {
   return v >> PRECISION_BITS;
 }
 
-/**
- * Pillow's ImagingResample (bicubic, 8 bits per channel, 4 channels) of src (w x h) to (outW x outH), sampling
- * the source box [x0, x1) x [y0, y1) (float32, as Pillow's). Horizontal pass first, on the rows the vertical
- * pass reads.
- */
-export function resampleBicubic(src, w, h, outW, outH, box = [0, 0, w, h]) {
-  const [x0, y0, x1, y1] = box.map(Math.fround); // Pillow's box is float[4]
-  const horiz = coefficients(w, x0, x1, outW);
-  const vert = coefficients(h, y0, y1, outH);
-  const needH = outW !== w || x0 !== 0 || x1 !== outW;
-  const needV = outH !== h || y0 !== 0 || y1 !== outH;
-  let img = src;
-  let imgW = w;
-  let rowOffset = 0; // source rows before img's first
-  if (needH) {
-    const first = vert.bounds[0];
-    const last = vert.bounds[2 * outH - 2] + vert.bounds[2 * outH - 1];
-    const rows = needV ? last - first : h;
-    const r0 = needV ? first : 0;
-    const out = new Uint8ClampedArray(outW * rows * 4);
-    const { ksize, bounds, kk } = horiz;
-    for (let y = 0; y < rows; y++) {
-      const row = (y + r0) * w * 4;
-      for (let xx = 0; xx < outW; xx++) {
-        const xmin = bounds[2 * xx];
-        const xmax = bounds[2 * xx + 1];
-        const k = xx * ksize;
-        for (let c = 0; c < 4; c++) {
-          let ss = 1 << (PRECISION_BITS - 1);
-          for (let x = 0; x < xmax; x++) ss += src[row + (x + xmin) * 4 + c] * kk[k + x];
-          out[(y * outW + xx) * 4 + c] = clip8(ss);
-        }
-      }
-    }
-    img = out;
-    imgW = outW;
-    rowOffset = r0;
-  }
-  if (!needV) return img;
-  const out = new Uint8ClampedArray(outW * outH * 4);
-  const { ksize, bounds, kk } = vert;
-  for (let yy = 0; yy < outH; yy++) {
-    const ymin = bounds[2 * yy] - rowOffset;
-    const ymax = bounds[2 * yy + 1];
-    const k = yy * ksize;
+/** One horizontal pass: rows [r0, r0 + rows) of src (w wide, 4 channels) resampled to outW columns. */
+function horizontalPass(src, w, r0, rows, outW, coeffs) {
+  const out = new Uint8ClampedArray(outW * rows * 4);
+  const { ksize, bounds, kk } = coeffs;
+  for (let y = 0; y < rows; y++) {
+    const row = (y + r0) * w * 4;
     for (let xx = 0; xx < outW; xx++) {
+      const xmin = bounds[2 * xx];
+      const xmax = bounds[2 * xx + 1];
+      const k = xx * ksize;
       for (let c = 0; c < 4; c++) {
         let ss = 1 << (PRECISION_BITS - 1);
-        for (let y = 0; y < ymax; y++) ss += img[((y + ymin) * imgW + xx) * 4 + c] * kk[k + y];
-        out[(yy * outW + xx) * 4 + c] = clip8(ss);
+        for (let x = 0; x < xmax; x++) ss += src[row + (x + xmin) * 4 + c] * kk[k + x];
+        out[(y * outW + xx) * 4 + c] = clip8(ss);
       }
     }
   }
   return out;
+}
+
+/** One vertical pass: src (w wide; its row 0 is source row rowOffset) resampled to outH rows. */
+function verticalPass(src, w, rowOffset, outH, coeffs) {
+  const out = new Uint8ClampedArray(w * outH * 4);
+  const { ksize, bounds, kk } = coeffs;
+  for (let yy = 0; yy < outH; yy++) {
+    const ymin = bounds[2 * yy] - rowOffset;
+    const ymax = bounds[2 * yy + 1];
+    const k = yy * ksize;
+    for (let xx = 0; xx < w; xx++) {
+      for (let c = 0; c < 4; c++) {
+        let ss = 1 << (PRECISION_BITS - 1);
+        for (let y = 0; y < ymax; y++) ss += src[((y + ymin) * w + xx) * 4 + c] * kk[k + y];
+        out[(yy * w + xx) * 4 + c] = clip8(ss);
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * Pillow's ImagingResample (bicubic, 8 bits per channel, 4 channels) of src (w x h) to (outW x outH), sampling
+ * the source box [x0, x1) x [y0, y1) (float32, as Pillow's). Pillow 13's order of the passes: vertical first
+ * when the height shrinks by more than twice the pixels the width does, else horizontal first (on the rows
+ * the vertical pass reads); the 8-bit rounding between the passes makes the order visible.
+ */
+export function resampleBicubic(src, w, h, outW, outH, box = [0, 0, w, h]) {
+  const [x0, y0, x1, y1] = box.map(Math.fround); // Pillow's box is float[4]
+  const needH = outW !== w || x0 !== 0 || x1 !== outW;
+  const needV = outH !== h || y0 !== 0 || y1 !== outH;
+  const horizontalFirst = !(h - outH > 0 && h - outH > (w - outW) * 2);
+  const vert = coefficients(h, y0, y1, outH);
+  const horiz = coefficients(w, x0, x1, outW);
+  if (!horizontalFirst) {
+    const v = needV ? verticalPass(src, w, 0, outH, vert) : src;
+    return needH ? horizontalPass(v, w, 0, outH, outW, horiz) : v;
+  }
+  if (!needH) return needV ? verticalPass(src, w, 0, outH, vert) : src;
+  const first = vert.bounds[0];
+  const last = vert.bounds[2 * outH - 2] + vert.bounds[2 * outH - 1];
+  const hpass = horizontalPass(src, w, first, last - first, outW, horiz);
+  return needV ? verticalPass(hpass, outW, first, outH, vert) : hpass;
 }
 
 /** Pillow's RGBA -> RGBa: colour times alpha / 255, rounded (MULDIV255). */
@@ -179,17 +185,20 @@ export function preprocess(image, spec) {
   const top = Math.floor((rh - ch) / 2);
   // Pillow converts before it resizes: to L (L24 of R, G, B) for a one-channel model, then premultiplies
   const rgba = premultiply(channels === 1 ? toLuma(data) : data);
-  if (rw * rh > MAX_RESIZED) {
-    throw new Error(
-      `the image is ${w}x${h}: resized to ${rw}x${rh} it would exceed ${MAX_RESIZED.toLocaleString("en")} ` +
-        "pixels (an extreme aspect ratio); crop it first",
-    );
-  }
-  const resized = resampleBicubic(rgba, w, h, rw, rh);
-  const crop = new Uint8ClampedArray(cw * ch * 4);
-  for (let y = 0; y < ch; y++) {
-    const from = ((y + top) * rw + left) * 4;
-    crop.set(resized.subarray(from, from + cw * 4), y * cw * 4);
+  let crop;
+  if (rw * rh <= MAX_RESIZED) {
+    const resized = resampleBicubic(rgba, w, h, rw, rh);
+    crop = new Uint8ClampedArray(cw * ch * 4);
+    for (let y = 0; y < ch; y++) {
+      const from = ((y + top) * rw + left) * 4;
+      crop.set(resized.subarray(from, from + cw * 4), y * cw * 4);
+    }
+  } else {
+    // as bhvit.predict: only the source region under the crop is resampled, so an extreme aspect ratio
+    // never allocates the whole resized image
+    const sx = w / rw;
+    const sy = h / rh;
+    crop = resampleBicubic(rgba, w, h, cw, ch, [left * sx, top * sy, (left + cw) * sx, (top + ch) * sy]);
   }
   const f = Math.fround;
   const plane = ch * cw;

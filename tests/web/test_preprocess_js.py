@@ -1,8 +1,6 @@
 """web/preprocess.mjs (the page's preprocessing, run by Node) gives the model input of bhvit.predict.Preprocess
-(Pillow): down- and upscaling, odd sizes, one and three
-channels, translucent pixels. Pixels agree to one step of 255 (the page resamples horizontally first; Pillow 13
-sometimes runs its vertical pass first, and the 8-bit rounding between the passes then differs by one); the
-normalisation is float32 operation by operation. Skipped without Node."""
+(Pillow 13) bit for bit: down- and upscaling, odd sizes, either order of Pillow's two passes, the crop-only
+resample of extreme aspect ratios, one and three channels, translucent pixels. Skipped without Node."""
 
 from __future__ import annotations
 
@@ -12,12 +10,16 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import PIL
 import pytest
 from PIL import Image
 
 from bhvit.predict import Preprocess
 
 ROOT = Path(__file__).resolve().parents[2]
+# Pillow 13 runs the vertical pass first when the height shrinks by more than twice the pixels the width does;
+# older Pillow always starts with the horizontal one (the page follows Pillow 13)
+PILLOW_13 = int(PIL.__version__.split(".")[0]) >= 13
 NODE = shutil.which("node") or shutil.which("nodejs")
 
 # (source width, height, resize, crop side, channels, translucent)
@@ -27,6 +29,8 @@ CASES = [
     (32, 32, 32, 32, 3, False),  # no resize at all
     (64, 50, 40, 28, 1, False),  # luma
     (50, 70, 36, 32, 3, True),  # premultiplied alpha
+    (61, 200, 36, 32, 3, False),  # the height shrinks most: Pillow 13 runs the vertical pass first
+    (3, 2000, 256, 224, 3, False),  # 256 x 170667 resized pixels: only the crop is resampled
 ]
 
 DRIVER = """
@@ -69,10 +73,10 @@ def test_preprocess_matches_pillow(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr[-2000:]
     for n, want in enumerate(expected):
+        if CASES[n][1] > 2 * CASES[n][0] and not PILLOW_13:
+            continue  # the tall cases are the vertical-first ones
         got = np.fromfile(tmp_path / f"{n}.f32", dtype=np.float32).reshape(want.shape)
-        step = np.float32(1 / 255) / np.array(std[: want.shape[0]], dtype=np.float32)[:, None, None]
-        assert (np.abs(got - want) <= step * 1.001).all(), (CASES[n], np.abs(got - want).max())
-        assert (got == want).mean() > 0.9, CASES[n]  # most pixels exact
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), (CASES[n], np.abs(got - want).max())
 
 
 @pytest.mark.skipif(NODE is None, reason="needs Node.js: apt-get install -y nodejs")
@@ -86,10 +90,3 @@ def test_preprocess_refuses_oversized_images(tmp_path: Path) -> None:
     )
     run = subprocess.run([NODE, str(driver)], capture_output=True, text=True, timeout=60)
     assert "8193x4096" in run.stdout and "over the limit of 33,554,432 pixels" in run.stdout, run.stdout + run.stderr
-    driver.write_text(
-        driver.read_text()
-        .replace("width: 8193, height: 4096", "width: 3, height: 20000")
-        .replace("resize: 4", "resize: 256")
-    )
-    run = subprocess.run([NODE, str(driver)], capture_output=True, text=True, timeout=60)
-    assert "an extreme aspect ratio" in run.stdout, run.stdout + run.stderr
