@@ -52,4 +52,16 @@ if [ "$SERVE" = 0 ]; then
   exit 0
 fi
 echo "serving $SITE on http://127.0.0.1:$PORT/ (Ctrl-C stops)"
-exec python3 -m http.server "$PORT" --bind 127.0.0.1 --directory "$SITE"
+# cross-origin isolated (COOP + COEP): the page's clock then has microsecond steps instead of 100 us
+exec python3 - "$SITE" "$PORT" <<'PY'
+import functools, http.server, sys
+
+class Isolated(http.server.SimpleHTTPRequestHandler):
+    def end_headers(self):
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        super().end_headers()
+
+handler = functools.partial(Isolated, directory=sys.argv[1])
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), handler).serve_forever()
+PY

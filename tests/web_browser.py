@@ -46,11 +46,16 @@ def stage(model: Path | None = None) -> Path:
 
 @contextlib.contextmanager
 def serve(site: Path) -> Iterator[str]:
-    """Serves site on 127.0.0.1 (a free port) while open; yields its URL."""
+    """Serves site on 127.0.0.1 (a free port) while open, with scripts/web.sh's headers; yields its URL."""
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
             pass
+
+        def end_headers(self) -> None:  # cross-origin isolated, as scripts/web.sh serves: a microsecond clock
+            self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+            self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+            super().end_headers()
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(site)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
