@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -58,6 +59,7 @@ def main() -> int:
     if problem:
         print(problem, file=sys.stderr)
         return 1
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(1)
         model_path = Path(tmp) / "bhvit_small.bhvp"
@@ -93,6 +95,7 @@ def main() -> int:
         "model": "bhvit_small (binary, random weights), 224 px, batch 1, one thread",
         "machine": machine_info(),
         "browser": f"Chromium {browser_version} (headless)",
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # before, after: a shared machine
         "logits_bit_identical": True,
         "ms": {name: round(r["median_ms"], 2) for name, r in best.items()},
         "ratio_browser_vs_native_avx2": round(
