@@ -231,6 +231,9 @@ def main(argv: list[str] | None = None) -> dict:
         "speedup_vs_fp32": best["fp32"] / best["runtime"],
         "top1_runtime_eq_fp32": bool((run_logits.argmax(1) == fp32_logits.argmax(1)).all()),
         "top1_revision_eq_fp32": bool((rev_logits.argmax(1) == fp32_logits.argmax(1)).all()),
+        # the same weights and image: equal bits unless a kernel's summation order changed since the revision
+        "logits_bit_identical_to_revision": bool(np.array_equal(run_logits, rev_logits)),
+        "max_abs_diff_vs_revision": float(np.abs(run_logits - rev_logits).max()),
     }
     print(
         f"{args.model} {args.precision} {args.img_size}px B={args.batch} threads={args.threads} "
@@ -241,6 +244,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  fp32    {result['fp32_ms']:8.1f} ms   x{result['speedup_vs_fp32']:.2f}")
     print(
         f"  top-1 equal to fp32: runtime {result['top1_runtime_eq_fp32']}, revision {result['top1_revision_eq_fp32']}"
+    )
+    print(
+        f"  logits bit-identical to {args.rev}: {result['logits_bit_identical_to_revision']} "
+        f"(max |diff| {result['max_abs_diff_vs_revision']:.3g})"
     )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

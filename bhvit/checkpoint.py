@@ -21,8 +21,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .files import file_kind, packed_file_message
 from .models.bhvit import BHViT, BHViTConfig
-from .runtime.errors import version_1_refusal
 from .upstream import CheckpointError, load_into, load_upstream, safe_torch_load
 
 __all__ = ["save_model", "load_model", "read_metadata", "atomic_write", "NoSpaceError", "FORMAT_VERSION"]
@@ -114,10 +114,6 @@ def _from_safetensors(path: Path, overrides: dict[str, Any]) -> tuple[BHViT, dic
         meta = read_metadata(path)
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {str(path)!r} as safetensors: {exc}") from None
-    if meta.get("format") == "bhvit-packed":
-        if meta.get("format_version") == "1":
-            raise CheckpointError(version_1_refusal(path))
-        raise CheckpointError(f"{path} is a packed model file, not a checkpoint; run it with `bhvit predict --packed`")
     if meta.get("format") != "bhvit":
         return load_upstream(path, **overrides), {}  # a bare upstream state dict in safetensors
     config = BHViTConfig.from_dict({**meta["config"], **overrides})
@@ -143,13 +139,12 @@ def load_model(path: str | Path, **overrides: Any) -> tuple[BHViT, dict[str, Any
     files (see :func:`bhvit.load_upstream`).
     """
     path = Path(path)
-    if not path.is_file():
+    kind = file_kind(path)
+    if kind == "missing":
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    with open(path, "rb") as f:
-        head = f.read(2)
-    is_torch = head == b"PK" or head[:1] == b"\x80"  # zip archive (torch.save) or legacy pickle
-    is_safetensors = path.suffix == ".safetensors" or not is_torch
-    model, meta = _from_safetensors(path, overrides) if is_safetensors else _from_torch(path, overrides)
+    if kind == "packed":
+        raise CheckpointError(packed_file_message(path))
+    model, meta = _from_torch(path, overrides) if kind == "torch" else _from_safetensors(path, overrides)
     return model.eval(), meta
 
 

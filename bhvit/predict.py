@@ -18,6 +18,10 @@ Hostile and odd images are one bad input each, never the end of the call:
   PNG costs its 2 M decoded pixels, not the 36 × 72 M of a plain resize). Peak memory per image:
   the decoded image plus at most two converted copies (≤ 9 bytes per decoded pixel, ≈ 300 MB at the
   limit) plus the resized image (≤ 4 bytes per pixel, 67 MB): under 400 MB whatever the file.
+  A progressive JPEG is decoded through a buffer of all its DCT coefficients at full size (2 bytes
+  per coefficient, whatever the draft scale), so one whose buffer would pass
+  :data:`MAX_JPEG_COEFFICIENT_BYTES` (256 MiB; 8K UHD at 4:4:4 needs 199 MB) is refused before it
+  (a 300-byte progressive header announcing 13000 × 13000 would otherwise cost 0.5 GB).
 * **Every mode keeps its range.** 8-bit modes (``1``, ``L``, ``P``, ``RGB``, ``CMYK``, ``YCbCr``,
   ``LAB``, ``HSV``) go through Pillow's conversion to ``L``/``RGB`` and are divided by 255. Alpha
   (``RGBA``, ``LA``, ``PA``, a ``transparency`` key) is premultiplied, i.e. composited over black,
@@ -55,10 +59,13 @@ __all__ = [
     "ImageError",
     "MAX_PIXELS",
     "MAX_SIDE",
+    "MAX_JPEG_COEFFICIENT_BYTES",
+    "jpeg_coefficient_bytes",
 ]
 
 MAX_PIXELS = 2**25  # decoded pixels per image: 8K UHD (7680 x 4320 = 33.2 M) fits
 MAX_SIDE = 4096  # model input side (the crop); resize may be up to 2 * MAX_SIDE
+MAX_JPEG_COEFFICIENT_BYTES = 2**28  # a progressive JPEG's whole-image coefficient buffer (bhvit-run's too)
 _LUMA = np.array([[0.299], [0.587], [0.114]], dtype=np.float32)  # (3, 1)
 _ALPHA = ("RGBA", "LA", "PA", "La", "RGBa")
 
@@ -230,6 +237,35 @@ def file_problem(path: str | Path) -> str | None:
     return None
 
 
+def jpeg_coefficient_bytes(width: int, height: int, sampling: Sequence[tuple[int, int]]) -> int:
+    """The bytes of libjpeg's whole-image coefficient buffer, which a progressive JPEG needs: per component
+    of sampling factors (h, v) (hmax, vmax the largest), ceil(width h / (8 hmax)) blocks across and
+    ceil(height v / (8 vmax)) down, each rounded up to a multiple of h (of v), times 64 coefficients of 2
+    bytes."""
+    hmax, vmax = max(h for h, _ in sampling), max(v for _, v in sampling)
+    total = 0
+    for h, v in sampling:
+        across, down = -(-width * h // (8 * hmax)), -(-height * v // (8 * vmax))
+        total += -(-across // h) * h * -(-down // v) * v * 128
+    return total
+
+
+def _progressive_jpeg_problem(image: Image.Image) -> str | None:
+    """What is wrong with a progressive JPEG whose coefficient buffer would pass MAX_JPEG_COEFFICIENT_BYTES;
+    None for any other image."""
+    if image.format != "JPEG" or not image.info.get("progressive"):
+        return None
+    sampling = [(max(1, layer[1]), max(1, layer[2])) for layer in getattr(image, "layer", [])] or [(1, 1)]
+    need = jpeg_coefficient_bytes(*image.size, sampling)
+    if need <= MAX_JPEG_COEFFICIENT_BYTES:
+        return None
+    w, h = image.size
+    return (
+        f"a progressive {w}x{h} JPEG needs {need / 2**20:.0f} MiB of coefficients to decode, over the limit of "
+        f"{MAX_JPEG_COEFFICIENT_BYTES >> 20} MiB; save it as a baseline JPEG or downscale it first"
+    )
+
+
 def load_image(path: str | Path, decode_size: SizeFn | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open and fully decode an image of at most ``max_pixels`` pixels; :class:`ImageError` says what
     is wrong with a bad file (missing, not an image, corrupt, a decompression bomb, ...).
@@ -247,6 +283,9 @@ def load_image(path: str | Path, decode_size: SizeFn | None = None, max_pixels: 
             image = Image.open(f)
             if min(image.size) < 1:
                 raise ImageError(f"{path}: the image has no pixels ({image.size[0]}x{image.size[1]})")
+            problem = _progressive_jpeg_problem(image)
+            if problem is not None:
+                raise ImageError(f"{path}: {problem}")
             if decode_size is not None:
                 image.draft(None, decode_size(*image.size))
             w, h = image.size

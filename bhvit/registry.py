@@ -1,5 +1,7 @@
 """Model registry: names map to builder functions plus metadata that tests recompute.
 
+The built-in variants come from :mod:`bhvit.models.variants`; :func:`register_model` adds a user's own.
+
 The builders are timm-style entrypoints (``fn(pretrained=False, **kwargs)``), so when timm is
 installed :func:`register_with_timm` hands them to timm's registry and
 ``timm.create_model("bhvit_tiny", precision="binary", num_classes=10)`` works.
@@ -11,32 +13,16 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
+from .models.variants import BUILTIN, ModelEntry
+
 __all__ = ["ModelEntry", "register_model", "create_model", "list_models", "model_entry", "register_with_timm"]
 
 
-@dataclass(frozen=True)
-class ModelEntry:
-    """A registered variant: its builder, default config, input metadata and published numbers.
-
-    ``pretrained_cfg``: timm's input metadata of the variant (input size, mean, std, crop, ...).
-    ``paper_top1``: ImageNet-1K top-1 of the released checkpoints by precision (authors' README).
-    ``params_1000``: parameter counts of the authors' model with 1000 classes by precision.
-    """
-
-    name: str
-    builder: Callable[..., nn.Module]
-    config: Any
-    pretrained_cfg: dict[str, Any] = field(default_factory=dict)
-    paper_top1: dict[str, float] = field(default_factory=dict)
-    params_1000: dict[str, int] = field(default_factory=dict)
-
-
-_REGISTRY: dict[str, ModelEntry] = {}
+_REGISTRY: dict[str, ModelEntry] = {entry.name: entry for entry in BUILTIN}  # and register_model's
 
 
 def register_model(
@@ -60,21 +46,14 @@ def register_model(
     return wrap
 
 
-def _builtin() -> dict[str, ModelEntry]:
-    """The registry, with the built-in variants (``bhvit.models``) registered: ``import bhvit`` is lazy, so
-    the registry may be imported before the models module."""
-    importlib.import_module("bhvit.models")
-    return _REGISTRY
-
-
 def list_models() -> list[str]:
     """Names of the registered variants, sorted."""
-    return sorted(_builtin())
+    return sorted(_REGISTRY)
 
 
 def model_entry(name: str) -> ModelEntry:
     """The registry entry of ``name``; a ValueError lists the known names."""
-    if name not in _builtin():
+    if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     return _REGISTRY[name]
 

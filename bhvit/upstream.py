@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .files import file_kind, packed_file_message
 from .models.bhvit import BHViT, BHViTConfig
 
 __all__ = [
@@ -52,8 +53,11 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
     loading it unsafely.
     """
     path = Path(path)
-    if not path.is_file():
+    kind = file_kind(path)
+    if kind == "missing":
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if kind == "packed":
+        raise CheckpointError(packed_file_message(path))
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location=map_location, weights_only=True)

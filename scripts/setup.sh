@@ -35,10 +35,10 @@ inputs_hash() {
   cat $(echo "$files" | LC_ALL=C sort) | sha256sum | cut -d' ' -f1
 }
 installed() {
-  # the editable install of this checkout, its extension and the dev/plots/onnx extras all import
+  # the editable install of this checkout, its extension and the dev/plots/onnx/hub extras all import
   "$VPY" - "$PWD" >/dev/null 2>&1 <<'EOF'
 import pathlib, sys
-import bhvit, bhvit._C, pytest, ruff, matplotlib, onnx, onnxruntime  # noqa: F401, E401
+import bhvit, bhvit._C, pytest, ruff, matplotlib, onnx, onnxruntime, huggingface_hub  # noqa: F401, E401
 from bhvit.runtime.paths import find_library
 find_library()  # libbhvit_runtime.so was built
 sys.exit(pathlib.Path(bhvit.__file__).resolve().parent != pathlib.Path(sys.argv[1]).resolve() / "bhvit")
@@ -65,6 +65,6 @@ if [ "${BHVIT_REINSTALL:-0}" = 1 ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$HASH"
   # products of the former setup.py build, written into the package folders
   rm -rf bhvit/engine/_C.*.so bhvit/runtime/libbhvit_runtime.so bhvit/runtime/include bhvit.egg-info
   build_requirements
-  "$VPY" -m pip install -q --no-build-isolation -e ".[dev,plots,onnx]"
+  "$VPY" -m pip install -q --no-build-isolation -e ".[dev,plots,onnx,hub]"
   echo "$HASH" > "$STAMP"
 fi

@@ -16,6 +16,10 @@ import bhvit
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# the flags of a `bhvit train` run in a test: one torch thread, no progress bar, no plots
+QUIET = ("--threads", "1", "--no-progress", "--no-plots")
+
+
 def gcc_runtime_library(name: str) -> str | None:
     """The path g++ gives for a runtime library (``libasan.so``), or None when it has none (it then echoes
     the name)."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import QUIET
 
 import bhvit
 import bhvit.cli as cli
@@ -62,10 +63,7 @@ def _train(tmp_path: Path, *extra: str) -> list[str]:
         "8",
         "--out",
         str(tmp_path / "run"),
-        "--threads",
-        "1",
-        "--no-progress",
-        "--no-plots",
+        *QUIET,
         *extra,
     ]
 

@@ -17,8 +17,9 @@ import pytest
 import torch
 
 import bhvit
-from bhvit.models.bhvit import PRECISIONS, default_cfgs
+from bhvit.models.bhvit import PRECISIONS
 from bhvit.models.features import feature_take_indices
+from bhvit.models.variants import default_cfgs
 
 SMALL = {"img_size": 32, "window_size": 1}
 # the fields of timm's PretrainedCfg dataclass (timm/models/_pretrained.py): timm builds one from our dicts
@@ -212,7 +213,18 @@ def _stand_in_timm(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
             cfgs[fn.__name__] = dict(module_cfgs[fn.__name__])
         return fn
 
-    def create_model(model_name, pretrained=False, pretrained_cfg=None, pretrained_cfg_overlay=None, **kwargs):
+    def create_model(
+        model_name,
+        pretrained=False,
+        pretrained_cfg=None,
+        pretrained_cfg_overlay=None,
+        checkpoint_path=None,
+        cache_dir=None,
+        scriptable=None,
+        exportable=None,
+        no_jit=None,
+        **kwargs,
+    ):  # timm 1.0.31's signature; what it passes to the entrypoint, cache_dir included
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         if model_name not in entrypoints:
             raise RuntimeError(f"Unknown model ({model_name})")
@@ -220,6 +232,7 @@ def _stand_in_timm(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
             pretrained=pretrained,
             pretrained_cfg=pretrained_cfg,
             pretrained_cfg_overlay=pretrained_cfg_overlay,
+            cache_dir=cache_dir,
             **kwargs,
         )
 
@@ -254,8 +267,9 @@ def test_a_broken_timm_leaves_bhvit_working(monkeypatch, tmp_path):
     (tmp_path / "timm").mkdir()
     (tmp_path / "timm" / "__init__.py").write_text("raise RuntimeError('operator torchvision::nms does not exist')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parents[1])])}
+    code = "import bhvit\ntry:\n    import timm\nexcept RuntimeError:\n    pass\nprint(bhvit.list_models())"
     run = subprocess.run(
-        [sys.executable, "-c", "import bhvit; print(bhvit.list_models())"],
+        [sys.executable, "-c", code],
         env=env,
         capture_output=True,
         text=True,
@@ -273,3 +287,87 @@ def test_registration_with_real_timm():
     assert "bhvit_tiny" in timm.list_models("bhvit*")
     with torch.no_grad():
         assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+STAND_IN_TIMM = {
+    "timm/__init__.py": "import torch  # noqa: F401  (the real timm imports torch first)\n"
+    "from timm.models import create_model, is_model, list_models  # noqa: F401\n",
+    "timm/models/__init__.py": """import sys
+
+_entrypoints = {}
+
+
+def register_model(fn):
+    _entrypoints[fn.__name__] = fn
+    return fn
+
+
+def is_model(name):
+    return name in _entrypoints
+
+
+def list_models(pattern="*"):
+    import fnmatch
+
+    return sorted(n for n in _entrypoints if fnmatch.fnmatch(n, pattern))
+
+
+def create_model(model_name, pretrained=False, pretrained_cfg=None, pretrained_cfg_overlay=None,
+                 checkpoint_path=None, cache_dir=None, scriptable=None, exportable=None, no_jit=None, **kwargs):
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if model_name not in _entrypoints:
+        raise RuntimeError("Unknown model (%s)" % model_name)
+    return _entrypoints[model_name](pretrained=pretrained, pretrained_cfg=pretrained_cfg,
+                                    pretrained_cfg_overlay=pretrained_cfg_overlay, cache_dir=cache_dir, **kwargs)
+""",
+}
+
+
+def _run_with_stand_in_timm(tmp_path: Path, code: str) -> subprocess.CompletedProcess:
+    """``python -c code`` with an installed stand-in of timm (a package on PYTHONPATH that imports torch and
+    has timm 1.0.31's registry calls) next to bhvit."""
+    for name, text in STAND_IN_TIMM.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parents[1])])}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_with_timm_installed_import_bhvit_runtime_imports_neither_torch_nor_timm(tmp_path):
+    code = (
+        "import sys, importlib.util\n"
+        "assert importlib.util.find_spec('timm') is not None\n"
+        "import bhvit, bhvit.runtime\n"
+        "bhvit.runtime.available()\n"
+        "assert bhvit.runtime.load is not None\n"
+        "print(sorted(m for m in ('torch', 'timm', 'bhvit.models', 'bhvit.engine') if m in sys.modules))\n"
+    )
+    run = _run_with_stand_in_timm(tmp_path, code)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("order", ["bhvit first", "timm first"])
+def test_timm_create_model_works_whichever_is_imported_first(tmp_path, order):
+    imports = "import bhvit\nimport timm\n" if order == "bhvit first" else "import timm\nimport bhvit\n"
+    code = imports + (
+        "m = timm.create_model('bhvit_test', precision='binary', num_classes=10, cache_dir='/nonexistent')\n"
+        "assert isinstance(m, bhvit.BHViT) and m.num_classes == 10 and m.config.precision == 'binary'\n"
+        "print(timm.list_models('bhvit*'))\n"
+    )
+    run = _run_with_stand_in_timm(tmp_path, code)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(bhvit.list_models())
+
+
+def test_bhvit_engine_and_runtime_are_attributes_of_the_package():
+    code = (
+        "import sys, bhvit\n"
+        "rt = bhvit.runtime\n"
+        "assert 'torch' not in sys.modules, 'bhvit.runtime imported torch'\n"
+        "packed = bhvit.engine.pack(bhvit.create_model('bhvit_test', precision='binary').eval())\n"
+        "print(type(packed).__name__, rt.__name__)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["PackedModel", "bhvit.runtime"]

@@ -23,15 +23,15 @@ from bhvit.text import printable
 # name -> (help, module of bhvit.cli, function): a command's module is imported when it runs, so that
 # `bhvit predict --packed` starts without importing torch
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "profile": ("parameters, BOPs, FLOPs and OPs of a model", "model", "cmd_profile"),
+    "profile": ("parameters, BOPs, FLOPs and OPs of a model, a checkpoint or a packed file", "model", "cmd_profile"),
     "predict": ("top-5 classes of images", "model", "cmd_predict"),
     "convert": ("convert an authors' checkpoint to bhvit's safetensors format", "model", "cmd_convert"),
     "export": ("export a checkpoint's float-simulated model as ONNX", "model", "cmd_export"),
     "train": ("train a model (see docs/training.md)", "train", "cmd_train"),
-    "eval": ("evaluate a checkpoint on a dataset", "train", "cmd_eval"),
-    "demo": ("Fashion-MNIST: teacher, binary student, report", "train", "cmd_demo"),
+    "eval": ("evaluate a checkpoint, or a packed file through the runtime, on a dataset", "train", "cmd_eval"),
+    "demo": ("Fashion-MNIST: teacher, students, the packed binary model judged, report", "train", "cmd_demo"),
     "pack": ("write a packed 1-bit model file (docs/packed-format.md)", "engine", "cmd_pack"),
-    "bench": ("latency: packed 1-bit runtime vs PyTorch fp32 / int8", "engine", "cmd_bench"),
+    "bench": ("latency: a packed file vs its fp32 model, or the runtime vs PyTorch fp32 / int8", "engine", "cmd_bench"),
 }
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from bhvit import runtime
@@ -81,38 +81,91 @@ def _preprocess(model: torch.nn.Module, stored: Any) -> dict[str, Any] | None:
 
 
 def cmd_bench(argv: list[str] | None = None) -> int:
-    """Run the latency grid of :mod:`bhvit.engine.bench`, print the report, write the JSON record."""
-    p = CommandParser(prog="bhvit bench", description="packed engine vs fp32 and int8 PyTorch")
-    p.add_argument("--models", nargs="+", default=["bhvit_tiny", "bhvit_small"])
-    p.add_argument("--checkpoint", help="benchmark this checkpoint (e.g. the demo model) instead of --models")
-    p.add_argument("--precision", nargs="+", default=["binary"], choices=BINARY_PRECISIONS)
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 32])
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--no-onnx", action="store_true", help="skip onnxruntime even when installed")
+    """Time a packed file against its float checkpoint, or run the latency grid of :mod:`bhvit.engine.bench`;
+    print the report (with the machine) and write the JSON record."""
+    p = CommandParser(
+        prog="bhvit bench",
+        description="Latency of a packed file (.bhvp) in the runtime against its float checkpoint in PyTorch fp32 "
+        "(batch 1 and 32, 1 thread and the default), or without a file the grid: packed runtime vs PyTorch "
+        "fp32 / int8 / ONNX Runtime for --models or --checkpoint.",
+    )
+    p.add_argument("packed", nargs="?", help="a packed file to time (bhvit pack); without it, the grid")
+    p.add_argument("--models", nargs="+", help="grid: variants to build (default bhvit_tiny bhvit_small)")
+    p.add_argument(
+        "--checkpoint",
+        help="with a packed file: its float checkpoint, timed in PyTorch fp32 beside it; without: benchmark "
+        "this checkpoint (e.g. the demo model) instead of --models",
+    )
+    p.add_argument("--precision", nargs="+", choices=BINARY_PRECISIONS, help="grid: precisions (default binary)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 32], help="batch sizes (default 1 32)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        help="thread counts of the runtime and torch (default: 1 and the runtime's default for a packed file, "
+        "1 2 for the grid)",
+    )
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best counts (default 3)")
+    p.add_argument("--no-onnx", action="store_true", help="grid: skip onnxruntime even when installed")
     p.add_argument("--isa", default=None, help="the runtime's kernel path, e.g. avx2 (default: the best this CPU has)")
     p.add_argument(
         "--profile",
         action="store_true",
-        help="also print the runtime's time per op kind and its share of the ideal binary time",
+        help="also print the runtime's time per op kind (and, for the grid, its share of the ideal binary time)",
     )
-    p.add_argument("--json", default="out/bench_e2e.json")
+    p.add_argument(
+        "--json", help="write the JSON record here (default: out/bench_e2e.json for the grid, none for a file)"
+    )
     args = p.parse_args(argv)
     if args.isa:
         runtime.set_isa(args.isa)
-    path = Path(args.json)
+    if args.packed:
+        grid_only = [f"--{k.replace('_', '-')}" for k in ("models", "precision") if getattr(args, k)]
+        if grid_only or args.no_onnx:
+            p.error(f"{' '.join(grid_only + ['--no-onnx'] * args.no_onnx)}: options of the grid, not of a packed file")
+        return _bench_packed_file(args)
+    path = Path(args.json or "out/bench_e2e.json")
     rows = bench.bench_grid(
-        args.models,
-        args.precision,
+        args.models or ["bhvit_tiny", "bhvit_small"],
+        args.precision or ["binary"],
         args.batch,
-        args.threads,
+        args.threads or [1, 2],
         args.rounds,
         checkpoint=args.checkpoint,
         onnx=not args.no_onnx,
         workdir=path.parent,
     )
-    print(f"isa={runtime.isa()} load={os.getloadavg()[0]:.2f}")
+    print(bench.machine_line())
     print(bench.report(rows, profile=args.profile))
-    text = json.dumps({"machine": bench.machine_info(), "rows": rows}, indent=2) + "\n"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    _write_json(path, {"machine": bench.machine_info(), "rows": rows})
     return 0
+
+
+def _bench_packed_file(args: Any) -> int:
+    """``bhvit bench model.bhvp [--checkpoint CKPT]``: the table of :func:`bhvit.engine.bench.bench_packed`."""
+    from bhvit.files import file_kind
+
+    if file_kind(args.packed) != "packed":
+        raise ValueError(f"{args.packed}: not a packed file (bhvit pack writes one); a checkpoint goes to --checkpoint")
+    refs = {"fp32": args.checkpoint} if args.checkpoint else {}
+    threads = args.threads or [1, None]
+    rows = bench.bench_packed(args.packed, refs, args.batch, threads, args.rounds)
+    print(bench.machine_line())
+    print(f"{args.packed} in the runtime" + (f", {args.checkpoint} in PyTorch fp32 (fp32)" if refs else ""))
+    print(bench.packed_report(rows, list(refs)))
+    record: dict[str, Any] = {"machine": bench.machine_info(), "packed": args.packed, "rows": rows}
+    if args.profile:
+        model = runtime.load(args.packed)
+        x = np.random.default_rng(0).standard_normal((1, *model.input_shape), dtype=np.float32)
+        per_op = bench.op_seconds(model, x, 0.3)
+        record["packed_layers_ms"] = {k: v * 1e3 for k, v in sorted(per_op.items(), key=lambda kv: -kv[1])}
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in record["packed_layers_ms"].items())
+        print(f"runtime, batch 1, {runtime.get_num_threads()} threads, ms per op kind: {parts}")
+    if args.json:
+        _write_json(Path(args.json), record)
+    return 0
+
+
+def _write_json(path: Path, record: dict[str, Any]) -> None:
+    text = json.dumps(record, indent=2) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -37,6 +37,7 @@ threads.prefer_passive_waits()  # libgomp reads its wait policy once, when the i
 from bhvit.checkpoint import atomic_write
 from bhvit.cli.errors import CommandParser, error_line
 from bhvit.data import DataConfig, DatasetNotFoundError
+from bhvit.files import file_kind
 from bhvit.text import printable
 from bhvit.train import checkpoint as ckpt_io
 from bhvit.train import demo as demo_lib
@@ -213,34 +214,59 @@ def cmd_train(argv: list[str] | None = None) -> int:
 
 
 def eval_parser() -> argparse.ArgumentParser:
-    p = CommandParser(prog="bhvit eval", description="Evaluate a checkpoint on a test split.")
-    p.add_argument("checkpoint", nargs="?", help="a bhvit training checkpoint (or give it as --checkpoint)")
-    p.add_argument("--checkpoint", dest="checkpoint_flag", metavar="CHECKPOINT", help="the same, as a flag")
+    p = CommandParser(
+        prog="bhvit eval",
+        description="Evaluate a checkpoint, or a packed file (.bhvp) through the native runtime, on a test split. "
+        "A packed file's images are prepared as its stored preprocessing says (what training's evaluation did); "
+        "with its float checkpoint also given (--checkpoint), the top-1 agreement of the two is reported.",
+    )
+    p.add_argument(
+        "checkpoint", nargs="?", help="a bhvit training checkpoint or a packed file (or give it as --checkpoint)"
+    )
+    p.add_argument(
+        "--checkpoint",
+        dest="checkpoint_flag",
+        metavar="CHECKPOINT",
+        help="the same, as a flag; with a packed file, its float checkpoint (top-1 agreement, and the data it "
+        "was trained on)",
+    )
     p.add_argument(
         "--data",
         help="fashion-mnist, cifar10, synthetic or a directory (default: the data the checkpoint was trained "
         "on; a folder without train/ and val/ is split as its training run split it)",
     )
     p.add_argument("--data-root", help="where to look first for a named dataset (default: the checkpoint's)")
-    p.add_argument("--img-size", type=int, help="input side in pixels (default: the checkpoint's)")
+    p.add_argument("--img-size", type=int, help="input side in pixels (default: the checkpoint's; a packed file's own)")
     p.add_argument("--batch-size", type=int, default=500, help="images per evaluation batch (default 500)")
-    p.add_argument("--ema", action="store_true", help="score the EMA weights")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda (default auto)")
-    p.add_argument("--threads", type=int, help=THREADS_HELP)
+    p.add_argument("--ema", action="store_true", help="score the EMA weights of a training checkpoint")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when available), cpu or cuda (default auto); a packed file runs on the CPU",
+    )
+    p.add_argument("--threads", type=int, help=THREADS_HELP + "; a packed file: the runtime's too")
     p.add_argument("--json", help="also write the metrics to this file")
     return p
 
 
 def eval_args(argv: list[str] | None) -> argparse.Namespace:
-    """Parse ``bhvit eval`` arguments; the checkpoint may be positional or ``--checkpoint``, not both."""
+    """Parse ``bhvit eval`` arguments. The model may be positional or ``--checkpoint``; a packed file given
+    either way is what is scored (``args.packed``), and the other path, if any, its float checkpoint."""
     p = eval_parser()
     args = p.parse_args(argv)
     given = [c for c in (args.checkpoint, args.checkpoint_flag) if c is not None]
     if not given:
         p.error("give the checkpoint to evaluate: bhvit eval CHECKPOINT (or --checkpoint CHECKPOINT)")
-    if len(given) == 2 and given[0] != given[1]:
-        p.error(f"two checkpoints given ({given[0]} and --checkpoint {given[1]}); give one")
-    args.checkpoint = given[0]
+    packed = [c for c in given if file_kind(c) == "packed"]
+    if len(packed) == 2 and packed[0] != packed[1]:
+        p.error(f"two packed files given ({packed[0]} and {packed[1]}); give one, and its float checkpoint")
+    args.packed = packed[0] if packed else None
+    rest = [c for c in given if c not in packed]
+    if len(rest) == 2 and rest[0] != rest[1]:
+        p.error(f"two checkpoints given ({rest[0]} and --checkpoint {rest[1]}); give one")
+    args.checkpoint = rest[0] if rest else None
+    if args.packed and args.ema:
+        p.error("--ema scores a training checkpoint's EMA weights; a packed file holds the weights it was packed from")
     return args
 
 
@@ -270,12 +296,42 @@ def eval_data(args: argparse.Namespace) -> tuple[DataConfig, int]:
     return cfg, int(split.get("seed", trained.get("run", {}).get("seed", 0)))
 
 
+def packed_eval_data(args: argparse.Namespace) -> tuple[DataConfig, int]:
+    """:func:`eval_data` for a packed file, whose input side is the image size: the data named by ``--data``,
+    else the one its float checkpoint (``--checkpoint``, a training checkpoint) was trained on."""
+    from bhvit import runtime
+
+    side = runtime.load(args.packed).input_shape[1]
+    if args.img_size is not None and args.img_size != side:
+        raise ValueError(f"--img-size {args.img_size}: the packed file {args.packed} takes {side}-pixel images")
+    if args.checkpoint is not None:
+        return eval_data(argparse.Namespace(**{**vars(args), "img_size": side}))
+    if args.data is None:
+        raise ValueError(
+            f"{args.packed}: a packed file does not record the data it was trained on: pass --data NAME|DIR, or "
+            "--checkpoint with the training checkpoint it was packed from"
+        )
+    return DataConfig(name=args.data, root=args.data_root, img_size=side, eval_batch_size=args.batch_size), 0
+
+
 def cmd_eval(argv: list[str] | None = None) -> int:
     args = eval_args(argv)
     try:
         with one_line_warnings("eval"):
-            data, seed = eval_data(args)
-            metrics = evaluate_checkpoint(args.checkpoint, data, args.device, args.ema, args.threads, seed=seed)
+            if args.packed:
+                from bhvit import runtime
+                from bhvit.engine.evaluate import evaluate_packed
+
+                data, seed = packed_eval_data(args)
+                import torch
+
+                torch.set_num_threads(threads.torch_threads(args.threads))
+                if args.threads is not None:
+                    runtime.set_num_threads(args.threads)
+                metrics = evaluate_packed(args.packed, data, args.checkpoint, seed=seed)
+            else:
+                data, seed = eval_data(args)
+                metrics = evaluate_checkpoint(args.checkpoint, data, args.device, args.ema, args.threads, seed=seed)
     except (ValueError, FileNotFoundError) as e:
         print(error_line("eval", e), file=sys.stderr)
         return 2
@@ -341,5 +397,14 @@ def cmd_demo(argv: list[str] | None = None) -> int:
         return 2
     for prec, s in result["summaries"].items():
         print(f"{prec:>8}: top-1 {s['test_acc1']:.2f}%  top-5 {s['test_acc5']:.2f}%  train {s['train_time_s']:.0f} s")
+    d = result["deployed"]
+    if d is not None:
+        b1 = next(r for r in d["latency"] if r["default_threads"])
+        mib = 2**20
+        print(
+            f"  packed: {d['packed']} {d['packed_bytes'] / mib:.2f} MiB (fp32 {d['fp32_checkpoint_bytes'] / mib:.2f} "
+            f"MiB), top-1 {d['acc1']:.2f}% through the runtime (agreement with the float model "
+            f"{d['top1_agreement']:.2f}%), batch 1 {b1['packed_ms']:.2f} ms vs {b1['student_fp32_ms']:.2f} ms fp32"
+        )
     print(f"total {result['wall_time_s']:.0f} s; report: {result['report']}")
     return 0

@@ -6,8 +6,7 @@ The names below load their module on first use: :mod:`bhvit.data.images` (image 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from bhvit.lazy import lazy_attributes
 
 _EXPORTS = {
     "DATASET_NAMES": "datasets",
@@ -19,10 +18,6 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'bhvit.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)
 
 __all__ = sorted(_EXPORTS)

@@ -58,16 +58,30 @@ def interleaved(fns: dict[str, Callable[[], Any]], rounds: int = 3, min_round: f
     return {**best, **{f"{k}_cpu": v for k, v in cpu.items()}}
 
 
-def machine_info() -> dict[str, Any]:
-    """CPU model, core count, versions and the engine's code path, for the JSON record."""
-    model = ""
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; elsewhere what the platform says)."""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        model = next(
-            (ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")), ""
-        )
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine_line() -> str:
+    """One line naming this machine for a printed timing: CPU, CPUs this process may use, the runtime's kernel
+    path, load average."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (
+        f"machine: {cpu_name()}, {usable} of {os.cpu_count()} CPUs usable, runtime kernels {runtime.isa()}, "
+        f"torch {torch.__version__}, load {os.getloadavg()[0]:.2f}"
+    )
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, core count, versions and the engine's code path, for the JSON record."""
     return {
-        "cpu": model or platform.processor(),
+        "cpu": cpu_name(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
@@ -306,3 +320,57 @@ def bench_grid(
                     for b in batches
                 ]
     return rows
+
+
+def bench_packed(
+    path: str | Path,
+    references: dict[str, str | Path] | None = None,
+    batches: Sequence[int] = (1, 32),
+    threads: Sequence[int | None] = (1, None),
+    rounds: int = 3,
+    min_round: float = 0.3,
+) -> list[dict[str, Any]]:
+    """Latency of the packed file ``path`` in the runtime, and of each float checkpoint of ``references``
+    (name -> path, e.g. the checkpoint it was packed from) in PyTorch fp32, on random images of the file's
+    input shape; one row per thread count and batch: ``packed_ms``, ``<name>_ms`` and ``speedup_vs_<name>``
+    (best round, :func:`interleaved`). A thread count of None is the runtime's default (the CPUs this process
+    may use); torch runs on the same count as the runtime in every row."""
+    from bhvit.checkpoint import load_model
+
+    model = runtime.load(path)
+    floats = {name: load_model(ckpt)[0].eval() for name, ckpt in (references or {}).items()}
+    default = runtime.get_num_threads()
+    torch_before = torch.get_num_threads()
+    rng = np.random.default_rng(0)
+    rows = []
+    counts = {default if t is None else int(t): t is None for t in threads}  # a repeated count runs once
+    try:
+        for n, is_default in counts.items():
+            runtime.set_num_threads(n)
+            torch.set_num_threads(n)
+            for b in batches:
+                x = rng.standard_normal((b, *model.input_shape), dtype=np.float32)
+                xt = torch.from_numpy(x)
+                fns: dict[str, Callable[[], Any]] = {"packed": lambda x=x: model.run(x)}
+                for name, fm in floats.items():
+                    fns[name] = lambda fm=fm, xt=xt: fm(xt)
+                with torch.inference_mode():
+                    times = interleaved(fns, rounds, min_round=min_round if b == 1 else 0.0)
+                row: dict[str, Any] = {"threads": n, "default_threads": is_default or n == default, "batch": b}
+                row.update({f"{k}_ms": v * 1e3 for k, v in times.items() if not k.endswith("_cpu")})
+                row.update({f"speedup_vs_{name}": times[name] / times["packed"] for name in floats})
+                rows.append(row)
+    finally:
+        runtime.set_num_threads(default)
+        torch.set_num_threads(torch_before)
+    return rows
+
+
+def packed_report(rows: list[dict[str, Any]], references: Sequence[str] = ()) -> str:
+    """The rows of :func:`bench_packed` as a table: ms per call of the packed runtime and of each reference,
+    and the runtime's speed-up over each."""
+    cols = [("threads", "threads", ""), ("batch", "batch", ""), ("packed_ms", "packed ms", ".2f")]
+    for name in references:
+        cols += [(f"{name}_ms", f"{name} ms", ".2f"), (f"speedup_vs_{name}", f"x {name}", ".2f")]
+    shown = [{**r, "threads": f"{r['threads']}{' (default)' if r['default_threads'] else ''}"} for r in rows]
+    return format_table(shown, cols)

@@ -52,9 +52,8 @@ from ..layers import (
     shift_branches,
 )
 from ..quant import QuantConv2d, QuantLinear, SignQuantizer, WeightBinarizer, get_quantizer, sign_ste
-from ..registry import register_model
 from ..rules import CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, STEM_STRIDE, TOKEN_NORM_EPS, TOTAL_STRIDE, pool_padding
-from .features import FeatureGetter, feature_take_indices
+from .features import feature_take_indices
 
 __all__ = [
     "ATTN_QUANTS",
@@ -68,7 +67,6 @@ __all__ = [
     "Precision",
     "build_model",
     "choose_window_size",
-    "default_cfgs",
     "downsample_convs",
     "pretrained_cfg",
     "to_img_size",
@@ -986,92 +984,3 @@ def build_model(config: BHViTConfig | dict[str, Any]) -> BHViT:
     if isinstance(config, dict):
         config = BHViTConfig.from_dict(config)
     return BHViT(config)
-
-
-# =============================================================================================
-# Variant registrations (SPEC §1)
-# =============================================================================================
-TINY = BHViTConfig(depths=(2, 2, 6, 2))
-SMALL = BHViTConfig(depths=(3, 4, 8, 4))
-TEST = BHViTConfig(
-    depths=(1, 1, 1, 1),
-    widths=(16, 32, 64, 128),
-    mlp_ratios=(2, 2, 2, 2),
-    num_heads=(2, 4),
-    num_classes=10,
-    img_size=(32, 32),
-    window_size=1,
-)
-VARIANTS = {"bhvit_tiny": TINY, "bhvit_small": SMALL, "bhvit_test": TEST}
-
-# timm's name for the per-variant input metadata; timm's registry reads it from this module
-default_cfgs = {name: pretrained_cfg(cfg, name) for name, cfg in VARIANTS.items()}
-
-FEATURE_INDICES = (0, 1, 2, 3)
-_BUILD_OPTIONS = ("features_only", "out_indices", "pretrained_cfg", "pretrained_cfg_overlay")
-
-
-def _create(name: str, pretrained: bool, options: dict[str, Any]) -> nn.Module:
-    """Build variant ``name`` with config overrides; the keywords of timm's ``create_model`` too.
-
-    ``features_only=True`` returns a :class:`~bhvit.models.features.FeatureGetter` giving the stage
-    maps ``out_indices`` (default all four) as NCHW tensors, with ``feature_info``.
-    ``pretrained_cfg_overlay`` (or a ``pretrained_cfg`` dict) replaces fields of the input metadata.
-    """
-    if pretrained:
-        raise ValueError(
-            f"{name} has no downloadable weights; load the authors' checkpoint with "
-            "bhvit.load_upstream(path) or one of ours with bhvit.load_model(path)"
-        )
-    base = VARIANTS[name]
-    fields = set(base.__dataclass_fields__)
-    unknown = sorted(set(options) - fields - set(_BUILD_OPTIONS))
-    if unknown:
-        valid = sorted(fields | set(_BUILD_OPTIONS))
-        raise ValueError(f"unknown option(s) {unknown} for {name}; valid options: {valid}")
-    model = BHViT(replace(base, **{k: v for k, v in options.items() if k in fields}), architecture=name)
-    model.pretrained_cfg.update(_cfg_overlay(options.get("pretrained_cfg"), options.get("pretrained_cfg_overlay")))
-    if options.get("features_only"):
-        return FeatureGetter(model, options.get("out_indices", FEATURE_INDICES))
-    return model
-
-
-def _cfg_overlay(cfg: Any, overlay: dict[str, Any] | None) -> dict[str, Any]:
-    """Fields replacing the built-in input metadata: a ``pretrained_cfg`` dict and an overlay.
-
-    timm passes a weight tag as ``pretrained_cfg`` (a string); BHViT has no tagged weights.
-    """
-    if isinstance(cfg, str) and cfg:
-        raise ValueError(f"no pretrained weights tagged {cfg!r}: BHViT variants have no hosted weights")
-    fields = dict(cfg) if isinstance(cfg, dict) else {}
-    return {**fields, **(overlay or {})}
-
-
-@register_model(
-    "bhvit_tiny",
-    config=TINY,
-    pretrained_cfg=default_cfgs["bhvit_tiny"],
-    paper_top1={"some_fp": 66.0, "binary": 64.0},
-    params_1000={"some_fp": 13_779_960, "binary": 13_783_040},
-)
-def bhvit_tiny(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """BHViT-Tiny: depths (2, 2, 6, 2), widths 64–512; README top-1 66.0 (some-fp), 64.0 (binary)."""
-    return _create("bhvit_tiny", pretrained, kwargs)
-
-
-@register_model(
-    "bhvit_small",
-    config=SMALL,
-    pretrained_cfg=default_cfgs["bhvit_small"],
-    paper_top1={"some_fp": 70.1, "binary": 68.4},
-    params_1000={"fp": 22_642_792},
-)
-def bhvit_small(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """BHViT-Small: depths (3, 4, 8, 4), widths 64–512; README top-1 70.1 (some-fp), 68.4 (binary)."""
-    return _create("bhvit_small", pretrained, kwargs)
-
-
-@register_model("bhvit_test", config=TEST, pretrained_cfg=default_cfgs["bhvit_test"])
-def bhvit_test(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """A tiny variant for fast tests: one block per stage, widths 16–128, 32 px, window 1."""
-    return _create("bhvit_test", pretrained, kwargs)

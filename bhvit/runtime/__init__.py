@@ -5,6 +5,9 @@
 >>> model.input_shape, model.num_classes       # ((3, 224, 224), 1000)
 >>> model.cost                                 # Cost(activation_bytes=..., weight_bytes=..., binary_macs=..., ...)
 >>> logits = model.run(images)                 # (B, 3, 224, 224) float32, normalised -> (B, 1000)
+>>> model.predict("photo.jpg", top_k=3)       # a path, PIL image or uint8 (H, W, 3) array of any size:
+[('sneaker', 0.91), ('sandal', 0.05), ('bag', 0.02)]  # the file's preprocessing and labels
+>>> with rt.Model("tiny.bhvp") as m: ...       # the same load; the native model is freed at the block's end
 >>> rt.set_num_threads(2)
 >>> big = rt.load("huge.bhvp", limits=rt.default_limits(binary_macs=10**12))  # a model beyond the defaults
 
@@ -49,9 +52,11 @@ __all__ = [
     "load_bytes",
     "set_isa",
     "set_num_threads",
+    "top_k_classes",
 ]
 
 ERR_LEN = 1024
+MAX_IMAGE_PIXELS = 2**25  # pixels of an image predict() and prepare() take (the native bhvit_run_rgb8's limit)
 _lib_handle: ctypes.CDLL | None = None
 
 
@@ -99,6 +104,7 @@ def _library() -> ctypes.CDLL:
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     c_char_p, c_int, c_size_t, c_void_p = ctypes.c_char_p, ctypes.c_int, ctypes.c_size_t, ctypes.c_void_p
     f32p, intp = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int)
+    pixels = [c_void_p, ctypes.POINTER(ctypes.c_uint8), c_int, c_int, c_size_t, f32p, c_char_p, c_size_t]
     sigs = {
         "bhvit_load": (c_void_p, [c_char_p, c_char_p, c_size_t]),
         "bhvit_load_memory": (c_void_p, [c_void_p, c_size_t, c_char_p, c_size_t]),
@@ -109,6 +115,10 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "bhvit_input_dims": (c_int, [c_void_p, intp, intp, intp]),
         "bhvit_num_classes": (c_int, [c_void_p]),
         "bhvit_run": (c_int, [c_void_p, f32p, c_int, f32p, c_char_p, c_size_t]),
+        "bhvit_run_rgb8": (c_int, pixels),
+        "bhvit_run_grey8": (c_int, pixels),
+        "bhvit_preprocess_rgb8": (c_int, pixels),
+        "bhvit_preprocess_grey8": (c_int, pixels),
         "bhvit_metadata": (c_char_p, [c_void_p, c_char_p]),
         "bhvit_preprocess": (c_int, [c_void_p, f32p, f32p, intp, c_char_p, c_size_t]),
         "bhvit_label": (c_char_p, [c_void_p, c_int]),
@@ -151,9 +161,31 @@ class Model:
 
     Thread-safe: any number of threads may call :meth:`run` on one model at once (the native calls run in
     parallel; each computes in buffers of its own and gives the bits of the same call made alone).
-    :meth:`close` waits for the calls in progress, and calls after it raise ``ValueError``."""
+    :meth:`close` waits for the calls in progress, and calls after it raise ``ValueError``. A context manager:
+    ``with Model("m.bhvp") as m:`` closes it at the end of the block."""
 
-    def __init__(self, handle: int, source: str) -> None:
+    def __init__(self, path: str | os.PathLike, limits: Limits | None = None) -> None:
+        """Loads and validates a version-2 packed file (``bhvit pack`` writes them) within ``limits`` (None: the
+        defaults). A missing path is ``FileNotFoundError``; a file that is not a packed model, or whose program
+        needs more than the limits, is :class:`PackedFormatError` naming the problem."""
+        raw = _native_path(path)
+        c_limits = _c_limits(limits)
+        err = ctypes.create_string_buffer(ERR_LEN)
+        handle = _library().bhvit_load_ex(raw, c_limits, err, ERR_LEN)
+        if not handle:
+            raise PackedFormatError(err.value.decode("utf-8", "replace"))
+        self._attach(handle, os.fsdecode(raw))
+
+    @classmethod
+    def _from_handle(cls, handle: int, source: str) -> Model:
+        """A model around a native handle loaded elsewhere (:func:`load_bytes`)."""
+        model = cls.__new__(cls)
+        model._attach(handle, source)
+        return model
+
+    def _attach(self, handle: int, source: str) -> None:
+        """Takes ownership of the native model ``handle`` (freed by :meth:`close`) and reads its shape, classes,
+        labels, preprocessing and cost."""
         self._handle = ctypes.c_void_p(handle)
         self.source = source
         self._calls = 0  # native calls in progress (under _lock); close() waits for them
@@ -255,6 +287,81 @@ class Model:
             raise ValueError("batch too large: run at most 2**31 - 1 images per call")
         return np.ascontiguousarray(x, dtype=np.float32)
 
+    def predict(self, images: Any, top_k: int = 5) -> list[Any]:
+        """The ``top_k`` classes of images of any size, best first: ``[(label, probability), ...]`` for one
+        image, one such list per image for a list (or tuple) of them. Labels are the file's, else the class
+        index as a string; probabilities are the softmax of the logits (in float64).
+
+        An image is a path (decoded by Pillow as ``bhvit predict`` decodes it: at most 2**25 decoded pixels, a
+        large JPEG decoded at 1/2, 1/4 or 1/8 scale when that still covers the resized size), a PIL image of
+        any mode, or a uint8 numpy array ``(H, W, 3)`` (RGB) or ``(H, W)`` (grey). PIL images are read as
+        training reads its images (:func:`bhvit.data.images.to_rgb8`: alpha composited over black, 16-bit and
+        float images scaled to 8 bits). The file's preprocessing (resize, centre crop, normalisation) is then
+        the native ``bhvit_run_rgb8`` / ``bhvit_run_grey8``: the same code a C program calls, equal to the
+        pixel to Pillow's bicubic resize. A bad image raises ``ValueError`` naming it (for a list: the first
+        bad one); thread-safe as :meth:`run`."""
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k={top_k!r}: expected a whole number >= 1")
+        batch = isinstance(images, (list, tuple))
+        results = []
+        for item in images if batch else [images]:
+            logits = self._native_8bit(item, "run")
+            results.append([(label, p) for _, label, p in top_k_classes(logits[None], top_k, self.labels)[0]])
+        return results if batch else results[0]
+
+    def prepare(self, images: Any) -> np.ndarray:
+        """The model input ``(B, C, H, W)`` float32 of an image or a list of images (as :meth:`predict` takes
+        them) through the file's preprocessing (``bhvit_preprocess_rgb8``); ``run(prepare(x))`` gives the
+        logits :meth:`predict` ranks."""
+        items = list(images) if isinstance(images, (list, tuple)) else [images]
+        if not items:
+            raise ValueError("no images given")
+        return np.stack([self._native_8bit(item, "preprocess") for item in items])
+
+    def _native_8bit(self, item: Any, entry: str) -> np.ndarray:
+        """One image through ``bhvit_{entry}_rgb8`` or ``_grey8``: logits (num_classes,) or the model input
+        (C, H, W)."""
+        pixels, source = _pixels(item, self)
+        channels = "grey8" if pixels.ndim == 2 else "rgb8"
+        shape = (self.num_classes,) if entry == "run" else self.input_shape
+        out = np.empty(shape, dtype=np.float32)
+        err = ctypes.create_string_buffer(ERR_LEN)
+        fn = getattr(_library(), f"bhvit_{entry}_{channels}")
+        h, w = pixels.shape[:2]
+        with self._open_handle() as handle:
+            status = fn(
+                handle,
+                pixels.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)),
+                w,
+                h,
+                pixels.strides[0],
+                out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+                err,
+                ERR_LEN,
+            )
+        if status != 0:
+            message = err.value.decode("utf-8", "replace") or "the runtime reported an error"
+            raise ValueError(f"{source}: {message}" if source else message)
+        return out
+
+    def _decode_size(self) -> Any:
+        """``bhvit predict``'s resized size (w, h) -> (W', H') of this model, for decoding a large JPEG at a
+        reduced scale; None (decode at full size) for a model beyond what ``bhvit predict`` takes."""
+        from bhvit.predict import Preprocess
+
+        c, h, w = self.input_shape
+        p = self.preprocess
+        try:
+            return Preprocess(p["resize"], (h, w), tuple(p["mean"]), tuple(p["std"]), grayscale=c == 1).resized_size
+        except ValueError:
+            return None
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Frees the native model after the calls in progress have returned; later calls raise ValueError."""
         with self._lock:
@@ -310,16 +417,8 @@ def _native_path(path: str | os.PathLike) -> bytes:
 
 
 def load(path: str | os.PathLike, limits: Limits | None = None) -> Model:
-    """Loads and validates a version-2 packed file (``bhvit pack`` writes them) within ``limits`` (None: the
-    defaults). A missing path is ``FileNotFoundError``; a file that is not a packed model, or whose program
-    needs more than the limits, is :class:`PackedFormatError` naming the problem."""
-    raw = _native_path(path)
-    c_limits = _c_limits(limits)
-    err = ctypes.create_string_buffer(ERR_LEN)
-    handle = _library().bhvit_load_ex(raw, c_limits, err, ERR_LEN)
-    if not handle:
-        raise PackedFormatError(err.value.decode("utf-8", "replace"))
-    return Model(handle, os.fsdecode(raw))
+    """``Model(path, limits)``: loads and validates a packed file (see :class:`Model`)."""
+    return Model(path, limits)
 
 
 def load_bytes(data: bytes, source: str = "<memory>", limits: Limits | None = None) -> Model:
@@ -329,7 +428,7 @@ def load_bytes(data: bytes, source: str = "<memory>", limits: Limits | None = No
     handle = _library().bhvit_load_memory_ex(data, len(data), c_limits, err, ERR_LEN)
     if not handle:
         raise PackedFormatError(f"{source}: {err.value.decode('utf-8', 'replace')}")
-    return Model(handle, source)
+    return Model._from_handle(handle, source)
 
 
 def set_num_threads(n: int) -> None:
@@ -358,9 +457,68 @@ def set_isa(name: str) -> None:
     _check(_library().bhvit_set_isa(name.encode(), err, ERR_LEN), err)
 
 
-def top_k(logits: np.ndarray, k: int, labels: Sequence[str] | None = None) -> list[list[tuple[int, str, float]]]:
-    """Per row: the k best (index, label, softmax probability), best first."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+def top_k_classes(
+    logits: np.ndarray, k: int, labels: Sequence[str] | None = None
+) -> list[list[tuple[int, str, float]]]:
+    """Per row of logits (B, classes): the k best (index, label, softmax probability in float64), best
+    first (the lower index first on ties); a class without a label is named by its index."""
+    z = np.asarray(logits, dtype=np.float64)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
     order = np.argsort(-p, axis=1, kind="stable")[:, :k]
     return [[(int(i), labels[i] if labels else str(i), float(row[i])) for i in idx] for row, idx in zip(p, order)]
+
+
+def _pixels(item: Any, model: Model) -> tuple[np.ndarray, str]:
+    """``item`` (a path, a PIL image or a uint8 array) as uint8 (H, W) grey or (H, W, 3) RGB whose rows are
+    each contiguous (a view when the array already is), and a name for messages ("" for in-memory images)."""
+    if isinstance(item, np.ndarray):
+        return _uint8_rows(item), ""
+    from PIL import Image
+
+    if isinstance(item, Image.Image):
+        _check_pixels(*item.size)
+        return _pil_pixels(item), ""
+    if isinstance(item, (str, os.PathLike)):
+        from bhvit.predict import load_image
+
+        image = load_image(item, model._decode_size())  # ImageError (a ValueError) names the file
+        try:
+            return _pil_pixels(image), os.fspath(item)
+        except ValueError as exc:
+            raise ValueError(f"{os.fspath(item)}: {exc}") from None
+    raise TypeError(
+        f"expected an image path, a PIL image or a uint8 numpy array (H, W, 3) or (H, W), got {type(item).__name__}"
+    )
+
+
+def _pil_pixels(image: Any) -> np.ndarray:
+    """A PIL image as training reads it (bhvit.data.images.to_rgb8), kept grey (H, W) when it is 8-bit grey."""
+    if image.mode == "L" and "transparency" not in image.info:
+        return np.asarray(image)
+    from bhvit.data.images import to_rgb8
+
+    return to_rgb8(image)
+
+
+def _check_pixels(width: int, height: int) -> None:
+    """Refuses an image of more than :data:`MAX_IMAGE_PIXELS`, as the native entries do."""
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(
+            f"{width}x{height} image is over the limit of {MAX_IMAGE_PIXELS} pixels (2^25); downscale it first"
+        )
+
+
+def _uint8_rows(x: np.ndarray) -> np.ndarray:
+    """A uint8 (H, W, 3) or (H, W) array whose pixels are contiguous within each row (copied if not)."""
+    if x.dtype != np.uint8:
+        raise ValueError(
+            f"expected uint8 pixels (0..255), got dtype {x.dtype}; convert them (e.g. np.clip(x * 255, 0, 255)"
+            ".round().astype(np.uint8)), or pass normalised float32 (B, C, H, W) input to run()"
+        )
+    if not (x.ndim == 2 or (x.ndim == 3 and x.shape[2] == 3)) or min(x.shape[:2], default=0) < 1:
+        raise ValueError(f"expected an image of shape (H, W, 3) (RGB) or (H, W) (grey), got {x.shape}")
+    _check_pixels(x.shape[1], x.shape[0])  # before a copy: a broadcast view can be far larger than its memory
+    row = x.shape[1] * (x.shape[2] if x.ndim == 3 else 1)
+    packed = x.strides[-1] == 1 and (x.ndim == 2 or x.strides[1] == 3)
+    return x if packed and x.strides[0] >= row else np.ascontiguousarray(x)

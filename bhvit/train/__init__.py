@@ -10,8 +10,7 @@ OpenMP before anything imports torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from bhvit.lazy import lazy_attributes
 
 _EXPORTS = {  # public name -> module of bhvit.train that defines it
     "LossConfig": "config",
@@ -27,14 +26,6 @@ _EXPORTS = {  # public name -> module of bhvit.train that defines it
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'bhvit.train' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
-
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)
 
 __all__ = sorted(_EXPORTS)

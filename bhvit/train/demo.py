@@ -11,7 +11,11 @@ fp run without augmentation: a long, augmented teacher is a good teacher but a p
 a binary student; with ``binary_from_some_fp``, the quick preset's choice, the binary student starts
 from the some-fp student, whose binary blocks are already trained) and trained with the paper's loss
 ``(1−λ−β)·CE + λ·KD + β·L_re`` (λ = 0.8, β = 0.1 in the last 10 % of the steps), evaluates each on
-all 10,000 test images, and writes ``report.md`` with PNG plots comparing accuracy, parameters, OPs and training time.
+all 10,000 test images, then **deploys the binary student** (:func:`deploy`): packs it to
+``binary.bhvp``, scores the packed file through the native runtime on the whole test set (with its
+top-1 agreement with the float model), and times it at batch 1 against the fp32 models in PyTorch on
+this machine. ``report.md`` holds all of it, with PNG plots comparing accuracy, parameters, OPs and
+training time.
 
 Presets: ``quick`` (one epoch per model, ≤ 15 min on 2 cores) and ``long`` (a 1-epoch fp init, a
 20-epoch augmented fp teacher, 10-epoch students); measured numbers in docs/training.md.
@@ -126,11 +130,42 @@ def demo(cfg: DemoConfig) -> dict[str, Any]:
         if precision == "binary" and cfg.binary_from_some_fp and "some_fp" in summaries:
             source = summaries["some_fp"]["checkpoint"]
         summaries[precision] = train(stage_config(cfg, precision, teacher, source))
+    deployed = deploy(cfg, summaries["binary"]["checkpoint"], teacher) if "binary" in summaries else None
     wall = time.time() - start
-    report = write_report(out, summaries, cfg.name, wall, init)
-    result = {"summaries": summaries, "init": init, "wall_time_s": round(wall, 1), "report": str(report)}
+    report = write_report(out, summaries, cfg.name, wall, init, deployed)
+    result = {
+        "summaries": summaries,
+        "init": init,
+        "deployed": deployed,
+        "wall_time_s": round(wall, 1),
+        "report": str(report),
+    }
     write_text(out / "demo_summary.json", json.dumps(result, indent=2) + "\n")
     return result
+
+
+def deploy(cfg: DemoConfig, checkpoint: str, teacher: str) -> dict[str, Any]:
+    """Pack the binary student ``checkpoint`` to ``<out_dir>/binary.bhvp`` (with its preprocessing and class
+    names) and judge the file: its size against the fp32 checkpoint (``fp32_checkpoint_bytes``), top-1 /
+    top-5 on the whole test split through the runtime with the float model's top-1 and the agreement of the
+    two (:func:`bhvit.engine.evaluate.evaluate_packed`), and batch-1 latency in the runtime against the
+    student's float model and the fp teacher in PyTorch fp32, on 1 thread and the runtime's default
+    (:func:`bhvit.engine.bench.bench_packed`), with the machine they ran on."""
+    from bhvit.checkpoint import load_model
+    from bhvit.engine import pack, save_packed, size_report
+    from bhvit.engine.bench import bench_packed, machine_line
+    from bhvit.engine.evaluate import evaluate_packed
+
+    model, meta = load_model(checkpoint)
+    path = save_packed(
+        pack(model), Path(cfg.out_dir) / "binary.bhvp", preprocess=meta.get("preprocess"), labels=meta.get("labels")
+    )
+    data = DataConfig(name=cfg.data, root=cfg.data_root, img_size=cfg.img_size)
+    scores = evaluate_packed(path, data, checkpoint, seed=cfg.seed)
+    refs = {"student_fp32": checkpoint, "teacher_fp32": teacher}
+    # rounds of 0.1 s: hundreds of runtime calls and tens of PyTorch calls each at this size (the quick preset)
+    latency = bench_packed(path, refs, batches=(1,), threads=(1, None), rounds=3, min_round=0.1)
+    return {"packed": str(path), **size_report(model, path), **scores, "latency": latency, "machine": machine_line()}
 
 
 def write_text(path: Path, text: str) -> Path:

@@ -120,7 +120,10 @@ def trim_log(path: str | Path, keep: Callable[[dict[str, Any]], bool]) -> int:
 class Progress:
     """``epoch 3/10 [#####.....] 250/469 loss 0.812 1.9 it/s`` on one line (a TTY) or every 10 %."""
 
-    def __init__(self, total: int, prefix: str, enabled: bool = True, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, total: int, prefix: str, enabled: bool = True, stream: TextIO | None = None) -> None:
+        """``stream`` None: ``sys.stderr`` as it is now (not as it was when this module was imported: a
+        replaced stderr, e.g. pytest's capture of an earlier test, may be closed since)."""
+        stream = sys.stderr if stream is None else stream
         self.total, self.prefix, self.enabled, self.stream = max(1, total), prefix, enabled, stream
         self.tty = stream.isatty()
         self.start, self.last_decile = time.time(), -1

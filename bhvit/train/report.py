@@ -100,9 +100,53 @@ def comparison_plots(out: Path, runs: dict[str, Path], profiles: dict[str, dict]
     return names
 
 
-def write_report(out: Path, summaries: dict[str, dict], preset: str, wall_s: float, init: dict | None = None) -> Path:
-    """Write ``out/report.md`` (+ PNGs) from the runs' summaries (and the students' fp init run, if
-    any); returns its path."""
+def deployed_section(d: dict[str, Any]) -> list[str]:
+    """The report's lines on the packed binary student (:func:`bhvit.train.demo.deploy`)."""
+    mib = 2**20
+    same = d["top1_differs"] == 0
+    agree = (
+        f"the same top-1 as the float model on all {d['n']:,} images (top-1 equal)"
+        if same
+        else f"top-1 agreement with the float model {d['top1_agreement']:.2f} % ({d['top1_differs']} of "
+        f"{d['n']:,} images differ; float model {d['float_acc1']:.2f} %)"
+    )
+    lines = [
+        "",
+        "## The deployed model",
+        "",
+        f"The binary student packed to `{d['packed']}` (docs/packed-format.md) and run by the native runtime "
+        "(`libbhvit_runtime`, no torch):",
+        "",
+        f"- size: **{d['packed_bytes'] / mib:.2f} MiB** against {d['fp32_checkpoint_bytes'] / mib:.2f} MiB for its "
+        f"fp32 checkpoint ({d['ratio']:.1f}× smaller; 1-bit weights {d['binary_weight_bytes'] / mib:.2f} MiB, "
+        f"float parts {d['float_bytes'] / mib:.2f} MiB);",
+        f"- top-1 on the whole test set ({d['n']:,} images) through the runtime: **{d['acc1']:.2f} %** "
+        f"(top-5 {d['acc5']:.2f} %), {agree};",
+        f"- batch-1 latency, best of 3 interleaved rounds ({d['machine']}):",
+        "",
+        "| threads | runtime (ms) | binary student, PyTorch fp32 (ms) | fp teacher, PyTorch fp32 (ms) | "
+        "speed-up vs student | vs teacher |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in d["latency"]:
+        threads = f"{r['threads']}{' (default)' if r['default_threads'] else ''}"
+        lines.append(
+            f"| {threads} | {r['packed_ms']:.3f} | {r['student_fp32_ms']:.3f} | {r['teacher_fp32_ms']:.3f} | "
+            f"{r['speedup_vs_student_fp32']:.1f}× | {r['speedup_vs_teacher_fp32']:.1f}× |"
+        )
+    return lines
+
+
+def write_report(
+    out: Path,
+    summaries: dict[str, dict],
+    preset: str,
+    wall_s: float,
+    init: dict | None = None,
+    deployed: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``out/report.md`` (+ PNGs) from the runs' summaries (and the students' fp init run and the
+    packed binary student, if any); returns its path."""
     out = Path(out)
     runs = {p: Path(s["checkpoint"]).parent for p, s in summaries.items()}
     profiles = {p: model_profile(s["checkpoint"]) for p, s in summaries.items()}
@@ -133,6 +177,8 @@ def write_report(out: Path, summaries: dict[str, dict], preset: str, wall_s: flo
             f"({init['test_acc1']:.2f} % top-1, {init['train_time_s']:.0f} s, `{where}/`) "
             "and distil from the teacher above.",
         ]
+    if deployed is not None:
+        lines += deployed_section(deployed)
     rule = next((p["rule"] for p in profiles.values() if "rule" in p), None)
     lines += ["", f"OPs rule: {rule}." if rule else "", ""]
     lines += [f"![{name}]({name})" for name in plots]

@@ -76,7 +76,7 @@ def cgroup_cpu_quota(cgroup_root: Path = Path("/sys/fs/cgroup"), proc_self: Path
 
 def _ancestors(mount: Path, path: str) -> list[Path]:
     """``mount/path`` and its parents up to ``mount`` (a quota set higher up limits this cgroup too)."""
-    parts = [p for p in path.strip("/").split("/") if p]
+    parts = [p for p in path.split("/") if p not in ("", ".", "..")]  # "/../..": a cgroup outside this namespace
     return [mount.joinpath(*parts[:k]) for k in range(len(parts), -1, -1)]
 
 

@@ -14,13 +14,71 @@
  * Runs refuse images holding NaN or Inf (naming the image, channel, row and column) and report logits
  * that are not finite as an error.
  *
- *   char err[256];
- *   bhvit_model *m = bhvit_load("tiny.bhvp", err, sizeof err);
- *   if (!m) { fprintf(stderr, "%s\n", err); return 1; }
- *   int c, h, w; bhvit_input_dims(m, &c, &h, &w);
- *   float *logits = malloc(sizeof(float) * bhvit_num_classes(m));
- *   if (bhvit_run(m, image, 1, logits, err, sizeof err)) { ... }
- *   bhvit_free(m);
+ * Images: bhvit_run takes normalised float32 input; bhvit_run_rgb8 and bhvit_run_grey8 take 8-bit pixels of
+ * any size and apply the file's own preprocessing (resize, crop, normalise) first, exactly as training's
+ * evaluation and `bhvit predict` do.
+ *
+ * Example, a complete program: classify a binary PPM image ("P6 <width> <height> 255", then RGB rows) of any
+ * size and print its best class (tests/runtime/test_header_example.py compiles and runs it; bhvit-run,
+ * runtime/tools/bhvit_run.c, also reads PNG and JPEG and prints the top K):
+ *
+ * --- example.c ---
+ *   #include <stdio.h>
+ *   #include <stdlib.h>
+ *
+ *   #include "bhvit_runtime.h"
+ *
+ *   // The pixels of a binary PPM without comments, or NULL when the file is not one.
+ *   static unsigned char *read_ppm(const char *path, int *width, int *height) {
+ *     FILE *f = fopen(path, "rb");
+ *     unsigned char *pixels = NULL;
+ *     int maxval = 0;
+ *     if (f && fscanf(f, "P6 %d %d %d", width, height, &maxval) == 3 && maxval == 255 && fgetc(f) != EOF &&
+ *         *width > 0 && *height > 0 && *width <= (1 << 25) / *height &&
+ *         (pixels = malloc(3 * (size_t)*width * (size_t)*height)) != NULL &&
+ *         fread(pixels, 3 * (size_t)*width, (size_t)*height, f) != (size_t)*height) {
+ *       free(pixels); // truncated
+ *       pixels = NULL;
+ *     }
+ *     if (f) fclose(f);
+ *     return pixels;
+ *   }
+ *
+ *   int main(int argc, char **argv) {
+ *     char err[512];
+ *     int width = 0, height = 0, status = 1;
+ *     if (argc != 3) {
+ *       fprintf(stderr, "usage: %s model.bhvp image.ppm\n", argv[0]);
+ *       return 2;
+ *     }
+ *     bhvit_model *m = bhvit_load(argv[1], err, sizeof err);
+ *     if (!m) {
+ *       fprintf(stderr, "%s\n", err);
+ *       return 1;
+ *     }
+ *     int n = bhvit_num_classes(m);
+ *     float *logits = malloc(sizeof(float) * (size_t)n);
+ *     unsigned char *pixels = read_ppm(argv[2], &width, &height);
+ *     if (!logits) {
+ *       fprintf(stderr, "out of memory\n");
+ *     } else if (!pixels) {
+ *       fprintf(stderr, "%s: not a binary 8-bit PPM image (or out of memory)\n", argv[2]);
+ *     } else if (bhvit_run_rgb8(m, pixels, width, height, 3 * (size_t)width, logits, err, sizeof err) != 0) {
+ *       fprintf(stderr, "%s: %s\n", argv[2], err);
+ *     } else {
+ *       int best = 0;
+ *       for (int i = 1; i < n; ++i)
+ *         if (logits[i] > logits[best]) best = i;
+ *       const char *label = bhvit_label(m, best); // NULL when the file has no labels
+ *       printf("%s: class %d (%s)\n", argv[2], best, label ? label : "unnamed");
+ *       status = 0;
+ *     }
+ *     free(pixels);
+ *     free(logits);
+ *     bhvit_free(m);
+ *     return status;
+ *   }
+ * --- end of example.c ---
  *
  * Threads: bhvit_run may be called on one model from any number of threads at once, with any batch sizes;
  * each call computes in activation buffers of its own (kept by the model for later calls) while the
@@ -101,6 +159,33 @@ BHVIT_API int bhvit_num_classes(const bhvit_model *m);
  * are not finite (the model overflowed float32) give -1 naming the image and class (logits then hold
  * what was computed). */
 BHVIT_API int bhvit_run(bhvit_model *m, const float *images, int batch, float *logits, char *err, size_t errlen);
+/* Classifies one 8-bit RGB image of any size with the file's own preprocessing, the one of training's
+ * evaluation and `bhvit predict`, to the pixel:
+ *   1. a 1-channel model takes the image's Pillow "L" conversion, L = (19595 R + 38470 G + 7471 B + 2^15) >> 16
+ *      (ITU-R 601: 0.299 R + 0.587 G + 0.114 B, rounded); a model of other than 1 or 3 channels is refused;
+ *   2. the shorter side is resized to the file's `resize` and the other by the same factor (sizes rounded half
+ *      to even, each side at least the model's), with Pillow's Image.BICUBIC filter: antialiased (widened by
+ *      the downscale factor), two passes on 8-bit samples, width then height, each rounded and clamped;
+ *   3. the centre crop of the model's H x W (offsets floor((resized - crop) / 2));
+ *   4. (x / 255 - mean[c]) / std[c] in float32, in that order.
+ * pixels: `height` rows, `stride` bytes apart (stride >= 3 x width), each starting with `width` pixels of
+ * R, G, B bytes; width x height at most 2^25 (33.5 M pixels, 8K UHD fits; larger images are refused: downscale
+ * them first). logits: num_classes floats. Only the part of the resized image under the crop is computed, so
+ * memory (the model input plus the crop's width times the rows of one vertical filter, 4 x downscale + 3)
+ * and time (about 4 x downscale multiply-adds per crop pixel and pass) stay bounded by the image and the
+ * model input whatever the aspect ratio. Thread-safe as bhvit_run. */
+BHVIT_API int bhvit_run_rgb8(bhvit_model *m, const uint8_t *pixels, int width, int height, size_t stride,
+                             float *logits, char *err, size_t errlen);
+/* The same for an 8-bit grey image (one byte per pixel, stride >= width); an RGB model gets the grey
+ * value in each channel (as Pillow's convert("RGB")). */
+BHVIT_API int bhvit_run_grey8(bhvit_model *m, const uint8_t *pixels, int width, int height, size_t stride,
+                              float *logits, char *err, size_t errlen);
+/* The preprocessing of bhvit_run_rgb8 / bhvit_run_grey8 alone: writes the model input, channels x H x W
+ * float32 (bhvit_input_dims), to image, e.g. to fill a batch for bhvit_run. */
+BHVIT_API int bhvit_preprocess_rgb8(const bhvit_model *m, const uint8_t *pixels, int width, int height,
+                                    size_t stride, float *image, char *err, size_t errlen);
+BHVIT_API int bhvit_preprocess_grey8(const bhvit_model *m, const uint8_t *pixels, int width, int height,
+                                     size_t stride, float *image, char *err, size_t errlen);
 /* A metadata string of the file (e.g. "preprocess", "labels", "config": JSON text), or NULL if absent.
  * The pointer stays valid until bhvit_free(m). */
 BHVIT_API const char *bhvit_metadata(const bhvit_model *m, const char *key);

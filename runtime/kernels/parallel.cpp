@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <exception>
 #include <cstdlib>
@@ -20,6 +21,7 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -240,22 +242,77 @@ Pool& pool() {
 }
 #endif  // BHVIT_THREADS
 
-// CPUs of a cgroup CPU quota (v2 cpu.max "quota period", v1 cfs_quota_us / cfs_period_us), rounded up;
-// 0 when there is none.
-int cgroup_cpus() {
 #if defined(__linux__)
-  double quota = -1, period = 0;
-  std::ifstream v2("/sys/fs/cgroup/cpu.max");
-  std::string q;
-  if (v2 >> q >> period && q != "max") quota = std::atof(q.c_str());
-  if (quota < 0) {
-    std::ifstream qf("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), pf("/sys/fs/cgroup/cpu/cpu.cfs_period_us");
-    if (!(qf >> quota && pf >> period)) quota = -1;
+// The first two whitespace-separated numbers of a file ("max" or an unreadable file: false).
+bool read_pair(const std::string& path, double& a, double& b) {
+  std::ifstream f(path);
+  std::string first;
+  if (!(f >> first >> b) || first == "max") return false;
+  char* end = nullptr;
+  a = std::strtod(first.c_str(), &end);
+  return end != first.c_str();
+}
+
+bool read_v1(const std::string& dir, double& quota, double& period) {
+  std::ifstream q(dir + "/cpu.cfs_quota_us"), p(dir + "/cpu.cfs_period_us");
+  return static_cast<bool>(q >> quota && p >> period);
+}
+#endif
+
+}  // namespace
+
+namespace detail {
+
+// The smallest CPU quota (quota / period) along this process's cgroup path and its parents: a quota set
+// higher up limits the cgroup too. /proc/self/cgroup names the path: "0::/path" (v2: cpu.max "quota period"
+// or "max period") or "N:cpu,cpuacct:/path" (v1: cpu.cfs_quota_us, -1 for none, and cpu.cfs_period_us under
+// the cpu controller's mount). Rounded up to whole CPUs (1.5 CPUs: 2 threads, as Go and the JVM count); 0
+// when there is none. bhvit/train/threads.py reads the same files for torch's threads.
+int cgroup_cpus(const char* cgroup_root, const char* proc_self) {
+#if defined(__linux__)
+  std::ifstream cgroup(std::string(proc_self) + "/cgroup");
+  const std::string root(cgroup_root);
+  double best = -1;
+  auto consider = [&](double quota, double period) {
+    if (quota > 0 && period > 0 && (best < 0 || quota / period < best)) best = quota / period;
+  };
+  std::string line;
+  while (std::getline(cgroup, line)) {
+    const size_t c1 = line.find(':'), c2 = c1 == std::string::npos ? c1 : line.find(':', c1 + 1);
+    if (c2 == std::string::npos) continue;
+    const std::string hierarchy = line.substr(0, c1), controllers = line.substr(c1 + 1, c2 - c1 - 1);
+    const bool v2 = hierarchy == "0" && controllers.empty();
+    const bool v1 = ("," + controllers + ",").find(",cpu,") != std::string::npos;
+    if (!v2 && !v1) continue;
+    // "/a/b" without "." and ".." parts (a cgroup outside this namespace shows as "/../.."): never leave the mount
+    std::string path, part;
+    std::istringstream parts(line.substr(c2 + 1));
+    while (std::getline(parts, part, '/'))
+      if (!part.empty() && part != "." && part != "..") path += "/" + part;
+    while (true) {  // path, then each parent, up to the mount itself
+      double quota = 0, period = 0;
+      if (v2) {
+        if (read_pair(root + path + "/cpu.max", quota, period)) consider(quota, period);
+      } else {
+        for (const std::string mount : {controllers, std::string("cpu"), std::string("cpu,cpuacct")})
+          if (read_v1(root + "/" + mount + path, quota, period)) consider(quota, period);
+      }
+      const size_t slash = path.find_last_of('/');
+      if (path.empty() || slash == std::string::npos) break;
+      path.erase(slash);
+    }
   }
-  if (quota > 0 && period > 0) return std::max(1, static_cast<int>((quota + period - 1) / period));
+  if (best > 0) return std::max(1, static_cast<int>(std::ceil(best)));
+#else
+  (void)cgroup_root;
+  (void)proc_self;
 #endif
   return 0;
 }
+
+}  // namespace detail
+
+namespace {
 
 int affinity_cpus() {
 #if defined(__linux__)
@@ -279,7 +336,7 @@ int default_num_threads() {
     const int n = std::atoi(env);
     if (n >= 1) return std::min(n, 1024);
   }
-  const int cpus = affinity_cpus(), quota = cgroup_cpus();
+  const int cpus = affinity_cpus(), quota = detail::cgroup_cpus("/sys/fs/cgroup", "/proc/self");
   return quota > 0 ? std::min(cpus, quota) : cpus;
 }
 

@@ -39,6 +39,9 @@ bool in_task();  // whether this thread is running a task (then a nested call ru
 // Runs fn(ctx, t) for t in [0, n) on up to `threads` participants, the caller included; returns when all
 // tasks are done.
 void run_parallel(int64_t n, int threads, TaskFn fn, void* ctx);
+// CPUs of this process's cgroup CPU quota, rounded up (0: none), read below the given roots
+// ("/sys/fs/cgroup", "/proc/self"; others in the self-test).
+int cgroup_cpus(const char* cgroup_root, const char* proc_self);
 }  // namespace detail
 
 template <class F>

@@ -13,6 +13,7 @@
 #include "bhvit_runtime.h"
 #include "kernels.h"
 #include "error.h"
+#include "image.h"
 #include "model.h"
 #include "safetensors.h"
 
@@ -78,6 +79,38 @@ int run_checked(const char* where, bhvit_model* m, const float* images, int batc
   if (!images || !logits) return set_err(err, errlen, w + ": images and logits must not be NULL"), -1;
   if (batch < 1) return set_err(err, errlen, w + ": batch must be >= 1, got " + std::to_string(batch)), -1;
   return guarded(where, err, errlen, [&] { m->m->run(images, batch, logits, prof); }) ? 0 : -1;
+}
+
+// The checks every 8-bit image entry shares (bhvit_run_rgb8, bhvit_preprocess_rgb8, ...): the model, the
+// pixels and their sizes, and the output buffer; false (with the message in err) when one fails.
+bool image_args_ok(const std::string& where, const bhvit_model* m, const bhr::Image8& im, const void* out,
+                   const char* out_name, char* err, size_t errlen) {
+  if (!m) return set_err(err, errlen, where + ": model is NULL; load one with bhvit_load"), false;
+  const std::string problem = bhr::image_problem(im);
+  if (!problem.empty()) return set_err(err, errlen, where + ": " + problem), false;
+  if (!out) return set_err(err, errlen, where + ": " + out_name + " must not be NULL"), false;
+  return true;
+}
+
+int preprocess_8bit(const char* where, const bhvit_model* m, const bhr::Image8& im, float* image, char* err,
+                    size_t errlen) {
+  if (!image_args_ok(where, m, im, image, "image", err, errlen)) return -1;
+  return guarded(where, err, errlen, [&] { bhr::preprocess_image(*m->m, im, image); }) ? 0 : -1;
+}
+
+// Preprocesses into a buffer of its own, then runs batch 1.
+int run_8bit(const char* where, bhvit_model* m, const bhr::Image8& im, float* logits, char* err, size_t errlen) {
+  if (!image_args_ok(where, m, im, logits, "logits", err, errlen)) return -1;
+  return guarded(where, err, errlen, [&] {
+           const bhr::Model& model = *m->m;
+           std::unique_ptr<float[]> input(new (std::nothrow)
+                                              float[static_cast<size_t>(model.in_c * model.in_h * model.in_w)]);
+           if (!input) bhr::fail("not enough memory for the model's input; free some memory");
+           bhr::preprocess_image(model, im, input.get());
+           m->m->run(input.get(), 1, logits, nullptr);
+         })
+             ? 0
+             : -1;
 }
 
 // The caller's limits (NULL: the defaults), checked.
@@ -159,6 +192,28 @@ int bhvit_num_classes(const bhvit_model* m) { return m ? static_cast<int>(m->m->
 
 int bhvit_run(bhvit_model* m, const float* images, int batch, float* logits, char* err, size_t errlen) {
   return run_checked("bhvit_run", m, images, batch, logits, nullptr, err, errlen);
+}
+
+int bhvit_preprocess_rgb8(const bhvit_model* m, const uint8_t* pixels, int width, int height, size_t stride,
+                          float* image, char* err, size_t errlen) {
+  return preprocess_8bit("bhvit_preprocess_rgb8", m, bhr::Image8{pixels, width, height, stride, 3}, image, err,
+                         errlen);
+}
+
+int bhvit_preprocess_grey8(const bhvit_model* m, const uint8_t* pixels, int width, int height, size_t stride,
+                           float* image, char* err, size_t errlen) {
+  return preprocess_8bit("bhvit_preprocess_grey8", m, bhr::Image8{pixels, width, height, stride, 1}, image, err,
+                         errlen);
+}
+
+int bhvit_run_rgb8(bhvit_model* m, const uint8_t* pixels, int width, int height, size_t stride, float* logits,
+                   char* err, size_t errlen) {
+  return run_8bit("bhvit_run_rgb8", m, bhr::Image8{pixels, width, height, stride, 3}, logits, err, errlen);
+}
+
+int bhvit_run_grey8(bhvit_model* m, const uint8_t* pixels, int width, int height, size_t stride, float* logits,
+                    char* err, size_t errlen) {
+  return run_8bit("bhvit_run_grey8", m, bhr::Image8{pixels, width, height, stride, 1}, logits, err, errlen);
 }
 
 const char* bhvit_metadata(const bhvit_model* m, const char* key) {

@@ -355,6 +355,62 @@ def capi_preprocess(lib, rng: random.Random, models: list[Loaded], tmp: Path) ->
     return "RETURNED" if value is not None else "REFUSED"
 
 
+MAX_PIXELS = 2**25  # bhvit_run_rgb8's limit on width x height
+IMAGE_SIDES = [-(2**31), -1, 0, 1, 2, 3, 7, 31, 32, 33, 100, 257, 2**13, 2**15, 2**25, 2**31 - 1]
+
+
+def capi_images(lib, rng: random.Random, models: list[Loaded], tmp: Path) -> str:  # noqa: ANN001
+    """bhvit_run_rgb8/grey8 and bhvit_preprocess_rgb8/grey8 on images of hostile sizes and strides (the buffer
+    always holds what the sizes promise, or is refused before it could be read): an image within the limits
+    runs, its finite logits equal bhvit_run of bhvit_preprocess's input, and nothing is written past the
+    outputs; any other is refused with a message and writes nothing."""
+    import ctypes
+
+    import numpy as np
+
+    m = rng.choice(models)
+    channels = rng.choice([1, 3])
+    entry = "rgb8" if channels == 3 else "grey8"
+    width, height = rng.choice(IMAGE_SIDES), rng.choice(IMAGE_SIDES)
+    if rng.random() < 0.5:  # mostly small valid images
+        width, height = rng.randint(1, 300), rng.randint(1, 300)
+    if width >= 1 and height >= 1 and width * height <= MAX_PIXELS and channels * width * height > 64 << 20:
+        width, height = min(width, 2**12), min(height, 2**12)  # valid but not worth allocating here
+    row = channels * width
+    # honest strides (a row, or padded), or ones the runtime must refuse before reading (shorter than a row)
+    stride = row + rng.choice([0, 0, 1, 64]) if rng.random() < 0.85 or row < 1 else rng.choice([0, row - 1])
+    valid = width >= 1 and height >= 1 and width * height <= MAX_PIXELS and stride >= row
+    need = stride * (height - 1) + row if valid else rng.choice([0, 16])
+    pixels = np.random.default_rng(rng.randrange(2**32)).integers(0, 256, max(need, 1), dtype=np.uint8)
+    u8p = ctypes.POINTER(ctypes.c_uint8)
+    buf = None if rng.random() < 0.05 else pixels.ctypes.data_as(u8p)
+    valid = valid and buf is not None
+    c, h, w = m.shape
+    image = np.full(c * h * w + 8, np.float32(-1234.5), np.float32)
+    logits = np.full(m.classes + 4, np.float32(-1234.5), np.float32)
+    f32p = ctypes.POINTER(ctypes.c_float)
+    err, errlen = _errlen(rng)
+    args = (width, height, stride)
+    status = getattr(lib, f"bhvit_preprocess_{entry}")(m.handle, buf, *args, image.ctypes.data_as(f32p), err, errlen)
+    _check_err(err, errlen, status != 0)
+    _expect(bool((image[c * h * w :] == np.float32(-1234.5)).all()), "preprocess wrote past the model input")
+    status2 = getattr(lib, f"bhvit_run_{entry}")(m.handle, buf, *args, logits.ctypes.data_as(f32p), None, 0)
+    _expect(bool((logits[m.classes :] == np.float32(-1234.5)).all()), "run_rgb8 wrote past the logits")
+    if m.shape[0] not in (1, 3):
+        valid = False
+    _expect(
+        (status == 0) == valid == (status2 == 0),
+        f"{entry} {width}x{height} stride {stride}: status {status}, {status2}",
+    )
+    if not valid:
+        _expect(bool((image == np.float32(-1234.5)).all()), "a refused image wrote the model input")
+        return "REFUSED"
+    _expect(bool(np.isfinite(image[: c * h * w]).all()), "non-finite model input from 8-bit pixels")
+    want = _run(lib, m, image[: c * h * w].reshape(1, c, h, w))
+    _expect(want is not None and np.array_equal(want[0], logits[: m.classes]), "run_rgb8 != run(preprocess_rgb8)")
+    return "RETURNED"
+
+
 def _f32(v: float) -> float:
     import numpy as np
 
@@ -410,6 +466,8 @@ CAPI_CASES = [
     capi_null_outputs,
     capi_preprocess,
     capi_profile,
+    capi_images,
+    capi_images,
 ]
 
 

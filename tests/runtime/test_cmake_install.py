@@ -2,7 +2,9 @@
 (VERSION and SOVERSION from the header), its static twin, the header, bhvit-run, a CMake package and a
 pkg-config file; a consumer CMake project (tests/runtime/consumer/) finds it with find_package(bhvit_runtime)
 and a C program links it through pkg-config, shared and static. Every program gives the Python runtime's
-logits bit for bit, and bhvit-run prints what the one built against the pip-installed library prints."""
+logits bit for bit, and bhvit-run prints what the one built against the pip-installed library prints (PNG and
+JPEG too where libpng and libjpeg are found; a configure without them still builds bhvit-run, which then names
+the formats it reads and the rebuild)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from runtime_build import BHVIT_RUN_C, C_API_CHECK_C, CC, RUNTIME, compile_c, runtime_flags, small_model, write_pnm
+from PIL import Image
+from runtime_build import (
+    BHVIT_RUN_C,
+    C_API_CHECK_C,
+    CC,
+    RUNTIME,
+    codec_flags,
+    compile_c,
+    runtime_flags,
+    small_model,
+    write_pnm,
+)
 
 import bhvit
 import bhvit.runtime as rt
@@ -36,12 +49,19 @@ def _run(cmd: list[str | Path], **kw: object) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """runtime/ built alone (with the static library) and installed into a fresh prefix."""
-    build, prefix = tmp_path_factory.mktemp("build"), tmp_path_factory.mktemp("prefix")
-    _run(["cmake", "-S", RUNTIME, "-B", build, "-DBHVIT_BUILD_STATIC=ON"])
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """runtime/ built alone (with the static library): its build folder and what the configure printed."""
+    build = tmp_path_factory.mktemp("build")
+    configure = _run(["cmake", "-S", RUNTIME, "-B", build, "-DBHVIT_BUILD_STATIC=ON"])
     _run(["cmake", "--build", build, "-j", "2"])
-    _run(["cmake", "--install", build, "--prefix", prefix])
+    return build, configure.stdout
+
+
+@pytest.fixture(scope="module")
+def prefix(built: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """That build installed into a fresh prefix."""
+    prefix = tmp_path_factory.mktemp("prefix")
+    _run(["cmake", "--install", built[0], "--prefix", prefix])
     return prefix
 
 
@@ -86,13 +106,42 @@ def test_installed_files_soname_and_version(prefix: Path) -> None:
     assert _run(["pkg-config", "--modversion", "bhvit_runtime"], env=env).stdout.strip() == version
 
 
-def test_installed_bhvit_run_prints_what_the_pip_builds_prints(prefix: Path, tmp_path: Path) -> None:
+def test_installed_bhvit_run_prints_what_the_pip_builds_prints(
+    built: tuple[Path, str], prefix: Path, tmp_path: Path
+) -> None:
     model = small_model(tmp_path / "m.bhvp")
     rng = np.random.default_rng(7)
     images = [write_pnm(tmp_path / f"{i}.ppm", rng.integers(0, 256, (50, 41, 3))) for i in range(2)]
-    pip_built = compile_c([BHVIT_RUN_C], tmp_path / "bhvit-run", runtime_flags())
+    if codec_flags() is not None:  # CMake finds what the compiler finds
+        assert "-- bhvit-run reads PPM/PGM, PNG, JPEG\n" in built[1]
+        for name in ("x.png", "x.jpg"):
+            Image.fromarray(rng.integers(0, 256, (60, 45, 3), dtype=np.uint8)).save(tmp_path / name)
+            images.append(tmp_path / name)
+    pip_built = compile_c([BHVIT_RUN_C], tmp_path / "bhvit-run", runtime_flags() + (codec_flags() or []))
     installed = _run([prefix / "bin" / "bhvit-run", model, *images])  # finds its library through its rpath
-    assert installed.stdout == _run([pip_built, model, *images]).stdout and installed.stdout
+    assert installed.stdout == _run([pip_built, model, *images]).stdout and installed.stdout.count("\n  1 ") == len(
+        images
+    )
+
+
+def test_bhvit_run_builds_without_libpng_and_libjpeg(built: tuple[Path, str], prefix: Path, tmp_path: Path) -> None:
+    """The build folder configured again as on a machine without the decoders' headers: bhvit-run still builds,
+    the configure says what it reads and how to get the rest, and so does the program."""
+    build = built[0]
+    hide = ["-DCMAKE_DISABLE_FIND_PACKAGE_PNG=ON", "-DCMAKE_DISABLE_FIND_PACKAGE_JPEG=ON"]
+    try:
+        configure = _run(["cmake", "-S", RUNTIME, "-B", build, *hide])
+        assert "-- bhvit-run reads PPM/PGM only (for PNG and JPEG install libpng and libjpeg" in configure.stdout
+        _run(["cmake", "--build", build, "--target", "bhvit-run", "-j", "2"])
+        assert "Formats of this build: PPM (P6), PGM (P5), told by" in _run([build / "bhvit-run", "--help"]).stdout
+        Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+        run = subprocess.run(
+            [build / "bhvit-run", small_model(tmp_path / "m.bhvp"), tmp_path / "x.png"], capture_output=True, text=True
+        )
+        assert run.returncode == 1 and len(run.stderr.splitlines()) == 1
+        assert "a PNG image, but this bhvit-run was built without libpng; rebuild it" in run.stderr
+    finally:  # the folder as the other tests' fixture built it
+        _run(["cmake", "-S", RUNTIME, "-B", build, *(flag.replace("=ON", "=OFF") for flag in hide)])
 
 
 def test_consumer_cmake_project_finds_the_package(

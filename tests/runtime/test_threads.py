@@ -119,3 +119,39 @@ sys.exit(os.waitstatus_to_exitcode(status))
     np.save(str(model_file) + ".y.npy", expected)
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CC is None or shutil.which("cmake") is None, reason="needs cmake and a C compiler")
+def test_many_c_threads_on_one_model_are_race_free_under_threadsanitizer(model_file: Path, tmp_path: Path) -> None:
+    """The runtime built with -DBHVIT_SANITIZE=thread (its thread pool, per-call workspaces and shared weights)
+    and threads_check.c built with -fsanitize=thread: 4 callers x 40 runs on 2 pool threads, no report."""
+    root = Path(__file__).resolve().parents[2]
+    build = root / "build" / "tsan-runtime"
+    configure = [
+        *("cmake", "-S", str(root / "runtime"), "-B", str(build), "-DCMAKE_BUILD_TYPE=Debug"),
+        *("-DBHVIT_SANITIZE=thread", "-DBHVIT_BUILD_TOOL=OFF", "-DBHVIT_INSTALL=OFF", "-DBHVIT_VERSIONED_SONAME=OFF"),
+    ]
+    for cmd in (configure, ["cmake", "--build", str(build), "--target", "bhvit_runtime", "-j", str(os.cpu_count())]):
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    include = root / "runtime" / "include"
+    flags = [
+        f"-I{include}",
+        "-pthread",
+        "-fsanitize=thread",
+        "-g",
+        f"-L{build}",
+        f"-Wl,-rpath,{build}",
+        "-lbhvit_runtime",
+    ]
+    exe = compile_c([THREADS_CHECK_C], tmp_path / "threads_check_tsan", flags)
+    run = subprocess.run(
+        [str(exe), str(model_file), "4", "40"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+        env={**os.environ, "BHVIT_NUM_THREADS": "2", "TSAN_OPTIONS": "halt_on_error=1:exitcode=66"},
+    )
+    assert run.returncode == 0 and run.stdout.strip() == "ok 160", run.stderr[-4000:]

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from support import QUIET
 
 from bhvit.cli.train import cmd_train
 
@@ -31,10 +32,7 @@ def test_train_command_with_compile(folder_dir, tmp_path) -> None:
         "2",
         "--out",
         str(out),
-        "--no-progress",
-        "--no-plots",
-        "--threads",
-        "1",
+        *QUIET,
         "--compile",
         "--no-auto-teacher",
     ]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import QUIET
 
 from bhvit.cli.train import cmd_train, config_from_args, train_parser
 from bhvit.data import DataConfig, build_datasets, folder
@@ -154,10 +155,7 @@ def auto_argv(data: Path, out: Path, *extra: str) -> list[str]:
         "6",
         "--out",
         str(out),
-        "--threads",
-        "1",
-        "--no-progress",
-        "--no-plots",
+        *QUIET,
         "--log-every",
         "1",
         "--flip-every",

@@ -34,6 +34,16 @@ def test_demo_end_to_end_on_fake_fashion_mnist(fmnist_dir, tmp_path):
     assert binary_cfg["model"]["init_from"] == result["summaries"]["some_fp"]["checkpoint"]
     report = (out / "report.md").read_text()
     assert "binary student" in report and "| model |" in report and "MOPs" in report
+    # the deployed model: packed, scored through the runtime on the whole test set, timed on this machine
+    d = result["deployed"]
+    assert d["packed"] == str(out / "binary.bhvp") and (out / "binary.bhvp").stat().st_size == d["packed_bytes"]
+    assert d["n"] == 32 and d["acc1"] == pytest.approx(result["summaries"]["binary"]["test_acc1"])
+    assert d["float_acc1"] == pytest.approx(result["summaries"]["binary"]["test_acc1"])
+    assert d["top1_agreement"] == 100.0 and d["ratio"] > 1
+    assert [r["threads"] for r in d["latency"]][0] == 1 and d["latency"][-1]["default_threads"]
+    assert all(r["packed_ms"] > 0 and r["student_fp32_ms"] > 0 and r["teacher_fp32_ms"] > 0 for r in d["latency"])
+    assert "## The deployed model" in report and f"**{d['acc1']:.2f} %**" in report and "machine: " in report
+    assert f"{d['packed_bytes'] / 2**20:.2f} MiB" in report and "top-1 equal" in report
     for png in ("accuracy.png", "comparison.png", "flips.png"):
         if f"({png})" in report:
             assert (out / png).stat().st_size > 0

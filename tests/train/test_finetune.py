@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import QUIET
 
 import bhvit
 from bhvit.cli.train import cmd_train
@@ -36,10 +37,7 @@ def _finetune(data: Path, ckpt: Path, out: Path, *extra: str) -> dict[str, torch
         "4",
         "--out",
         str(out),
-        "--no-progress",
-        "--no-plots",
-        "--threads",
-        "1",
+        *QUIET,
         *extra,
     ]
     assert cmd_train(argv) == 0

@@ -1,5 +1,6 @@
-"""The README's train -> eval -> pack -> predict commands, run as written (``DIR`` a small folder of two
-classes, ``img.jpg`` one of its images), each in its own process as a user types them."""
+"""The README's train -> eval -> pack -> predict -> eval, bench, profile of the packed file commands, run as
+written (``DIR`` a small folder of two classes, ``img.jpg`` one of its images), each in its own process as a
+user types them."""
 
 from __future__ import annotations
 
@@ -15,7 +16,15 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
-CHAIN = ("bhvit train --data DIR --arch", "bhvit eval ", "bhvit pack ", "bhvit predict img.jpg --packed")
+CHAIN = (
+    "bhvit train --data DIR --arch",
+    "bhvit eval ",
+    "bhvit pack ",
+    "bhvit predict img.jpg --packed",
+    "bhvit eval model.bhvp",
+    "bhvit bench model.bhvp",
+    "bhvit profile model.bhvp",
+)
 
 
 def readme_chain() -> list[list[str]]:
@@ -53,3 +62,8 @@ def test_readme_train_eval_pack_predict_chain(tmp_path):
     scored = json.loads(outputs[1])
     assert scored["n"] == trained["test_images"] == 4 and scored["acc1"] == pytest.approx(trained["test_acc1"])
     assert outputs[3].splitlines()[0] == "img.jpg" and outputs[3].split()[2] in ("cats", "dogs")
+    deployed = json.loads(outputs[4])  # the packed file through the runtime, on the run's held-out images
+    assert deployed["n"] == 4 and deployed["acc1"] == pytest.approx(scored["acc1"])
+    assert deployed["top1_agreement"] == 100.0
+    assert outputs[5].startswith("machine: ") and "x fp32" in outputs[5]
+    assert "window_attention" in outputs[6] and "BOPs" in outputs[6]

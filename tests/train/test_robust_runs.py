@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support import QUIET
 
 import bhvit
 from bhvit.cli.train import cmd_train
@@ -129,10 +130,7 @@ def test_corrupt_validation_image_loses_no_training(reference, tmp_path, capsys)
         str(EPOCHS),
         "--out",
         str(out),
-        "--threads",
-        "1",
-        "--no-progress",
-        "--no-plots",
+        *QUIET,
         "--no-auto-teacher",
     ]  # the binary run alone (test_defaults.py covers the fp stage's resume)
     assert cmd_train(argv) == 2

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support import QUIET
 
 from bhvit.checkpoint import NoSpaceError, atomic_write
 from bhvit.cli import main
@@ -52,10 +53,7 @@ def _train_argv(data: Path, out: Path, *extra: str) -> list[str]:
         "1",
         "--out",
         str(out),
-        "--threads",
-        "1",
-        "--no-progress",
-        "--no-plots",
+        *QUIET,
         *extra,
     ]
 

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from support import QUIET
 from torch import nn
 
 from bhvit.data import DataConfig
@@ -108,10 +109,7 @@ def test_cli_reports_an_unreachable_timm_teacher(fake_timm, fmnist_dir, tmp_path
             "1",
             "--out",
             str(tmp_path / "r"),
-            "--threads",
-            "1",
-            "--no-progress",
-            "--no-plots",
+            *QUIET,
         ]
     )
     assert rc == 2 and "bhvit train: error: timm could not build" in capsys.readouterr().err
