@@ -1,10 +1,10 @@
 // The demo page (index.html): loads the WebAssembly runtime and a packed model (model.bhvp beside the page, the
-// ?model= URL, or a file the user picks), preprocesses a picked or dropped image as the file says, and shows the
+// ?model= URL, or a file the user picks), preprocesses a picked or dropped image as the file says (the runtime's
+// bhvit_preprocess_rgb8, the same bits as `bhvit predict` on the same decoded pixels), and shows the
 // top-5 classes, the latency, the model's size and the time per op kind. Errors are shown as one line.
 // window.bhvit exposes {runtime, model, classify} to the browser test (tests/web/test_browser.py).
 import createBhvitRuntime from "./bhvit_runtime.mjs";
 import { Runtime, topK } from "./bhvit.mjs";
-import { preprocess } from "./preprocess.mjs";
 
 const $ = (id) => document.getElementById(id);
 const MAX_FILE_BYTES = 256 << 20; // images larger than this are refused before decoding
@@ -67,6 +67,22 @@ async function decode(blob) {
   return ctx.getImageData(0, 0, width, height, { colorSpace: "srgb" });
 }
 
+/**
+ * RGB bytes of RGBA pixels, colour multiplied by alpha as Pillow's RGBA -> RGBa conversion rounds it (what
+ * `bhvit predict` resamples for a translucent image; an opaque pixel is unchanged).
+ */
+function toRgb(rgba) {
+  const rgb = new Uint8Array((rgba.length / 4) * 3);
+  for (let i = 0, j = 0; i < rgba.length; i += 4, j += 3) {
+    const a = rgba[i + 3];
+    for (let c = 0; c < 3; c++) {
+      const t = rgba[i + c] * a + 128;
+      rgb[j + c] = ((t >> 8) + t) >> 8;
+    }
+  }
+  return rgb;
+}
+
 /** Draws the model input (normalised C x H x W) back as an image. */
 function drawInput(x, model) {
   const { channels, height, width, preprocess: p } = model;
@@ -115,8 +131,7 @@ async function classify(blob) {
   const model = state.model;
   if (!model) throw new Error("load a model (.bhvp) first");
   const image = await decode(blob);
-  const spec = { ...model.preprocess, channels: model.channels, height: model.height, width: model.width };
-  const input = preprocess(image, spec);
+  const input = model.preprocessRgb8(toRgb(image.data), image.width, image.height);
   // the median of RUNS runs (one run is at the mercy of whatever else the machine does)
   const runs = [];
   for (let i = 0; i < RUNS; i++) {

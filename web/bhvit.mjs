@@ -5,6 +5,7 @@
 //   import createBhvitRuntime from "./bhvit_runtime.mjs";
 //   const rt = await Runtime.create(createBhvitRuntime);    // in Node: Runtime.create(f, {wasmBinary: bytes})
 //   const model = rt.load(bytes);                           // a .bhvp file's bytes; throws BhvitError
+//   const input = model.preprocessRgb8(rgb, width, height); // 8-bit RGB of any size -> the model input
 //   const { logits, seconds } = model.run(input);           // input: Float32Array of C x H x W, normalised
 //   model.free();
 //
@@ -20,6 +21,9 @@ export const C_API = {
   bhvit_num_classes: "int bhvit_num_classes(const bhvit_model *m)",
   bhvit_preprocess:
     "int bhvit_preprocess(const bhvit_model *m, float *mean, float *std, int *resize, char *err, size_t errlen)",
+  bhvit_preprocess_rgb8:
+    "int bhvit_preprocess_rgb8(const bhvit_model *m, const uint8_t *pixels, int width, int height, " +
+    "size_t stride, float *image, char *err, size_t errlen)",
   bhvit_label: "const char *bhvit_label(const bhvit_model *m, int i)",
   bhvit_get_cost: "int bhvit_get_cost(const bhvit_model *m, bhvit_cost *cost)",
   bhvit_profile_kinds: "int bhvit_profile_kinds(const bhvit_model *m, const char **kinds, int n)",
@@ -169,6 +173,33 @@ export class Model {
     const kinds = Array.from(mod.HEAPU32.subarray(buf >>> 2, (buf >>> 2) + n), (p) => mod.UTF8ToString(p));
     mod._free(buf);
     return kinds;
+  }
+
+  /**
+   * The model input (Float32Array, channels x height x width) of an 8-bit RGB image (Uint8Array of width x height
+   * x 3 bytes), by the file's own preprocessing in the runtime (bhvit_preprocess_rgb8: Pillow's bicubic resize
+   * of the shorter side, centre crop, normalisation; the same bits as `bhvit predict`); BhvitError if refused.
+   */
+  preprocessRgb8(rgb, width, height) {
+    if (!(rgb instanceof Uint8Array) || rgb.length !== width * height * 3) {
+      throw new BhvitError(`the image must be a Uint8Array of ${width}x${height}x3 bytes`);
+    }
+    const mod = this.mod;
+    const size = this.channels * this.height * this.width;
+    const pixels = mod._malloc(Math.max(1, rgb.length)) >>> 0;
+    const image = mod._malloc(4 * size) >>> 0;
+    try {
+      if (!pixels || !image) throw new BhvitError(`no memory for a ${width}x${height} image in this page`);
+      mod.HEAPU8.set(rgb, pixels);
+      const err = this.rt.err;
+      if (mod._bhvit_preprocess_rgb8(this.handle, pixels, width, height, 3 * width, image, err, ERR_BYTES) !== 0) {
+        throw this.rt.error();
+      }
+      return mod.HEAPF32.slice(image >>> 2, (image >>> 2) + size);
+    } finally {
+      mod._free(pixels);
+      mod._free(image);
+    }
   }
 
   /** Runs one image (Float32Array of channels x height x width): {logits: Float32Array, seconds: {kind: s}}. */

@@ -37,8 +37,8 @@ def image(path: Path, w: int, h: int, seed: int) -> Path:
 
 
 def check_same_logits(result: dict, model_path: Path, png: Path) -> None:
-    """The page's logits are the native runtime's on its input, and its input is bhvit.predict's (Pillow's): the
-    browser decodes a PNG exactly, and both images are resized horizontally first by every Pillow."""
+    """The page's logits are the native runtime's on its input, and its input (the runtime's bhvit_preprocess_rgb8
+    in the page) is bhvit.predict's (Pillow's) bit for bit: the browser decodes a PNG exactly."""
     native = rt.load(model_path)
     x = np.asarray(result["input"], dtype=np.float32).reshape(1, *native.input_shape)
     got = np.asarray(result["logits"], dtype=np.float32)
@@ -63,6 +63,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     packed(bhvit.create_model("bhvit_small", precision="binary"), site / "small.bhvp")
     image(site / "a.png", 97, 61, 0)
     image(site / "b.png", 300, 260, 1)
+    rgba = np.asarray(Image.open(site / "a.png").convert("RGBA")).copy()
+    rgba[..., 3] = np.random.default_rng(2).integers(0, 256, rgba.shape[:2], dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(site / "translucent.png")
     (site / "bad.bhvp").write_bytes((site / "model.bhvp").read_bytes()[:1000])
     (site / "notes.png").write_text("not an image")
     return site
@@ -76,6 +79,8 @@ def test_page_matches_native_runtime(site: Path) -> None:
         check_same_logits(result, site / "model.bhvp", site / "a.png")
         assert "class " in page.text_content("#top5") and "blinear" in page.text_content("#kinds")
         assert "Latency:" in page.text_content("#latency")
+        result = page.evaluate(web_browser.CLASSIFY, [None, "translucent.png"])  # colour times alpha, as Pillow
+        check_same_logits(result, site / "model.bhvp", site / "translucent.png")
 
         result = page.evaluate(web_browser.CLASSIFY, ["small.bhvp", "b.png"])
         check_same_logits(result, site / "small.bhvp", site / "b.png")
