@@ -452,7 +452,7 @@ def available_isas() -> list[str]:
 
 def set_isa(name: str) -> None:
     """Chooses a kernel path the CPU supports (``avx512vpopcnt``, ``avx512bw``, ``avx2``, ``popcnt``, ``neon``,
-    ``generic``)."""
+    ``generic``; ``wasm_simd128`` in the WebAssembly build)."""
     err = ctypes.create_string_buffer(ERR_LEN)
     _check(_library().bhvit_set_isa(name.encode(), err, ERR_LEN), err)
 

@@ -202,8 +202,8 @@ BHVIT_API const char *bhvit_label(const bhvit_model *m, int i);
  * processes on the same cores do not make a run wait for them. */
 BHVIT_API void bhvit_set_num_threads(int n);
 BHVIT_API int bhvit_get_num_threads(void);
-/* The kernel path in use ("avx512vpopcnt", "avx512bw", "avx2", "popcnt", "neon", "generic") and a way to
- * choose another one the CPU supports (also read from the BHVIT_ISA environment variable at load). */
+/* The kernel path in use ("avx512vpopcnt", "avx512bw", "avx2", "popcnt", "neon", "wasm_simd128", "generic") and a
+ * way to choose another one the CPU supports (also read from the BHVIT_ISA environment variable at load). */
 BHVIT_API const char *bhvit_isa(void);
 /* The kernel paths this CPU and build offer, best first and comma-separated, e.g. "avx2,popcnt,generic". */
 BHVIT_API const char *bhvit_isas(void);

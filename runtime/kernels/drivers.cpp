@@ -40,7 +40,8 @@ Epilogue streamed_if_large(const Epilogue& e, int64_t rows, int64_t cols) {
 
 std::vector<const IsaKernels*> detect() {
   std::vector<const IsaKernels*> out;
-  for (auto f : {isa_avx512vpopcnt, isa_avx512bw, isa_avx2, isa_neon, isa_popcnt, isa_generic})
+  for (auto f : {isa_avx512vpopcnt, isa_avx512bw, isa_avx2, isa_neon, isa_wasm_simd128, isa_popcnt,
+                 isa_generic})
     if (const IsaKernels* k = f()) out.push_back(k);
   return out;
 }

@@ -73,5 +73,6 @@ const IsaKernels* isa_avx2();
 const IsaKernels* isa_avx512bw();
 const IsaKernels* isa_avx512vpopcnt();
 const IsaKernels* isa_neon();
+const IsaKernels* isa_wasm_simd128();  // WebAssembly with -msimd128 (isa_wasm.cpp)
 
 }  // namespace bhv

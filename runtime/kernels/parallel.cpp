@@ -38,6 +38,9 @@
 namespace bhv {
 namespace {
 
+thread_local bool t_in_task = false;  // whether this thread is running a task of the pool
+
+#if BHVIT_THREADS
 // How long an idle worker (and a caller waiting for the last tasks) polls before it sleeps. A forward's ops
 // follow each other within a few microseconds, so a worker that polls catches the next one without the
 // 10-50 us of a wake-up; past this it would only burn a core another process may want.
@@ -80,8 +83,6 @@ struct Job {
   std::atomic<bool> failed{false};
   std::exception_ptr error;      // the first exception a task threw, rethrown in the caller
 };
-
-thread_local bool t_in_task = false;
 
 void run_one(Job& job, int64_t t) {
   t_in_task = true;
@@ -239,6 +240,7 @@ Pool& pool() {
   }();
   return *p;
 }
+#endif  // BHVIT_THREADS
 
 #if defined(__linux__)
 // The first two whitespace-separated numbers of a file ("max" or an unreadable file: false).
@@ -329,6 +331,7 @@ std::atomic<int>& threads() {
 }  // namespace
 
 int default_num_threads() {
+  if (!BHVIT_THREADS) return 1;
   if (const char* env = std::getenv("BHVIT_NUM_THREADS")) {
     const int n = std::atoi(env);
     if (n >= 1) return std::min(n, 1024);
@@ -341,12 +344,19 @@ int get_num_threads() { return threads().load(std::memory_order_relaxed); }
 
 void set_num_threads(int n) {
   if (n < 1) throw std::invalid_argument("num_threads must be >= 1");
-  threads().store(std::min(n, 1024), std::memory_order_relaxed);
+  threads().store(BHVIT_THREADS ? std::min(n, 1024) : 1, std::memory_order_relaxed);
 }
 
 namespace detail {
 bool in_task() { return t_in_task; }
-void run_parallel(int64_t n, int threads, TaskFn fn, void* ctx) { pool().run(n, threads, fn, ctx); }
+void run_parallel(int64_t n, int threads, TaskFn fn, void* ctx) {
+#if BHVIT_THREADS
+  pool().run(n, threads, fn, ctx);
+#else
+  (void)threads;  // get_num_threads() is 1, so parallel_tasks never gets here; serial all the same
+  for (int64_t t = 0; t < n; ++t) fn(ctx, t);
+#endif
+}
 }  // namespace detail
 
 }  // namespace bhv

@@ -10,16 +10,27 @@
 //
 // Any thread may call parallel_tasks at any time, also several at once (one model run from many threads):
 // the pool's workers help whichever calls are open. A call made from inside a task runs serially.
+//
+// A build for a target without threads (WebAssembly without emscripten's pthreads: a browser page's one
+// thread) has no pool: BHVIT_THREADS is 0, the thread count is always 1 and every call runs its tasks in
+// order on the calling thread.
 #pragma once
 #include <cstdint>
 #include <type_traits>
 
+#if defined(__EMSCRIPTEN__) && !defined(__EMSCRIPTEN_PTHREADS__)
+#define BHVIT_THREADS 0
+#else
+#define BHVIT_THREADS 1
+#endif
+
 namespace bhv {
 
 // Threads a parallel call may use (the caller counts as one). The default is the number of CPUs this
-// process may run on (its affinity mask, capped by a cgroup CPU quota), or BHVIT_NUM_THREADS when set.
+// process may run on (its affinity mask, capped by a cgroup CPU quota), or BHVIT_NUM_THREADS when set;
+// always 1 without BHVIT_THREADS.
 int get_num_threads();
-void set_num_threads(int n);  // n >= 1; throws std::invalid_argument otherwise
+void set_num_threads(int n);  // n >= 1 (kept at 1 without BHVIT_THREADS); throws std::invalid_argument otherwise
 int default_num_threads();
 
 namespace detail {

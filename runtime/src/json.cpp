@@ -3,10 +3,13 @@
 #include "json.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "error.h"
 
@@ -14,11 +17,33 @@ namespace bhr {
 
 using detail::JsonNode;
 
+namespace {
+
+// The double that the number text [b, e) spells (the grammar's characters only), or false when it is out of
+// range: overflow (1e999) and underflow to zero (1e-999); subnormals are read. std::from_chars where the C++
+// library has its floating-point overloads (libstdc++ 11+); else (libc++ before 17, e.g. emscripten's) strtod
+// on a copy, whose musl reads '.' in every locale, with std::from_chars's range rule.
+bool parse_number(const char* b, const char* e, double& v) {
+#if defined(__cpp_lib_to_chars) && __cpp_lib_to_chars >= 201611L
+  const auto r = std::from_chars(b, e, v);
+  return r.ec == std::errc() && r.ptr == e && std::isfinite(v);
+#else
+  const std::string text(b, e);
+  char* end = nullptr;
+  errno = 0;
+  v = std::strtod(text.c_str(), &end);
+  const bool underflow = errno == ERANGE && v == 0.0;
+  return end == text.c_str() + text.size() && std::isfinite(v) && !underflow;
+#endif
+}
+
+}  // namespace
+
 double Json::number() const {
   const JsonNode& n = node();
   double v = 0.0;
   const char* p = d_->numbers.data() + n.pos;
-  std::from_chars(p, p + (n.head >> 3), v);  // checked when parsed
+  parse_number(p, p + (n.head >> 3), v);  // checked when parsed
   return v;
 }
 
@@ -237,10 +262,9 @@ class Parser {
       if (!(peek() >= '0' && peek() <= '9')) error("expected a digit in the exponent");
       while (peek() >= '0' && peek() <= '9') ++i_;
     }
-    // from_chars: locale-independent; out of range (1e999) is refused rather than read as infinity
+    // out of range (1e999) is refused rather than read as infinity
     double v = 0.0;
-    const auto r = std::from_chars(p_ + start, p_ + i_, v);
-    if (r.ec != std::errc() || r.ptr != p_ + i_ || !std::isfinite(v)) {
+    if (!parse_number(p_ + start, p_ + i_, v)) {
       i_ = start;
       error("number out of range");
     }

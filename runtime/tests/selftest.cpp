@@ -19,7 +19,8 @@ namespace {
 
 int check_isa(const bhv::IsaKernels* k, const bhv::IsaKernels* ref, std::mt19937_64& rng) {
   int failures = 0;
-  const int64_t ks[] = {1, 3, 31, 33, 63, 64, 65, 127, 128, 1984, 1985, 2048};
+  // 254016 bits = 3969 words: past the 128 chunks of 31 words that one 16-bit sum of isa_wasm.cpp holds
+  const int64_t ks[] = {1, 3, 31, 33, 63, 64, 65, 127, 128, 1984, 1985, 2048, 254016, 254017};
   const int64_t ms[] = {1, 3, 5, 8, 9, 17};
   for (int64_t K : ks)
     for (int64_t M : ms) {
@@ -299,7 +300,8 @@ int main() {
   std::mt19937_64 rng(42);
   const bhv::IsaKernels* ref = bhv::isa_generic();
   int failures = 0, tested = 0;
-  for (auto f : {bhv::isa_avx512vpopcnt, bhv::isa_avx512bw, bhv::isa_avx2, bhv::isa_neon, bhv::isa_popcnt}) {
+  for (auto f : {bhv::isa_avx512vpopcnt, bhv::isa_avx512bw, bhv::isa_avx2, bhv::isa_neon, bhv::isa_wasm_simd128,
+                 bhv::isa_popcnt}) {
     if (const bhv::IsaKernels* k = f()) {
       failures += check_isa(k, ref, rng);
       std::printf("checked %s\n", k->name);

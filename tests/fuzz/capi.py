@@ -17,7 +17,7 @@ from pathlib import Path
 from tests.fuzz.driver import MEMORY_LIMIT, Report, emit, limit_memory, run_workers, worker_argv
 from tests.fuzz.program import file_parts
 
-KNOWN_ISAS = ("avx512vpopcnt", "avx512bw", "avx2", "popcnt", "neon", "generic")
+KNOWN_ISAS = ("avx512vpopcnt", "avx512bw", "avx2", "popcnt", "neon", "wasm_simd128", "generic")
 SENTINEL = 0xA5
 ERRLENS = [None, 0, 1, 2, 7, 64, 1024]  # None: err is NULL (with errlen 0, or a lying 100 below)
 BAD_BATCHES = [0, -1, -(2**31), 2**31 - 1, 2**30, 2**28, 2**25]  # the last four: far beyond any memory
