@@ -4,7 +4,8 @@ Latency (``--mode latency``): batch-1 forwards of bhvit_tiny and bhvit_small bin
 on 1 thread and on the default thread setting, on an idle machine and with ``--busy`` CPU-bound processes
 (``python -c "while True: pass"``) beside it. Each cell runs in a fresh worker process that imports only
 ``bhvit.runtime`` (numpy, no torch) and reports the median of its timed calls; ``--lib NAME=PATH`` runs the
-same cells on other builds of libbhvit_runtime (e.g. an earlier revision's), interleaved cell by cell, so
+same cells on other builds of libbhvit_runtime, or on a revision tree that ``bench_vs_revision.py`` prepared
+(``~/.cache/bhvit/revisions/rev-*``: that revision's own binding and library), interleaved cell by cell, so
 their ratios are side by side in one run.
 
 Throughput (``--mode throughput``): C client threads each calling ``Model.run`` at batch 1 on ONE loaded model
@@ -75,11 +76,17 @@ def write_models(names: list[str], out: Path) -> dict[str, Path]:
 
 
 def run_worker(lib: str, model: Path, threads: int, calls: int, clients: int = 0, seconds: float = 0.0) -> dict:
-    env = dict(os.environ)
-    if lib:
+    """One cell in a fresh process. ``lib``: "" (this tree's runtime), a libbhvit_runtime file (through this
+    tree's binding), or a revision tree of bench_vs_revision.py (its own binding and library)."""
+    python, env, cwd = [sys.executable], dict(os.environ), ROOT
+    if lib and Path(lib).is_dir():
+        from bench_vs_revision import revision_python
+
+        (python, env), cwd = revision_python(Path(lib)), Path(lib)  # cwd leads sys.path under -c
+    elif lib:
         env["BHVIT_RUNTIME_LIB"] = lib
-    cmd = [sys.executable, "-c", WORKER, str(model), str(threads), str(calls), str(clients), str(seconds)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=ROOT)
+    cmd = [*python, "-c", WORKER, str(model), str(threads), str(calls), str(clients), str(seconds)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=cwd)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -190,7 +197,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="NAME=PATH",
-        help="also run another build of libbhvit_runtime (repeatable); 'this' is the installed one",
+        help="also run another build of libbhvit_runtime, or a revision tree prepared by bench_vs_revision.py "
+        "(its own binding; repeatable); 'this' is the installed one",
     )
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "bhvit_bench_models"))
     ap.add_argument("--json", help="write the rows here")

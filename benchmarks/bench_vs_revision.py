@@ -108,13 +108,24 @@ def build_in_place(tree: Path) -> None:
         subprocess.run([str(c) for c in cmd], check=True, stdout=subprocess.DEVNULL)
 
 
+def revision_python(tree: Path) -> tuple[list[str], dict[str, str]]:
+    """The interpreter line and environment that import a revision tree's own ``bhvit``: ``-S`` skips the
+    site hooks, among them the editable install's import finder (which would serve this checkout's package
+    whatever PYTHONPATH says); the environment's site-packages follow the tree on the path, for torch and
+    numpy."""
+    import sysconfig
+
+    paths = [str(tree), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    return [sys.executable, "-S"], {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
+
+
 class Worker:
     """The earlier revision's packed model in its own process."""
 
     def __init__(self, tree: Path, args: argparse.Namespace, image: Path) -> None:
-        env = {**os.environ, "PYTHONPATH": str(tree)}
+        python, env = revision_python(tree)
         cmd = [
-            sys.executable,
+            *python,
             "-c",
             WORKER,
             str(tree),
