@@ -37,15 +37,12 @@ inline void store_bytes(const v128_t* acc, int32_t* out) {
   store_panel(s, out);
 }
 
-// Short rows (KW <= kByteChunk): one pass of byte counters, widened once.
+// Adds popcount(a op b) of words [k0, k1) of R activation rows against the panel's 8 columns to byte
+// counters acc[r][c] (columns 2c, 2c + 1); at most kByteChunk words, so no byte overflows.
 template <int R, bool AND>
-void tile_short(const uint64_t* A, int64_t lda, const uint64_t* bp, int64_t KW, int32_t* P, int64_t ldp) {
-  v128_t acc[R][4];
-  BHV_UNROLL
-  for (int r = 0; r < R; ++r)
-    BHV_UNROLL
-    for (int c = 0; c < 4; ++c) acc[r][c] = wasm_i32x4_splat(0);
-  for (int64_t k = 0; k < KW; ++k) {
+inline void count_bytes(const uint64_t* A, int64_t lda, const uint64_t* bp, int64_t k0, int64_t k1,
+                        v128_t (&acc)[R][4]) {
+  for (int64_t k = k0; k < k1; ++k) {
     const uint64_t* bk = bp + k * 8;
     v128_t b[4];
     BHV_UNROLL
@@ -57,6 +54,17 @@ void tile_short(const uint64_t* A, int64_t lda, const uint64_t* bp, int64_t KW, 
       for (int c = 0; c < 4; ++c) acc[r][c] = wasm_i8x16_add(acc[r][c], wasm_i8x16_popcnt(op_vec<AND>(a, b[c])));
     }
   }
+}
+
+// Short rows (KW <= kByteChunk): one pass of byte counters, widened once.
+template <int R, bool AND>
+void tile_short(const uint64_t* A, int64_t lda, const uint64_t* bp, int64_t KW, int32_t* P, int64_t ldp) {
+  v128_t acc[R][4];
+  BHV_UNROLL
+  for (int r = 0; r < R; ++r)
+    BHV_UNROLL
+    for (int c = 0; c < 4; ++c) acc[r][c] = wasm_i32x4_splat(0);
+  count_bytes<R, AND>(A, lda, bp, 0, KW, acc);
   BHV_UNROLL
   for (int r = 0; r < R; ++r) store_bytes(acc[r], P + r * ldp);
 }
@@ -85,18 +93,7 @@ void tile(const uint64_t* A, int64_t lda, const uint64_t* bp, int64_t KW, int32_
     for (int r = 0; r < R; ++r)
       BHV_UNROLL
       for (int c = 0; c < 4; ++c) acc[r][c] = wasm_i32x4_splat(0);
-    for (int64_t k = k0; k < k1; ++k) {
-      const uint64_t* bk = bp + k * 8;
-      v128_t b[4];
-      BHV_UNROLL
-      for (int c = 0; c < 4; ++c) b[c] = wasm_v128_load(bk + 2 * c);
-      BHV_UNROLL
-      for (int r = 0; r < R; ++r) {
-        const v128_t a = wasm_i64x2_splat(static_cast<int64_t>(A[r * lda + k]));
-        BHV_UNROLL
-        for (int c = 0; c < 4; ++c) acc[r][c] = wasm_i8x16_add(acc[r][c], wasm_i8x16_popcnt(op_vec<AND>(a, b[c])));
-      }
-    }
+    count_bytes<R, AND>(A, lda, bp, k0, k1, acc);
     BHV_UNROLL
     for (int r = 0; r < R; ++r)
       BHV_UNROLL
