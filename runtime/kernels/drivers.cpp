@@ -13,7 +13,9 @@
 namespace bhv {
 namespace {
 
-constexpr int64_t kRowBlock = 64;     // rows of A per task
+constexpr int64_t kRowBlock = 64;     // rows of A per task, at most
+constexpr int64_t kMinRowTasks = 4;   // row blocks per call, at least, where each keeps kMinBlockRows rows
+constexpr int64_t kMinBlockRows = 16;
 constexpr int64_t kPanelBlock = 16;   // weight panels (128 output columns) per task
 constexpr int64_t kSubRows = 16;      // rows whose int32 popcounts (16 x 128 x 4 B = 8 KiB) are transformed at once
 // The nibble-table path builds each activation row's tables once per task, so its tasks span more
@@ -30,6 +32,16 @@ constexpr int64_t kStreamBytes = int64_t(16) << 20;  // outputs at least this la
                                                      // Zen 4 core plain stores win below ~16 MiB
                                                      // (the data stays in cache), streaming wins above
                                                      // (24 -> 50-67 GB/s).
+
+// Rows per row block of an M-row product: M split evenly into blocks of at most kRowBlock rows, and into at
+// least kMinRowTasks blocks where each keeps kMinBlockRows rows. Blocks of a fixed 64 rows left the small
+// maps unbalanced on 2 threads: stage 3 of BHViT at 224 has 196 tokens = 64 + 64 + 64 + 4 rows (one thread
+// 128 rows, the other 68), stage 4 has 49 rows = one task; now 4 x 49 and 3 x 17. The result does not
+// depend on the blocks (each output is one integer dot and its own transform).
+int64_t block_rows(int64_t M) {
+  const int64_t blocks = std::max((M + kRowBlock - 1) / kRowBlock, std::min(kMinRowTasks, M / kMinBlockRows));
+  return std::max<int64_t>(1, (M + blocks - 1) / blocks);
+}
 
 // The epilogue, streamed when its whole output (rows x cols floats) will not stay in cache.
 Epilogue streamed_if_large(const Epilogue& e, int64_t rows, int64_t cols) {
@@ -311,10 +323,10 @@ void bgemm(const uint64_t* A, int64_t M, const uint64_t* Bp, int64_t b_gstride, 
                 "panel blocks must hold whole quads");
   const bool tables = nib && b_gstride == 0 && nibbles_pay(N, KW) && active()->nibble_block;
   const int64_t pblock = tables ? kNibblePanelBlock : kPanelBlock;
-  const int64_t nrb = (M + kRowBlock - 1) / kRowBlock, npb = (NP + pblock - 1) / pblock;
+  const int64_t rows = block_rows(M), nrb = (M + rows - 1) / rows, npb = (NP + pblock - 1) / pblock;
   parallel_for(G * nrb * npb, G * M * NP * kPanel * KW, [&](int64_t t) {
     const int64_t g = t / (nrb * npb), rb = (t / npb) % nrb, pb = t % npb;
-    const int64_t m0 = rb * kRowBlock, mlen = std::min(kRowBlock, M - m0);
+    const int64_t m0 = rb * rows, mlen = std::min(rows, M - m0);
     const int64_t p0 = pb * pblock, p1 = std::min(NP, p0 + pblock);
     const int64_t n0 = p0 * kPanel, n1 = std::min(N, p1 * kPanel);
     // popcount rows of the task's columns; the tables write whole quads
@@ -338,12 +350,12 @@ void bconv(const uint64_t* xp, const ConvGeom& c, const uint64_t* Bp, const int3
   const Epilogue e = streamed_if_large(e_in, c.B * c.OH * c.OW, c.Cout);
   const int64_t Cg = c.C / c.groups, Ng = c.Cout / c.groups, T = c.KH * c.KWd;
   const int64_t KWc = words_for(T * Cg), NPg = panels_for(Ng), ldg = NPg * kPanel, ldp = c.groups * ldg;
-  const int64_t M = c.B * c.OH * c.OW, nrb = (M + kRowBlock - 1) / kRowBlock;
+  const int64_t M = c.B * c.OH * c.OW, rows = block_rows(M), nrb = (M + rows - 1) / rows;
   const Im2colFn im2col = im2col_for(Cg, T);
   const BorderTable border = border_table(c, wpop);  // once per call: a few patterns, shared by all tasks
   const int64_t ncls = static_cast<int64_t>(border.cols.masks.size());
   parallel_for(nrb, M * c.Cout * KWc, [&](int64_t rb) {
-    const int64_t m0 = rb * kRowBlock, mlen = std::min(kRowBlock, M - m0);
+    const int64_t m0 = rb * rows, mlen = std::min(rows, M - m0);
     // im2col of packed bits, per group: col[g][i] = taps of row i, bits (tap, channel of group g)
     uint64_t* col = scratch_u64(c.groups * kRowBlock * KWc);
     std::memset(col, 0, sizeof(uint64_t) * c.groups * kRowBlock * KWc);

@@ -90,13 +90,12 @@ void attention_qkv(const WindowAttn& a, int64_t B, const AttnBuffers& buf) {
   const int64_t M = B * a.nW * a.L, C = a.C, CW = words_for(C);
   for (int n = 0; n < 3; ++n) {
     const AttnBranch& br = a.br[n];
-    pack_rows(buf.hs, C, M, C, br.move, buf.bits);
     Epilogue e;
     e.scale = br.scale, e.bias = br.bias;
     e.res = buf.hs, e.res_ld = C, e.res_cols = C;
     e.slope = br.slope, e.b1 = br.b1, e.b2 = br.b2;
     e.out = buf.m[n], e.out_ld = C;
-    bgemm(buf.bits, M, br.panels, 0, C, CW, C, 1, e, br.nib);
+    bgemm(buf.bits[n], M, br.panels, 0, C, CW, C, 1, e, br.nib);
   }
 }
 

@@ -141,10 +141,11 @@ struct AttnBuffers {
   float* hs = nullptr;
   float* m[3] = {nullptr, nullptr, nullptr};
   float* ctx = nullptr;
-  uint64_t* bits = nullptr;
+  uint64_t* bits[3] = {nullptr, nullptr, nullptr};  // sign(hs + move_n) of q, k, v: (B nW L, words(C)) each
 };
 // 1-2. global tokens G = alpha max + (1 - alpha) avg over each window (padding p: max skips it, avg divides
-//      by w²), then the tokens of each window (its w² pixels, then the nW global tokens) LayerNormed into hs.
+//      by w²), then the tokens of each window (its w² pixels, then the nW global tokens) LayerNormed into hs,
+//      each row packed at once into the three branches' input bits (bits[n] = sign(hs + move_n)).
 void attention_pool_norm(const WindowAttn& a, const float* x, int64_t B, const AttnBuffers& buf);
 // 3. m_n = RPReLU_n(scale_n (sign(hs + move_n) . sign(W_n)) + bias_n + hs), n = q, k, v.
 void attention_qkv(const WindowAttn& a, int64_t B, const AttnBuffers& buf);

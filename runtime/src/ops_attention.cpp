@@ -26,8 +26,9 @@ class WindowAttention final : public Op {
 
   void run(const Exec& x) const override {
     bhv::AttnBuffers buf;
-    buf.glob = x.f(t_glob), buf.hs = x.f(t_hs), buf.ctx = x.f(t_ctx), buf.bits = x.u(t_bits);
-    for (int n = 0; n < 3; ++n) buf.m[n] = x.f(t_m[n]);
+    buf.glob = x.f(t_glob), buf.hs = x.f(t_hs), buf.ctx = x.f(t_ctx);
+    const int64_t branch_words = x.batch * a.nW * a.L * ((a.C + 63) / 64);
+    for (int n = 0; n < 3; ++n) buf.m[n] = x.f(t_m[n]), buf.bits[n] = x.u(t_bits) + n * branch_words;
     {
       ProfScope s(x.prof, kProfAttnPool);
       bhv::attention_pool_norm(a, x.f(in), x.batch, buf);
@@ -153,7 +154,7 @@ std::unique_ptr<Op> parse_window_attention(Fields& f, Loader& L) {
   op->t_hs = L.temp(elems * 4);
   for (int& t : op->t_m) t = L.temp(elems * 4);
   op->t_ctx = L.temp(elems * 4);
-  op->t_bits = L.temp(rows * s.words() * 8);
+  op->t_bits = L.temp(3 * rows * s.words() * 8);
   // binary: q, k, v (rows x C x C each), per window and head the scores (L x L x d) and the three masks
   // times v (3 L x L x d); float: pooling, LayerNorm, the branches' transforms, context and merge (a few per
   // token and channel), softmax and the masks (4 per score)
