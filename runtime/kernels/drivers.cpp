@@ -33,13 +33,16 @@ constexpr int64_t kStreamBytes = int64_t(16) << 20;  // outputs at least this la
                                                      // (the data stays in cache), streaming wins above
                                                      // (24 -> 50-67 GB/s).
 
-// Rows per row block of an M-row product: M split evenly into blocks of at most kRowBlock rows, and into at
-// least kMinRowTasks blocks where each keeps kMinBlockRows rows. Blocks of a fixed 64 rows left the small
-// maps unbalanced on 2 threads: stage 3 of BHViT at 224 has 196 tokens = 64 + 64 + 64 + 4 rows (one thread
-// 128 rows, the other 68), stage 4 has 49 rows = one task; now 4 x 49 and 3 x 17. The result does not
-// depend on the blocks (each output is one integer dot and its own transform).
+// Rows per row block of an M-row product: M split evenly into blocks of at most kRowBlock rows, at least
+// kMinRowTasks blocks where each keeps kMinBlockRows rows, and a multiple of the thread count, so that every
+// thread gets the same rows. Blocks of a fixed 64 rows left BHViT's maps at 224 unbalanced on 2 threads:
+// stage 3's 196 tokens were 64 + 64 + 64 + 4 rows (one thread 128, the other 68), stage 2's 784 were 13
+// blocks (7 against 6), stage 4's 49 one task; now 4 x 49, 14 x 56 and 4 x 13. The result does not depend
+// on the blocks (each output is one integer dot and its own transform).
 int64_t block_rows(int64_t M) {
-  const int64_t blocks = std::max((M + kRowBlock - 1) / kRowBlock, std::min(kMinRowTasks, M / kMinBlockRows));
+  const int64_t threads = get_num_threads();
+  int64_t blocks = std::max((M + kRowBlock - 1) / kRowBlock, std::min(kMinRowTasks, M / kMinBlockRows));
+  blocks = std::min(M, (blocks + threads - 1) / threads * threads);
   return std::max<int64_t>(1, (M + blocks - 1) / blocks);
 }
 
