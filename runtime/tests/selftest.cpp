@@ -204,15 +204,15 @@ int check_attention(const std::string& isa, Rand& r, int64_t C, bool lsq) {
   a.mix = vec(C), a.one_minus_mix = vec(C);
   const std::vector<float> x = r.normal(B * a.H * a.W * C);
   return same_on(isa, lsq ? "window attention (LSQ)" : "window attention (GSB)", [&] {
-    // glob, hs, m[3], ctx, bits (as floats), out
-    std::vector<float> all(B * a.nW * C + 5 * rows * C + rows * CW * 2 + B * a.H * a.W * C);
+    // glob, hs, m[3], ctx, bits[3] (as floats), out
+    std::vector<float> all(B * a.nW * C + 5 * rows * C + 3 * rows * CW * 2 + B * a.H * a.W * C);
     bhv::AttnBuffers buf;
     float* p = all.data();
     buf.glob = p, p += B * a.nW * C;
     buf.hs = p, p += rows * C;
     for (float*& m : buf.m) m = p, p += rows * C;
     buf.ctx = p, p += rows * C;
-    buf.bits = reinterpret_cast<uint64_t*>(p), p += rows * CW * 2;
+    for (uint64_t*& bits : buf.bits) bits = reinterpret_cast<uint64_t*>(p), p += rows * CW * 2;
     bhv::attention_pool_norm(a, x.data(), B, buf);
     bhv::attention_qkv(a, B, buf);
     bhv::attention_core(a, B, buf);
