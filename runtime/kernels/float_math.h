@@ -9,6 +9,10 @@
 #include <cstdint>
 #include <cstring>
 
+#if defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+#endif
+
 // vf8 values passed between inline functions: the ABI note about 32-byte vectors without AVX concerns
 // calls across separately compiled code, which these never are.
 #if defined(__GNUC__) && !defined(__clang__)
@@ -22,17 +26,79 @@
 namespace {
 
 // Eight floats as one value (GCC/Clang vector extensions): the compiler maps it to two SSE or one AVX
-// register, or to NEON, so the polynomials below run in vectors at any baseline. Loops that call scalar
-// helpers with clamps do not vectorise (comparisons may trap under the default -ftrapping-math).
+// register, so the polynomials below run in vectors at any baseline. Loops that call scalar helpers with
+// clamps do not vectorise (comparisons may trap under the default -ftrapping-math). Lane-wise selects are
+// spelled pick8(mask, a, b), the conversions to_i8 (truncating), bits_f8 and bits_i8 (reinterpreting).
+#if defined(__aarch64__) && defined(__ARM_NEON)
+// On aarch64 GCC has no register mode for a 32-byte vector: a vector-extension vf8 lived on the stack,
+// its broadcasts went through memory and its selects lane by lane (the stem's patch_block took 115
+// instructions per input value where two NEON registers take 40). Here vf8 is two NEON registers and
+// every operator the same lane-wise IEEE operation.
+struct vf8 {
+  float32x4_t lo, hi;
+  BHR_INLINE float operator[](int i) const { return i < 4 ? lo[i & 3] : hi[i & 3]; }
+};
+struct vi8 {
+  int32x4_t lo, hi;
+};
+struct vm8 {  // lane masks of a comparison
+  uint32x4_t lo, hi;
+};
+
+BHR_INLINE vf8 splat8(float x) { return {vdupq_n_f32(x), vdupq_n_f32(x)}; }
+BHR_INLINE vf8 load8(const float* p) { return {vld1q_f32(p), vld1q_f32(p + 4)}; }
+BHR_INLINE void store8(float* p, const vf8& v) { vst1q_f32(p, v.lo), vst1q_f32(p + 4, v.hi); }
+
+#define BHR_VF8_OP(op, fn)                                                                                  \
+  BHR_INLINE vf8 operator op(const vf8& a, const vf8& b) { return {fn(a.lo, b.lo), fn(a.hi, b.hi)}; }  \
+  BHR_INLINE vf8 operator op(const vf8& a, float b) { return a op splat8(b); }                          \
+  BHR_INLINE vf8 operator op(float a, const vf8& b) { return splat8(a) op b; }
+BHR_VF8_OP(+, vaddq_f32)
+BHR_VF8_OP(-, vsubq_f32)
+BHR_VF8_OP(*, vmulq_f32)
+BHR_VF8_OP(/, vdivq_f32)
+#undef BHR_VF8_OP
+BHR_INLINE vf8& operator+=(vf8& a, const vf8& b) { return a = a + b; }
+BHR_INLINE vf8 operator-(const vf8& a) { return {vnegq_f32(a.lo), vnegq_f32(a.hi)}; }
+
+#define BHR_VF8_CMP(op, fn)                                                                                \
+  BHR_INLINE vm8 operator op(const vf8& a, const vf8& b) { return {fn(a.lo, b.lo), fn(a.hi, b.hi)}; } \
+  BHR_INLINE vm8 operator op(const vf8& a, float b) { return a op splat8(b); }
+BHR_VF8_CMP(<, vcltq_f32)
+BHR_VF8_CMP(<=, vcleq_f32)
+BHR_VF8_CMP(>, vcgtq_f32)
+BHR_VF8_CMP(>=, vcgeq_f32)
+#undef BHR_VF8_CMP
+BHR_INLINE vf8 pick8(const vm8& m, const vf8& a, const vf8& b) {
+  return {vbslq_f32(m.lo, a.lo, b.lo), vbslq_f32(m.hi, a.hi, b.hi)};
+}
+
+BHR_INLINE vi8 operator+(const vi8& a, int32_t b) { return {vaddq_s32(a.lo, vdupq_n_s32(b)), vaddq_s32(a.hi, vdupq_n_s32(b))}; }
+BHR_INLINE vi8 operator<<(const vi8& a, int b) { return {vshlq_s32(a.lo, vdupq_n_s32(b)), vshlq_s32(a.hi, vdupq_n_s32(b))}; }
+BHR_INLINE vi8 operator&(const vi8& a, int32_t b) { return {vandq_s32(a.lo, vdupq_n_s32(b)), vandq_s32(a.hi, vdupq_n_s32(b))}; }
+BHR_INLINE vi8 operator^(const vi8& a, const vi8& b) { return {veorq_s32(a.lo, b.lo), veorq_s32(a.hi, b.hi)}; }
+BHR_INLINE vi8 to_i8(const vf8& x) { return {vcvtq_s32_f32(x.lo), vcvtq_s32_f32(x.hi)}; }
+BHR_INLINE vf8 bits_f8(const vi8& x) { return {vreinterpretq_f32_s32(x.lo), vreinterpretq_f32_s32(x.hi)}; }
+BHR_INLINE vi8 bits_i8(const vf8& x) { return {vreinterpretq_s32_f32(x.lo), vreinterpretq_s32_f32(x.hi)}; }
+#else
 typedef float vf8 __attribute__((vector_size(32)));
 typedef int32_t vi8 __attribute__((vector_size(32)));
 
+BHR_INLINE vf8 splat8(float x) { return vf8{} + x; }
 BHR_INLINE vf8 load8(const float* p) {
   vf8 v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
 BHR_INLINE void store8(float* p, const vf8& v) { std::memcpy(p, &v, sizeof v); }
+template <class M>
+BHR_INLINE vf8 pick8(const M& m, const vf8& a, const vf8& b) {
+  return m ? a : b;
+}
+BHR_INLINE vi8 to_i8(const vf8& x) { return __builtin_convertvector(x, vi8); }
+BHR_INLINE vf8 bits_f8(const vi8& x) { return (vf8)x; }  // a vector cast reinterprets the bits
+BHR_INLINE vi8 bits_i8(const vf8& x) { return (vi8)x; }
+#endif
 
 // The reductions keep 8 interleaved partial sums in one vf8 (lane l sums x[i + l]): spelled as vectors, not
 // as a loop over an array of 8 floats, which GCC at AVX-512 flags "vectorised" across 16 iterations with
@@ -79,7 +145,7 @@ BHR_INLINE float max_lanes(const float* __restrict x, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     const vf8 v = load8(x + i);
-    acc = v > acc ? v : acc;
+    acc = pick8(v > acc, v, acc);
   }
   float m = acc[0];
   for (int l = 1; l < 8; ++l) m = acc[l] > m ? acc[l] : m;
@@ -93,8 +159,8 @@ BHR_INLINE float max_lanes(const float* __restrict x, int64_t n) {
 BHR_INLINE vf8 exp8(const vf8& in) {
   vf8 x = in;
   const vf8 lo = vf8{} - 87.0f, hi = vf8{} + 88.0f;
-  x = x >= lo ? x : lo;
-  x = x <= hi ? x : hi;
+  x = pick8(x >= lo, x, lo);
+  x = pick8(x <= hi, x, hi);
   const vf8 n = (x * 1.44269504f + 12582912.0f) - 12582912.0f;  // round(x / ln2): the 1.5*2^23 trick
   vf8 r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
@@ -104,23 +170,23 @@ BHR_INLINE vf8 exp8(const vf8& in) {
   p = p * r + 1.0f / 6.0f;
   p = p * r + 0.5f;
   const vf8 y = (p * (r * r) + r) + 1.0f;
-  const vi8 bits = (__builtin_convertvector(n, vi8) + 127) << 23;
-  return y * (vf8)bits;  // a vector cast reinterprets the bits
+  const vi8 bits = (to_i8(n) + 127) << 23;
+  return y * bits_f8(bits);
 }
 
 // erf(x) by Abramowitz & Stegun 7.1.26 (absolute error < 1.5e-7):
 // erf(|x|) = 1 - t (a1 + t (a2 + t (a3 + t (a4 + t a5)))) e^{-x^2}, t = 1/(1 + p|x|), odd in x.
 BHR_INLINE vf8 erf8(const vf8& x) {
-  const vi8 xi = (vi8)x;
+  const vi8 xi = bits_i8(x);
   const vi8 sign = xi & static_cast<int32_t>(0x80000000u), ai = xi & 0x7fffffff;
-  const vf8 ax = (vf8)ai;
+  const vf8 ax = bits_f8(ai);
   const vf8 t = 1.0f / (1.0f + 0.3275911f * ax);
   vf8 q = t * 1.061405429f + -1.453152027f;
   q = q * t + 1.421413741f;
   q = q * t + -0.284496736f;
   q = q * t + 0.254829592f;
   const vf8 e = 1.0f - (t * q) * exp8(-(ax * ax));
-  return (vf8)((vi8)e ^ sign);
+  return bits_f8(bits_i8(e) ^ sign);
 }
 
 // y[i] = f(x[i]) for an 8-wide f, the tail through a zero-padded vector.
