@@ -1,6 +1,9 @@
 // NEON kernels (aarch64 only; NEON is part of the aarch64 baseline, so no extra flags).
 // Two words (two output columns) per 128-bit register; vcnt counts bits per byte, byte counters are
 // widened every 31 words (31 * 8 = 248 < 256).
+#if defined(__aarch64__) && defined(__ARM_NEON)
+#define BHV_TRANSFORM_ROWS 2  // the output transform two rows at a time (epilogue.inc)
+#endif
 #include "isa.h"
 #include "isa_portable.inc"
 
