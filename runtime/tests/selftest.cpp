@@ -9,16 +9,82 @@
 //   cmake --build build-arm -j && qemu-aarch64 -L /usr/aarch64-linux-gnu build-arm/bhvit-selftest
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "kernels.h"
+#include "rowops.inc"
 
 namespace {
 
-int check_isa(const bhv::IsaKernels* k, const bhv::IsaKernels* ref, std::mt19937_64& rng) {
+// Replaces about every 5th value by one whose sign test is awkward: zeros of both signs, NaNs of both signs,
+// infinities, the smallest subnormals (bit = value < 0: only -inf and -1e-45 set it).
+void salt(float* x, size_t n, std::mt19937_64& rng) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const float odd[] = {0.0f, -0.0f, nan, -nan, inf, -inf, 1e-45f, -1e-45f};
+  for (size_t i = 0; i < n; ++i)
+    if (rng() % 5 == 0) x[i] = odd[rng() % 8];
+}
+
+// The row helpers of rowops.inc as this build compiles them (the vector branches of the host's baseline:
+// SSE2 on x86-64, NEON on aarch64, wasm SIMD) against their scalar definitions: sign_word against
+// sign_bits with and without a bias (a bias of -0 keeps a -0 value at -0: bit 0), group_means against the
+// left-to-right sum for r = 2, 4, 8 and group counts around the vector widths.
+int check_rowops(std::mt19937_64& rng) {
   int failures = 0;
+  std::normal_distribution<float> nd;
+  std::vector<float> z(64 * 40), b(64 * 40);
+  for (float& v : z) v = nd(rng);
+  for (size_t i = 0; i < b.size(); ++i) b[i] = i % 3 == 0 ? -0.0f : nd(rng);
+  salt(z.data(), z.size(), rng);
+  for (int64_t w = 0; w < 40; ++w) {
+    const float* zw = z.data() + 64 * w;
+    const float* bw = b.data() + 64 * w;
+    if (sign_word(zw, nullptr) != sign_bits(zw, nullptr, 64) || sign_word(zw, bw) != sign_bits(zw, bw, 64))
+      ++failures, std::printf("rowops sign_word, word %lld\n", (long long)w);
+  }
+  for (int64_t r : {2, 4, 8})
+    for (int64_t groups = 0; groups <= 21; ++groups) {
+      std::vector<float> got(groups + 1, 7.0f), want(groups + 1, 7.0f);  // the last one must stay untouched
+      group_means(z.data(), groups, r, got.data());
+      const float inv = 1.0f / static_cast<float>(r);
+      for (int64_t j = 0; j < groups; ++j) {
+        float s = z[j * r];
+        for (int64_t i = 1; i < r; ++i) s = s + z[j * r + i];
+        want[j] = s * inv;
+      }
+      if (std::memcmp(got.data(), want.data(), sizeof(float) * got.size()) != 0)
+        ++failures, std::printf("rowops group_means r=%lld groups=%lld\n", (long long)r, (long long)groups);
+    }
+  return failures;
+}
+
+// popc_block at its largest counts: every bit of A set, the weight rows all zeros (XOR counts every bit)
+// or all ones (AND does), for K around the word counts where byte counters are summed (15, 16, 31, 32
+// words): a counter that wraps gives a wrong total here, never with random bits.
+int check_full_counts(const bhv::IsaKernels* k, const bhv::IsaKernels* ref) {
+  int failures = 0;
+  for (int64_t KW : {15, 16, 31, 32, 62, 63})
+    for (uint64_t wbits : {uint64_t(0), ~uint64_t(0)}) {
+      const int64_t M = 5, N = 13, NP = bhv::panels_for(N);
+      std::vector<uint64_t> a(M * KW, ~uint64_t(0)), bp(NP * KW * 8, 0);
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t w = 0; w < KW; ++w) bp[((n / 8) * KW + w) * 8 + n % 8] = wbits;
+      for (bool op_and : {false, true}) {
+        std::vector<int32_t> p(M * NP * 8), p_ref(M * NP * 8);
+        k->popc_block(a.data(), KW, M, bp.data(), 0, NP, KW, op_and, p.data(), NP * 8);
+        ref->popc_block(a.data(), KW, M, bp.data(), 0, NP, KW, op_and, p_ref.data(), NP * 8);
+        if (p != p_ref)
+          ++failures, std::printf("%s popc_block full counts KW=%lld and=%d\n", k->name, (long long)KW, op_and);
+      }
+    }
+  return failures;
+}
+
+int check_isa(const bhv::IsaKernels* k, const bhv::IsaKernels* ref, std::mt19937_64& rng) {
+  int failures = check_full_counts(k, ref);
   // 254016 bits = 3969 words: past the 128 chunks of 31 words that one 16-bit sum of isa_wasm.cpp holds
   const int64_t ks[] = {1, 3, 31, 33, 63, 64, 65, 127, 128, 1984, 1985, 2048, 254016, 254017};
   const int64_t ms[] = {1, 3, 5, 8, 9, 17};
@@ -29,10 +95,14 @@ int check_isa(const bhv::IsaKernels* k, const bhv::IsaKernels* ref, std::mt19937
       std::normal_distribution<float> nd;
       for (float& v : x) v = nd(rng);
       for (float& v : bias) v = nd(rng);
+      salt(x.data(), x.size(), rng);
       std::vector<uint64_t> a(M * KW), a_ref(M * KW);
-      k->pack_rows(x.data(), K, M, K, bias.data(), a.data());
-      ref->pack_rows(x.data(), K, M, K, bias.data(), a_ref.data());
-      if (a != a_ref) ++failures, std::printf("%s pack_rows K=%lld M=%lld\n", k->name, (long long)K, (long long)M);
+      for (const float* b : {static_cast<const float*>(nullptr), static_cast<const float*>(bias.data())}) {
+        k->pack_rows(x.data(), K, M, K, b, a.data());
+        ref->pack_rows(x.data(), K, M, K, b, a_ref.data());
+        if (a != a_ref)
+          ++failures, std::printf("%s pack_rows K=%lld M=%lld bias=%d\n", k->name, (long long)K, (long long)M, !!b);
+      }
       std::vector<uint64_t> bp(NP * KW * 8, 0);
       for (int64_t n = 0; n < N; ++n)
         for (int64_t w = 0; w < KW; ++w) {
@@ -140,6 +210,35 @@ int check_bgemm(const std::string& isa, Rand& r) {
       failures += same_on(isa, what, run(true, false, true, false));
       failures += same_on(isa, what, run(true, true, false, true));
     }
+  return failures;
+}
+
+// bgemm in packed mode: the transform's floats become the sign words of the next layer's input (with a
+// bias) and the means of groups of mean_r columns, as the MLP's fc1 writes them.
+int check_bgemm_packed(const std::string& isa, Rand& r) {
+  int failures = 0;
+  for (int64_t K : {64, 200})
+    for (int64_t N : {64, 200, 320})
+      for (int64_t mean_r : {4, 8}) {
+        const int64_t M = 37, KW = bhv::words_for(K), NP = bhv::panels_for(N), NW = bhv::words_for(N);
+        const std::vector<uint64_t> a = r.rows(M, K), w = r.rows(N, K);
+        std::vector<uint64_t> panels(NP * KW * 8);
+        bhv::to_panels(w.data(), 1, N, KW, panels.data());
+        const std::vector<float> scale = r.normal(N), bias = r.normal(N), slope = r.normal(N), b1 = r.normal(N),
+                                 b2 = r.normal(N), move = r.normal(N);
+        char what[96];
+        std::snprintf(what, sizeof what, "bgemm packed K=%lld N=%lld r=%lld", (long long)K, (long long)N,
+                      (long long)mean_r);
+        failures += same_on(isa, what, [&] {
+          std::vector<float> out(M * NW * 2 + M * (N / mean_r));  // the words (as floats), then the means
+          bhv::Epilogue e;
+          e.scale = scale.data(), e.bias = bias.data(), e.slope = slope.data(), e.b1 = b1.data(), e.b2 = b2.data();
+          e.bits = reinterpret_cast<uint64_t*>(out.data()), e.bits_ld = NW, e.bits_bias = move.data();
+          e.means = out.data() + M * NW * 2, e.mean_r = mean_r, e.means_ld = N / mean_r;
+          bhv::bgemm(a.data(), M, panels.data(), 0, N, KW, K, 1, e, nullptr);
+          return out;
+        });
+      }
   return failures;
 }
 
@@ -299,7 +398,7 @@ int check_float(const std::string& isa, Rand& r) {
 int main() {
   std::mt19937_64 rng(42);
   const bhv::IsaKernels* ref = bhv::isa_generic();
-  int failures = 0, tested = 0;
+  int failures = check_rowops(rng), tested = 0;
   for (auto f : {bhv::isa_avx512vpopcnt, bhv::isa_avx512bw, bhv::isa_avx2, bhv::isa_neon, bhv::isa_wasm_simd128,
                  bhv::isa_popcnt}) {
     if (const bhv::IsaKernels* k = f()) {
@@ -313,7 +412,7 @@ int main() {
     if (isa == "generic") continue;
     for (int threads : {1, 2}) {
       bhv::set_num_threads(threads);
-      failures += check_bgemm(isa, r) + check_bconv(isa, r) + check_shift(isa, r) +
+      failures += check_bgemm(isa, r) + check_bgemm_packed(isa, r) + check_bconv(isa, r) + check_shift(isa, r) +
                   check_float(isa, r);
     }
     std::printf("checked drivers on %s\n", isa.c_str());
