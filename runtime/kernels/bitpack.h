@@ -46,7 +46,9 @@ namespace bhv {
 constexpr int kWordBits = 64;
 constexpr int kPanel = 8;
 constexpr int kQuad = 32;           // rows per quad of the nibble layout (convention 8)
-constexpr int64_t kNibbleMaxWords = 4;  // K <= 256: where the nibble-table kernels beat the plain ones
+// K <= 2048 (every binary linear of BHViT): the weights whose nibble layout is built at load, for the ISAs
+// whose table kernels take them (IsaKernels::nibble_max_words).
+constexpr int64_t kNibbleMaxWords = 32;
 
 inline int64_t words_for(int64_t k) { return (k + kWordBits - 1) / kWordBits; }
 inline int64_t panels_for(int64_t n) { return (n + kPanel - 1) / kPanel; }

@@ -324,7 +324,7 @@ void bgemm(const uint64_t* A, int64_t M, const uint64_t* Bp, int64_t b_gstride, 
   constexpr int64_t kPerQuad = kQuad / kPanel;  // panels per quad
   static_assert(kPanelBlock % kPerQuad == 0 && kNibblePanelBlock % kPerQuad == 0,
                 "panel blocks must hold whole quads");
-  const bool tables = nib && b_gstride == 0 && nibbles_pay(N, KW) && active()->nibble_block;
+  const bool tables = nib && b_gstride == 0 && nibbles_pay(N, KW) && KW <= active()->nibble_max_words;
   const int64_t pblock = tables ? kNibblePanelBlock : kPanelBlock;
   const int64_t rows = block_rows(M), nrb = (M + rows - 1) / rows, npb = (NP + pblock - 1) / pblock;
   parallel_for(G * nrb * npb, G * M * NP * kPanel * KW, [&](int64_t t) {

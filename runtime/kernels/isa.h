@@ -63,6 +63,9 @@ struct IsaKernels {
   // room for whole quads.
   void (*nibble_block)(const uint64_t* A, int64_t lda, int64_t M, const uint8_t* nib, int64_t q0, int64_t q1,
                        int64_t KW, int32_t* P, int64_t ldp);
+  // The largest KW that nibble_block takes (0 without it); at most kNibbleMaxWords (bitpack.h), the largest
+  // for which the nibble layout is built.
+  int64_t nibble_max_words;
   FloatKernels f;
 };
 

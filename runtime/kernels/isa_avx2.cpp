@@ -115,16 +115,19 @@ void avx2_popc_block(const uint64_t* A, int64_t lda, int64_t M, const uint64_t* 
     popc_block_t<false>(A, lda, M, Bp, p0, p1, KW, P, ldp);
 }
 
-// ---- nibble tables (small K) ------------------------------------------------------------------
+// ---- nibble tables (every linear of K <= kNibbleMaxWords words with N >= 64) ---------------------
 // popcount(a XOR w) = sum over the 16 nibbles c of T_c[w_c], T_c[v] = popcount(a_c ^ v). The 16-byte
 // table of row a and nibble c (in both lanes) looks up nibble c of 32 weight rows at once: one vpshufb
 // on the prepared bytes (convention 8) and one byte add per 32 outputs and nibble, against 4 shuffles
 // or shifts and 4 other ops per 8 outputs and word for the nibble-count popcount above. Byte counters
-// hold 3 words (3 * 64 = 192 < 256) before they are widened into the int32 output.
+// hold 3 words (3 * 64 = 192 < 256) before they are widened. Measured against the popcount tiles
+// (bench_gemm shapes, AVX2 on the Xeon, 1 thread): K = 512-2048 0.66-0.85x the time, so the tables serve
+// every K up to the layout's 2048 (on the Zen 4 box they were measured, and chosen, for K <= 256).
 constexpr int64_t kNibbleChunk = 3;
 constexpr int64_t kTableBytes = 16 * 16;  // the 16 tables of one activation word
+constexpr int64_t kNibbleBlockWords = 16;  // K words whose tables are built and used at once
 
-// tab[c][v] = popcount(nibble c of a XOR v) for c, v < 16.
+// tab[16 c + v] = popcount(nibble c of a XOR v) for c, v < 16.
 inline void build_tables(uint64_t a, uint8_t* tab) {
   const __m256i pop = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3,
                                        1, 2, 2, 3, 2, 3, 3, 4);
@@ -142,68 +145,174 @@ inline void build_tables(uint64_t a, uint8_t* tab) {
   }
 }
 
-// Stores (first chunk) or adds 32 byte counters as int32 at out[0..32).
-inline void widen_bytes(__m256i acc, int32_t* out, bool add) {
-  const __m128i lo = _mm256_castsi256_si128(acc), hi = _mm256_extracti128_si256(acc, 1);
-  const __m256i v[4] = {_mm256_cvtepu8_epi32(lo), _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)),
-                        _mm256_cvtepu8_epi32(hi), _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))};
+// The 16 nibbles of a as bytes (byte c = nibble c).
+inline __m128i nibble_bytes(uint64_t a) {
+  const __m128i bytes = _mm_cvtsi64_si128(static_cast<long long>(a));
+  const __m128i low4 = _mm_set1_epi8(0x0f);
+  return _mm_unpacklo_epi8(_mm_and_si128(bytes, low4), _mm_and_si128(_mm_srli_epi16(bytes, 4), low4));
+}
+
+// The tables of two words side by side: tab[c * stride + 16 i + v] = popcount(nibble c of a_i XOR v) for
+// i < 2 and c, v < 16 (one shuffle pair per two tables, as build_tables).
+inline void build_tables2(uint64_t a0, uint64_t a1, uint8_t* tab, int64_t stride) {
+  const __m256i pop = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3,
+                                       1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i iota = _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5,
+                                        6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m256i nibs = _mm256_set_m128i(nibble_bytes(a1), nibble_bytes(a0));
+  BHV_UNROLL
+  for (int c = 0; c < 16; ++c) {
+    const __m256i x = _mm256_shuffle_epi8(nibs, _mm256_set1_epi8(static_cast<char>(c)));  // broadcast per lane
+    const __m256i t = _mm256_shuffle_epi8(pop, _mm256_xor_si256(x, iota));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(tab + c * stride), t);
+  }
+}
+
+// The tables of R rows of A over words [k0, k0 + kb), interleaved as nibble_chunk reads them.
+template <int R>
+inline void build_row_tables(const uint64_t* A, int64_t lda, int64_t k0, int64_t kb, uint8_t* tab) {
+  static_assert(R == 1 || R % 2 == 0, "rows are built in pairs");
+  for (int64_t k = 0; k < kb; ++k) {
+    uint8_t* tk = tab + k * R * kTableBytes;
+    if (R == 1) {
+      build_tables(A[k0 + k], tk);
+      continue;
+    }
+    for (int r = 0; r < R; r += 2) build_tables2(A[r * lda + k0 + k], A[(r + 1) * lda + k0 + k], tk + 16 * r, 16 * R);
+  }
+}
+
+// Stores (ADD false) or adds the eight int32 v[u] at out[8u..8u+8), u < 4.
+template <bool ADD>
+inline void put_i32x32(const __m256i (&v)[4], int32_t* out) {
   BHV_UNROLL
   for (int u = 0; u < 4; ++u) {
     __m256i* o = reinterpret_cast<__m256i*>(out + 8 * u);
-    _mm256_storeu_si256(o, add ? _mm256_add_epi32(_mm256_loadu_si256(o), v[u]) : v[u]);
+    _mm256_storeu_si256(o, ADD ? _mm256_add_epi32(_mm256_loadu_si256(o), v[u]) : v[u]);
   }
 }
 
-// R rows (their tables: tab[(r * KW + k) * 256 + 16 c + v]) against J quads (32 J weight rows):
-// P[r * ldp + 32 j + i]. nq: bytes between quads of nib.
+// 32 byte counters as int32 at out[0..32).
+template <bool ADD>
+inline void widen_bytes(__m256i acc, int32_t* out) {
+  const __m128i lo = _mm256_castsi256_si128(acc), hi = _mm256_extracti128_si256(acc, 1);
+  const __m256i v[4] = {_mm256_cvtepu8_epi32(lo), _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)),
+                        _mm256_cvtepu8_epi32(hi), _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))};
+  put_i32x32<ADD>(v, out);
+}
+
+// 32 counters held as 16-bit lanes, even (counters 0, 2, .., 30) and odd (1, 3, .., 31), as int32 at
+// out[0..32): the 16-bit interleaves give counters 0-7 and 16-23 (lo), 8-15 and 24-31 (hi).
+template <bool ADD>
+inline void widen_pairs(__m256i even, __m256i odd, int32_t* out) {
+  const __m256i lo = _mm256_unpacklo_epi16(even, odd), hi = _mm256_unpackhi_epi16(even, odd);
+  const __m256i v[4] = {_mm256_cvtepu16_epi32(_mm256_castsi256_si128(lo)),
+                        _mm256_cvtepu16_epi32(_mm256_castsi256_si128(hi)),
+                        _mm256_cvtepu16_epi32(_mm256_extracti128_si256(lo, 1)),
+                        _mm256_cvtepu16_epi32(_mm256_extracti128_si256(hi, 1))};
+  put_i32x32<ADD>(v, out);
+}
+
+// Byte counters of R rows (their tables interleaved: tab[((k * 16 + c) * R + r) * 16 + v], so that one
+// pointer reaches all R: with one per row GCC ran out of registers and reloaded them in the loop) against
+// J quads (32 J weight rows) over words [k0, k1), at most kNibbleChunk of them. nq: bytes between quads of nib.
 template <int R, int J>
-void nibble_tile(const uint8_t* tab, const uint8_t* nib, int64_t nq, int64_t KW, int32_t* P, int64_t ldp) {
-  for (int64_t k0 = 0; k0 < KW; k0 += kNibbleChunk) {
-    const int64_t k1 = std::min(KW, k0 + kNibbleChunk);
-    __m256i acc[R][J];
+inline void nibble_chunk(const uint8_t* tab, const uint8_t* nib, int64_t nq, int64_t k0, int64_t k1,
+                         __m256i (&acc)[R][J]) {
+  BHV_UNROLL
+  for (int r = 0; r < R; ++r) {
     BHV_UNROLL
-    for (int r = 0; r < R; ++r) {
+    for (int j = 0; j < J; ++j) acc[r][j] = _mm256_setzero_si256();
+  }
+  for (int64_t k = k0; k < k1; ++k) {
+    const uint8_t* nk = nib + k * 16 * bhv::kQuad;
+    const uint8_t* tk = tab + k * R * kTableBytes;
+    // Unrolled by 2 only: fully unrolled, GCC sums the 16 lookups as a tree and spills them.
+    BHV_UNROLL_2
+    for (int c = 0; c < 16; ++c) {
+      __m256i w[J];
       BHV_UNROLL
-      for (int j = 0; j < J; ++j) acc[r][j] = _mm256_setzero_si256();
-    }
-    for (int64_t k = k0; k < k1; ++k) {
-      const uint8_t* nk = nib + k * 16 * bhv::kQuad;
-      const uint8_t* tk = tab + k * kTableBytes;
-      // Unrolled by 2 only: fully unrolled, GCC sums the 16 lookups as a tree and spills them.
-      BHV_UNROLL_2
-      for (int c = 0; c < 16; ++c) {
-        __m256i w[J];
+      for (int j = 0; j < J; ++j)
+        w[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nk + j * nq + c * bhv::kQuad));
+      BHV_UNROLL
+      for (int r = 0; r < R; ++r) {
+        const __m256i t = _mm256_broadcastsi128_si256(
+            _mm_load_si128(reinterpret_cast<const __m128i*>(tk + (c * R + r) * 16)));
         BHV_UNROLL
-        for (int j = 0; j < J; ++j)
-          w[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(nk + j * nq + c * bhv::kQuad));
-        BHV_UNROLL
-        for (int r = 0; r < R; ++r) {
-          const __m256i t = _mm256_broadcastsi128_si256(
-              _mm_load_si128(reinterpret_cast<const __m128i*>(tk + r * KW * kTableBytes + 16 * c)));
-          BHV_UNROLL
-          for (int j = 0; j < J; ++j) acc[r][j] = _mm256_add_epi8(acc[r][j], _mm256_shuffle_epi8(t, w[j]));
-        }
+        for (int j = 0; j < J; ++j) acc[r][j] = _mm256_add_epi8(acc[r][j], _mm256_shuffle_epi8(t, w[j]));
       }
     }
-    BHV_UNROLL
-    for (int r = 0; r < R; ++r) {
-      BHV_UNROLL
-      for (int j = 0; j < J; ++j) widen_bytes(acc[r][j], P + r * ldp + j * bhv::kQuad, k0 > 0);
-    }
   }
 }
 
-// R rows of A against quads [q0, q1), two quads (64 weight rows) at a time.
+// The counts of R rows against J quads over KW words (tables and nq as in nibble_chunk), stored (ADD false)
+// or added at P[r * ldp + 32 j + i]. Up to kNibbleChunk words the byte counters are widened once; past it,
+// each chunk's bytes are added into 16-bit counters, even and odd bytes apart (an AND and a shift, off the
+// shuffle port), and those are widened once at the end. Widening every chunk into the int32 rows instead
+// (six shuffles, four loads, adds and stores per 32 counters) measured 0-7 % slower on K = 256-2048
+// (bench_gemm shapes, AVX2 on the Xeon, 1 thread: 2048 x 512 at 49 rows 97.5 -> 91.0 us).
+template <int R, int J, bool ADD>
+void nibble_tile(const uint8_t* tab, const uint8_t* nib, int64_t nq, int64_t KW, int32_t* P, int64_t ldp) {
+  __m256i acc[R][J];
+  if (KW <= kNibbleChunk) {
+    nibble_chunk<R, J>(tab, nib, nq, 0, KW, acc);
+    BHV_UNROLL
+    for (int r = 0; r < R; ++r) {
+      BHV_UNROLL
+      for (int j = 0; j < J; ++j) widen_bytes<ADD>(acc[r][j], P + r * ldp + j * bhv::kQuad);
+    }
+    return;
+  }
+  const __m256i low8 = _mm256_set1_epi16(0xff);
+  __m256i even[R][J], odd[R][J];
+  BHV_UNROLL
+  for (int r = 0; r < R; ++r) {
+    BHV_UNROLL
+    for (int j = 0; j < J; ++j) even[r][j] = odd[r][j] = _mm256_setzero_si256();
+  }
+  for (int64_t k0 = 0; k0 < KW; k0 += kNibbleChunk) {
+    nibble_chunk<R, J>(tab, nib, nq, k0, std::min(KW, k0 + kNibbleChunk), acc);
+    BHV_UNROLL
+    for (int r = 0; r < R; ++r) {
+      BHV_UNROLL
+      for (int j = 0; j < J; ++j) {
+        even[r][j] = _mm256_add_epi16(even[r][j], _mm256_and_si256(acc[r][j], low8));
+        odd[r][j] = _mm256_add_epi16(odd[r][j], _mm256_srli_epi16(acc[r][j], 8));
+      }
+    }
+  }
+  BHV_UNROLL
+  for (int r = 0; r < R; ++r) {
+    BHV_UNROLL
+    for (int j = 0; j < J; ++j) widen_pairs<ADD>(even[r][j], odd[r][j], P + r * ldp + j * bhv::kQuad);
+  }
+}
+
+// R rows against quads [q0, q1) over KW words, two quads (64 weight rows) at a time.
+template <int R, bool ADD>
+void nibble_quads(const uint8_t* tab, const uint8_t* nib, int64_t nq, int64_t q0, int64_t q1, int64_t KW, int32_t* P,
+                  int64_t ldp) {
+  int64_t q = q0;
+  for (; q + 2 <= q1; q += 2) nibble_tile<R, 2, ADD>(tab, nib + q * nq, nq, KW, P + (q - q0) * bhv::kQuad, ldp);
+  if (q < q1) nibble_tile<R, 1, ADD>(tab, nib + q * nq, nq, KW, P + (q - q0) * bhv::kQuad, ldp);
+}
+
+// R rows of A against quads [q0, q1), in blocks of kNibbleBlockWords words: the tables of a block
+// (R x 4 KiB at most) stay in L1 while every quad reads them, and its 16-bit counters cannot overflow.
 template <int R>
 void nibble_rows(const uint64_t* A, int64_t lda, const uint8_t* nib, int64_t q0, int64_t q1, int64_t KW, int32_t* P,
                  int64_t ldp) {
-  alignas(32) uint8_t tab[R * bhv::kNibbleMaxWords * kTableBytes];
-  for (int r = 0; r < R; ++r)
-    for (int64_t k = 0; k < KW; ++k) build_tables(A[r * lda + k], tab + (r * KW + k) * kTableBytes);
+  alignas(32) uint8_t tab[R * kNibbleBlockWords * kTableBytes];
   const int64_t nq = KW * 16 * bhv::kQuad;  // bytes per quad
-  int64_t q = q0;
-  for (; q + 2 <= q1; q += 2) nibble_tile<R, 2>(tab, nib + q * nq, nq, KW, P + (q - q0) * bhv::kQuad, ldp);
-  if (q < q1) nibble_tile<R, 1>(tab, nib + q * nq, nq, KW, P + (q - q0) * bhv::kQuad, ldp);
+  for (int64_t kb0 = 0; kb0 < KW; kb0 += kNibbleBlockWords) {
+    const int64_t kb = std::min(kNibbleBlockWords, KW - kb0);
+    build_row_tables<R>(A, lda, kb0, kb, tab);
+    const uint8_t* nb = nib + kb0 * 16 * bhv::kQuad;  // word kb0 of every quad
+    if (kb0 == 0)
+      nibble_quads<R, false>(tab, nb, nq, q0, q1, kb, P, ldp);
+    else
+      nibble_quads<R, true>(tab, nb, nq, q0, q1, kb, P, ldp);
+  }
 }
 
 void avx2_nibble_block(const uint64_t* A, int64_t lda, int64_t M, const uint8_t* nib, int64_t q0, int64_t q1,
@@ -218,7 +327,7 @@ void avx2_nibble_block(const uint64_t* A, int64_t lda, int64_t M, const uint8_t*
 namespace bhv {
 const IsaKernels* isa_avx2() {
   static constexpr IsaKernels k{"avx2", avx2_popc_block, simd_pack_rows, epilogue_apply_rows, avx2_nibble_block,
-                            kFloatKernels};
+                            kNibbleMaxWords, kFloatKernels};
   return (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt")) ? &k : nullptr;
 }
 }  // namespace bhv

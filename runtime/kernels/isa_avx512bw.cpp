@@ -9,7 +9,7 @@
 namespace bhv {
 const IsaKernels* isa_avx512bw() {
   static constexpr IsaKernels k{"avx512bw", avx512_popc_block, simd_pack_rows, epilogue_apply_rows, nullptr,
-                            kFloatKernels};
+                            0, kFloatKernels};
   const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                   __builtin_cpu_supports("popcnt");
   return ok ? &k : nullptr;

@@ -5,7 +5,7 @@
 namespace bhv {
 const IsaKernels* isa_generic() {
   static constexpr IsaKernels k{"generic", portable_popc_block, portable_pack_rows, epilogue_apply_rows, nullptr,
-                            kFloatKernels};
+                            0, kFloatKernels};
   return &k;
 }
 }  // namespace bhv

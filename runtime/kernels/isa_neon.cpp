@@ -161,7 +161,7 @@ void neon_popc_block(const uint64_t* A, int64_t lda, int64_t M, const uint64_t* 
 namespace bhv {
 const IsaKernels* isa_neon() {
   static constexpr IsaKernels k{"neon", neon_popc_block, simd_pack_rows, epilogue_apply_rows, nullptr,
-                            kFloatKernels};
+                            0, kFloatKernels};
   return &k;
 }
 }  // namespace bhv

@@ -6,7 +6,7 @@ namespace bhv {
 const IsaKernels* isa_popcnt() {
 #if defined(__x86_64__) && defined(__POPCNT__)
   static constexpr IsaKernels k{"popcnt", portable_popc_block, portable_pack_rows, epilogue_apply_rows, nullptr,
-                            kFloatKernels};
+                            0, kFloatKernels};
   return __builtin_cpu_supports("popcnt") ? &k : nullptr;
 #else
   return nullptr;

@@ -140,6 +140,7 @@ void wasm_popc_block(const uint64_t* A, int64_t lda, int64_t M, const uint64_t* 
 // hold 3 words (3 * 64 = 192 < 256) before they are widened into the int32 output.
 constexpr int64_t kNibbleChunk = 3;
 constexpr int64_t kTableBytes = 16 * 16;  // the 16 tables of one activation word
+constexpr int64_t kWasmNibbleWords = 4;   // K <= 256: the sizes these tables were measured for (docs/web.md)
 
 // tab[c][v] = popcount(nibble c of a XOR v) for c, v < 16.
 inline void build_tables(uint64_t a, uint8_t* tab) {
@@ -198,7 +199,7 @@ void nibble_tile(const uint8_t* tab, const uint8_t* nib, int64_t KW, int32_t* P,
 template <int R>
 void nibble_rows(const uint64_t* A, int64_t lda, const uint8_t* nib, int64_t q0, int64_t q1, int64_t KW, int32_t* P,
                  int64_t ldp) {
-  alignas(16) uint8_t tab[R * bhv::kNibbleMaxWords * kTableBytes];
+  alignas(16) uint8_t tab[R * kWasmNibbleWords * kTableBytes];
   for (int r = 0; r < R; ++r)
     for (int64_t k = 0; k < KW; ++k) build_tables(A[r * lda + k], tab + (r * KW + k) * kTableBytes);
   const int64_t nq = KW * 16 * bhv::kQuad;  // bytes per quad
@@ -217,8 +218,7 @@ void wasm_nibble_block(const uint64_t* A, int64_t lda, int64_t M, const uint8_t*
 namespace bhv {
 const IsaKernels* isa_wasm_simd128() {
   static constexpr IsaKernels k{"wasm_simd128", wasm_popc_block, simd_pack_rows, epilogue_apply_rows,
-                                wasm_nibble_block,
-                                kFloatKernels};
+                                wasm_nibble_block, kWasmNibbleWords, kFloatKernels};
   return &k;
 }
 }  // namespace bhv

@@ -56,15 +56,14 @@ void pack_rows(const float* x, int64_t ldx, int64_t M, int64_t K, const float* b
 void to_panels(const uint64_t* rows, int64_t G, int64_t N, int64_t KW, uint64_t* panels);
 // panels (NP, KW, 8) -> nibble layout (ceil(NP/4), KW, 16, 32) bytes (bitpack.h, convention 8).
 void to_nibbles(const uint64_t* panels, int64_t NP, int64_t KW, uint8_t* out);
-// Whether bgemm runs a shared N-row weight of KW words from its nibble layout (when the active ISA has
-// table kernels): KW <= kNibbleMaxWords, and at least two quads, since a partial quad costs whole
-// 32-row lookups.
+// Whether a shared N-row weight of KW words gets a nibble layout (built at load) for the table kernels:
+// KW <= kNibbleMaxWords, and at least two quads, since a partial quad costs whole 32-row lookups.
 bool nibbles_pay(int64_t N, int64_t KW);
 // ---- binary products --------------------------------------------------------------------------
 // XOR GEMM with fused output transform: dot = K - 2 popcount(a XOR b), batched over G
 // (A: (G, M, KW), Bp: (G, NP, KW, 8); b_gstride 0 shares one weight over the batch). nib, optional, is
-// the shared weight's nibble layout (to_nibbles): used when the ISA has table kernels and
-// KW <= kNibbleMaxWords; the result is the same integers either way.
+// the shared weight's nibble layout (to_nibbles): used when nibbles_pay and the active ISA's table kernels
+// take KW (IsaKernels::nibble_max_words); the result is the same integers either way.
 void bgemm(const uint64_t* A, int64_t M, const uint64_t* Bp, int64_t b_gstride, int64_t N, int64_t KW,
            int64_t K, int64_t G, const Epilogue& e, const uint8_t* nib = nullptr);
 

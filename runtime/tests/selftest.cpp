@@ -85,8 +85,9 @@ int check_full_counts(const bhv::IsaKernels* k, const bhv::IsaKernels* ref) {
 
 int check_isa(const bhv::IsaKernels* k, const bhv::IsaKernels* ref, std::mt19937_64& rng) {
   int failures = check_full_counts(k, ref);
-  // 254016 bits = 3969 words: past the 128 chunks of 31 words that one 16-bit sum of isa_wasm.cpp holds
-  const int64_t ks[] = {1, 3, 31, 33, 63, 64, 65, 127, 128, 1984, 1985, 2048, 254016, 254017};
+  // 254016 bits = 3969 words: past the 128 chunks of 31 words that one 16-bit sum of isa_wasm.cpp holds;
+  // 1100 bits = 18 words: a second 16-word block of the AVX2 nibble tables short enough for one byte chunk
+  const int64_t ks[] = {1, 3, 31, 33, 63, 64, 65, 127, 128, 1100, 1984, 1985, 2048, 254016, 254017};
   const int64_t ms[] = {1, 3, 5, 8, 9, 17};
   for (int64_t K : ks)
     for (int64_t M : ms) {
@@ -117,7 +118,7 @@ int check_isa(const bhv::IsaKernels* k, const bhv::IsaKernels* ref, std::mt19937
         if (p != p_ref)
           ++failures, std::printf("%s popc_block K=%lld M=%lld and=%d\n", k->name, (long long)K, (long long)M, op_and);
       }
-      if (k->nibble_block && KW <= bhv::kNibbleMaxWords) {  // table kernels = XOR popcounts, whole quads
+      if (KW <= k->nibble_max_words) {  // table kernels = XOR popcounts, whole quads
         const int64_t NQ = bhv::quads_for(N), ldq = NQ * bhv::kQuad;
         std::vector<uint8_t> nib(NQ * KW * 16 * bhv::kQuad);
         bhv::to_nibbles(bp.data(), NP, KW, nib.data());

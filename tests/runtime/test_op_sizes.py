@@ -201,10 +201,14 @@ def test_blinear_sizes(tmp_path: Path, k: int, n: int) -> None:
 
 
 @pytest.mark.parametrize("steps", list(TRANSFORMS))
-@pytest.mark.parametrize("k,n", [(64, 64), (129, 96), (256, 200), (64, 1100), (256, 1030), (1, 1040)])
+@pytest.mark.parametrize(
+    "k,n",
+    [(64, 64), (129, 96), (256, 200), (64, 1100), (256, 1030), (1, 1040), (1100, 96), (2048, 70), (2049, 64)],
+)
 def test_blinear_nibble_tables(tmp_path: Path, k: int, n: int, steps: str) -> None:
-    """K <= 256 and N >= 64: the AVX2 path's nibble-table kernels (up to 1024 columns per task, so N past that
-    and a partial last quad too), every output-transform step, against the oracle and the other paths."""
+    """K <= 2048 and N >= 64: the AVX2 path's nibble-table kernels (up to 1024 columns per task, so N past that
+    and a partial last quad too; K in blocks of 16 words, so 1100 = 16 + 2 words and 2048 = 16 + 16; 2049 is past
+    the nibble layout), every output-transform step, against the oracle and the other paths."""
     path, b = blinear_case(tmp_path, k, n, TRANSFORMS[steps], seed=k + n)
     check(path, [b.images(rows) for rows in (3, 67)])
 
