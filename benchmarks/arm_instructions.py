@@ -21,6 +21,7 @@ installs it (status 1: a run failed or the ratio is below ``--min-ratio``).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -117,12 +118,14 @@ def build_plugin(cache: Path, header: Path) -> Path:
 
 
 def build_runtime(cache: Path) -> Path:
-    """The runtime cross-built for aarch64 (CMake, incremental) and forward_runtime linked against it."""
-    build = cache / "build-arm"
+    """The runtime cross-built for aarch64 (CMake, incremental) and forward_runtime linked against it. One
+    build folder per checkout: CMake refuses a folder configured from another source tree (a second
+    worktree sharing the cache)."""
+    build = cache / f"build-arm-{hashlib.sha1(str(ROOT.resolve()).encode()).hexdigest()[:12]}"
     toolchain = ROOT / "runtime" / "cmake" / "aarch64-linux-gnu.cmake"
     run(["cmake", "-S", ROOT / "runtime", "-B", build, f"-DCMAKE_TOOLCHAIN_FILE={toolchain}"])
     run(["cmake", "--build", build, "-j", str(os.cpu_count() or 1)])
-    exe = cache / "forward_runtime"
+    exe = build / "forward_runtime"
     flags = ["-std=c99", "-O2", "-Wall", "-Wextra", "-pedantic", "-Werror"]
     include, source = ROOT / "runtime" / "include", ARM / "forward_runtime.c"
     link = [f"-L{build}", f"-Wl,-rpath,{build}", "-lbhvit_runtime"]
