@@ -65,17 +65,6 @@ bool spin_until(Done&& done) {
   }
 }
 
-// Takes m, polling try_lock for a moment first: the pool's critical sections last nanoseconds, while a
-// thread that blocks in lock() sleeps in the kernel (a futex wait and wake: microseconds, more in a VM).
-// The caller publishing a job and the worker joining it met there on every job.
-inline void lock_spin(std::mutex& m) {
-  for (int i = 0; i < 512; ++i) {
-    if (m.try_lock()) return;
-    cpu_relax();
-  }
-  m.lock();
-}
-
 struct alignas(64) Range {  // one participant's tasks [next, end); others take from its front too
   std::atomic<int64_t> next{0};
   int64_t end = 0;
@@ -89,7 +78,7 @@ struct Job {
   std::unique_ptr<Range[]> ranges;
   std::atomic<int64_t> done{0};
   std::atomic<bool> open{true};  // some task may still be unclaimed
-  std::atomic<bool> caller_sleeps{false};  // set under the mutex; read without it by wake_caller
+  bool caller_sleeps = false;    // (under the mutex)
   std::atomic<bool> failed{false};
   std::exception_ptr error;      // the first exception a task threw, rethrown in the caller
 };
@@ -158,8 +147,7 @@ class Pool {
   }
 
   void publish(const std::shared_ptr<Job>& job) {
-    lock_spin(mu_);
-    std::lock_guard<std::mutex> lock(mu_, std::adopt_lock);
+    std::lock_guard<std::mutex> lock(mu_);
     ensure_workers(job->parts - 1);
     jobs_.push_back(job);
     open_jobs_.fetch_add(1, std::memory_order_release);
@@ -179,7 +167,7 @@ class Pool {
       Range& r = job.ranges[(p + i) % job.parts];
       while (claim(r, t)) {
         run_one(job, t);
-        if (job.done.fetch_add(1, std::memory_order_seq_cst) + 1 == job.n) wake_caller(job);
+        if (job.done.fetch_add(1, std::memory_order_acq_rel) + 1 == job.n) wake_caller(job);
       }
     }
     close(job);
@@ -189,28 +177,23 @@ class Pool {
     if (job.open.exchange(false, std::memory_order_acq_rel)) open_jobs_.fetch_sub(1, std::memory_order_release);
   }
 
-  // Locks only for a caller that sleeps: the worker finishing the last task and the caller leaving its spin
-  // (for retire) took the lock at the same moment on every job that ended on a worker. caller_sleeps and done
-  // are seq_cst on both sides, so either this sees the flag or the caller sees done == n and does not sleep.
   void wake_caller(Job& job) {
-    if (!job.caller_sleeps.load(std::memory_order_seq_cst)) return;
     std::lock_guard<std::mutex> lock(mu_);
-    done_cv_.notify_all();
+    if (job.caller_sleeps) done_cv_.notify_all();
   }
 
   void wait_done(Job& job) {
     const auto finished = [&] { return job.done.load(std::memory_order_acquire) == job.n; };
     if (spin_until(finished)) return;
     std::unique_lock<std::mutex> lock(mu_);
-    job.caller_sleeps.store(true, std::memory_order_seq_cst);
-    done_cv_.wait(lock, [&] { return job.done.load(std::memory_order_seq_cst) == job.n; });
-    job.caller_sleeps.store(false, std::memory_order_relaxed);
+    job.caller_sleeps = true;
+    done_cv_.wait(lock, finished);
+    job.caller_sleeps = false;
   }
 
   // Unpublishes the job; a worker still inside it holds its own reference.
   void retire(Job& job) {
-    lock_spin(mu_);
-    std::lock_guard<std::mutex> lock(mu_, std::adopt_lock);
+    std::lock_guard<std::mutex> lock(mu_);
     jobs_.erase(std::find_if(jobs_.begin(), jobs_.end(), [&](const std::shared_ptr<Job>& j) { return j.get() == &job; }));
   }
 
@@ -229,8 +212,7 @@ class Pool {
       if (!job) {
         lock.unlock();
         spin_until([&] { return open_jobs_.load(std::memory_order_acquire) > 0; });
-        lock_spin(mu_);
-        lock = std::unique_lock<std::mutex>(mu_, std::adopt_lock);
+        lock.lock();
         job = find_job(id);
         if (!job) {
           ++sleepers_;
@@ -242,8 +224,7 @@ class Pool {
       lock.unlock();
       work(*job, id + 1);
       job.reset();  // the last reference may be this one: freed outside the lock
-      lock_spin(mu_);
-      lock = std::unique_lock<std::mutex>(mu_, std::adopt_lock);
+      lock.lock();
     }
   }
 };
