@@ -132,12 +132,8 @@ typedef float vf8 __attribute__((vector_size(32)));
 typedef int32_t vi8 __attribute__((vector_size(32)));
 
 BHR_INLINE vf8 splat8(float x) { return vf8{} + x; }
-BHR_INLINE vf8 load8(const float* p) {
-  vf8 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-BHR_INLINE void store8(float* p, const vf8& v) { std::memcpy(p, &v, sizeof v); }
+BHR_INLINE vf8 load8(const float* p) { return load_v<vf8>(p); }
+BHR_INLINE void store8(float* p, const vf8& v) { store_v(p, v); }
 #endif
 
 // The elementwise maps (exp in softmax, the attention masks, GELU) run on vfw: 16 lanes (one zmm) at AVX-512
